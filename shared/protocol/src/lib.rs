@@ -1,0 +1,6 @@
+//! Every decision of the wallet, reservation and payment lifecycle, as pure functions over plain
+//! values: no I/O, no clock (callers pass `now`), no async. The services gather the facts inside
+//! one transaction, ask these functions what to do, and apply the answer in that transaction;
+//! the model checker calls the very same functions in every interleaving.
+
+pub mod wallet;

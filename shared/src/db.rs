@@ -1,0 +1,113 @@
+//! The Postgres connection pool (diesel-async on deadpool) and embedded migrations.
+
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+
+/// A pool of Postgres connections, each set up by [`PoolSettings`].
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// How the pool sizes itself and sets up each new connection.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Most connections open at once.
+    pub max_size: usize,
+    /// Shown in `pg_stat_activity`, so operators can tell the services apart.
+    pub application_name: String,
+    /// Longest a single statement may run before Postgres cancels it.
+    pub statement_timeout: Duration,
+    /// Longest a statement waits for a row lock (such as a wallet's `FOR UPDATE`).
+    pub lock_timeout: Duration,
+    /// Longest a caller waits for a free connection, or for a new one to be opened.
+    pub acquire_timeout: Duration,
+}
+
+/// A session left idle inside a transaction this long is ended by Postgres, a last defence
+/// should a connection ever escape the pool's own checks.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds the pool; connections are opened lazily, so this succeeds with Postgres down.
+pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result<PgPool> {
+    let application_name: String = settings
+        .application_name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .collect();
+    let setup_sql = format!(
+        "SET application_name = '{application_name}'; \
+         SET statement_timeout = {}; \
+         SET lock_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}",
+        settings.statement_timeout.as_millis(),
+        settings.lock_timeout.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
+    );
+    let connect_timeout = settings.acquire_timeout;
+    let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    config.custom_setup = Box::new(move |url| {
+        let setup_sql = setup_sql.clone();
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn =
+                tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                    .await
+                    .map_err(|_| ConnectionError::BadConnection("connect timed out".into()))??;
+            conn.batch_execute(&setup_sql)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
+    let pool = Pool::builder(manager)
+        .max_size(settings.max_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(settings.acquire_timeout))
+        .create_timeout(Some(settings.acquire_timeout))
+        .recycle_timeout(Some(settings.acquire_timeout))
+        .build()?;
+    Ok(pool)
+}
+
+/// Applies the pending migrations. Replicas starting together take turns on an advisory lock,
+/// so each migration runs once.
+pub async fn run_migrations(
+    database_url: &str,
+    migrations: EmbeddedMigrations,
+) -> anyhow::Result<()> {
+    const MIGRATION_LOCK: i64 = 0x7469_636b_6574; // "ticket"
+    let url = database_url.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use diesel::Connection;
+        use diesel::connection::SimpleConnection;
+        let mut conn: AsyncConnectionWrapper<AsyncPgConnection> = Connection::establish(&url)?;
+        SimpleConnection::batch_execute(
+            &mut conn,
+            &format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"),
+        )?;
+        let applied = conn
+            .run_pending_migrations(migrations)
+            .map(|versions| versions.len())
+            .map_err(|error| anyhow::anyhow!("migration failed: {error}"));
+        SimpleConnection::batch_execute(
+            &mut conn,
+            &format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"),
+        )?;
+        tracing::info!(applied = applied?, "migrations up to date");
+        Ok(())
+    })
+    .await?
+}
+
+/// Whether the database answers a trivial query within the pool's timeouts.
+pub async fn ping(pool: &PgPool) -> bool {
+    match pool.get().await {
+        Ok(mut conn) => conn.batch_execute("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
+}

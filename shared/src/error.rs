@@ -1,0 +1,144 @@
+//! The contract's error model: a gRPC code, and for business refusals a
+//! `google.rpc.ErrorInfo` whose `reason` clients switch on; malformed input carries a
+//! `google.rpc.BadRequest` with one field violation per bad field.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// `ErrorInfo.domain` of every error this system returns.
+pub const ERROR_DOMAIN: &str = "ticketing";
+
+/// The `ErrorInfo.reason` values of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    SeatTaken,
+    SeatLocked,
+    HoldExpired,
+    InvalidState,
+    InsufficientBalance,
+    BalanceLimit,
+    IdempotencyKeyReused,
+}
+
+impl Reason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SeatTaken => "SEAT_TAKEN",
+            Self::SeatLocked => "SEAT_LOCKED",
+            Self::HoldExpired => "HOLD_EXPIRED",
+            Self::InvalidState => "INVALID_STATE",
+            Self::InsufficientBalance => "INSUFFICIENT_BALANCE",
+            Self::BalanceLimit => "BALANCE_LIMIT",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+        }
+    }
+}
+
+/// A status with an `ErrorInfo` naming `reason`.
+pub fn status_with_reason(code: Code, reason: Reason, message: impl Into<String>) -> Status {
+    let details = ErrorDetails::with_error_info(
+        reason.as_str(),
+        ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    Status::with_error_details(code, message, details)
+}
+
+/// The `ErrorInfo.reason` of a status, if it has one.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// The fields named by a status's `BadRequest`, in order.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Collects every problem of a request, so one answer names all bad fields.
+#[derive(Debug, Default)]
+pub struct FieldViolations(Vec<FieldViolation>);
+
+impl FieldViolations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, field: &str, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Records the error of a parse, and yields its value when there was none.
+    pub fn check<T, E: std::fmt::Display>(
+        &mut self,
+        field: &str,
+        parsed: Result<T, E>,
+    ) -> Option<T> {
+        match parsed {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.add(field, error.to_string());
+                None
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `INVALID_ARGUMENT` naming every violation.
+    pub fn into_status(self) -> Status {
+        let message = self
+            .0
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Status::with_error_details(
+            Code::InvalidArgument,
+            format!("invalid request: {message}"),
+            ErrorDetails::with_bad_request(self.0),
+        )
+    }
+}
+
+/// `INVALID_ARGUMENT` for one bad field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    let mut violations = FieldViolations::new();
+    violations.add(field, description);
+    violations.into_status()
+}
+
+/// Ids of the contract are positive.
+pub fn positive_id(violations: &mut FieldViolations, field: &str, value: i64) -> Option<i64> {
+    if value > 0 {
+        Some(value)
+    } else {
+        violations.add(field, "must be greater than 0");
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_survives_the_round_trip_through_status_details() {
+        let status = status_with_reason(Code::FailedPrecondition, Reason::BalanceLimit, "too much");
+        assert_eq!(reason_of(&status).as_deref(), Some("BALANCE_LIMIT"));
+    }
+
+    #[test]
+    fn every_violation_is_named_in_the_bad_request() {
+        let mut violations = FieldViolations::new();
+        violations.add("amount", "must be positive");
+        violations.add("idempotency_key", "must not be empty");
+        let status = violations.into_status();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(violated_fields(&status), ["amount", "idempotency_key"]);
+    }
+}

@@ -1,0 +1,14 @@
+//! What both services use: the generated gRPC code and its descriptor set, telemetry, the
+//! contract's rich errors, the gRPC server scaffolding (health, reflection, panics, graceful
+//! drain), the Postgres pool and migrations, and, behind the `test-support` feature, per-test
+//! databases.
+
+pub mod db;
+pub mod error;
+pub mod proto;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

@@ -1,0 +1,183 @@
+//! Per-test Postgres databases, cloned from a migrated template, so integration tests run in
+//! parallel against the real server without seeing each other's rows.
+//!
+//! The template is named after the migrations' fingerprint: it is built once (under an advisory
+//! lock, so concurrent test processes agree) and reused until the migrations change. Each test
+//! database is dropped when its [`TestDatabase`] is dropped; those of test processes that died
+//! are dropped by the next run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use diesel_migrations::EmbeddedMigrations;
+
+/// Where tests create their databases; override with `TEST_DATABASE_ADMIN_URL`.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A freshly migrated database of its own, dropped with this value.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    url: String,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestDatabase {
+    /// Clones a database from the template of `migrations`, building the template first if
+    /// no test process has built it yet. `prefix` names the service (`wallet`).
+    pub async fn create(prefix: &str, migrations: EmbeddedMigrations, fingerprint: &str) -> Self {
+        let admin_url = admin_url();
+        let template = format!("{prefix}_tpl_{fingerprint}");
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .expect("connect to the admin database (is Postgres running?)");
+        ensure_template(&mut admin, &admin_url, &template, migrations).await;
+        drop_abandoned_databases(&mut admin, prefix).await;
+
+        let name = format!(
+            "{prefix}_test_{}_{}_{:04x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u16>()
+        );
+        let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
+        let mut attempts = 0;
+        // Postgres refuses to clone a template while another session is briefly connected to
+        // it (another process checking it); that passes quickly.
+        while let Err(error) = admin.batch_execute(&create).await {
+            attempts += 1;
+            assert!(attempts < 100, "cannot create {name}: {error}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            url: database_url(&admin_url, &name),
+            name,
+        }
+    }
+
+    /// The connection URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop may run inside a runtime, which cannot be blocked on; a thread of its own can.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(async {
+                if let Ok(mut admin) = AsyncPgConnection::establish(&admin_url()).await {
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        });
+        let _ = dropped.join();
+    }
+}
+
+async fn ensure_template(
+    admin: &mut AsyncPgConnection,
+    admin_url: &str,
+    template: &str,
+    migrations: EmbeddedMigrations,
+) {
+    if database_exists(admin, template).await {
+        return;
+    }
+    let lock = format!("SELECT pg_advisory_lock(hashtext('{template}'))");
+    admin.batch_execute(&lock).await.expect("template lock");
+    if !database_exists(admin, template).await {
+        // Built under a temporary name and renamed at the end, so a run that dies half-way
+        // never leaves a template that looks complete.
+        let building = format!("{template}_building");
+        for statement in [
+            format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{building}\""),
+        ] {
+            admin
+                .batch_execute(&statement)
+                .await
+                .expect("create the template database");
+        }
+        crate::db::run_migrations(&database_url(admin_url, &building), migrations)
+            .await
+            .expect("migrate the template database");
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{building}\" RENAME TO \"{template}\""
+            ))
+            .await
+            .expect("publish the template database");
+    }
+    let unlock = format!("SELECT pg_advisory_unlock(hashtext('{template}'))");
+    admin.batch_execute(&unlock).await.expect("template unlock");
+}
+
+async fn database_exists(admin: &mut AsyncPgConnection, name: &str) -> bool {
+    database_names(admin, name)
+        .await
+        .iter()
+        .any(|found| found == name)
+}
+
+/// Names of databases starting with `prefix`.
+async fn database_names(admin: &mut AsyncPgConnection, prefix: &str) -> Vec<String> {
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    diesel::sql_query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind::<diesel::sql_types::Text, _>(prefix)
+        .load::<Row>(admin)
+        .await
+        .expect("list databases")
+        .into_iter()
+        .map(|row| row.datname)
+        .collect()
+}
+
+/// Drops the test databases of test processes of this machine that are no longer running.
+async fn drop_abandoned_databases(admin: &mut AsyncPgConnection, prefix: &str) {
+    let test_prefix = format!("{prefix}_test_");
+    for name in database_names(admin, &test_prefix).await {
+        let pid = name[test_prefix.len()..]
+            .split('_')
+            .next()
+            .unwrap_or_default();
+        let alive = std::path::Path::new("/proc").join(pid).exists();
+        if !alive {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// `admin_url` with its database replaced by `name`.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let base = admin_url.split('?').next().unwrap_or(admin_url);
+    match base.rfind('/') {
+        Some(slash) if slash > "postgres://".len() => format!("{}/{name}", &base[..slash]),
+        _ => format!("{base}/{name}"),
+    }
+}

@@ -1,0 +1,139 @@
+//! The wallet's rules, in terms of valid values. The decisions themselves are
+//! [`protocol::wallet::decide`]; this layer names the operations, fingerprints requests and keeps
+//! database work running to its end even when the caller goes away.
+
+mod types;
+
+use sha2::{Digest, Sha256};
+
+pub use protocol::wallet::Refusal;
+pub use types::*;
+
+use crate::store::{MovementOutcome, Store, StoreError};
+
+/// One requested change of a user's balance, under the caller's idempotency key.
+#[derive(Debug, Clone)]
+pub struct MoneyMovement {
+    pub user_id: UserId,
+    pub key: IdempotencyKey,
+    pub kind: MovementKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum MovementKind {
+    Charge {
+        amount: Points,
+    },
+    Use {
+        amount: Points,
+        reference: Reference,
+    },
+    /// Gives back the whole amount of the user's `Use` made under `use_key`.
+    Refund {
+        use_key: IdempotencyKey,
+    },
+}
+
+impl MoneyMovement {
+    /// SHA-256 of the request, so a replay (same key, same request) can be told from a reuse
+    /// of the key for something else. Fields are length-prefixed, so no two requests collide
+    /// by concatenation.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut hasher = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        field(&self.user_id.get().to_be_bytes());
+        match &self.kind {
+            MovementKind::Charge { amount } => {
+                field(b"charge");
+                field(&amount.get().to_be_bytes());
+            }
+            MovementKind::Use { amount, reference } => {
+                field(b"use");
+                field(&amount.get().to_be_bytes());
+                field(reference.as_str().as_bytes());
+            }
+            MovementKind::Refund { use_key } => {
+                field(b"refund");
+                field(use_key.as_str().as_bytes());
+            }
+        }
+        hasher.finalize().to_vec()
+    }
+}
+
+/// Why an operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error("insufficient balance")]
+    InsufficientBalance,
+    #[error("the balance would pass the limit of {MAX_BALANCE} points")]
+    BalanceLimit,
+    #[error("the idempotency key was already used for a different request")]
+    KeyReused,
+    #[error("the user has no use with that idempotency key")]
+    UnknownUse,
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for WalletError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(detail) => Self::Unavailable(detail),
+            StoreError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+/// The wallet service: balances, movements and the ledger.
+#[derive(Debug, Clone)]
+pub struct Wallets {
+    store: Store,
+}
+
+impl Wallets {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// The user's balance; 0 for a user never seen.
+    pub async fn balance(&self, user_id: UserId) -> Result<i64, WalletError> {
+        Ok(self.store.balance(user_id).await?)
+    }
+
+    /// Applies a movement once per key: a replay answers the first outcome, refusals included.
+    pub async fn apply(&self, movement: MoneyMovement) -> Result<Transaction, WalletError> {
+        let store = self.store.clone();
+        // In a task of its own, the transaction commits or rolls back on its own terms even if
+        // the caller cancels its call; a dropped future would leave that to the pool.
+        let outcome = tokio::spawn(async move { store.apply_movement(&movement).await })
+            .await
+            .map_err(|join_error| WalletError::Internal(join_error.to_string()))??;
+        match outcome {
+            MovementOutcome::Applied(transaction) | MovementOutcome::Replayed(transaction) => {
+                Ok(transaction)
+            }
+            MovementOutcome::Refused(Refusal::InsufficientBalance) => {
+                Err(WalletError::InsufficientBalance)
+            }
+            MovementOutcome::Refused(Refusal::BalanceLimit) => Err(WalletError::BalanceLimit),
+            MovementOutcome::KeyReused => Err(WalletError::KeyReused),
+            MovementOutcome::UnknownUse => Err(WalletError::UnknownUse),
+        }
+    }
+
+    /// A page of the user's ledger, newest first.
+    pub async fn transactions(
+        &self,
+        user_id: UserId,
+        page_size: PageSize,
+        cursor: Option<PageCursor>,
+    ) -> Result<TransactionPage, WalletError> {
+        Ok(self.store.transactions(user_id, page_size, cursor).await?)
+    }
+}

@@ -1,0 +1,128 @@
+//! Building the application (pool, migrations, listener, router) and running it until stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use shared::db::{PgPool, PoolSettings};
+use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
+use shared::server::GrpcRouter;
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::domain::Wallets;
+use crate::grpc::WalletGrpc;
+use crate::store::Store;
+
+/// The schema, embedded in the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// How often the health service re-checks Postgres.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A built server, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: GrpcRouter,
+    health: HealthReporter,
+    pool: PgPool,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("listener", &self.listener)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Migrates the database, builds the pool and binds the listener (port 0 picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        migrate(&config).await?;
+        let pool = shared::db::build_pool(
+            &config.database_url,
+            &PoolSettings {
+                max_size: config.db_pool_size,
+                application_name: "wallet-svc".to_owned(),
+                statement_timeout: config.db_statement_timeout,
+                lock_timeout: config.db_lock_timeout,
+                acquire_timeout: config.db_acquire_timeout,
+            },
+        )?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+
+        let wallets = Wallets::new(Store::new(pool.clone()));
+        let (router, health) = shared::server::router()?;
+        let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
+        Ok(Self {
+            listener,
+            router,
+            health,
+            pool,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains and closes the pool.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr()?, "wallet-svc serving");
+        let health_watch = tokio::spawn(watch_database(self.pool.clone(), self.health.clone()));
+        let shutdown = async {
+            shutdown.await;
+            health_watch.abort();
+        };
+        let served = shared::server::serve(
+            self.router,
+            self.listener,
+            self.health,
+            &[SERVICE_NAME],
+            shutdown,
+            self.drain_timeout,
+        )
+        .await;
+        self.pool.close();
+        served
+    }
+}
+
+/// Applies the embedded migrations to the configured database.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    shared::db::run_migrations(&config.database_url, MIGRATIONS)
+        .await
+        .context("cannot migrate the wallet database")
+}
+
+/// Keeps the service's health in step with Postgres: NOT_SERVING while it does not answer.
+async fn watch_database(pool: PgPool, health: HealthReporter) {
+    let mut interval = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        interval.tick().await;
+        let reachable = shared::db::ping(&pool).await;
+        if reachable != serving {
+            serving = reachable;
+            let status = if reachable {
+                tracing::info!("database reachable again");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("database unreachable");
+                ServingStatus::NotServing
+            };
+            shared::server::set_status(&health, &[SERVICE_NAME], status).await;
+        }
+    }
+}

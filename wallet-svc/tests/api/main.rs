@@ -1,0 +1,10 @@
+//! wallet-svc over a real socket, against a real Postgres.
+
+mod cancellation;
+mod concurrency;
+mod helpers;
+mod idempotency;
+mod listing;
+mod refund;
+mod server;
+mod validation;
