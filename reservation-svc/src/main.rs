@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen_addr))?;
-    let (router, health) = shared::server::router()?;
+    let (router, health) = shared::server::router(&[])?;
     tracing::info!(addr = %cli.listen_addr, "reservation-svc serving");
     shared::server::serve(
         router,

@@ -24,14 +24,28 @@ use crate::proto::FILE_DESCRIPTOR_SET;
 /// The router type of [`router`], to which a service adds itself.
 pub type GrpcRouter = Router<Stack<CatchPanicLayer, Identity>>;
 
+/// The services every server offers next to its own.
+const STANDARD_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// A router with tracing, panic recovery, `grpc.health.v1.Health` and reflection (v1 and
-/// v1alpha, since grpcurl 1.8 and ghz ask for v1alpha) already in place.
-pub fn router() -> anyhow::Result<(GrpcRouter, HealthReporter)> {
+/// v1alpha, since grpcurl 1.8 and ghz ask for v1alpha) already in place. Reflection lists
+/// `service_names` (the services this server will add) and the standard ones, and describes
+/// the `google.rpc` error details, so grpcurl can show an `ErrorInfo` or a `BadRequest`.
+pub fn router(service_names: &[&str]) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+        service_names
+            .iter()
+            .chain(&STANDARD_SERVICES)
+            .fold(builder, |builder, name| builder.with_service_name(*name))
     };
     let router = Server::builder()
         .trace_fn(crate::telemetry::grpc_request_span)

@@ -27,12 +27,18 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "WALLET_LISTEN_ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALLET_LISTEN_ADDR",
+        default_value = "0.0.0.0:50052"
+    )]
     pub listen_addr: SocketAddr,
 
     /// Postgres database of the wallets and their ledger.
     #[arg(
         long,
+        global = true,
         env = "WALLET_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/wallet",
         hide_env_values = true
@@ -40,23 +46,23 @@ pub struct Config {
     pub database_url: String,
 
     /// Most Postgres connections held at once.
-    #[arg(long, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, global = true, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 
     /// Longest one SQL statement may run.
-    #[arg(long, env = "WALLET_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "WALLET_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub db_statement_timeout: Duration,
 
     /// Longest a change waits for the wallet's row lock.
-    #[arg(long, env = "WALLET_DB_LOCK_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "WALLET_DB_LOCK_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub db_lock_timeout: Duration,
 
     /// Longest a call waits for a database connection before answering UNAVAILABLE.
-    #[arg(long, env = "WALLET_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "WALLET_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub db_acquire_timeout: Duration,
 
     /// On SIGTERM, how long calls in flight may take to finish.
-    #[arg(long, env = "WALLET_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "WALLET_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 }
 

@@ -61,7 +61,7 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
 
         let wallets = Wallets::new(Store::new(pool.clone()));
-        let (router, health) = shared::server::router()?;
+        let (router, health) = shared::server::router(&[SERVICE_NAME])?;
         let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
         Ok(Self {
             listener,
