@@ -111,3 +111,36 @@ pub async fn ping(pool: &PgPool) -> bool {
         Err(_) => false,
     }
 }
+
+/// The database settings of a service, as flags and environment variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DbArgs {
+    /// Most Postgres connections held at once.
+    #[arg(long, global = true, env = "DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+
+    /// Longest one SQL statement may run.
+    #[arg(long, global = true, env = "DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub db_statement_timeout: Duration,
+
+    /// Longest a statement waits for a row lock.
+    #[arg(long, global = true, env = "DB_LOCK_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub db_lock_timeout: Duration,
+
+    /// Longest a call waits for a database connection before answering UNAVAILABLE.
+    #[arg(long, global = true, env = "DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+}
+
+impl DbArgs {
+    /// The pool settings these arguments describe, for the service `application_name`.
+    pub fn pool_settings(&self, application_name: &str) -> PoolSettings {
+        PoolSettings {
+            max_size: self.db_pool_size,
+            application_name: application_name.to_owned(),
+            statement_timeout: self.db_statement_timeout,
+            lock_timeout: self.db_lock_timeout,
+            acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+}

@@ -9,6 +9,7 @@ pub mod proto;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod values;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

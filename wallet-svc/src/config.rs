@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use shared::db::DbArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "wallet-svc", version, about = "User point balances over gRPC")]
@@ -45,24 +46,11 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Most Postgres connections held at once.
-    #[arg(long, global = true, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
-    pub db_pool_size: usize,
-
-    /// Longest one SQL statement may run.
-    #[arg(long, global = true, env = "WALLET_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub db_statement_timeout: Duration,
-
-    /// Longest a change waits for the wallet's row lock.
-    #[arg(long, global = true, env = "WALLET_DB_LOCK_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub db_lock_timeout: Duration,
-
-    /// Longest a call waits for a database connection before answering UNAVAILABLE.
-    #[arg(long, global = true, env = "WALLET_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub db_acquire_timeout: Duration,
+    #[command(flatten)]
+    pub db: DbArgs,
 
     /// On SIGTERM, how long calls in flight may take to finish.
-    #[arg(long, global = true, env = "WALLET_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 }
 

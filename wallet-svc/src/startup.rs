@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use shared::db::{PgPool, PoolSettings};
+use shared::db::PgPool;
 use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
 use shared::server::GrpcRouter;
 use tokio::net::TcpListener;
@@ -46,16 +46,8 @@ impl Application {
     /// Migrates the database, builds the pool and binds the listener (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         migrate(&config).await?;
-        let pool = shared::db::build_pool(
-            &config.database_url,
-            &PoolSettings {
-                max_size: config.db_pool_size,
-                application_name: "wallet-svc".to_owned(),
-                statement_timeout: config.db_statement_timeout,
-                lock_timeout: config.db_lock_timeout,
-                acquire_timeout: config.db_acquire_timeout,
-            },
-        )?;
+        let pool =
+            shared::db::build_pool(&config.database_url, &config.db.pool_settings("wallet-svc"))?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;

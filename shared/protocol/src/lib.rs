@@ -3,4 +3,5 @@
 //! one transaction, ask these functions what to do, and apply the answer in that transaction;
 //! the model checker calls the very same functions in every interleaving.
 
+pub mod reservation;
 pub mod wallet;

@@ -1,34 +1,13 @@
 //! Values that are valid by construction: a handler parses a request into these once, and
 //! nothing past that point checks them again.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 
 pub use protocol::wallet::{MAX_AMOUNT, MAX_BALANCE};
+pub use shared::values::{InvalidValue, PageCursor, PageSize, UserId};
 
-/// Why a value was rejected, worded for the caller.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidValue(&'static str);
-
-/// A user id, always positive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct UserId(i64);
-
-impl UserId {
-    pub fn parse(value: i64) -> Result<Self, InvalidValue> {
-        if value > 0 {
-            Ok(Self(value))
-        } else {
-            Err(InvalidValue("must be greater than 0"))
-        }
-    }
-
-    pub fn get(self) -> i64 {
-        self.0
-    }
-}
+/// Names the ledger listing in its page tokens.
+pub const TRANSACTIONS_LISTING: &str = "tx";
 
 /// An amount one operation moves: `1 ..= MAX_AMOUNT` points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,71 +69,6 @@ impl Reference {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-/// Rows per page: `0` asks for the default of 50; at most 1000.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageSize(u16);
-
-impl PageSize {
-    pub const DEFAULT: u16 = 50;
-    pub const MAX: u16 = 1000;
-
-    pub fn parse(value: i32) -> Result<Self, InvalidValue> {
-        match value {
-            0 => Ok(Self(Self::DEFAULT)),
-            1..=1000 => Ok(Self(u16::try_from(value).unwrap_or(Self::MAX))),
-            _ => Err(InvalidValue("must be between 0 and 1000")),
-        }
-    }
-
-    pub fn get(self) -> u16 {
-        self.0
-    }
-}
-
-/// Where the next page of a user's ledger starts: below this transaction id. Opaque to callers
-/// (base64 of `t1:<user>:<id>`); a token of another user, or not made by us, is rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageCursor {
-    pub user_id: UserId,
-    pub before_id: i64,
-}
-
-impl PageCursor {
-    const VERSION: &'static str = "t1";
-
-    pub fn encode(self) -> String {
-        let plain = format!(
-            "{}:{}:{}",
-            Self::VERSION,
-            self.user_id.get(),
-            self.before_id
-        );
-        URL_SAFE_NO_PAD.encode(plain)
-    }
-
-    /// Parses a token from a previous page of `user_id`'s listing; empty means the first page.
-    pub fn decode(token: &str, user_id: UserId) -> Result<Option<Self>, InvalidValue> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        let invalid = InvalidValue("is not a token from a previous page of this listing");
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid.clone())?;
-        let plain = String::from_utf8(bytes).map_err(|_| invalid.clone())?;
-        let mut parts = plain.split(':');
-        let (Some(version), Some(user), Some(before), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(invalid);
-        };
-        let user = user.parse::<i64>().map_err(|_| invalid.clone())?;
-        let before_id = before.parse::<i64>().map_err(|_| invalid.clone())?;
-        if version != Self::VERSION || user != user_id.get() || before_id <= 0 {
-            return Err(invalid);
-        }
-        Ok(Some(Self { user_id, before_id }))
     }
 }
 
@@ -224,33 +138,5 @@ mod tests {
     fn references_count_characters_not_bytes() {
         assert!(Reference::parse("é".repeat(256)).is_ok());
         assert!(Reference::parse("é".repeat(257)).is_err());
-    }
-
-    #[test]
-    fn a_cursor_round_trips_for_its_own_user_only() {
-        let user = UserId::parse(7).expect("valid");
-        let other = UserId::parse(8).expect("valid");
-        let cursor = PageCursor {
-            user_id: user,
-            before_id: 42,
-        };
-        let token = cursor.encode();
-        assert_eq!(PageCursor::decode(&token, user), Ok(Some(cursor)));
-        assert!(PageCursor::decode(&token, other).is_err());
-    }
-
-    #[test]
-    fn garbage_tokens_are_rejected() {
-        let user = UserId::parse(7).expect("valid");
-        for token in [
-            "%%%",
-            "dDE6Nzo",
-            "not base64!",
-            &URL_SAFE_NO_PAD.encode("t1:7:-1"),
-            &URL_SAFE_NO_PAD.encode("t1:7:1:1"),
-            &URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
-        ] {
-            assert!(PageCursor::decode(token, user).is_err(), "{token} accepted");
-        }
     }
 }

@@ -8,7 +8,7 @@ use tonic::Status;
 
 use crate::domain::{
     IdempotencyKey, MoneyMovement, MovementKind, PageCursor, PageSize, Points, Reference,
-    Transaction, TransactionKind, TransactionPage, UserId,
+    TRANSACTIONS_LISTING, Transaction, TransactionKind, TransactionPage, UserId,
 };
 
 pub struct BalanceQuery {
@@ -117,7 +117,7 @@ impl TryFrom<pb::ListTransactionsRequest> for TransactionsQuery {
         let cursor = match user_id {
             Some(user_id) => violations.check(
                 "page_token",
-                PageCursor::decode(&request.page_token, user_id),
+                PageCursor::decode(&request.page_token, TRANSACTIONS_LISTING, user_id.get()),
             ),
             None => Some(None),
         };
@@ -159,7 +159,10 @@ impl From<TransactionPage> for pb::ListTransactionsResponse {
     fn from(page: TransactionPage) -> Self {
         Self {
             transactions: page.transactions.into_iter().map(Into::into).collect(),
-            next_page_token: page.next.map(PageCursor::encode).unwrap_or_default(),
+            next_page_token: page
+                .next
+                .map(|cursor| cursor.encode(TRANSACTIONS_LISTING))
+                .unwrap_or_default(),
         }
     }
 }

@@ -126,7 +126,7 @@ impl Store {
         rows.truncate(usize::from(page_size.get()));
         let next = match rows.last() {
             Some(last) if more => Some(PageCursor {
-                user_id,
+                owner: user_id.get(),
                 before_id: last.id,
             }),
             _ => None,

@@ -9,7 +9,7 @@ use crate::helpers::spawn_app_with;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_calls_cancelled_at_random_points_leave_no_open_transaction() {
-    let app = spawn_app_with(|config| config.db_pool_size = 4).await;
+    let app = spawn_app_with(|config| config.db.db_pool_size = 4).await;
     app.charge(1, 10_000, "initial").await.expect("charge");
 
     let calls = (0..200).map(|i| {

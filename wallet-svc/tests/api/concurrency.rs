@@ -9,7 +9,7 @@ use crate::helpers::{TestApp, reason, spawn_app_with};
 const POOL_SIZES: [usize; 2] = [1, 16];
 
 async fn app_with_pool(pool_size: usize) -> TestApp {
-    spawn_app_with(|config| config.db_pool_size = pool_size).await
+    spawn_app_with(|config| config.db.db_pool_size = pool_size).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

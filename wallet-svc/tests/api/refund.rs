@@ -29,7 +29,7 @@ async fn a_refund_gives_back_the_use_once_under_any_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_refunds_of_one_use_refund_once() {
     for pool_size in [1, 16] {
-        let app = crate::helpers::spawn_app_with(|config| config.db_pool_size = pool_size).await;
+        let app = crate::helpers::spawn_app_with(|config| config.db.db_pool_size = pool_size).await;
         app.charge(1, 100, "charge-1").await.expect("charge");
         app.use_points(1, 30, "use-1").await.expect("use");
 

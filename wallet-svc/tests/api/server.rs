@@ -101,7 +101,7 @@ async fn a_stopped_server_drains_and_refuses_new_connections() {
 #[tokio::test]
 async fn an_unreachable_database_is_unavailable_not_an_internal_error() {
     let app = crate::helpers::spawn_app_with(|config| {
-        config.db_acquire_timeout = std::time::Duration::from_millis(500);
+        config.db.db_acquire_timeout = std::time::Duration::from_millis(500);
     })
     .await;
     app.charge(1, 10, "charge-1").await.expect("charge");
@@ -121,4 +121,50 @@ async fn an_unreachable_database_is_unavailable_not_an_internal_error() {
         .await
         .expect_err("no database");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_in_flight_when_the_server_stops_still_completes() {
+    use diesel_async::SimpleAsyncConnection;
+
+    let mut app = spawn_app().await;
+    app.charge(1, 100, "charge-1").await.expect("charge");
+
+    // Hold the wallet's row lock so the next use waits inside its transaction.
+    let mut blocker = app.connect_db().await;
+    blocker
+        .batch_execute("BEGIN; SELECT * FROM wallets WHERE user_id = 1 FOR UPDATE")
+        .await
+        .expect("lock the wallet");
+    let mut client = app.client();
+    let in_flight = tokio::spawn(async move {
+        client
+            .r#use(shared::proto::wallet::v1::UseRequest {
+                user_id: 1,
+                amount: 30,
+                idempotency_key: "use-during-stop".to_owned(),
+                reference: String::new(),
+            })
+            .await
+    });
+    while app.sessions_in_state("active").await == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let stopping = {
+        let stop = app.stop();
+        tokio::pin!(stop);
+        // The server is draining: it has not stopped while the call waits.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut stop).await;
+        assert!(early.is_err(), "stopped with a call in flight");
+        blocker
+            .batch_execute("COMMIT")
+            .await
+            .expect("release the lock");
+        stop.await
+    };
+
+    stopping.expect("a clean stop");
+    let used = in_flight.await.expect("task").expect("the call completed");
+    assert_eq!(used.into_inner().balance_after, 70);
 }

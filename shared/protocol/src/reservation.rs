@@ -1,0 +1,183 @@
+//! The seat-hold lifecycle: who may take a seat, what a seat reads as, and which holds the
+//! sweeper may expire. Times are microseconds since the Unix epoch, always passed in.
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+/// A reservation's state. `Held`, `Paying` and `Confirmed` are active: they own their seat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Held,
+    Paying,
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl Status {
+    /// Whether a reservation in this state owns its seat (the partial unique index's states).
+    pub const fn is_active(self) -> bool {
+        matches!(self, Self::Held | Self::Paying | Self::Confirmed)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::Paying => "PAYING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Cancelled => "CANCELLED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "HELD" => Some(Self::Held),
+            "PAYING" => Some(Self::Paying),
+            "CONFIRMED" => Some(Self::Confirmed),
+            "CANCELLED" => Some(Self::Cancelled),
+            "EXPIRED" => Some(Self::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// What a seat reads as to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeatView {
+    Available,
+    Held,
+    Sold,
+}
+
+/// The facts of a reservation the lifecycle decisions depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservationState {
+    pub id: i64,
+    pub user_id: i64,
+    pub status: Status,
+    pub expires_at: Micros,
+}
+
+impl ReservationState {
+    /// A hold whose time is up: it no longer owns its seat, whether or not the sweeper has
+    /// marked it `Expired` yet.
+    pub const fn is_lapsed(&self, now: Micros) -> bool {
+        matches!(self.status, Status::Held) && self.expires_at <= now
+    }
+
+    /// Whether this reservation owns its seat at `now`.
+    pub const fn holds_seat(&self, now: Micros) -> bool {
+        self.status.is_active() && !self.is_lapsed(now)
+    }
+}
+
+/// How a seat reads at `now`, given its active reservation (if any). A lapsed hold reads as
+/// available at once, before any sweeper has run.
+pub fn seat_view(active: Option<&ReservationState>, now: Micros) -> SeatView {
+    match active {
+        Some(reservation) if reservation.holds_seat(now) => match reservation.status {
+            Status::Confirmed => SeatView::Sold,
+            _ => SeatView::Held,
+        },
+        _ => SeatView::Available,
+    }
+}
+
+/// What a hold does, decided under the seat's row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldDecision {
+    /// Take the seat: first mark `expire_first` (a lapsed hold of this seat) `Expired`, then
+    /// move the seat to HELD and insert the new reservation.
+    Hold { expire_first: Option<i64> },
+    /// Another reservation owns the seat.
+    Taken,
+}
+
+/// Decides a hold of a seat whose active reservation (if any) is `active`.
+pub fn hold(active: Option<&ReservationState>, now: Micros) -> HoldDecision {
+    match active {
+        None => HoldDecision::Hold { expire_first: None },
+        Some(reservation) if reservation.is_lapsed(now) => HoldDecision::Hold {
+            expire_first: Some(reservation.id),
+        },
+        Some(_) => HoldDecision::Taken,
+    }
+}
+
+/// Whether the sweeper expires this reservation (freeing its seat). Only a lapsed `Held`:
+/// never one that is paying, whose money may be on its way.
+pub fn sweepable(reservation: &ReservationState, now: Micros) -> bool {
+    reservation.is_lapsed(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Micros = 1_000_000;
+
+    fn reservation(status: Status, expires_at: Micros) -> ReservationState {
+        ReservationState {
+            id: 7,
+            user_id: 1,
+            status,
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn a_free_seat_is_held() {
+        assert_eq!(hold(None, NOW), HoldDecision::Hold { expire_first: None });
+    }
+
+    #[test]
+    fn a_lapsed_hold_is_expired_and_the_seat_taken_over() {
+        let lapsed = reservation(Status::Held, NOW);
+        assert_eq!(
+            hold(Some(&lapsed), NOW),
+            HoldDecision::Hold {
+                expire_first: Some(7)
+            }
+        );
+        assert_eq!(seat_view(Some(&lapsed), NOW), SeatView::Available);
+    }
+
+    #[test]
+    fn a_live_hold_a_payment_or_a_sale_keeps_the_seat() {
+        for status in [Status::Held, Status::Paying, Status::Confirmed] {
+            let owner = reservation(status, NOW + 1);
+            assert_eq!(hold(Some(&owner), NOW), HoldDecision::Taken, "{status:?}");
+        }
+        // Paying and confirmed reservations keep the seat past the hold's expiry.
+        for status in [Status::Paying, Status::Confirmed] {
+            let owner = reservation(status, NOW - 1);
+            assert_eq!(hold(Some(&owner), NOW), HoldDecision::Taken, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn seats_read_as_their_owner_makes_them() {
+        assert_eq!(seat_view(None, NOW), SeatView::Available);
+        assert_eq!(
+            seat_view(Some(&reservation(Status::Held, NOW + 1)), NOW),
+            SeatView::Held
+        );
+        assert_eq!(
+            seat_view(Some(&reservation(Status::Paying, NOW - 1)), NOW),
+            SeatView::Held
+        );
+        assert_eq!(
+            seat_view(Some(&reservation(Status::Confirmed, 0)), NOW),
+            SeatView::Sold
+        );
+    }
+
+    #[test]
+    fn the_sweeper_expires_lapsed_holds_only() {
+        assert!(sweepable(&reservation(Status::Held, NOW), NOW));
+        assert!(!sweepable(&reservation(Status::Held, NOW + 1), NOW));
+        assert!(!sweepable(&reservation(Status::Paying, 0), NOW));
+        assert!(!sweepable(&reservation(Status::Confirmed, 0), NOW));
+    }
+}

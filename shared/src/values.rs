@@ -1,0 +1,155 @@
+//! Request values both services parse the same way: valid by construction, so nothing past
+//! the gRPC adapter checks them again.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// Why a value was rejected, worded for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub &'static str);
+
+/// Declares a newtype over a positive `i64` id.
+#[macro_export]
+macro_rules! positive_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(i64);
+
+        impl $name {
+            pub fn parse(value: i64) -> Result<Self, $crate::values::InvalidValue> {
+                if value > 0 {
+                    Ok(Self(value))
+                } else {
+                    Err($crate::values::InvalidValue("must be greater than 0"))
+                }
+            }
+
+            pub fn get(self) -> i64 {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+positive_id!(
+    /// A user, as the caller's identity system numbers them.
+    UserId
+);
+
+/// Rows per page: `0` asks for the default of 50; at most 1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageSize(u16);
+
+impl PageSize {
+    pub const DEFAULT: u16 = 50;
+    pub const MAX: u16 = 1000;
+
+    pub fn parse(value: i32) -> Result<Self, InvalidValue> {
+        match value {
+            0 => Ok(Self(Self::DEFAULT)),
+            1..=1000 => Ok(Self(u16::try_from(value).unwrap_or(Self::MAX))),
+            _ => Err(InvalidValue("must be between 0 and 1000")),
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+/// Where the next page of an owner's listing starts: below row id `before_id`, newest first.
+/// Opaque to callers (base64 of `<listing>:<owner>:<id>`); a token of another listing or owner,
+/// or not made by us, is rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageCursor {
+    pub owner: i64,
+    pub before_id: i64,
+}
+
+impl PageCursor {
+    /// The token of this cursor in the listing named `listing`.
+    pub fn encode(self, listing: &str) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{listing}:{}:{}", self.owner, self.before_id))
+    }
+
+    /// Parses a token from a previous page of `owner`'s listing `listing`; empty means the
+    /// first page.
+    pub fn decode(token: &str, listing: &str, owner: i64) -> Result<Option<Self>, InvalidValue> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let invalid = || InvalidValue("is not a token from a previous page of this listing");
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+        let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
+        let mut parts = plain.split(':');
+        let (Some(found_listing), Some(found_owner), Some(before), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let found_owner = found_owner.parse::<i64>().map_err(|_| invalid())?;
+        let before_id = before.parse::<i64>().map_err(|_| invalid())?;
+        if found_listing != listing || found_owner != owner || before_id <= 0 {
+            return Err(invalid());
+        }
+        Ok(Some(Self { owner, before_id }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_positive() {
+        assert!(UserId::parse(1).is_ok());
+        assert!(UserId::parse(0).is_err());
+        assert!(UserId::parse(i64::MIN).is_err());
+    }
+
+    #[test]
+    fn page_sizes_default_to_50_and_stop_at_1000() {
+        assert_eq!(PageSize::parse(0).map(PageSize::get), Ok(50));
+        assert_eq!(PageSize::parse(1000).map(PageSize::get), Ok(1000));
+        assert!(PageSize::parse(1001).is_err());
+        assert!(PageSize::parse(-1).is_err());
+    }
+
+    #[test]
+    fn a_cursor_round_trips_for_its_own_listing_and_owner_only() {
+        let cursor = PageCursor {
+            owner: 7,
+            before_id: 42,
+        };
+        let token = cursor.encode("tx");
+        assert_eq!(PageCursor::decode(&token, "tx", 7), Ok(Some(cursor)));
+        assert!(PageCursor::decode(&token, "tx", 8).is_err());
+        assert!(PageCursor::decode(&token, "rsv", 7).is_err());
+    }
+
+    #[test]
+    fn garbage_tokens_are_rejected() {
+        let malformed = [
+            "%%%".to_owned(),
+            "not base64!".to_owned(),
+            URL_SAFE_NO_PAD.encode("tx:7:-1"),
+            URL_SAFE_NO_PAD.encode("tx:7:1:1"),
+            URL_SAFE_NO_PAD.encode("tx:seven:1"),
+            URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
+        ];
+        for token in &malformed {
+            assert!(
+                PageCursor::decode(token, "tx", 7).is_err(),
+                "{token} accepted"
+            );
+        }
+    }
+}
