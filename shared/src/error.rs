@@ -57,6 +57,18 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Yields the parsed values (each an `Option` from [`FieldViolations::check`]) when every
+/// field parsed, else returns the violations as an `INVALID_ARGUMENT` status.
+#[macro_export]
+macro_rules! all_valid {
+    ($violations:ident, $($value:ident),+) => {
+        match ($($value),+) {
+            ($(Some($value)),+) if $violations.is_empty() => ($($value),+),
+            _ => return Err($violations.into_status()),
+        }
+    };
+}
+
 /// Collects every problem of a request, so one answer names all bad fields.
 #[derive(Debug, Default)]
 pub struct FieldViolations(Vec<FieldViolation>);

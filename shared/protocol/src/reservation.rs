@@ -111,6 +111,44 @@ pub fn sweepable(reservation: &ReservationState, now: Micros) -> bool {
     reservation.is_lapsed(now)
 }
 
+/// A reservation's status as of `now`: a lapsed hold reads as `Expired` before the sweeper
+/// has marked it.
+pub fn status_at(reservation: &ReservationState, now: Micros) -> Status {
+    if reservation.is_lapsed(now) {
+        Status::Expired
+    } else {
+        reservation.status
+    }
+}
+
+/// What a cancellation by `user_id` does, decided under the seat's row lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelDecision {
+    /// Mark it `Cancelled` and free the seat.
+    Release,
+    /// Already cancelled: answer it as it is.
+    AlreadyCancelled,
+    /// Paid: refund the payment, then cancel and free the seat.
+    RefundThenRelease,
+    NotOwner,
+    HoldExpired,
+    /// Paying (retry once the payment settles) or expired.
+    InvalidState,
+}
+
+pub fn cancel(reservation: &ReservationState, user_id: i64, now: Micros) -> CancelDecision {
+    if reservation.user_id != user_id {
+        return CancelDecision::NotOwner;
+    }
+    match reservation.status {
+        Status::Held if reservation.is_lapsed(now) => CancelDecision::HoldExpired,
+        Status::Held => CancelDecision::Release,
+        Status::Cancelled => CancelDecision::AlreadyCancelled,
+        Status::Confirmed => CancelDecision::RefundThenRelease,
+        Status::Paying | Status::Expired => CancelDecision::InvalidState,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +208,47 @@ mod tests {
         assert_eq!(
             seat_view(Some(&reservation(Status::Confirmed, 0)), NOW),
             SeatView::Sold
+        );
+    }
+
+    #[test]
+    fn only_the_owner_cancels_and_only_a_live_hold_is_released() {
+        let held = reservation(Status::Held, NOW + 1);
+        assert_eq!(cancel(&held, 2, NOW), CancelDecision::NotOwner);
+        assert_eq!(cancel(&held, 1, NOW), CancelDecision::Release);
+        assert_eq!(
+            cancel(&reservation(Status::Held, NOW), 1, NOW),
+            CancelDecision::HoldExpired
+        );
+        assert_eq!(
+            cancel(&reservation(Status::Cancelled, 0), 1, NOW),
+            CancelDecision::AlreadyCancelled
+        );
+        assert_eq!(
+            cancel(&reservation(Status::Confirmed, 0), 1, NOW),
+            CancelDecision::RefundThenRelease
+        );
+        for status in [Status::Paying, Status::Expired] {
+            assert_eq!(
+                cancel(&reservation(status, NOW + 1), 1, NOW),
+                CancelDecision::InvalidState
+            );
+        }
+    }
+
+    #[test]
+    fn a_lapsed_hold_reads_as_expired() {
+        assert_eq!(
+            status_at(&reservation(Status::Held, NOW), NOW),
+            Status::Expired
+        );
+        assert_eq!(
+            status_at(&reservation(Status::Held, NOW + 1), NOW),
+            Status::Held
+        );
+        assert_eq!(
+            status_at(&reservation(Status::Paying, 0), NOW),
+            Status::Paying
         );
     }
 

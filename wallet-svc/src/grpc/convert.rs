@@ -1,6 +1,7 @@
 //! Requests parsed into domain values (every bad field reported at once, as `INVALID_ARGUMENT`
 //! with a `BadRequest`), and domain values turned into messages.
 
+use shared::all_valid;
 use shared::error::{FieldViolations, invalid_field};
 use shared::proto::timestamp;
 use shared::proto::wallet::v1 as pb;
@@ -19,16 +20,6 @@ pub struct TransactionsQuery {
     pub user_id: UserId,
     pub page_size: PageSize,
     pub cursor: Option<PageCursor>,
-}
-
-/// Yields the parsed values when every field parsed, else the violations as a status.
-macro_rules! all_valid {
-    ($violations:ident, $($value:ident),+) => {
-        match ($($value),+) {
-            ($(Some($value)),+) if $violations.is_empty() => ($($value),+),
-            _ => return Err($violations.into_status()),
-        }
-    };
 }
 
 impl TryFrom<pb::GetBalanceRequest> for BalanceQuery {

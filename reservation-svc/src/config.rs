@@ -1,0 +1,105 @@
+//! Settings, each from a `--flag` or its environment variable; `--help` lists the defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use shared::db::DbArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "reservation-svc",
+    version,
+    about = "Concert seat reservations over gRPC"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Exit 0 when the server on the listen address reports SERVING (for container health checks).
+    HealthCheck,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(
+        long,
+        global = true,
+        env = "RESERVATION_LISTEN_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
+    pub listen_addr: SocketAddr,
+
+    /// Postgres database of concerts, schedules, seats and reservations.
+    #[arg(
+        long,
+        global = true,
+        env = "RESERVATION_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/reservation",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Redis of the seat locks.
+    #[arg(
+        long,
+        global = true,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Longest one Redis command may take; past it a hold answers UNAVAILABLE.
+    #[arg(long, global = true, env = "REDIS_COMMAND_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_command_timeout: Duration,
+
+    /// How long a hold keeps its seat before it lapses.
+    #[arg(long, global = true, env = "SEAT_HOLD_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub seat_hold_ttl: Duration,
+
+    /// How long a seat lock lives if its request never releases it.
+    #[arg(long, global = true, env = "SEAT_LOCK_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub seat_lock_ttl: Duration,
+
+    /// Prefix of every Redis key this service writes.
+    #[arg(
+        long,
+        global = true,
+        env = "SEAT_LOCK_PREFIX",
+        default_value = "ticketing:"
+    )]
+    pub seat_lock_prefix: String,
+
+    /// How often each replica expires lapsed holds.
+    #[arg(long, global = true, env = "SWEEP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Most holds one sweep transaction expires.
+    #[arg(long, global = true, env = "SWEEP_BATCH_SIZE", default_value_t = 500)]
+    pub sweep_batch_size: i64,
+
+    /// On SIGTERM, how long calls in flight may take to finish.
+    #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults, as `--help` shows them, with no flags or environment.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["reservation-svc"]).config
+    }
+}

@@ -1,0 +1,171 @@
+//! Values that are valid by construction: a handler parses a request into these once, and
+//! nothing past that point checks them again.
+
+use chrono::{DateTime, Utc};
+pub use protocol::reservation::{SeatView, Status};
+pub use shared::values::{InvalidValue, PageCursor, PageSize, UserId};
+
+shared::positive_id!(
+    /// A concert.
+    ConcertId
+);
+shared::positive_id!(
+    /// One performance date of a concert.
+    ScheduleId
+);
+shared::positive_id!(
+    /// A reservation of one seat.
+    ReservationId
+);
+
+/// Names the reservation listing in its page tokens.
+pub const RESERVATIONS_LISTING: &str = "rsv";
+
+/// A concert's title: 1 to 200 characters, not only whitespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Title(String);
+
+impl Title {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(value: String) -> Result<Self, InvalidValue> {
+        if value.trim().is_empty() {
+            return Err(InvalidValue("must not be blank"));
+        }
+        if value.chars().count() > Self::MAX_CHARS {
+            return Err(InvalidValue("must be at most 200 characters"));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Seats of a schedule: `1 ..= 100_000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeatCount(i32);
+
+impl SeatCount {
+    pub const MAX: i32 = 100_000;
+
+    pub fn parse(value: i32) -> Result<Self, InvalidValue> {
+        if (1..=Self::MAX).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(InvalidValue("must be between 1 and 100000"))
+        }
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+/// A seat's price in points: `0 ..= 1_000_000_000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Price(i64);
+
+impl Price {
+    pub const MAX: i64 = 1_000_000_000;
+
+    pub fn parse(value: i64) -> Result<Self, InvalidValue> {
+        if (0..=Self::MAX).contains(&value) {
+            Ok(Self(value))
+        } else {
+            Err(InvalidValue("must be between 0 and 1000000000 points"))
+        }
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+/// A seat number, at least 1; whether it exists depends on its schedule's seat count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeatNo(i32);
+
+impl SeatNo {
+    pub fn parse(value: i32) -> Result<Self, InvalidValue> {
+        if value >= 1 {
+            Ok(Self(value))
+        } else {
+            Err(InvalidValue(
+                "must be between 1 and the schedule's seat count",
+            ))
+        }
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Concert {
+    pub id: i64,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub id: i64,
+    pub concert_id: i64,
+    pub starts_at: DateTime<Utc>,
+    pub seat_count: i32,
+    pub seat_price: i64,
+    /// Seats neither held nor sold right now.
+    pub available_seats: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    pub seat_no: i32,
+    pub price: i64,
+    pub status: SeatView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: i64,
+    pub user_id: i64,
+    pub schedule_id: i64,
+    pub seat_no: i32,
+    pub price: i64,
+    /// As of the read: a hold past its expiry reads as `Expired`, swept or not.
+    pub status: Status,
+    pub expires_at: DateTime<Utc>,
+    pub payment_transaction_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A page of a user's reservations, newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationPage {
+    pub reservations: Vec<Reservation>,
+    pub next: Option<PageCursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_not_blank_and_at_most_200_characters() {
+        assert!(Title::parse("BTS".into()).is_ok());
+        assert!(Title::parse("가".repeat(200)).is_ok());
+        assert!(Title::parse("가".repeat(201)).is_err());
+        assert!(Title::parse(String::new()).is_err());
+        assert!(Title::parse(" \t ".into()).is_err());
+    }
+
+    #[test]
+    fn seat_counts_and_prices_stay_in_their_ranges() {
+        assert!(SeatCount::parse(1).is_ok() && SeatCount::parse(100_000).is_ok());
+        assert!(SeatCount::parse(0).is_err() && SeatCount::parse(100_001).is_err());
+        assert!(Price::parse(0).is_ok() && Price::parse(1_000_000_000).is_ok());
+        assert!(Price::parse(-1).is_err() && Price::parse(1_000_000_001).is_err());
+    }
+}

@@ -1,0 +1,38 @@
+//! The one place a domain error becomes a gRPC status, and where internal errors are logged.
+
+use shared::error::{Reason, invalid_field, status_with_reason};
+use tonic::{Code, Status};
+
+use crate::domain::ReservationError;
+
+impl From<ReservationError> for Status {
+    fn from(error: ReservationError) -> Self {
+        let message = error.to_string();
+        match error {
+            ReservationError::NotFound(_) => Status::not_found(message),
+            ReservationError::SeatOutOfRange { .. } => invalid_field("seat_no", message),
+            ReservationError::SeatTaken => {
+                status_with_reason(Code::AlreadyExists, Reason::SeatTaken, message)
+            }
+            ReservationError::SeatLocked => {
+                status_with_reason(Code::Aborted, Reason::SeatLocked, message)
+            }
+            ReservationError::NotOwner => Status::permission_denied(message),
+            ReservationError::HoldExpired => {
+                status_with_reason(Code::FailedPrecondition, Reason::HoldExpired, message)
+            }
+            ReservationError::InvalidState => {
+                status_with_reason(Code::FailedPrecondition, Reason::InvalidState, message)
+            }
+            ReservationError::PaymentUnsupported => Status::unimplemented(message),
+            ReservationError::Unavailable(detail) => {
+                tracing::warn!(%detail, "dependency unavailable");
+                Status::unavailable("a dependency is unavailable, retry later")
+            }
+            ReservationError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

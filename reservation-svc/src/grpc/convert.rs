@@ -1,0 +1,237 @@
+//! Requests parsed into domain values (every bad field reported at once, as `INVALID_ARGUMENT`
+//! with a `BadRequest`), and domain values turned into messages.
+
+use chrono::{DateTime, Utc};
+use shared::all_valid;
+use shared::error::{FieldViolations, invalid_field};
+use shared::proto::reservation::v1 as pb;
+use shared::proto::timestamp;
+use shared::values::InvalidValue;
+use tonic::Status;
+
+use crate::domain::{
+    CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, Price,
+    RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat,
+    SeatCount, SeatNo, SeatView, Status as ReservationStatus, Title, UserId,
+};
+
+/// A request that names one thing by its id.
+pub struct ById<T>(pub T);
+
+pub struct ReservationsQuery {
+    pub user_id: UserId,
+    pub page_size: PageSize,
+    pub cursor: Option<PageCursor>,
+}
+
+fn one_id<T>(field: &str, parsed: Result<T, InvalidValue>) -> Result<ById<T>, Status> {
+    parsed
+        .map(ById)
+        .map_err(|error| invalid_field(field, error.to_string()))
+}
+
+pub fn title(request: pb::CreateConcertRequest) -> Result<Title, Status> {
+    Title::parse(request.title).map_err(|error| invalid_field("title", error.to_string()))
+}
+
+impl TryFrom<pb::ListSchedulesRequest> for ById<ConcertId> {
+    type Error = Status;
+
+    fn try_from(request: pb::ListSchedulesRequest) -> Result<Self, Status> {
+        one_id("concert_id", ConcertId::parse(request.concert_id))
+    }
+}
+
+impl TryFrom<pb::ListSeatsRequest> for ById<ScheduleId> {
+    type Error = Status;
+
+    fn try_from(request: pb::ListSeatsRequest) -> Result<Self, Status> {
+        one_id("schedule_id", ScheduleId::parse(request.schedule_id))
+    }
+}
+
+impl TryFrom<pb::GetReservationRequest> for ById<ReservationId> {
+    type Error = Status;
+
+    fn try_from(request: pb::GetReservationRequest) -> Result<Self, Status> {
+        one_id(
+            "reservation_id",
+            ReservationId::parse(request.reservation_id),
+        )
+    }
+}
+
+fn starts_at(value: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, InvalidValue> {
+    let value = value.ok_or(InvalidValue("is required"))?;
+    let nanos = u32::try_from(value.nanos).map_err(|_| InvalidValue("is not a valid timestamp"))?;
+    DateTime::from_timestamp(value.seconds, nanos).ok_or(InvalidValue("is not a valid timestamp"))
+}
+
+impl TryFrom<pb::CreateScheduleRequest> for NewSchedule {
+    type Error = Status;
+
+    fn try_from(request: pb::CreateScheduleRequest) -> Result<Self, Status> {
+        let mut violations = FieldViolations::new();
+        let concert_id = violations.check("concert_id", ConcertId::parse(request.concert_id));
+        let starts_at = violations.check("starts_at", starts_at(request.starts_at));
+        let seat_count = violations.check("seat_count", SeatCount::parse(request.seat_count));
+        let seat_price = violations.check("seat_price", Price::parse(request.seat_price));
+        let (concert_id, starts_at, seat_count, seat_price) =
+            all_valid!(violations, concert_id, starts_at, seat_count, seat_price);
+        Ok(Self {
+            concert_id,
+            starts_at,
+            seat_count,
+            seat_price,
+        })
+    }
+}
+
+impl TryFrom<pb::HoldSeatRequest> for HoldRequest {
+    type Error = Status;
+
+    fn try_from(request: pb::HoldSeatRequest) -> Result<Self, Status> {
+        let mut violations = FieldViolations::new();
+        let user_id = violations.check("user_id", UserId::parse(request.user_id));
+        let schedule_id = violations.check("schedule_id", ScheduleId::parse(request.schedule_id));
+        let seat_no = violations.check("seat_no", SeatNo::parse(request.seat_no));
+        let (user_id, schedule_id, seat_no) = all_valid!(violations, user_id, schedule_id, seat_no);
+        Ok(Self {
+            user_id,
+            schedule_id,
+            seat_no,
+        })
+    }
+}
+
+impl TryFrom<pb::CancelReservationRequest> for CancelRequest {
+    type Error = Status;
+
+    fn try_from(request: pb::CancelReservationRequest) -> Result<Self, Status> {
+        let mut violations = FieldViolations::new();
+        let reservation_id = violations.check(
+            "reservation_id",
+            ReservationId::parse(request.reservation_id),
+        );
+        let user_id = violations.check("user_id", UserId::parse(request.user_id));
+        let (reservation_id, user_id) = all_valid!(violations, reservation_id, user_id);
+        Ok(Self {
+            reservation_id,
+            user_id,
+        })
+    }
+}
+
+/// Payments are not taken by this version; the request is still checked like any other.
+pub fn check_pay(request: pb::PayReservationRequest) -> Result<(), Status> {
+    let mut violations = FieldViolations::new();
+    let reservation_id = violations.check(
+        "reservation_id",
+        ReservationId::parse(request.reservation_id),
+    );
+    let user_id = violations.check("user_id", UserId::parse(request.user_id));
+    let _ = all_valid!(violations, reservation_id, user_id);
+    Ok(())
+}
+
+impl TryFrom<pb::ListReservationsRequest> for ReservationsQuery {
+    type Error = Status;
+
+    fn try_from(request: pb::ListReservationsRequest) -> Result<Self, Status> {
+        let mut violations = FieldViolations::new();
+        let user_id = violations.check("user_id", UserId::parse(request.user_id));
+        let page_size = violations.check("page_size", PageSize::parse(request.page_size));
+        // A token can only be judged against a valid user.
+        let cursor = match user_id {
+            Some(user_id) => violations.check(
+                "page_token",
+                PageCursor::decode(&request.page_token, RESERVATIONS_LISTING, user_id.get()),
+            ),
+            None => Some(None),
+        };
+        let (user_id, page_size, cursor) = all_valid!(violations, user_id, page_size, cursor);
+        Ok(Self {
+            user_id,
+            page_size,
+            cursor,
+        })
+    }
+}
+
+impl From<Concert> for pb::Concert {
+    fn from(concert: Concert) -> Self {
+        Self {
+            id: concert.id,
+            title: concert.title,
+        }
+    }
+}
+
+impl From<Schedule> for pb::Schedule {
+    fn from(schedule: Schedule) -> Self {
+        Self {
+            id: schedule.id,
+            concert_id: schedule.concert_id,
+            starts_at: Some(timestamp(schedule.starts_at)),
+            seat_count: schedule.seat_count,
+            seat_price: schedule.seat_price,
+            available_seats: schedule.available_seats,
+        }
+    }
+}
+
+fn seat_status(view: SeatView) -> pb::SeatStatus {
+    match view {
+        SeatView::Available => pb::SeatStatus::Available,
+        SeatView::Held => pb::SeatStatus::Held,
+        SeatView::Sold => pb::SeatStatus::Sold,
+    }
+}
+
+impl From<Seat> for pb::Seat {
+    fn from(seat: Seat) -> Self {
+        Self {
+            seat_no: seat.seat_no,
+            price: seat.price,
+            status: seat_status(seat.status).into(),
+        }
+    }
+}
+
+fn reservation_status(status: ReservationStatus) -> pb::ReservationStatus {
+    match status {
+        ReservationStatus::Held => pb::ReservationStatus::Held,
+        ReservationStatus::Paying => pb::ReservationStatus::Paying,
+        ReservationStatus::Confirmed => pb::ReservationStatus::Confirmed,
+        ReservationStatus::Cancelled => pb::ReservationStatus::Cancelled,
+        ReservationStatus::Expired => pb::ReservationStatus::Expired,
+    }
+}
+
+impl From<Reservation> for pb::Reservation {
+    fn from(reservation: Reservation) -> Self {
+        Self {
+            id: reservation.id,
+            user_id: reservation.user_id,
+            schedule_id: reservation.schedule_id,
+            seat_no: reservation.seat_no,
+            price: reservation.price,
+            status: reservation_status(reservation.status).into(),
+            expires_at: Some(timestamp(reservation.expires_at)),
+            payment_transaction_id: reservation.payment_transaction_id.unwrap_or_default(),
+            created_at: Some(timestamp(reservation.created_at)),
+        }
+    }
+}
+
+impl From<ReservationPage> for pb::ListReservationsResponse {
+    fn from(page: ReservationPage) -> Self {
+        Self {
+            reservations: page.reservations.into_iter().map(Into::into).collect(),
+            next_page_token: page
+                .next
+                .map(|cursor| cursor.encode(RESERVATIONS_LISTING))
+                .unwrap_or_default(),
+        }
+    }
+}

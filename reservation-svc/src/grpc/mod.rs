@@ -1,0 +1,126 @@
+//! The gRPC adapter: parse the request, call the domain, convert the answer.
+
+mod convert;
+
+use shared::proto::reservation::v1 as pb;
+use shared::proto::reservation::v1::reservation_service_server::ReservationService;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{ReservationError, Reservations};
+use convert::{ById, ReservationsQuery};
+
+/// Serves `ticketing.reservation.v1.ReservationService`.
+#[derive(Debug, Clone)]
+pub struct ReservationGrpc {
+    reservations: Reservations,
+}
+
+impl ReservationGrpc {
+    pub fn new(reservations: Reservations) -> Self {
+        Self { reservations }
+    }
+}
+
+#[tonic::async_trait]
+impl ReservationService for ReservationGrpc {
+    async fn create_concert(
+        &self,
+        request: Request<pb::CreateConcertRequest>,
+    ) -> Result<Response<pb::Concert>, Status> {
+        let title = convert::title(request.into_inner())?;
+        let concert = self.reservations.create_concert(title).await?;
+        Ok(Response::new(concert.into()))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<pb::CreateScheduleRequest>,
+    ) -> Result<Response<pb::Schedule>, Status> {
+        let schedule = request.into_inner().try_into()?;
+        let created = self.reservations.create_schedule(schedule).await?;
+        Ok(Response::new(created.into()))
+    }
+
+    async fn list_concerts(
+        &self,
+        _request: Request<pb::ListConcertsRequest>,
+    ) -> Result<Response<pb::ListConcertsResponse>, Status> {
+        let concerts = self.reservations.concerts().await?;
+        Ok(Response::new(pb::ListConcertsResponse {
+            concerts: concerts.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let ById(concert_id) = request.into_inner().try_into()?;
+        let schedules = self.reservations.schedules(concert_id).await?;
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: schedules.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn list_seats(
+        &self,
+        request: Request<pb::ListSeatsRequest>,
+    ) -> Result<Response<pb::ListSeatsResponse>, Status> {
+        let ById(schedule_id) = request.into_inner().try_into()?;
+        let seats = self.reservations.seats(schedule_id).await?;
+        Ok(Response::new(pb::ListSeatsResponse {
+            seats: seats.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn hold_seat(
+        &self,
+        request: Request<pb::HoldSeatRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let hold = request.into_inner().try_into()?;
+        let reservation = self.reservations.hold(hold).await?;
+        Ok(Response::new(reservation.into()))
+    }
+
+    async fn pay_reservation(
+        &self,
+        request: Request<pb::PayReservationRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        convert::check_pay(request.into_inner())?;
+        Err(ReservationError::PaymentUnsupported.into())
+    }
+
+    async fn cancel_reservation(
+        &self,
+        request: Request<pb::CancelReservationRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let cancel = request.into_inner().try_into()?;
+        let reservation = self.reservations.cancel(cancel).await?;
+        Ok(Response::new(reservation.into()))
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<pb::GetReservationRequest>,
+    ) -> Result<Response<pb::Reservation>, Status> {
+        let ById(reservation_id) = request.into_inner().try_into()?;
+        let reservation = self.reservations.reservation(reservation_id).await?;
+        Ok(Response::new(reservation.into()))
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<pb::ListReservationsRequest>,
+    ) -> Result<Response<pb::ListReservationsResponse>, Status> {
+        let ReservationsQuery {
+            user_id,
+            page_size,
+            cursor,
+        } = request.into_inner().try_into()?;
+        let page = self
+            .reservations
+            .reservations(user_id, page_size, cursor)
+            .await?;
+        Ok(Response::new(page.into()))
+    }
+}

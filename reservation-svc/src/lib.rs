@@ -1,0 +1,12 @@
+//! reservation-svc: concerts, schedules, seats and seat holds. A hold takes a Redis lock on its
+//! seat (losers of a stampede answer at once), then Postgres decides under the seat's row lock,
+//! with a partial unique index as the final guard against double booking.
+
+pub mod config;
+pub mod domain;
+mod error;
+pub mod grpc;
+pub mod lock;
+pub mod startup;
+pub mod store;
+pub mod sweeper;

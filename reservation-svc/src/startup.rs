@@ -1,0 +1,150 @@
+//! Building the application (pool, migrations, Redis, listener, router) and running it until
+//! stopped, with the expiry sweeper and the dependency health watch beside it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use shared::proto::reservation::v1::reservation_service_server::{
+    ReservationServiceServer, SERVICE_NAME,
+};
+use shared::server::GrpcRouter;
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::domain::Reservations;
+use crate::grpc::ReservationGrpc;
+use crate::lock::{LockSettings, SeatLocks};
+use crate::store::Store;
+
+/// The schema, embedded in the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// How often the health service re-checks Postgres and Redis.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A built server, bound to its port, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: GrpcRouter,
+    health: HealthReporter,
+    reservations: Reservations,
+    config: Config,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("listener", &self.listener)
+            .field("reservations", &self.reservations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Migrates the database, builds the pool and the Redis client, and binds the listener
+    /// (port 0 picks a free one). Redis need not be up yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        migrate(&config).await?;
+        let pool = shared::db::build_pool(
+            &config.database_url,
+            &config.db.pool_settings("reservation-svc"),
+        )?;
+        let locks = SeatLocks::connect(LockSettings {
+            redis_url: config.redis_url.clone(),
+            key_prefix: config.seat_lock_prefix.clone(),
+            ttl: config.seat_lock_ttl,
+            command_timeout: config.redis_command_timeout,
+        })
+        .await
+        .context("invalid Redis configuration")?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+
+        let reservations = Reservations::new(Store::new(pool), locks, config.seat_hold_ttl);
+        let (router, health) = shared::server::router(&[SERVICE_NAME])?;
+        let router = router.add_service(ReservationServiceServer::new(ReservationGrpc::new(
+            reservations.clone(),
+        )));
+        Ok(Self {
+            listener,
+            router,
+            health,
+            reservations,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains and closes the pool and Redis.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr()?, "reservation-svc serving");
+        let sweeper = tokio::spawn(crate::sweeper::run(
+            self.reservations.clone(),
+            self.config.sweep_interval,
+            self.config.sweep_batch_size,
+        ));
+        let health_watch = tokio::spawn(watch_dependencies(
+            self.reservations.clone(),
+            self.health.clone(),
+        ));
+        let shutdown = async {
+            shutdown.await;
+            health_watch.abort();
+            sweeper.abort();
+        };
+        let served = shared::server::serve(
+            self.router,
+            self.listener,
+            self.health,
+            &[SERVICE_NAME],
+            shutdown,
+            self.config.drain_timeout,
+        )
+        .await;
+        self.reservations.locks().close().await;
+        self.reservations.store().pool().close();
+        served
+    }
+}
+
+/// Applies the embedded migrations to the configured database.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    shared::db::run_migrations(&config.database_url, MIGRATIONS)
+        .await
+        .context("cannot migrate the reservation database")
+}
+
+/// Keeps the service's health in step with its dependencies: NOT_SERVING while Postgres or
+/// Redis does not answer (holds fail closed without Redis).
+async fn watch_dependencies(reservations: Reservations, health: HealthReporter) {
+    let mut interval = tokio::time::interval(HEALTH_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        interval.tick().await;
+        let (database, redis) = tokio::join!(
+            shared::db::ping(reservations.store().pool()),
+            reservations.locks().ping()
+        );
+        if (database && redis) != serving {
+            serving = database && redis;
+            let status = if serving {
+                tracing::info!("dependencies reachable again");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!(database, redis, "a dependency is unreachable");
+                ServingStatus::NotServing
+            };
+            shared::server::set_status(&health, &[SERVICE_NAME], status).await;
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! Postgres access. Every change of a seat or of its reservations first locks the seat's row
+//! (`SELECT ... FOR UPDATE`), so holds, cancellations and the sweeper of any replica serialize
+//! per seat and always take their locks in the same order: seat, then reservation. The partial
+//! unique index on active reservations backs that up.
+
+mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
+use diesel_async::pooled_connection::deadpool::PoolError;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use protocol::reservation::{CancelDecision, HoldDecision, SeatView, Status};
+use shared::db::PgPool;
+
+use crate::domain::{
+    CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, Reservation,
+    ReservationId, ReservationPage, Schedule, ScheduleId, Seat, Title, UserId,
+};
+use models::{ConcertRow, NewReservation, ReservationRow, ScheduleRow, SeatRow, parse_status};
+use schema::{concerts, reservations, schedules, seats};
+
+/// The index that allows one active reservation per seat.
+const ONE_ACTIVE_RESERVATION_PER_SEAT: &str = "one_active_reservation_per_seat";
+const ACTIVE: [&str; 3] = ["HELD", "PAYING", "CONFIRMED"];
+
+/// A failure of the database, not of the request.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Unreachable, out of connections, or a lock or statement timed out: worth a retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DieselError> for StoreError {
+    fn from(error: DieselError) -> Self {
+        match &error {
+            DieselError::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+                _,
+            ) => Self::Unavailable(error.to_string()),
+            // lock_timeout and statement_timeout (SQLSTATE 55P03 and 57014).
+            DieselError::DatabaseError(_, info)
+                if info.message().starts_with("canceling statement due to") =>
+            {
+                Self::Unavailable(error.to_string())
+            }
+            _ => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(error: PoolError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+/// How a hold ended.
+#[derive(Debug)]
+pub enum HoldOutcome {
+    Held(Reservation),
+    ScheduleNotFound,
+    SeatOutOfRange { seat_count: i32 },
+    Taken,
+}
+
+/// How a cancellation ended.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    Cancelled(Reservation),
+    NotFound,
+    Refused(CancelDecision),
+}
+
+/// Why a hold's transaction rolled back.
+enum HoldFailure {
+    Taken,
+    Store(StoreError),
+}
+
+impl From<DieselError> for HoldFailure {
+    fn from(error: DieselError) -> Self {
+        match &error {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+                if info.constraint_name() == Some(ONE_ACTIVE_RESERVATION_PER_SEAT) =>
+            {
+                Self::Taken
+            }
+            _ => Self::Store(error.into()),
+        }
+    }
+}
+
+impl From<StoreError> for HoldFailure {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+/// The transaction's clock: one `now()` for every decision in it, the same on every replica.
+fn db_now() -> diesel::expression::SqlLiteral<Timestamptz> {
+    sql::<Timestamptz>("now()")
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn create_concert(&self, title: &Title) -> Result<Concert, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let row = diesel::insert_into(concerts::table)
+            .values(concerts::title.eq(title.as_str()))
+            .returning(ConcertRow::as_returning())
+            .get_result(&mut conn)
+            .await?;
+        Ok(row.into())
+    }
+
+    /// Creates the schedule and its seats `1..=seat_count` in one statement; `None` when the
+    /// concert does not exist.
+    pub async fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+    ) -> Result<Option<Schedule>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let row = diesel::sql_query(
+            "WITH concert AS (SELECT id FROM concerts WHERE id = $1), \
+             schedule AS ( \
+                 INSERT INTO schedules (concert_id, starts_at, seat_count, seat_price) \
+                 SELECT id, $2, $3, $4 FROM concert RETURNING * \
+             ), \
+             created_seats AS ( \
+                 INSERT INTO seats (schedule_id, seat_no, price) \
+                 SELECT schedule.id, seat_no, schedule.seat_price \
+                 FROM schedule, generate_series(1, schedule.seat_count) AS seat_no \
+             ) \
+             SELECT id, concert_id, starts_at, seat_count, seat_price, \
+                    seat_count AS available_seats \
+             FROM schedule",
+        )
+        .bind::<BigInt, _>(schedule.concert_id.get())
+        .bind::<Timestamptz, _>(schedule.starts_at)
+        .bind::<Integer, _>(schedule.seat_count.get())
+        .bind::<BigInt, _>(schedule.seat_price.get())
+        .get_result::<ScheduleRow>(&mut conn)
+        .await
+        .optional()?;
+        Ok(row.map(Into::into))
+    }
+
+    pub async fn concerts(&self) -> Result<Vec<Concert>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let rows = concerts::table
+            .order(concerts::id)
+            .select(ConcertRow::as_select())
+            .load(&mut conn)
+            .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// The concert's schedules with their seats available right now; `None` for an unknown
+    /// concert. Available = seats minus reservations that own their seat at `now()` (a lapsed
+    /// hold does not, as `protocol::reservation::ReservationState::holds_seat` says).
+    pub async fn schedules(
+        &self,
+        concert_id: ConcertId,
+    ) -> Result<Option<Vec<Schedule>>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let exists = concerts::table
+            .find(concert_id.get())
+            .select(concerts::id)
+            .first::<i64>(&mut conn)
+            .await
+            .optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = diesel::sql_query(
+            "SELECT s.id, s.concert_id, s.starts_at, s.seat_count, s.seat_price, \
+                    s.seat_count - ( \
+                        SELECT COUNT(*) FROM reservations r \
+                        WHERE r.schedule_id = s.id \
+                          AND r.status IN ('HELD', 'PAYING', 'CONFIRMED') \
+                          AND NOT (r.status = 'HELD' AND r.expires_at <= now()) \
+                    )::INTEGER AS available_seats \
+             FROM schedules s WHERE s.concert_id = $1 ORDER BY s.starts_at, s.id",
+        )
+        .bind::<BigInt, _>(concert_id.get())
+        .load::<ScheduleRow>(&mut conn)
+        .await?;
+        Ok(Some(rows.into_iter().map(Into::into).collect()))
+    }
+
+    /// Every seat of the schedule as it reads now; `None` for an unknown schedule.
+    pub async fn seats(&self, schedule_id: ScheduleId) -> Result<Option<Vec<Seat>>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let rows = diesel::sql_query(
+            "SELECT s.seat_no, s.price, r.id AS reservation_id, r.user_id, r.status, r.expires_at, \
+                    now() AS now \
+             FROM seats s \
+             LEFT JOIN reservations r \
+               ON r.schedule_id = s.schedule_id AND r.seat_no = s.seat_no \
+              AND r.status IN ('HELD', 'PAYING', 'CONFIRMED') \
+             WHERE s.schedule_id = $1 ORDER BY s.seat_no",
+        )
+        .bind::<BigInt, _>(schedule_id.get())
+        .load::<SeatRow>(&mut conn)
+        .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.into_iter()
+            .map(|row| {
+                let active = match (row.reservation_id, row.user_id, row.status, row.expires_at) {
+                    (Some(id), Some(user_id), Some(status), Some(expires_at)) => {
+                        Some(protocol::reservation::ReservationState {
+                            id,
+                            user_id,
+                            status: parse_status(&status)?,
+                            expires_at: micros(expires_at),
+                        })
+                    }
+                    _ => None,
+                };
+                Ok(Seat {
+                    seat_no: row.seat_no,
+                    price: row.price,
+                    status: protocol::reservation::seat_view(active.as_ref(), micros(row.now)),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// One transaction: lock the seat's row, let the protocol decide, expire a lapsed hold if
+    /// there is one, move the seat AVAILABLE -> HELD, insert the reservation.
+    pub async fn hold_seat(
+        &self,
+        request: HoldRequest,
+        hold_ttl: Duration,
+    ) -> Result<HoldOutcome, StoreError> {
+        let hold_ttl = chrono::Duration::from_std(hold_ttl)
+            .map_err(|error| StoreError::Internal(error.to_string()))?;
+        let mut conn = self.pool.get().await?;
+        let outcome = conn
+            .transaction::<_, HoldFailure, _>(async |conn| hold_seat(conn, request, hold_ttl).await)
+            .await;
+        match outcome {
+            Ok(outcome) => Ok(outcome),
+            Err(HoldFailure::Taken) => Ok(HoldOutcome::Taken),
+            Err(HoldFailure::Store(error)) => Err(error),
+        }
+    }
+
+    /// Cancels a reservation as the protocol decides, under the seat's row lock.
+    pub async fn cancel(&self, request: CancelRequest) -> Result<CancelOutcome, StoreError> {
+        let mut conn = self.pool.get().await?;
+        conn.transaction(async |conn| cancel(conn, request).await)
+            .await
+    }
+
+    pub async fn reservation(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let row = reservations::table
+            .find(id.get())
+            .select((ReservationRow::as_select(), db_now()))
+            .first::<(ReservationRow, DateTime<Utc>)>(&mut conn)
+            .await
+            .optional()?;
+        row.map(|(row, now)| row.into_reservation(now)).transpose()
+    }
+
+    pub async fn reservations(
+        &self,
+        user_id: UserId,
+        page_size: PageSize,
+        cursor: Option<PageCursor>,
+    ) -> Result<ReservationPage, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let size = usize::from(page_size.get());
+        let mut query = reservations::table
+            .filter(reservations::user_id.eq(user_id.get()))
+            .order(reservations::id.desc())
+            // One row more than asked tells whether another page follows.
+            .limit(i64::from(page_size.get()) + 1)
+            .select((ReservationRow::as_select(), db_now()))
+            .into_boxed();
+        if let Some(cursor) = cursor {
+            query = query.filter(reservations::id.lt(cursor.before_id));
+        }
+        let mut rows = query
+            .load::<(ReservationRow, DateTime<Utc>)>(&mut conn)
+            .await?;
+        let more = rows.len() > size;
+        rows.truncate(size);
+        let next = match rows.last() {
+            Some((last, _)) if more => Some(PageCursor {
+                owner: user_id.get(),
+                before_id: last.id,
+            }),
+            _ => None,
+        };
+        let reservations = rows
+            .into_iter()
+            .map(|(row, now)| row.into_reservation(now))
+            .collect::<Result<_, _>>()?;
+        Ok(ReservationPage { reservations, next })
+    }
+
+    /// Expires up to `batch_size` lapsed holds and frees their seats, in one transaction.
+    /// Seats another transaction holds are skipped (`SKIP LOCKED`), so any number of sweepers
+    /// work side by side, each on different seats, and a hold or payment in progress is never
+    /// waited for.
+    pub async fn expire_lapsed_holds(&self, batch_size: i64) -> Result<usize, StoreError> {
+        let mut conn = self.pool.get().await?;
+        conn.transaction(async |conn| expire_lapsed_holds(conn, batch_size).await)
+            .await
+    }
+}
+
+async fn hold_seat(
+    conn: &mut AsyncPgConnection,
+    request: HoldRequest,
+    hold_ttl: chrono::Duration,
+) -> Result<HoldOutcome, HoldFailure> {
+    let schedule_id = request.schedule_id.get();
+    let seat_no = request.seat_no.get();
+    let seat_count = schedules::table
+        .find(schedule_id)
+        .select(schedules::seat_count)
+        .first::<i32>(conn)
+        .await
+        .optional()?;
+    let Some(seat_count) = seat_count else {
+        return Ok(HoldOutcome::ScheduleNotFound);
+    };
+    if seat_no > seat_count {
+        return Ok(HoldOutcome::SeatOutOfRange { seat_count });
+    }
+
+    let (price, now) = seats::table
+        .find((schedule_id, seat_no))
+        .select((seats::price, db_now()))
+        .for_update()
+        .first::<(i64, DateTime<Utc>)>(conn)
+        .await?;
+    let active = reservations::table
+        .filter(reservations::schedule_id.eq(schedule_id))
+        .filter(reservations::seat_no.eq(seat_no))
+        .filter(reservations::status.eq_any(ACTIVE))
+        .select(ReservationRow::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let active = active.as_ref().map(ReservationRow::state).transpose()?;
+
+    let HoldDecision::Hold { expire_first } =
+        protocol::reservation::hold(active.as_ref(), micros(now))
+    else {
+        return Ok(HoldOutcome::Taken);
+    };
+    if let Some(lapsed) = expire_first {
+        diesel::update(
+            reservations::table
+                .find(lapsed)
+                .filter(reservations::status.eq(Status::Held.as_str())),
+        )
+        .set((
+            reservations::status.eq(Status::Expired.as_str()),
+            reservations::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+        set_seat_status(
+            conn,
+            schedule_id,
+            seat_no,
+            SeatView::Held,
+            SeatView::Available,
+        )
+        .await?;
+    }
+    let moved = set_seat_status(
+        conn,
+        schedule_id,
+        seat_no,
+        SeatView::Available,
+        SeatView::Held,
+    )
+    .await?;
+    if moved != 1 {
+        // The seat row says taken though no reservation owns it: roll back, write nothing.
+        return Err(HoldFailure::Taken);
+    }
+    let row = diesel::insert_into(reservations::table)
+        .values(NewReservation {
+            user_id: request.user_id.get(),
+            schedule_id,
+            seat_no,
+            price,
+            status: Status::Held.as_str(),
+            expires_at: now + hold_ttl,
+        })
+        .returning(ReservationRow::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok(HoldOutcome::Held(row.into_reservation(now)?))
+}
+
+async fn cancel(
+    conn: &mut AsyncPgConnection,
+    request: CancelRequest,
+) -> Result<CancelOutcome, StoreError> {
+    let id = request.reservation_id.get();
+    let seat = reservations::table
+        .find(id)
+        .select((reservations::schedule_id, reservations::seat_no))
+        .first::<(i64, i32)>(conn)
+        .await
+        .optional()?;
+    let Some((schedule_id, seat_no)) = seat else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    // Seat first, then the reservation: the order every writer follows.
+    let now = seats::table
+        .find((schedule_id, seat_no))
+        .select(db_now())
+        .for_update()
+        .first::<DateTime<Utc>>(conn)
+        .await?;
+    let row = reservations::table
+        .find(id)
+        .select(ReservationRow::as_select())
+        .for_update()
+        .first(conn)
+        .await?;
+    match protocol::reservation::cancel(&row.state()?, request.user_id.get(), micros(now)) {
+        CancelDecision::Release => {
+            let row = diesel::update(reservations::table.find(id))
+                .set((
+                    reservations::status.eq(Status::Cancelled.as_str()),
+                    reservations::updated_at.eq(now),
+                ))
+                .returning(ReservationRow::as_returning())
+                .get_result(conn)
+                .await?;
+            set_seat_status(
+                conn,
+                schedule_id,
+                seat_no,
+                SeatView::Held,
+                SeatView::Available,
+            )
+            .await?;
+            Ok(CancelOutcome::Cancelled(row.into_reservation(now)?))
+        }
+        CancelDecision::AlreadyCancelled => {
+            Ok(CancelOutcome::Cancelled(row.into_reservation(now)?))
+        }
+        refused => Ok(CancelOutcome::Refused(refused)),
+    }
+}
+
+async fn expire_lapsed_holds(
+    conn: &mut AsyncPgConnection,
+    batch_size: i64,
+) -> Result<usize, StoreError> {
+    #[derive(QueryableByName)]
+    struct Lapsed {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+        #[diesel(sql_type = Text)]
+        status: String,
+        #[diesel(sql_type = Timestamptz)]
+        expires_at: DateTime<Utc>,
+        #[diesel(sql_type = Timestamptz)]
+        now: DateTime<Utc>,
+    }
+    // Locks the seats (never the reservations first), in the order every writer uses.
+    let candidates = diesel::sql_query(
+        "SELECT r.id, r.user_id, r.status, r.expires_at, now() AS now \
+         FROM reservations r \
+         JOIN seats s ON s.schedule_id = r.schedule_id AND s.seat_no = r.seat_no \
+         WHERE r.status = 'HELD' AND r.expires_at <= now() \
+         ORDER BY r.expires_at \
+         LIMIT $1 \
+         FOR UPDATE OF s SKIP LOCKED",
+    )
+    .bind::<BigInt, _>(batch_size)
+    .load::<Lapsed>(conn)
+    .await?;
+    let mut sweepable = Vec::with_capacity(candidates.len());
+    for candidate in &candidates {
+        let state = protocol::reservation::ReservationState {
+            id: candidate.id,
+            user_id: candidate.user_id,
+            status: parse_status(&candidate.status)?,
+            expires_at: micros(candidate.expires_at),
+        };
+        if protocol::reservation::sweepable(&state, micros(candidate.now)) {
+            sweepable.push(candidate.id);
+        }
+    }
+    if sweepable.is_empty() {
+        return Ok(0);
+    }
+    // Conditional on still being a lapsed hold: the candidate list was read from a snapshot
+    // that may predate a commit on one of these seats.
+    let expired = diesel::sql_query(
+        "WITH expired AS ( \
+             UPDATE reservations SET status = 'EXPIRED', updated_at = now() \
+             WHERE id = ANY($1) AND status = 'HELD' AND expires_at <= now() \
+             RETURNING schedule_id, seat_no \
+         ) \
+         UPDATE seats SET status = 'AVAILABLE' FROM expired \
+         WHERE seats.schedule_id = expired.schedule_id AND seats.seat_no = expired.seat_no \
+           AND seats.status = 'HELD'",
+    )
+    .bind::<Array<BigInt>, _>(&sweepable)
+    .execute(conn)
+    .await?;
+    Ok(expired)
+}
+
+/// Moves a seat from `from` to `to`; returns 1 when it was in `from`, else 0.
+async fn set_seat_status(
+    conn: &mut AsyncPgConnection,
+    schedule_id: i64,
+    seat_no: i32,
+    from: SeatView,
+    to: SeatView,
+) -> Result<usize, DieselError> {
+    diesel::update(
+        seats::table
+            .find((schedule_id, seat_no))
+            .filter(seats::status.eq(seat_status(from))),
+    )
+    .set(seats::status.eq(seat_status(to)))
+    .execute(conn)
+    .await
+}
+
+const fn seat_status(view: SeatView) -> &'static str {
+    match view {
+        SeatView::Available => "AVAILABLE",
+        SeatView::Held => "HELD",
+        SeatView::Sold => "SOLD",
+    }
+}

@@ -1,0 +1,298 @@
+//! One reservation-svc per test, on a free port, against a database and a Redis key prefix of
+//! its own; tests that stop Redis get a Redis of their own.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Integer, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use reservation_svc::config::Config;
+use reservation_svc::startup::{Application, MIGRATIONS};
+use shared::proto::reservation::v1 as pb;
+use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
+use shared::test_support::TestDatabase;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = ReservationServiceClient<Channel>;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub db: TestDatabase,
+    pub key_prefix: String,
+    pub config: Config,
+    stop_tx: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A configuration for a test: its database, a key prefix of its own, sweeping left to tests.
+pub fn test_config(db: &TestDatabase) -> Config {
+    let mut config = Config::defaults();
+    config.listen_addr = "127.0.0.1:0".parse().expect("address");
+    config.database_url = db.url().to_owned();
+    config.seat_lock_prefix = format!("test:{:016x}:", rand::random::<u64>());
+    config.sweep_interval = Duration::from_secs(3600);
+    config
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let db = TestDatabase::create("reservation", MIGRATIONS, env!("MIGRATIONS_FINGERPRINT")).await;
+    let mut config = test_config(&db);
+    configure(&mut config);
+    let (addr, stop_tx, server) = start(config.clone()).await;
+    TestApp {
+        addr,
+        client: Client::new(channel(addr).await),
+        db,
+        key_prefix: config.seat_lock_prefix.clone(),
+        config,
+        stop_tx: Some(stop_tx),
+        server: Some(server),
+    }
+}
+
+/// Starts one more server with `config` (a second replica, say); stopped when the returned
+/// sender is dropped or fired.
+pub async fn start(
+    config: Config,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+) {
+    let app = Application::build(config)
+        .await
+        .expect("build the application");
+    let addr = app.local_addr().expect("bound address");
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server)
+}
+
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the test server")
+}
+
+impl TestApp {
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// A concert with one schedule of `seat_count` seats at 100 points; returns the schedule id.
+    pub async fn schedule_with_seats(&self, seat_count: i32) -> i64 {
+        let concert = self
+            .client()
+            .create_concert(pb::CreateConcertRequest {
+                title: "Test concert".to_owned(),
+            })
+            .await
+            .expect("concert")
+            .into_inner();
+        self.client()
+            .create_schedule(pb::CreateScheduleRequest {
+                concert_id: concert.id,
+                starts_at: Some(prost_types::Timestamp {
+                    seconds: 1_900_000_000,
+                    nanos: 0,
+                }),
+                seat_count,
+                seat_price: 100,
+            })
+            .await
+            .expect("schedule")
+            .into_inner()
+            .id
+    }
+
+    pub async fn hold(
+        &self,
+        user_id: i64,
+        schedule_id: i64,
+        seat_no: i32,
+    ) -> Result<pb::Reservation, tonic::Status> {
+        self.client()
+            .hold_seat(pb::HoldSeatRequest {
+                user_id,
+                schedule_id,
+                seat_no,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn seats(&self, schedule_id: i64) -> Vec<pb::Seat> {
+        self.client()
+            .list_seats(pb::ListSeatsRequest { schedule_id })
+            .await
+            .expect("seats")
+            .into_inner()
+            .seats
+    }
+
+    pub async fn reservation(&self, reservation_id: i64) -> pb::Reservation {
+        self.client()
+            .get_reservation(pb::GetReservationRequest { reservation_id })
+            .await
+            .expect("reservation")
+            .into_inner()
+    }
+
+    pub async fn connect_db(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(self.db.url())
+            .await
+            .expect("connect to the test database")
+    }
+
+    /// Reservations of the seat in the given status, read from the table.
+    pub async fn reservations_in(&self, schedule_id: i64, seat_no: i32, status: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.connect_db().await;
+        diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM reservations \
+             WHERE schedule_id = $1 AND seat_no = $2 AND status = $3",
+        )
+        .bind::<BigInt, _>(schedule_id)
+        .bind::<Integer, _>(seat_no)
+        .bind::<Text, _>(status)
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("count reservations")
+        .n
+    }
+
+    /// Rows of every table, to show that a request wrote nothing.
+    pub async fn rows_written(&self) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.connect_db().await;
+        diesel::sql_query(
+            "SELECT (SELECT COUNT(*) FROM concerts) + (SELECT COUNT(*) FROM schedules) \
+                  + (SELECT COUNT(*) FROM seats) + (SELECT COUNT(*) FROM reservations) \
+                  + (SELECT COUNT(*) FROM seats WHERE status <> 'AVAILABLE') AS n",
+        )
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("count rows")
+        .n
+    }
+
+    /// Runs SQL on the test database.
+    pub async fn execute(&self, sql: &str) {
+        use diesel_async::SimpleAsyncConnection;
+        self.connect_db()
+            .await
+            .batch_execute(sql)
+            .await
+            .expect("execute SQL");
+    }
+
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop_tx) = self.stop_tx.take() {
+            let _ = stop_tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => server.await.expect("server task"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// The `ErrorInfo.reason` of an error answer.
+pub fn reason(status: &tonic::Status) -> String {
+    shared::error::reason_of(status).unwrap_or_default()
+}
+
+/// A Redis server of this test's own, on a free port, that the test may stop and restart.
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = Self { port, child: None };
+        server.restart();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on its port and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A client of the machine's (or a test's) Redis, for looking at and tampering with keys.
+pub async fn redis(url: &str) -> fred::clients::Client {
+    use fred::interfaces::ClientLike;
+    let client = fred::prelude::Builder::from_config(
+        fred::prelude::Config::from_url(url).expect("redis url"),
+    )
+    .build()
+    .expect("redis client");
+    client.init().await.expect("connect to redis");
+    client
+}

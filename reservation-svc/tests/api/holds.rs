@@ -1,0 +1,225 @@
+//! Seat holds under contention: exactly one winner, whatever the concurrency.
+
+use std::collections::HashSet;
+
+use futures::future::join_all;
+use shared::proto::reservation::v1 as pb;
+use tonic::Code;
+
+use crate::helpers::{Client, TestApp, channel, reason, spawn_app, start};
+
+#[tokio::test]
+async fn a_hold_keeps_the_seat_for_its_ttl() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+
+    let held = app.hold(1, schedule_id, 5).await.expect("hold");
+
+    assert_eq!(held.status(), pb::ReservationStatus::Held);
+    assert_eq!(
+        (held.user_id, held.schedule_id, held.seat_no, held.price),
+        (1, schedule_id, 5, 100)
+    );
+    let created = held.created_at.expect("created_at").seconds;
+    let expires = held.expires_at.expect("expires_at").seconds;
+    assert_eq!(expires - created, 300, "the default hold lasts 5 minutes");
+    assert_eq!(app.reservation(held.id).await, held);
+
+    let again = app.hold(2, schedule_id, 5).await.expect_err("taken");
+    assert_eq!(again.code(), Code::AlreadyExists);
+    assert_eq!(reason(&again), "SEAT_TAKEN");
+}
+
+/// Counts the answers of a stampede: (held, seat locked, seat taken); anything else fails.
+fn tally(answers: &[Result<pb::Reservation, tonic::Status>]) -> (usize, usize, usize) {
+    let mut counts = (0, 0, 0);
+    for answer in answers {
+        match answer {
+            Ok(_) => counts.0 += 1,
+            Err(status) if status.code() == Code::Aborted && reason(status) == "SEAT_LOCKED" => {
+                counts.1 += 1;
+            }
+            Err(status)
+                if status.code() == Code::AlreadyExists && reason(status) == "SEAT_TAKEN" =>
+            {
+                counts.2 += 1;
+            }
+            Err(status) => panic!("unexpected answer: {status:?}"),
+        }
+    }
+    counts
+}
+
+async fn stampede(
+    clients: &[Client],
+    schedule_id: i64,
+    seat_no: i32,
+    requests: i64,
+) -> Vec<Result<pb::Reservation, tonic::Status>> {
+    let holds = (0..requests).map(|user_id| {
+        let mut client = clients[usize::try_from(user_id).expect("small") % clients.len()].clone();
+        async move {
+            client
+                .hold_seat(pb::HoldSeatRequest {
+                    user_id: user_id + 1,
+                    schedule_id,
+                    seat_no,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    });
+    join_all(holds).await
+}
+
+async fn assert_one_active_reservation(app: &TestApp, schedule_id: i64, seat_no: i32) {
+    assert_eq!(app.reservations_in(schedule_id, seat_no, "HELD").await, 1);
+    let seat = &app.seats(schedule_id).await[usize::try_from(seat_no - 1).expect("seat")];
+    assert_eq!(seat.status(), pb::SeatStatus::Held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_concurrent_holds_of_one_seat_make_exactly_one_reservation() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+
+    let answers = stampede(&[app.client()], schedule_id, 7, 1000).await;
+
+    let (held, locked, taken) = tally(&answers);
+    assert_eq!(held, 1);
+    assert_eq!(locked + taken, 999);
+    assert_one_active_reservation(&app, schedule_id, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_sharing_redis_and_postgres_let_exactly_one_hold_through() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    let (second_addr, _stop_second, _second) = start(app.config.clone()).await;
+    let clients = [app.client(), Client::new(channel(second_addr).await)];
+
+    let answers = stampede(&clients, schedule_id, 3, 1000).await;
+
+    let (held, locked, taken) = tally(&answers);
+    assert_eq!((held, locked + taken), (1, 999));
+    assert_one_active_reservation(&app, schedule_id, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_users_racing_over_twenty_seats_hold_each_seat_once() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(20).await;
+
+    let holds = (0..300).map(|user| {
+        let app = &app;
+        let seat_no = i32::try_from(user % 20).expect("small") + 1;
+        async move { (seat_no, app.hold(user + 1, schedule_id, seat_no).await) }
+    });
+    let answers = join_all(holds).await;
+
+    let mut winners = HashSet::new();
+    for (seat_no, answer) in &answers {
+        if let Ok(reservation) = answer {
+            assert_eq!(reservation.seat_no, *seat_no);
+            assert!(winners.insert(*seat_no), "seat {seat_no} held twice");
+        }
+    }
+    assert_eq!(winners.len(), 20, "every seat found a winner");
+    for seat in app.seats(schedule_id).await {
+        let active = app.reservations_in(schedule_id, seat.seat_no, "HELD").await;
+        assert_eq!(active, 1, "seat {}", seat.seat_no);
+        assert_eq!(seat.status(), pb::SeatStatus::Held, "ListSeats agrees");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_lock_that_expires_at_once_postgres_still_allows_one_hold() {
+    let app = crate::helpers::spawn_app_with(|config| {
+        config.seat_lock_ttl = std::time::Duration::from_millis(1);
+    })
+    .await;
+    let schedule_id = app.schedule_with_seats(10).await;
+
+    let answers = stampede(&[app.client()], schedule_id, 9, 300).await;
+
+    let (held, locked, taken) = tally(&answers);
+    assert_eq!((held, locked + taken), (1, 299));
+    assert!(
+        taken > 0,
+        "with the lock gone at once, losers reach Postgres"
+    );
+    assert_one_active_reservation(&app, schedule_id, 9).await;
+}
+
+/// Waits until the lock key exists: a hold has taken the lock and is in its transaction.
+async fn wait_for_key(redis: &fred::clients::Client, key: &str) {
+    use fred::interfaces::KeysInterface;
+    for _ in 0..1000 {
+        if redis.exists::<i64, _>(key).await.expect("exists") == 1 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("no hold took the lock {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_lost_while_a_hold_is_in_its_transaction_still_gives_one_reservation() {
+    use diesel_async::SimpleAsyncConnection;
+    use fred::interfaces::KeysInterface;
+
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let key = format!("{}seat:{{{schedule_id}}}:4", app.key_prefix);
+
+    // Hold the seat's row so the first hold waits inside its transaction, lock in hand.
+    let mut blocker = app.connect_db().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 4 FOR UPDATE"
+        ))
+        .await
+        .expect("lock the seat row");
+    let first = tokio::spawn({
+        let mut client = app.client();
+        async move {
+            client
+                .hold_seat(pb::HoldSeatRequest {
+                    user_id: 1,
+                    schedule_id,
+                    seat_no: 4,
+                })
+                .await
+        }
+    });
+    wait_for_key(&redis, &key).await;
+    // The lock is lost (failover, eviction, FLUSHALL): a second hold passes Redis too.
+    redis.del::<i64, _>(&key).await.expect("delete the lock");
+    let second = tokio::spawn({
+        let mut client = app.client();
+        async move {
+            client
+                .hold_seat(pb::HoldSeatRequest {
+                    user_id: 2,
+                    schedule_id,
+                    seat_no: 4,
+                })
+                .await
+        }
+    });
+    wait_for_key(&redis, &key).await;
+    blocker
+        .batch_execute("COMMIT")
+        .await
+        .expect("release the row");
+
+    let answers = [first.await.expect("task"), second.await.expect("task")];
+    let held: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert_eq!(held.len(), 1, "{answers:?}");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].code(), Code::AlreadyExists);
+    assert_eq!(reason(refused[0]), "SEAT_TAKEN");
+    assert_one_active_reservation(&app, schedule_id, 4).await;
+}

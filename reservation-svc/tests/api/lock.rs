@@ -1,0 +1,93 @@
+//! The seat lock against a real Redis: owner-only release, and a key that already holds this
+//! request's token counting as taken by it.
+
+use std::time::Duration;
+
+use fred::interfaces::KeysInterface;
+use reservation_svc::lock::{LockError, LockSettings, SeatLocks};
+
+fn settings(redis_url: &str) -> LockSettings {
+    LockSettings {
+        redis_url: redis_url.to_owned(),
+        key_prefix: format!("test:{:016x}:", rand::random::<u64>()),
+        ttl: Duration::from_secs(30),
+        command_timeout: Duration::from_secs(1),
+    }
+}
+
+async fn connected(settings: LockSettings) -> SeatLocks {
+    SeatLocks::connect(settings).await.expect("client")
+}
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+#[tokio::test]
+async fn a_second_request_is_refused_until_the_first_releases() {
+    let locks = connected(settings(REDIS)).await;
+
+    let first = locks.acquire(1, 1).await.expect("free");
+    assert!(matches!(
+        locks.acquire(1, 1).await,
+        Err(LockError::Contended)
+    ));
+    let other_seat = locks
+        .acquire(1, 2)
+        .await
+        .expect("another seat is another lock");
+    locks.release(first).await;
+    let again = locks.acquire(1, 1).await.expect("free again");
+    locks.release(other_seat).await;
+    locks.release(again).await;
+}
+
+#[tokio::test]
+async fn a_release_never_deletes_another_requests_lock() {
+    let locks = connected(settings(REDIS)).await;
+    let redis = crate::helpers::redis(REDIS).await;
+
+    let stale = locks.acquire(5, 5).await.expect("free");
+    // Its TTL ran out and another request took the seat's lock.
+    redis
+        .set::<(), _, _>(stale.key(), "another-request", None, None, false)
+        .await
+        .expect("overwrite");
+    let key = stale.key().to_owned();
+    locks.release(stale).await;
+
+    let holder: Option<String> = redis.get(&key).await.expect("get");
+    assert_eq!(holder.as_deref(), Some("another-request"));
+}
+
+#[tokio::test]
+async fn a_key_already_holding_this_requests_token_counts_as_acquired() {
+    let locks = connected(settings(REDIS)).await;
+    let redis = crate::helpers::redis(REDIS).await;
+    let key = locks.key(9, 9);
+    // As if this request's SET had been applied once already (a resent command).
+    redis
+        .set::<(), _, _>(&key, "my-token", None, None, false)
+        .await
+        .expect("set");
+
+    let lock = locks
+        .acquire_with_token(key.clone(), "my-token".to_owned())
+        .await
+        .expect("ours");
+    let refused = locks
+        .acquire_with_token(key.clone(), "other-token".to_owned())
+        .await;
+    assert!(matches!(refused, Err(LockError::Contended)));
+    locks.release(lock).await;
+    assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
+}
+
+#[tokio::test]
+async fn lock_keys_tag_the_schedule_for_redis_cluster() {
+    let locks = SeatLocks::connect(LockSettings {
+        key_prefix: "ticketing:".to_owned(),
+        ..settings(REDIS)
+    })
+    .await
+    .expect("client");
+    assert_eq!(locks.key(42, 7), "ticketing:seat:{42}:7");
+}

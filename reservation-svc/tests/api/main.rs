@@ -1,0 +1,11 @@
+//! reservation-svc over a real socket, against a real Postgres and Redis.
+
+mod cancel;
+mod catalog;
+mod expiry;
+mod helpers;
+mod holds;
+mod lock;
+mod redis_down;
+mod server;
+mod validation;
