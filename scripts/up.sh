@@ -8,24 +8,33 @@ cd "$REPO_ROOT"
 
 export WALLET_LISTEN_ADDR=${WALLET_LISTEN_ADDR:-0.0.0.0:50052}
 export WALLET_DATABASE_URL=${WALLET_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/wallet}
+export RESERVATION_LISTEN_ADDR=${RESERVATION_LISTEN_ADDR:-0.0.0.0:50051}
+export RESERVATION_DATABASE_URL=${RESERVATION_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/reservation}
+export REDIS_URL=${REDIS_URL:-redis://$REDIS_HOST:$REDIS_PORT}
 export RUST_LOG=${RUST_LOG:-info}
 WALLET_PORT=${WALLET_LISTEN_ADDR##*:}
 WALLET=127.0.0.1:$WALLET_PORT
+RESERVATION_PORT=${RESERVATION_LISTEN_ADDR##*:}
+RESERVATION=127.0.0.1:$RESERVATION_PORT
 
-if port_open 127.0.0.1 "$WALLET_PORT"; then
-    die "port $WALLET_PORT is already taken (another wallet-svc?): stop that process, or choose another address with WALLET_LISTEN_ADDR=0.0.0.0:PORT"
-fi
+for taken in "wallet-svc $WALLET_PORT WALLET_LISTEN_ADDR" "reservation-svc $RESERVATION_PORT RESERVATION_LISTEN_ADDR"; do
+    set -- $taken
+    if port_open 127.0.0.1 "$2"; then
+        die "port $2 is already taken (another $1?): stop that process, or choose another address with $3=0.0.0.0:PORT"
+    fi
+done
 
 ensure_rust
 ensure_postgres
 ensure_redis
-ensure_databases wallet
+ensure_databases wallet reservation
 ensure_grpcurl
 
 log "building (release)"
-cargo build --release --locked -p wallet-svc
-log "migrating the wallet database"
+cargo build --release --locked -p wallet-svc -p reservation-svc
+log "migrating the databases"
 target/release/wallet-svc migrate
+target/release/reservation-svc migrate
 
 pids=()
 stop_all() {
@@ -40,24 +49,58 @@ trap stop_all INT TERM EXIT
 
 target/release/wallet-svc > >(sed -u 's/^/[wallet] /') 2>&1 &
 pids+=($!)
+target/release/reservation-svc > >(sed -u 's/^/[reservation] /') 2>&1 &
+pids+=($!)
 
-log "waiting for wallet-svc to report SERVING"
-for _ in $(seq 1 100); do
-    if "$GRPCURL" -plaintext "$WALLET" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING; then
-        break
-    fi
-    kill -0 "${pids[0]}" 2>/dev/null || die "wallet-svc exited; see its log above"
-    sleep 0.2
-done
+# Waits until the server at $2 reports SERVING; $1 names it, $3 is its pid.
+wait_serving() {
+    log "waiting for $1 to report SERVING"
+    for _ in $(seq 1 150); do
+        if "$GRPCURL" -plaintext "$2" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
+            return
+        fi
+        kill -0 "$3" 2>/dev/null || die "$1 exited; see its log above"
+        sleep 0.2
+    done
+    die "$1 did not report SERVING; see its log above"
+}
+wait_serving wallet-svc "$WALLET" "${pids[0]}"
+wait_serving reservation-svc "$RESERVATION" "${pids[1]}"
 
-# Demo data: user 1 starts with 1000 points. The key makes this a no-op on later runs.
+# Demo data, made once: user 1 starts with 1000 points (the key makes a rerun a no-op), and a
+# concert with one schedule of 100 seats at 100 points.
 "$GRPCURL" -plaintext -d '{"user_id": 1, "amount": 1000, "idempotency_key": "demo-seed-user-1"}' \
     "$WALLET" ticketing.wallet.v1.WalletService/Charge >/dev/null
+if ! "$GRPCURL" -plaintext "$RESERVATION" ticketing.reservation.v1.ReservationService/ListConcerts |
+    grep -q '"id"'; then
+    concert_id=$("$GRPCURL" -plaintext -d '{"title": "Demo concert"}' "$RESERVATION" \
+        ticketing.reservation.v1.ReservationService/CreateConcert | sed -n 's/.*"id": "\([0-9]*\)".*/\1/p')
+    starts_at=$(date -u -d '+30 days' +%Y-%m-%dT19:00:00Z)
+    "$GRPCURL" -plaintext -d "{\"concert_id\": $concert_id, \"starts_at\": \"$starts_at\", \"seat_count\": 100, \"seat_price\": 100}" \
+        "$RESERVATION" ticketing.reservation.v1.ReservationService/CreateSchedule >/dev/null
+    log "demo concert $concert_id created with a schedule of 100 seats"
+fi
 
 cat <<EXAMPLES
 
-  wallet-svc is serving on $WALLET (Ctrl-C stops it). Try, in another terminal:
+  reservation-svc is serving on $RESERVATION and wallet-svc on $WALLET (Ctrl-C stops both).
+  Try, in another terminal:
 
+  # Concerts, schedules, seats, and a five-minute hold on seat 7 of schedule 1:
+  grpcurl -plaintext $RESERVATION list
+  grpcurl -plaintext $RESERVATION ticketing.reservation.v1.ReservationService/ListConcerts
+  grpcurl -plaintext -d '{"concert_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSchedules
+  grpcurl -plaintext -d '{"schedule_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSeats
+  grpcurl -plaintext -d '{"user_id": 1, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat
+  grpcurl -plaintext -d '{"user_id": 2, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat   # ALREADY_EXISTS / SEAT_TAKEN
+  grpcurl -plaintext -d '{"user_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListReservations
+  grpcurl -plaintext -d '{"reservation_id": 1, "user_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/CancelReservation
+
+  # New concerts and schedules:
+  grpcurl -plaintext -d '{"title": "Spring tour"}' $RESERVATION ticketing.reservation.v1.ReservationService/CreateConcert
+  grpcurl -plaintext -d '{"concert_id": 1, "starts_at": "2027-03-01T19:00:00Z", "seat_count": 500, "seat_price": 120}' $RESERVATION ticketing.reservation.v1.ReservationService/CreateSchedule
+
+  # Wallet:
   grpcurl -plaintext $WALLET list
   grpcurl -plaintext $WALLET describe ticketing.wallet.v1.WalletService
   grpcurl -plaintext -d '{"user_id": 1}' $WALLET ticketing.wallet.v1.WalletService/GetBalance
@@ -73,6 +116,7 @@ cat <<EXAMPLES
 
   # Load (ghz reads the schema by reflection):
   ghz --insecure --call ticketing.wallet.v1.WalletService/GetBalance -d '{"user_id": 1}' -c 50 -n 20000 $WALLET
+  ghz --insecure --call ticketing.reservation.v1.ReservationService/HoldSeat -d '{"user_id": 1, "schedule_id": 1, "seat_no": 42}' -c 1000 -n 10000 $RESERVATION
 
   (grpcurl here is $GRPCURL)
 

@@ -178,6 +178,25 @@ impl TestApp {
         .n
     }
 
+    /// Reservations of the whole schedule in the given status, read from the table.
+    pub async fn schedule_reservations_in(&self, schedule_id: i64, status: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let mut conn = self.connect_db().await;
+        diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM reservations WHERE schedule_id = $1 AND status = $2",
+        )
+        .bind::<BigInt, _>(schedule_id)
+        .bind::<Text, _>(status)
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("count reservations")
+        .n
+    }
+
     /// Rows of every table, to show that a request wrote nothing.
     pub async fn rows_written(&self) -> i64 {
         #[derive(QueryableByName)]
