@@ -39,7 +39,7 @@ pub struct CancelRequest {
 pub enum ReservationError {
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("seat_no must be between 1 and {seat_count}")]
+    #[error("must be between 1 and {seat_count}, the seats of the schedule")]
     SeatOutOfRange { seat_count: i32 },
     #[error("the seat is already held or sold")]
     SeatTaken,
