@@ -12,7 +12,6 @@ use shared::proto::reservation::v1::reservation_service_server::{
 };
 use shared::server::GrpcRouter;
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
@@ -92,9 +91,27 @@ impl Application {
             self.config.sweep_interval,
             self.config.sweep_batch_size,
         ));
-        let health_watch = tokio::spawn(watch_dependencies(
-            self.reservations.clone(),
+        let reservations = self.reservations.clone();
+        // Holds fail closed without Redis, so the service is NOT_SERVING without either.
+        let health_watch = tokio::spawn(shared::server::watch_dependencies(
             self.health.clone(),
+            &[SERVICE_NAME],
+            HEALTH_CHECK_INTERVAL,
+            move || {
+                let reservations = reservations.clone();
+                async move {
+                    let (database, redis) = tokio::join!(
+                        shared::db::ping(reservations.store().pool()),
+                        reservations.locks().ping()
+                    );
+                    match (database, redis) {
+                        (true, true) => Ok(()),
+                        (false, true) => Err("postgres".to_owned()),
+                        (true, false) => Err("redis".to_owned()),
+                        (false, false) => Err("postgres and redis".to_owned()),
+                    }
+                }
+            },
         ));
         let shutdown = async {
             shutdown.await;
@@ -121,30 +138,4 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     shared::db::run_migrations(&config.database_url, MIGRATIONS)
         .await
         .context("cannot migrate the reservation database")
-}
-
-/// Keeps the service's health in step with its dependencies: NOT_SERVING while Postgres or
-/// Redis does not answer (holds fail closed without Redis).
-async fn watch_dependencies(reservations: Reservations, health: HealthReporter) {
-    let mut interval = tokio::time::interval(HEALTH_CHECK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serving = true;
-    loop {
-        interval.tick().await;
-        let (database, redis) = tokio::join!(
-            shared::db::ping(reservations.store().pool()),
-            reservations.locks().ping()
-        );
-        if (database && redis) != serving {
-            serving = database && redis;
-            let status = if serving {
-                tracing::info!("dependencies reachable again");
-                ServingStatus::Serving
-            } else {
-                tracing::warn!(database, redis, "a dependency is unreachable");
-                ServingStatus::NotServing
-            };
-            shared::server::set_status(&health, &[SERVICE_NAME], status).await;
-        }
-    }
 }

@@ -9,6 +9,41 @@ use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfi
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
+/// A failure of the database, not of the request.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Unreachable, out of connections, or a lock or statement timed out: worth a retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &error {
+            Error::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+                _,
+            ) => Self::Unavailable(error.to_string()),
+            // lock_timeout and statement_timeout (SQLSTATE 55P03 and 57014).
+            Error::DatabaseError(_, info)
+                if info.message().starts_with("canceling statement due to") =>
+            {
+                Self::Unavailable(error.to_string())
+            }
+            _ => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for StoreError {
+    fn from(error: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
 /// A pool of Postgres connections, each set up by [`PoolSettings`].
 pub type PgPool = Pool<AsyncPgConnection>;
 

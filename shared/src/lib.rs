@@ -3,6 +3,7 @@
 //! drain), the Postgres pool and migrations, and, behind the `test-support` feature, per-test
 //! databases.
 
+pub mod cli;
 pub mod db;
 pub mod error;
 pub mod proto;

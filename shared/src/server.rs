@@ -125,6 +125,42 @@ pub async fn check_health(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keeps the health of `service_names` in step with their dependencies: every `interval`,
+/// `check` says whether they answer (or what does not), and health flips between SERVING and
+/// NOT_SERVING when that changes. Runs until its task is dropped.
+pub async fn watch_dependencies<F, Fut>(
+    health: HealthReporter,
+    service_names: &'static [&'static str],
+    interval: Duration,
+    mut check: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        ticks.tick().await;
+        let checked = check().await;
+        if checked.is_ok() == serving {
+            continue;
+        }
+        serving = checked.is_ok();
+        let status = match checked {
+            Ok(()) => {
+                tracing::info!("dependencies reachable again");
+                ServingStatus::Serving
+            }
+            Err(unreachable) => {
+                tracing::warn!(%unreachable, "a dependency is unreachable");
+                ServingStatus::NotServing
+            }
+        };
+        set_status(&health, service_names, status).await;
+    }
+}
+
 /// Sets the status of the whole server (the empty name) and of each named service.
 pub async fn set_status(health: &HealthReporter, service_names: &[&str], status: ServingStatus) {
     health.set_service_status("", status).await;

@@ -1,11 +1,12 @@
 //! Per-test Postgres databases, cloned from a migrated template, so integration tests run in
 //! parallel against the real server without seeing each other's rows.
 //!
-//! The template is named after the migrations' fingerprint: it is built once (under an advisory
-//! lock, so concurrent test processes agree) and reused until the migrations change. Each test
+//! The template is named after a fingerprint of the migration files: it is built once (under an
+//! advisory lock, so concurrent test processes agree) and reused until a migration changes. Each test
 //! database is dropped when its [`TestDatabase`] is dropped; those of test processes that died
 //! are dropped by the next run.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -28,11 +29,16 @@ pub struct TestDatabase {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDatabase {
-    /// Clones a database from the template of `migrations`, building the template first if
-    /// no test process has built it yet. `prefix` names the service (`wallet`).
-    pub async fn create(prefix: &str, migrations: EmbeddedMigrations, fingerprint: &str) -> Self {
+    /// Clones a database from the template of `migrations` (embedded from `migrations_dir`),
+    /// building the template first if no test process has built it yet. `prefix` names the
+    /// service (`wallet`).
+    pub async fn create(
+        prefix: &str,
+        migrations: EmbeddedMigrations,
+        migrations_dir: &Path,
+    ) -> Self {
         let admin_url = admin_url();
-        let template = format!("{prefix}_tpl_{fingerprint}");
+        let template = format!("{prefix}_tpl_{:016x}", fingerprint(migrations_dir));
         let mut admin = AsyncPgConnection::establish(&admin_url)
             .await
             .expect("connect to the admin database (is Postgres running?)");
@@ -171,6 +177,33 @@ async fn drop_abandoned_databases(admin: &mut AsyncPgConnection, prefix: &str) {
                 .await;
         }
     }
+}
+
+/// FNV-1a over the path and contents of every file below `dir`, in path order.
+fn fingerprint(dir: &Path) -> u64 {
+    fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                collect(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    collect(dir, &mut files);
+    files.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for path in &files {
+        let contents = std::fs::read(path).unwrap_or_default();
+        let relative = path.strip_prefix(dir).unwrap_or(path);
+        for byte in relative.to_string_lossy().bytes().chain(contents) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 /// `admin_url` with its database replaced by `name`.

@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
+pub use shared::cli::Command;
 use shared::db::DbArgs;
 
 #[derive(Debug, Parser)]
@@ -13,16 +14,6 @@ pub struct Cli {
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
-pub enum Command {
-    /// Serve gRPC (the default).
-    Serve,
-    /// Apply pending database migrations and exit.
-    Migrate,
-    /// Exit 0 when the server on the listen address reports SERVING (for container health checks).
-    HealthCheck,
 }
 
 #[derive(Debug, Clone, Args)]

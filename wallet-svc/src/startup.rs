@@ -10,7 +10,6 @@ use shared::db::PgPool;
 use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
 use shared::server::GrpcRouter;
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
@@ -71,7 +70,21 @@ impl Application {
     /// Serves until `shutdown` completes, then drains and closes the pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, "wallet-svc serving");
-        let health_watch = tokio::spawn(watch_database(self.pool.clone(), self.health.clone()));
+        let pool = self.pool.clone();
+        let health_watch = tokio::spawn(shared::server::watch_dependencies(
+            self.health.clone(),
+            &[SERVICE_NAME],
+            HEALTH_CHECK_INTERVAL,
+            move || {
+                let pool = pool.clone();
+                async move {
+                    match shared::db::ping(&pool).await {
+                        true => Ok(()),
+                        false => Err("postgres".to_owned()),
+                    }
+                }
+            },
+        ));
         let shutdown = async {
             shutdown.await;
             health_watch.abort();
@@ -95,26 +108,4 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     shared::db::run_migrations(&config.database_url, MIGRATIONS)
         .await
         .context("cannot migrate the wallet database")
-}
-
-/// Keeps the service's health in step with Postgres: NOT_SERVING while it does not answer.
-async fn watch_database(pool: PgPool, health: HealthReporter) {
-    let mut interval = tokio::time::interval(HEALTH_CHECK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut serving = true;
-    loop {
-        interval.tick().await;
-        let reachable = shared::db::ping(&pool).await;
-        if reachable != serving {
-            serving = reachable;
-            let status = if reachable {
-                tracing::info!("database reachable again");
-                ServingStatus::Serving
-            } else {
-                tracing::warn!("database unreachable");
-                ServingStatus::NotServing
-            };
-            shared::server::set_status(&health, &[SERVICE_NAME], status).await;
-        }
-    }
 }

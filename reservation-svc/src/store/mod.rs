@@ -13,10 +13,10 @@ use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
-use diesel_async::pooled_connection::deadpool::PoolError;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use protocol::reservation::{CancelDecision, HoldDecision, SeatView, Status};
 use shared::db::PgPool;
+pub use shared::db::StoreError;
 
 use crate::domain::{
     CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, Reservation,
@@ -28,40 +28,6 @@ use schema::{concerts, reservations, schedules, seats};
 /// The index that allows one active reservation per seat.
 const ONE_ACTIVE_RESERVATION_PER_SEAT: &str = "one_active_reservation_per_seat";
 const ACTIVE: [&str; 3] = ["HELD", "PAYING", "CONFIRMED"];
-
-/// A failure of the database, not of the request.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Unreachable, out of connections, or a lock or statement timed out: worth a retry.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<DieselError> for StoreError {
-    fn from(error: DieselError) -> Self {
-        match &error {
-            DieselError::DatabaseError(
-                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
-                _,
-            ) => Self::Unavailable(error.to_string()),
-            // lock_timeout and statement_timeout (SQLSTATE 55P03 and 57014).
-            DieselError::DatabaseError(_, info)
-                if info.message().starts_with("canceling statement due to") =>
-            {
-                Self::Unavailable(error.to_string())
-            }
-            _ => Self::Internal(error.to_string()),
-        }
-    }
-}
-
-impl From<PoolError> for StoreError {
-    fn from(error: PoolError) -> Self {
-        Self::Unavailable(error.to_string())
-    }
-}
 
 /// How a hold ended.
 #[derive(Debug)]

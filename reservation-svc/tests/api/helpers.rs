@@ -44,7 +44,12 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    let db = TestDatabase::create("reservation", MIGRATIONS, env!("MIGRATIONS_FINGERPRINT")).await;
+    let db = TestDatabase::create(
+        "reservation",
+        MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await;
     let mut config = test_config(&db);
     configure(&mut config);
     let (addr, stop_tx, server) = start(config.clone()).await;

@@ -5,11 +5,10 @@ mod models;
 pub mod schema;
 
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::pooled_connection::deadpool::PoolError;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use protocol::wallet::{Decision, KeyRecord, Movement, Recorded, RefundTarget, Refusal};
 use shared::db::PgPool;
+pub use shared::db::StoreError;
 
 use crate::domain::{
     IdempotencyKey, MoneyMovement, MovementKind, PageCursor, PageSize, Transaction,
@@ -17,40 +16,6 @@ use crate::domain::{
 };
 use models::{NewRefusal, NewTransaction, TransactionRow};
 use schema::{wallet_refusals, wallet_transactions, wallets};
-
-/// A failure of the database, not of the request.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Unreachable, out of connections, or a lock or statement timed out: worth a retry.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<DieselError> for StoreError {
-    fn from(error: DieselError) -> Self {
-        match &error {
-            DieselError::DatabaseError(
-                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
-                _,
-            ) => Self::Unavailable(error.to_string()),
-            // lock_timeout and statement_timeout (SQLSTATE 55P03 and 57014).
-            DieselError::DatabaseError(_, info)
-                if info.message().starts_with("canceling statement due to") =>
-            {
-                Self::Unavailable(error.to_string())
-            }
-            _ => Self::Internal(error.to_string()),
-        }
-    }
-}
-
-impl From<PoolError> for StoreError {
-    fn from(error: PoolError) -> Self {
-        Self::Unavailable(error.to_string())
-    }
-}
 
 /// How a movement ended.
 #[derive(Debug)]

@@ -28,7 +28,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the server with the default configuration, changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
-    let db = TestDatabase::create("wallet", MIGRATIONS, env!("MIGRATIONS_FINGERPRINT")).await;
+    let db = TestDatabase::create(
+        "wallet",
+        MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await;
     let mut config = Config::defaults();
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
     config.database_url = db.url().to_owned();

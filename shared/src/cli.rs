@@ -1,0 +1,12 @@
+//! What the service binaries share on their command line.
+
+/// The subcommands of every service binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Exit 0 when the server on the listen address reports SERVING (for container health checks).
+    HealthCheck,
+}
