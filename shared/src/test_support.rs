@@ -42,7 +42,7 @@ impl TestDatabase {
         let mut admin = AsyncPgConnection::establish(&admin_url)
             .await
             .expect("connect to the admin database (is Postgres running?)");
-        ensure_template(&mut admin, &admin_url, &template, migrations).await;
+        ensure_template(&mut admin, &admin_url, prefix, &template, migrations).await;
         drop_abandoned_databases(&mut admin, prefix).await;
 
         let name = format!(
@@ -100,6 +100,7 @@ impl Drop for TestDatabase {
 async fn ensure_template(
     admin: &mut AsyncPgConnection,
     admin_url: &str,
+    prefix: &str,
     template: &str,
     migrations: EmbeddedMigrations,
 ) {
@@ -130,6 +131,14 @@ async fn ensure_template(
             ))
             .await
             .expect("publish the template database");
+        // Templates of earlier migrations are of no more use.
+        for stale in database_names(admin, &format!("{prefix}_tpl_")).await {
+            if stale != template && !stale.ends_with("_building") {
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{stale}\""))
+                    .await;
+            }
+        }
     }
     let unlock = format!("SELECT pg_advisory_unlock(hashtext('{template}'))");
     admin.batch_execute(&unlock).await.expect("template unlock");
