@@ -83,6 +83,28 @@ pub struct Config {
     #[arg(long, global = true, env = "SWEEP_BATCH_SIZE", default_value_t = 500)]
     pub sweep_batch_size: i64,
 
+    /// wallet-svc, which takes the payments.
+    #[arg(
+        long,
+        global = true,
+        env = "WALLET_ENDPOINT",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub wallet_endpoint: String,
+
+    /// Deadline of each call to wallet-svc; past it the payment's outcome is unknown and the
+    /// reservation stays PAYING for a retry or the reconciler.
+    #[arg(long, global = true, env = "WALLET_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub wallet_timeout: Duration,
+
+    /// How often each replica looks for payments left PAYING.
+    #[arg(long, global = true, env = "RECONCILE_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// How long a reservation must have been PAYING before the reconciler drives it.
+    #[arg(long, global = true, env = "RECONCILE_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reconcile_grace: Duration,
+
     /// On SIGTERM, how long calls in flight may take to finish.
     #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

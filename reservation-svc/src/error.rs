@@ -24,7 +24,11 @@ impl From<ReservationError> for Status {
             ReservationError::InvalidState => {
                 status_with_reason(Code::FailedPrecondition, Reason::InvalidState, message)
             }
-            ReservationError::PaymentUnsupported => Status::unimplemented(message),
+            ReservationError::InsufficientBalance => status_with_reason(
+                Code::FailedPrecondition,
+                Reason::InsufficientBalance,
+                message,
+            ),
             ReservationError::Unavailable(detail) => {
                 tracing::warn!(%detail, "dependency unavailable");
                 Status::unavailable("a dependency is unavailable, retry later")

@@ -1,4 +1,5 @@
-//! reservation-svc: concerts, schedules, seats and seat holds. A hold takes a Redis lock on its
+//! reservation-svc: concerts, schedules, seats, seat holds, payment through wallet-svc and
+//! cancellation. A hold takes a Redis lock on its
 //! seat (losers of a stampede answer at once), then Postgres decides under the seat's row lock,
 //! with a partial unique index as the final guard against double booking.
 
@@ -10,3 +11,4 @@ pub mod lock;
 pub mod startup;
 pub mod store;
 pub mod sweeper;
+pub mod wallet_client;

@@ -19,6 +19,7 @@ use crate::domain::Reservations;
 use crate::grpc::ReservationGrpc;
 use crate::lock::{LockSettings, SeatLocks};
 use crate::store::Store;
+use crate::wallet_client::Wallet;
 
 /// The schema, embedded in the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -65,7 +66,9 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
 
-        let reservations = Reservations::new(Store::new(pool), locks, config.seat_hold_ttl);
+        let wallet = Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout)
+            .context("invalid WALLET_ENDPOINT")?;
+        let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl);
         let (router, health) = shared::server::router(&[SERVICE_NAME])?;
         let router = router.add_service(ReservationServiceServer::new(ReservationGrpc::new(
             reservations.clone(),
@@ -89,6 +92,12 @@ impl Application {
         let sweeper = tokio::spawn(crate::sweeper::run(
             self.reservations.clone(),
             self.config.sweep_interval,
+            self.config.sweep_batch_size,
+        ));
+        let reconciler = tokio::spawn(crate::sweeper::reconcile(
+            self.reservations.clone(),
+            self.config.reconcile_interval,
+            self.config.reconcile_grace,
             self.config.sweep_batch_size,
         ));
         let reservations = self.reservations.clone();
@@ -117,6 +126,7 @@ impl Application {
             shutdown.await;
             health_watch.abort();
             sweeper.abort();
+            reconciler.abort();
         };
         let served = shared::server::serve(
             self.router,

@@ -1,5 +1,7 @@
-//! The expiry sweeper: on every replica, expires lapsed holds in batches and frees their seats.
-//! Reads already treat a lapsed hold as expired; the sweeper makes the rows say so.
+//! The background work of every replica. The expiry sweeper expires lapsed holds in batches and
+//! frees their seats (reads already treat a lapsed hold as expired; the sweeper makes the rows
+//! say so). The reconciler drives payments left `PAYING` (the wallet gave no answer, or the
+//! process died mid-payment) to an end by re-sending their attempt's idempotent `Use`.
 
 use std::time::Duration;
 
@@ -27,6 +29,23 @@ pub async fn run(reservations: Reservations, interval: Duration, batch_size: i64
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Reconciles stuck payments every `interval` until the task is dropped.
+pub async fn reconcile(
+    reservations: Reservations,
+    interval: Duration,
+    grace: Duration,
+    batch_size: i64,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = reservations.reconcile(grace, batch_size).await {
+            tracing::warn!(%error, "reconciliation failed, retrying on the next tick");
         }
     }
 }

@@ -9,9 +9,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 pub use types::*;
 
-use crate::lock::{LockError, SeatLocks};
-use crate::store::{CancelOutcome, HoldOutcome, Store, StoreError};
+use protocol::payment::{BeginPay, UseReply};
 use protocol::reservation::CancelDecision;
+
+use crate::lock::{LockError, SeatLocks};
+use crate::store::{
+    BeginOutcome, CancelOutcome, HoldOutcome, SettleOutcome, Store, StoreError, StuckPayment,
+};
+use crate::wallet_client::Wallet;
 
 #[derive(Debug, Clone)]
 pub struct NewSchedule {
@@ -26,6 +31,12 @@ pub struct HoldRequest {
     pub user_id: UserId,
     pub schedule_id: ScheduleId,
     pub seat_no: SeatNo,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PayRequest {
+    pub reservation_id: ReservationId,
+    pub user_id: UserId,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +62,8 @@ pub enum ReservationError {
     HoldExpired,
     #[error("the reservation is not in a state that allows this")]
     InvalidState,
-    #[error("payment is not offered by this version of the service")]
-    PaymentUnsupported,
+    #[error("insufficient balance")]
+    InsufficientBalance,
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -82,14 +93,16 @@ impl From<LockError> for ReservationError {
 pub struct Reservations {
     store: Store,
     locks: SeatLocks,
+    wallet: Wallet,
     hold_ttl: Duration,
 }
 
 impl Reservations {
-    pub fn new(store: Store, locks: SeatLocks, hold_ttl: Duration) -> Self {
+    pub fn new(store: Store, locks: SeatLocks, wallet: Wallet, hold_ttl: Duration) -> Self {
         Self {
             store,
             locks,
+            wallet,
             hold_ttl,
         }
     }
@@ -158,27 +171,141 @@ impl Reservations {
         }
     }
 
-    /// Cancels a held reservation and frees its seat at once.
-    pub async fn cancel(&self, request: CancelRequest) -> Result<Reservation, ReservationError> {
-        let store = self.store.clone();
-        let outcome = tokio::spawn(async move { store.cancel(request).await })
+    /// Pays a held reservation with wallet points: `HELD -> PAYING` (a new attempt, or the
+    /// current one re-sent), the attempt's idempotent `Use`, then `CONFIRMED`; back to `HELD`
+    /// when the balance is too low; left `PAYING` (answer `UNAVAILABLE`) when the wallet gives
+    /// no outcome, for a retry or the reconciler to finish.
+    pub async fn pay(&self, request: PayRequest) -> Result<Reservation, ReservationError> {
+        let service = self.clone();
+        let id = request.reservation_id.get();
+        let span = tracing::info_span!(
+            "pay_reservation",
+            reservation_id = id,
+            user_id = request.user_id.get()
+        );
+        let paying = async move {
+            let (attempt, price, user_id) = match service
+                .store
+                .begin_pay(request.reservation_id, request.user_id)
+                .await?
+            {
+                BeginOutcome::Pay {
+                    attempt,
+                    price,
+                    user_id,
+                } => (attempt, price, user_id),
+                BeginOutcome::Confirmed(reservation) => return Ok(reservation),
+                BeginOutcome::NotFound => return Err(ReservationError::NotFound("reservation")),
+                BeginOutcome::Refused(refused) => return Err(refused_pay(refused)),
+            };
+            service.drive_payment(id, attempt, user_id, price).await
+        };
+        // In a task of its own: a caller that goes away does not cut the saga short.
+        tokio::spawn(tracing::Instrument::instrument(paying, span))
             .await
-            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))??;
-        match outcome {
-            CancelOutcome::Cancelled(reservation) => Ok(reservation),
-            CancelOutcome::NotFound => Err(ReservationError::NotFound("reservation")),
-            CancelOutcome::Refused(decision) => Err(match decision {
-                CancelDecision::NotOwner => ReservationError::NotOwner,
-                CancelDecision::HoldExpired => ReservationError::HoldExpired,
-                CancelDecision::InvalidState => ReservationError::InvalidState,
-                // Refunds come with payments, which this version does not take: no
-                // reservation can be confirmed yet.
-                CancelDecision::RefundThenRelease => ReservationError::PaymentUnsupported,
-                CancelDecision::Release | CancelDecision::AlreadyCancelled => {
-                    ReservationError::Internal(format!("{decision:?} reported as refused"))
-                }
-            }),
+            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))?
+    }
+
+    /// Sends attempt `attempt`'s `Use` (or, for a free seat, nothing) and applies the reply.
+    async fn drive_payment(
+        &self,
+        id: i64,
+        attempt: i32,
+        user_id: i64,
+        price: i64,
+    ) -> Result<Reservation, ReservationError> {
+        let reply = if protocol::payment::needs_wallet(price) {
+            let key = protocol::payment::use_key(id, attempt);
+            self.wallet
+                .use_points(user_id, price, &key, &format!("reservation-{id}"))
+                .await
+        } else {
+            UseReply::Debited { transaction_id: 0 }
+        };
+        match self.store.settle_attempt(id, attempt, reply).await? {
+            SettleOutcome::Confirmed(reservation) => Ok(reservation),
+            SettleOutcome::Refused => Err(ReservationError::InsufficientBalance),
+            SettleOutcome::StillPaying => Err(ReservationError::Unavailable(
+                "the wallet gave no outcome; the payment stays pending".to_owned(),
+            )),
+            SettleOutcome::Refund { user_id, use_key } => {
+                let refund_key = protocol::payment::refund_key(id);
+                self.wallet
+                    .refund(user_id, &refund_key, &use_key)
+                    .await
+                    .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+                Err(ReservationError::InvalidState)
+            }
+            SettleOutcome::Moved => Err(ReservationError::InvalidState),
         }
+    }
+
+    /// Drives payments left `PAYING` for longer than `grace` to an end; returns how many were
+    /// looked at.
+    pub async fn reconcile(
+        &self,
+        grace: Duration,
+        batch_size: i64,
+    ) -> Result<usize, ReservationError> {
+        let stuck = self.store.claim_stuck_payments(grace, batch_size).await?;
+        for &StuckPayment {
+            id,
+            pay_attempt: attempt,
+            user_id,
+            price,
+        } in &stuck
+        {
+            let span =
+                tracing::info_span!("reconcile_payment", reservation_id = id, user_id, attempt);
+            let driven = tracing::Instrument::instrument(
+                self.drive_payment(id, attempt, user_id, price),
+                span,
+            )
+            .await;
+            match driven {
+                Ok(_) => tracing::info!(reservation_id = id, "stuck payment confirmed"),
+                Err(ReservationError::InsufficientBalance) => {
+                    tracing::info!(reservation_id = id, "stuck payment refused by the wallet");
+                }
+                Err(error) => {
+                    tracing::warn!(reservation_id = id, %error, "stuck payment still unsettled")
+                }
+            }
+        }
+        Ok(stuck.len())
+    }
+
+    /// Cancels a reservation: a hold is released at once; a paid one is refunded first (one
+    /// refund however often or concurrently it is cancelled), then released.
+    pub async fn cancel(&self, request: CancelRequest) -> Result<Reservation, ReservationError> {
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut outcome = service.store.cancel(request, false).await?;
+            if let CancelOutcome::RefundFirst(paid) = &outcome {
+                if let (true, Some(use_key)) = (
+                    protocol::payment::needs_wallet(paid.price),
+                    paid.use_key.as_deref(),
+                ) {
+                    let refund_key = protocol::payment::refund_key(request.reservation_id.get());
+                    service
+                        .wallet
+                        .refund(paid.user_id, &refund_key, use_key)
+                        .await
+                        .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+                }
+                outcome = service.store.cancel(request, true).await?;
+            }
+            match outcome {
+                CancelOutcome::Cancelled(reservation) => Ok(reservation),
+                CancelOutcome::NotFound => Err(ReservationError::NotFound("reservation")),
+                CancelOutcome::Refused(decision) => Err(refused_cancel(decision)),
+                CancelOutcome::RefundFirst(_) => Err(ReservationError::Internal(
+                    "a refunded reservation still asks for its refund".to_owned(),
+                )),
+            }
+        })
+        .await
+        .map_err(|join_error| ReservationError::Internal(join_error.to_string()))?
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation, ReservationError> {
@@ -202,11 +329,39 @@ impl Reservations {
         Ok(self.store.expire_lapsed_holds(batch_size).await?)
     }
 
+    pub fn wallet(&self) -> &Wallet {
+        &self.wallet
+    }
+
     pub fn locks(&self) -> &SeatLocks {
         &self.locks
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+}
+
+fn refused_pay(refused: BeginPay) -> ReservationError {
+    match refused {
+        BeginPay::NotOwner => ReservationError::NotOwner,
+        BeginPay::HoldExpired => ReservationError::HoldExpired,
+        BeginPay::InvalidState => ReservationError::InvalidState,
+        BeginPay::Begin { .. } | BeginPay::Resume { .. } | BeginPay::AlreadyConfirmed => {
+            ReservationError::Internal(format!("{refused:?} reported as refused"))
+        }
+    }
+}
+
+fn refused_cancel(refused: CancelDecision) -> ReservationError {
+    match refused {
+        CancelDecision::NotOwner => ReservationError::NotOwner,
+        CancelDecision::HoldExpired => ReservationError::HoldExpired,
+        CancelDecision::InvalidState => ReservationError::InvalidState,
+        CancelDecision::Release
+        | CancelDecision::AlreadyCancelled
+        | CancelDecision::RefundThenRelease => {
+            ReservationError::Internal(format!("{refused:?} reported as refused"))
+        }
     }
 }

@@ -10,9 +10,9 @@ use shared::values::InvalidValue;
 use tonic::Status;
 
 use crate::domain::{
-    CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, Price,
-    RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat,
-    SeatCount, SeatNo, SeatView, Status as ReservationStatus, Title, UserId,
+    CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, PayRequest,
+    Price, RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId,
+    Seat, SeatCount, SeatNo, SeatView, Status as ReservationStatus, Title, UserId,
 };
 
 /// A request that names one thing by its id.
@@ -122,16 +122,22 @@ impl TryFrom<pb::CancelReservationRequest> for CancelRequest {
     }
 }
 
-/// Payments are not taken by this version; the request is still checked like any other.
-pub fn check_pay(request: pb::PayReservationRequest) -> Result<(), Status> {
-    let mut violations = FieldViolations::new();
-    let reservation_id = violations.check(
-        "reservation_id",
-        ReservationId::parse(request.reservation_id),
-    );
-    let user_id = violations.check("user_id", UserId::parse(request.user_id));
-    let _ = all_valid!(violations, reservation_id, user_id);
-    Ok(())
+impl TryFrom<pb::PayReservationRequest> for PayRequest {
+    type Error = Status;
+
+    fn try_from(request: pb::PayReservationRequest) -> Result<Self, Status> {
+        let mut violations = FieldViolations::new();
+        let reservation_id = violations.check(
+            "reservation_id",
+            ReservationId::parse(request.reservation_id),
+        );
+        let user_id = violations.check("user_id", UserId::parse(request.user_id));
+        let (reservation_id, user_id) = all_valid!(violations, reservation_id, user_id);
+        Ok(Self {
+            reservation_id,
+            user_id,
+        })
+    }
 }
 
 impl TryFrom<pb::ListReservationsRequest> for ReservationsQuery {

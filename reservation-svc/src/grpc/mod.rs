@@ -6,7 +6,7 @@ use shared::proto::reservation::v1 as pb;
 use shared::proto::reservation::v1::reservation_service_server::ReservationService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{ReservationError, Reservations};
+use crate::domain::Reservations;
 use convert::{ById, ReservationsQuery};
 
 /// Serves `ticketing.reservation.v1.ReservationService`.
@@ -86,8 +86,9 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::PayReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        convert::check_pay(request.into_inner())?;
-        Err(ReservationError::PaymentUnsupported.into())
+        let pay = request.into_inner().try_into()?;
+        let reservation = self.reservations.pay(pay).await?;
+        Ok(Response::new(reservation.into()))
     }
 
     async fn cancel_reservation(

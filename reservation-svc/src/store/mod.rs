@@ -14,6 +14,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use protocol::payment::{AfterUse, BeginPay, UseReply};
 use protocol::reservation::{CancelDecision, HoldDecision, SeatView, Status};
 use shared::db::PgPool;
 pub use shared::db::StoreError;
@@ -43,7 +44,60 @@ pub enum HoldOutcome {
 pub enum CancelOutcome {
     Cancelled(Reservation),
     NotFound,
+    /// Paid: refund it, then cancel again with the refund done.
+    RefundFirst(PaidReservation),
     Refused(CancelDecision),
+}
+
+/// How the start of a payment ended.
+#[derive(Debug)]
+pub enum BeginOutcome {
+    /// Send the `Use` of this attempt for `price` points on behalf of `user_id`.
+    Pay {
+        attempt: i32,
+        price: i64,
+        user_id: i64,
+    },
+    Confirmed(Reservation),
+    NotFound,
+    Refused(BeginPay),
+}
+
+/// What the reply to an attempt's `Use` did.
+#[derive(Debug)]
+pub enum SettleOutcome {
+    Confirmed(Reservation),
+    /// Refused for insufficient balance: back to `HELD`, or `EXPIRED` if the hold ran out.
+    Refused,
+    StillPaying,
+    /// The reservation moved on without this debit: refund the `Use` made under `use_key`.
+    Refund {
+        user_id: i64,
+        use_key: String,
+    },
+    /// The reservation moved on; nothing was debited.
+    Moved,
+}
+
+/// A payment left `PAYING`, claimed by the reconciler.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct StuckPayment {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Integer)]
+    pub pay_attempt: i32,
+    #[diesel(sql_type = BigInt)]
+    pub user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub price: i64,
+}
+
+/// A paid reservation that a cancellation must refund first.
+#[derive(Debug)]
+pub struct PaidReservation {
+    pub user_id: i64,
+    pub price: i64,
+    pub use_key: Option<String>,
 }
 
 /// Why a hold's transaction rolled back.
@@ -248,11 +302,99 @@ impl Store {
         }
     }
 
-    /// Cancels a reservation as the protocol decides, under the seat's row lock.
-    pub async fn cancel(&self, request: CancelRequest) -> Result<CancelOutcome, StoreError> {
+    /// Cancels a reservation as the protocol decides, under the seat's row lock. A paid one is
+    /// released only when `refunded` says its refund is done.
+    pub async fn cancel(
+        &self,
+        request: CancelRequest,
+        refunded: bool,
+    ) -> Result<CancelOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| cancel(conn, request).await)
+        conn.transaction(async |conn| cancel(conn, request, refunded).await)
             .await
+    }
+
+    /// Starts (or resumes) a payment: `HELD -> PAYING` with a new attempt, conditionally.
+    pub async fn begin_pay(
+        &self,
+        reservation_id: ReservationId,
+        user_id: UserId,
+    ) -> Result<BeginOutcome, StoreError> {
+        let mut conn = self.pool.get().await?;
+        conn.transaction(async |conn| {
+            let Some((row, now)) = lock_reservation(conn, reservation_id.get()).await? else {
+                return Ok(BeginOutcome::NotFound);
+            };
+            let state = row.payment_state()?;
+            match protocol::payment::begin_pay(&state, user_id.get(), micros(now)) {
+                BeginPay::Begin { attempt } => {
+                    diesel::update(
+                        reservations::table
+                            .find(row.id)
+                            .filter(reservations::status.eq(Status::Held.as_str()))
+                            .filter(reservations::pay_attempt.eq(row.pay_attempt)),
+                    )
+                    .set((
+                        reservations::status.eq(Status::Paying.as_str()),
+                        reservations::pay_attempt.eq(attempt),
+                        reservations::updated_at.eq(now),
+                    ))
+                    .execute(conn)
+                    .await?;
+                    Ok(BeginOutcome::Pay {
+                        attempt,
+                        price: row.price,
+                        user_id: row.user_id,
+                    })
+                }
+                BeginPay::Resume { attempt } => Ok(BeginOutcome::Pay {
+                    attempt,
+                    price: row.price,
+                    user_id: row.user_id,
+                }),
+                BeginPay::AlreadyConfirmed => {
+                    Ok(BeginOutcome::Confirmed(row.into_reservation(now)?))
+                }
+                refused => Ok(BeginOutcome::Refused(refused)),
+            }
+        })
+        .await
+    }
+
+    /// Applies the reply to attempt `attempt`'s `Use` as the protocol decides.
+    pub async fn settle_attempt(
+        &self,
+        reservation_id: i64,
+        attempt: i32,
+        reply: UseReply,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut conn = self.pool.get().await?;
+        conn.transaction(async |conn| settle_attempt(conn, reservation_id, attempt, reply).await)
+            .await
+    }
+
+    /// Claims up to `batch_size` reservations left `PAYING` for longer than `grace`, for the
+    /// reconciler: a claim moves the reservation's `updated_at`, and replicas claiming at the
+    /// same time skip each other's rows (`SKIP LOCKED`), so each drives different payments.
+    pub async fn claim_stuck_payments(
+        &self,
+        grace: Duration,
+        batch_size: i64,
+    ) -> Result<Vec<StuckPayment>, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        Ok(diesel::sql_query(
+            "UPDATE reservations SET updated_at = now() WHERE id IN ( \
+                 SELECT id FROM reservations \
+                 WHERE status = 'PAYING' \
+                   AND updated_at < now() - make_interval(secs => $1 / 1000.0) \
+                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+             ) RETURNING id, pay_attempt, user_id, price",
+        )
+        .bind::<BigInt, _>(grace_ms)
+        .bind::<BigInt, _>(batch_size)
+        .load::<StuckPayment>(&mut conn)
+        .await?)
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
@@ -403,11 +545,12 @@ async fn hold_seat(
     Ok(HoldOutcome::Held(row.into_reservation(now)?))
 }
 
-async fn cancel(
+/// Locks the reservation's seat, then the reservation (the order every writer follows), and
+/// returns the reservation with the transaction's clock.
+async fn lock_reservation(
     conn: &mut AsyncPgConnection,
-    request: CancelRequest,
-) -> Result<CancelOutcome, StoreError> {
-    let id = request.reservation_id.get();
+    id: i64,
+) -> Result<Option<(ReservationRow, DateTime<Utc>)>, StoreError> {
     let seat = reservations::table
         .find(id)
         .select((reservations::schedule_id, reservations::seat_no))
@@ -415,9 +558,8 @@ async fn cancel(
         .await
         .optional()?;
     let Some((schedule_id, seat_no)) = seat else {
-        return Ok(CancelOutcome::NotFound);
+        return Ok(None);
     };
-    // Seat first, then the reservation: the order every writer follows.
     let now = seats::table
         .find((schedule_id, seat_no))
         .select(db_now())
@@ -430,15 +572,96 @@ async fn cancel(
         .for_update()
         .first(conn)
         .await?;
-    match protocol::reservation::cancel(&row.state()?, request.user_id.get(), micros(now)) {
-        CancelDecision::Release => {
-            let row = diesel::update(reservations::table.find(id))
+    Ok(Some((row, now)))
+}
+
+async fn cancel(
+    conn: &mut AsyncPgConnection,
+    request: CancelRequest,
+    refunded: bool,
+) -> Result<CancelOutcome, StoreError> {
+    let id = request.reservation_id.get();
+    let Some((row, now)) = lock_reservation(conn, id).await? else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
+    let decision = protocol::reservation::cancel(&row.state()?, request.user_id.get(), micros(now));
+    let seat_was = match decision {
+        CancelDecision::Release => SeatView::Held,
+        CancelDecision::RefundThenRelease if refunded => SeatView::Sold,
+        CancelDecision::RefundThenRelease => {
+            return Ok(CancelOutcome::RefundFirst(PaidReservation {
+                user_id: row.user_id,
+                price: row.price,
+                use_key: row.payment_idempotency_key,
+            }));
+        }
+        CancelDecision::AlreadyCancelled => {
+            return Ok(CancelOutcome::Cancelled(row.into_reservation(now)?));
+        }
+        refused => return Ok(CancelOutcome::Refused(refused)),
+    };
+    let row = diesel::update(reservations::table.find(id))
+        .set((
+            reservations::status.eq(Status::Cancelled.as_str()),
+            reservations::updated_at.eq(now),
+        ))
+        .returning(ReservationRow::as_returning())
+        .get_result(conn)
+        .await?;
+    set_seat_status(conn, schedule_id, seat_no, seat_was, SeatView::Available).await?;
+    Ok(CancelOutcome::Cancelled(row.into_reservation(now)?))
+}
+
+async fn settle_attempt(
+    conn: &mut AsyncPgConnection,
+    reservation_id: i64,
+    attempt: i32,
+    reply: UseReply,
+) -> Result<SettleOutcome, StoreError> {
+    let Some((row, now)) = lock_reservation(conn, reservation_id).await? else {
+        return Ok(SettleOutcome::Moved);
+    };
+    let state = row.payment_state()?;
+    let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
+    // Every write below is conditional on this very attempt still paying.
+    let paying = reservations::table
+        .find(reservation_id)
+        .filter(reservations::status.eq(Status::Paying.as_str()))
+        .filter(reservations::pay_attempt.eq(attempt));
+    match protocol::payment::apply_use_reply(&state, attempt, reply, micros(now)) {
+        AfterUse::Confirm { transaction_id } => {
+            let row = diesel::update(paying)
                 .set((
-                    reservations::status.eq(Status::Cancelled.as_str()),
+                    reservations::status.eq(Status::Confirmed.as_str()),
+                    reservations::payment_transaction_id.eq(transaction_id),
+                    reservations::payment_idempotency_key
+                        .eq(protocol::payment::use_key(reservation_id, attempt)),
                     reservations::updated_at.eq(now),
                 ))
                 .returning(ReservationRow::as_returning())
                 .get_result(conn)
+                .await?;
+            set_seat_status(conn, schedule_id, seat_no, SeatView::Held, SeatView::Sold).await?;
+            Ok(SettleOutcome::Confirmed(row.into_reservation(now)?))
+        }
+        AfterUse::BackToHeld => {
+            diesel::update(paying)
+                .set((
+                    reservations::status.eq(Status::Held.as_str()),
+                    reservations::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(SettleOutcome::Refused)
+        }
+        AfterUse::Expire => {
+            diesel::update(paying)
+                .set((
+                    reservations::status.eq(Status::Expired.as_str()),
+                    reservations::updated_at.eq(now),
+                ))
+                .execute(conn)
                 .await?;
             set_seat_status(
                 conn,
@@ -448,12 +671,15 @@ async fn cancel(
                 SeatView::Available,
             )
             .await?;
-            Ok(CancelOutcome::Cancelled(row.into_reservation(now)?))
+            Ok(SettleOutcome::Refused)
         }
-        CancelDecision::AlreadyCancelled => {
-            Ok(CancelOutcome::Cancelled(row.into_reservation(now)?))
-        }
-        refused => Ok(CancelOutcome::Refused(refused)),
+        AfterUse::StayPaying => Ok(SettleOutcome::StillPaying),
+        AfterUse::Settled => Ok(SettleOutcome::Confirmed(row.into_reservation(now)?)),
+        AfterUse::Refund => Ok(SettleOutcome::Refund {
+            user_id: row.user_id,
+            use_key: protocol::payment::use_key(reservation_id, attempt),
+        }),
+        AfterUse::Nothing => Ok(SettleOutcome::Moved),
     }
 }
 

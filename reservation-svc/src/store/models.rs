@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+use protocol::payment::PaymentState;
 use protocol::reservation::{ReservationState, Status};
 
 use super::StoreError;
@@ -84,11 +85,25 @@ pub struct ReservationRow {
     pub price: i64,
     pub status: String,
     pub expires_at: DateTime<Utc>,
+    pub pay_attempt: i32,
     pub payment_transaction_id: Option<i64>,
+    pub payment_idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
 impl ReservationRow {
+    /// The facts the payment decisions depend on.
+    pub fn payment_state(&self) -> Result<PaymentState, StoreError> {
+        Ok(PaymentState {
+            id: self.id,
+            user_id: self.user_id,
+            status: parse_status(&self.status)?,
+            expires_at: self.expires_at.timestamp_micros(),
+            pay_attempt: self.pay_attempt,
+            payment_transaction_id: self.payment_transaction_id,
+        })
+    }
+
     /// The facts the protocol decides on.
     pub fn state(&self) -> Result<ReservationState, StoreError> {
         Ok(ReservationState {

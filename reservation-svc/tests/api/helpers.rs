@@ -320,3 +320,113 @@ pub async fn redis(url: &str) -> fred::clients::Client {
     client.init().await.expect("connect to redis");
     client
 }
+
+/// A wallet-svc of this test's own, on a port that stays its own across a stop and a restart.
+pub struct TestWallet {
+    pub addr: SocketAddr,
+    pub db: TestDatabase,
+    stop_tx: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestWallet {
+    pub async fn start() -> Self {
+        let db = TestDatabase::create(
+            "wallet",
+            wallet_svc::startup::MIGRATIONS,
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wallet-svc/migrations"),
+        )
+        .await;
+        let mut wallet = Self {
+            addr: "127.0.0.1:0".parse().expect("address"),
+            db,
+            stop_tx: None,
+            server: None,
+        };
+        wallet.restart().await;
+        wallet
+    }
+
+    /// The endpoint reservation-svc is configured with.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts it (again), on the port it had.
+    pub async fn restart(&mut self) {
+        let mut config = wallet_svc::config::Config::defaults();
+        config.listen_addr = self.addr;
+        config.database_url = self.db.url().to_owned();
+        let app = wallet_svc::startup::Application::build(config)
+            .await
+            .expect("build wallet-svc");
+        self.addr = app.local_addr().expect("bound address");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        self.server = Some(tokio::spawn(app.run_until_stopped(async {
+            let _ = stop_rx.await;
+        })));
+        self.stop_tx = Some(stop_tx);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(stop_tx) = self.stop_tx.take() {
+            let _ = stop_tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    pub async fn client(&self) -> WalletClient {
+        WalletClient::new(channel(self.addr).await)
+    }
+
+    pub async fn charge(&self, user_id: i64, amount: i64, key: &str) {
+        self.client()
+            .await
+            .charge(wallet_pb::ChargeRequest {
+                user_id,
+                amount,
+                idempotency_key: key.to_owned(),
+            })
+            .await
+            .expect("charge");
+    }
+
+    pub async fn balance(&self, user_id: i64) -> i64 {
+        self.client()
+            .await
+            .get_balance(wallet_pb::GetBalanceRequest { user_id })
+            .await
+            .expect("balance")
+            .into_inner()
+            .balance
+    }
+
+    /// The user's ledger, newest first.
+    pub async fn ledger(&self, user_id: i64) -> Vec<wallet_pb::WalletTransaction> {
+        self.client()
+            .await
+            .list_transactions(wallet_pb::ListTransactionsRequest {
+                user_id,
+                page_size: 1000,
+                page_token: String::new(),
+            })
+            .await
+            .expect("ledger")
+            .into_inner()
+            .transactions
+    }
+}
+
+impl Drop for TestWallet {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub type WalletClient =
+    shared::proto::wallet::v1::wallet_service_client::WalletServiceClient<Channel>;
+use shared::proto::wallet::v1 as wallet_pb;

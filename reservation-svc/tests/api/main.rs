@@ -6,6 +6,7 @@ mod expiry;
 mod helpers;
 mod holds;
 mod lock;
+mod payment;
 mod redis_down;
 mod server;
 mod validation;

@@ -24,17 +24,3 @@ async fn health_reports_serving_and_a_stop_drains_cleanly() {
 
     app.stop().await.expect("a clean stop");
 }
-
-#[tokio::test]
-async fn payment_is_refused_as_unimplemented_for_now() {
-    let app = spawn_app().await;
-    let refused = app
-        .client()
-        .pay_reservation(shared::proto::reservation::v1::PayReservationRequest {
-            reservation_id: 1,
-            user_id: 1,
-        })
-        .await
-        .expect_err("no payments in this version");
-    assert_eq!(refused.code(), tonic::Code::Unimplemented);
-}

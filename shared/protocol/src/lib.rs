@@ -3,5 +3,6 @@
 //! one transaction, ask these functions what to do, and apply the answer in that transaction;
 //! the model checker calls the very same functions in every interleaving.
 
+pub mod payment;
 pub mod reservation;
 pub mod wallet;

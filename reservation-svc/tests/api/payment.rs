@@ -1,0 +1,278 @@
+//! Paying with wallet points, with both services really running: exactly one debit per paid
+//! reservation, whatever the retries, races and outages.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use shared::proto::reservation::v1 as pb;
+use shared::proto::wallet::v1::TransactionKind;
+use tonic::Code;
+
+use crate::helpers::{TestApp, TestWallet, reason, spawn_app_with};
+
+async fn app_paying_through(wallet: &TestWallet) -> TestApp {
+    let endpoint = wallet.endpoint();
+    spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.wallet_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+async fn pay(
+    app: &TestApp,
+    reservation_id: i64,
+    user_id: i64,
+) -> Result<pb::Reservation, tonic::Status> {
+    app.client()
+        .pay_reservation(pb::PayReservationRequest {
+            reservation_id,
+            user_id,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn cancel(
+    app: &TestApp,
+    reservation_id: i64,
+    user_id: i64,
+) -> Result<pb::Reservation, tonic::Status> {
+    app.client()
+        .cancel_reservation(pb::CancelReservationRequest {
+            reservation_id,
+            user_id,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Uses of the user's ledger (debits), as (amount, key).
+async fn debits(wallet: &TestWallet, user_id: i64) -> Vec<(i64, String)> {
+    wallet
+        .ledger(user_id)
+        .await
+        .into_iter()
+        .filter(|t| t.kind() == TransactionKind::Use)
+        .map(|t| (t.amount, t.idempotency_key))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paid_hold_is_confirmed_and_debited_once() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 3).await.expect("hold");
+
+    let paid = pay(&app, held.id, 1).await.expect("pay");
+
+    assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    assert!(paid.payment_transaction_id > 0);
+    assert_eq!(wallet.balance(1).await, 900);
+    assert_eq!(
+        debits(&wallet, 1).await,
+        [(100, format!("reservation-{}-1", held.id))]
+    );
+    assert_eq!(
+        app.seats(schedule_id).await[2].status(),
+        pb::SeatStatus::Sold
+    );
+    let again = pay(&app, held.id, 1)
+        .await
+        .expect("a retried pay is answered");
+    assert_eq!(again, paid);
+    assert_eq!(wallet.balance(1).await, 900);
+
+    let stranger = pay(&app, held.id, 2).await.expect_err("not theirs");
+    assert_eq!(stranger.code(), Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_pays_of_one_reservation_debit_once() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 1).await.expect("hold");
+
+    let pays = (0..100).map(|_| pay(&app, held.id, 1));
+    let answers = join_all(pays).await;
+
+    let confirmed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    assert_eq!(confirmed.len(), 100, "{answers:?}");
+    assert!(
+        confirmed
+            .iter()
+            .all(|r| r.status() == pb::ReservationStatus::Confirmed)
+    );
+    assert_eq!(wallet.balance(1).await, 900);
+    assert_eq!(debits(&wallet, 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_holds_with_funds_for_seven_confirm_exactly_seven() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(30).await;
+    wallet.charge(1, 700, "top-up").await;
+    let mut holds = Vec::new();
+    for seat_no in 1..=30 {
+        holds.push(app.hold(1, schedule_id, seat_no).await.expect("hold").id);
+    }
+
+    let answers = join_all(holds.iter().map(|&id| pay(&app, id, 1))).await;
+
+    let confirmed = answers.iter().filter(|a| a.is_ok()).count();
+    let refused = answers
+        .iter()
+        .filter_map(|a| a.as_ref().err())
+        .filter(|s| s.code() == Code::FailedPrecondition && reason(s) == "INSUFFICIENT_BALANCE")
+        .count();
+    assert_eq!((confirmed, refused), (7, 23), "{answers:?}");
+    assert_eq!(wallet.balance(1).await, 0);
+    assert_eq!(debits(&wallet, 1).await.len(), 7);
+    assert_eq!(
+        app.schedule_reservations_in(schedule_id, "CONFIRMED").await,
+        7
+    );
+    assert_eq!(app.schedule_reservations_in(schedule_id, "HELD").await, 23);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_pay_after_a_top_up_debits_once_under_a_new_attempt() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 50, "top-up-1").await;
+    let held = app.hold(1, schedule_id, 2).await.expect("hold");
+
+    let refused = pay(&app, held.id, 1).await.expect_err("50 < 100");
+    assert_eq!(reason(&refused), "INSUFFICIENT_BALANCE");
+    assert_eq!(
+        app.reservation(held.id).await.status(),
+        pb::ReservationStatus::Held
+    );
+
+    wallet.charge(1, 100, "top-up-2").await;
+    let paid = pay(&app, held.id, 1)
+        .await
+        .expect("paid on the second attempt");
+
+    assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    assert_eq!(wallet.balance(1).await, 50);
+    assert_eq!(
+        debits(&wallet, 1).await,
+        [(100, format!("reservation-{}-2", held.id))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelling_a_paid_reservation_twice_and_concurrently_refunds_once() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 5).await.expect("hold");
+    pay(&app, held.id, 1).await.expect("pay");
+
+    let cancels = (0..10).map(|_| cancel(&app, held.id, 1));
+    let answers = join_all(cancels).await;
+    let again = cancel(&app, held.id, 1).await.expect("cancel again");
+
+    assert!(
+        answers.iter().all(|a| a
+            .as_ref()
+            .is_ok_and(|r| r.status() == pb::ReservationStatus::Cancelled)),
+        "{answers:?}"
+    );
+    assert_eq!(again.status(), pb::ReservationStatus::Cancelled);
+    assert_eq!(wallet.balance(1).await, 1_000, "refunded in full");
+    let refunds = wallet
+        .ledger(1)
+        .await
+        .into_iter()
+        .filter(|t| t.kind() == TransactionKind::Refund)
+        .count();
+    assert_eq!(refunds, 1);
+    assert_eq!(
+        app.seats(schedule_id).await[4].status(),
+        pb::SeatStatus::Available
+    );
+    app.hold(2, schedule_id, 5)
+        .await
+        .expect("the seat is for sale again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pay_while_the_wallet_is_down_stays_paying_and_a_retry_confirms_it_once() {
+    let mut wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 6).await.expect("hold");
+
+    wallet.stop().await;
+    let unavailable = pay(&app, held.id, 1).await.expect_err("no wallet");
+    assert_eq!(unavailable.code(), Code::Unavailable, "{unavailable:?}");
+    assert_eq!(
+        app.reservation(held.id).await.status(),
+        pb::ReservationStatus::Paying
+    );
+    let cancel_while_paying = cancel(&app, held.id, 1).await.expect_err("settle first");
+    assert_eq!(reason(&cancel_while_paying), "INVALID_STATE");
+
+    wallet.restart().await;
+    let mut paid = None;
+    for _ in 0..50 {
+        if let Ok(reservation) = pay(&app, held.id, 1).await {
+            paid = Some(reservation);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let paid = paid.expect("a retry once the wallet is back confirms");
+    assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    assert_eq!(wallet.balance(1).await, 900);
+    assert_eq!(
+        debits(&wallet, 1).await,
+        [(100, format!("reservation-{}-1", held.id))]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reconciler_finishes_a_payment_left_paying_while_the_wallet_was_down() {
+    let mut wallet = TestWallet::start().await;
+    let endpoint = wallet.endpoint();
+    let app = spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.wallet_timeout = Duration::from_secs(1);
+        config.reconcile_interval = Duration::from_millis(200);
+        config.reconcile_grace = Duration::from_millis(200);
+    })
+    .await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 8).await.expect("hold");
+    wallet.stop().await;
+    pay(&app, held.id, 1).await.expect_err("no wallet");
+
+    wallet.restart().await;
+    let mut status = pb::ReservationStatus::Paying;
+    for _ in 0..100 {
+        status = app.reservation(held.id).await.status();
+        if status != pb::ReservationStatus::Paying {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(
+        status,
+        pb::ReservationStatus::Confirmed,
+        "without any retry by the caller"
+    );
+    assert_eq!(wallet.balance(1).await, 900);
+    assert_eq!(debits(&wallet, 1).await.len(), 1);
+}
