@@ -47,6 +47,85 @@ async fn cancel(
         .map(tonic::Response::into_inner)
 }
 
+/// Money matches every reservation's outcome: a confirmed one was debited exactly once among
+/// its attempts' keys and not refunded; a cancelled paid one was debited once and refunded once;
+/// any other kept nothing. And the wallet's ledger sums to its balances.
+async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
+    use diesel::QueryableByName;
+    use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = Text)]
+        status: String,
+        #[diesel(sql_type = Integer)]
+        pay_attempt: i32,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        payment_transaction_id: Option<i64>,
+    }
+    #[derive(QueryableByName)]
+    struct Movements {
+        #[diesel(sql_type = BigInt)]
+        uses: i64,
+        #[diesel(sql_type = BigInt)]
+        refunds: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Mismatches {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut reservations = app.connect_db().await;
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT id, status, pay_attempt, payment_transaction_id FROM reservations",
+    )
+    .load(&mut reservations)
+    .await
+    .expect("reservations");
+    let mut ledger = AsyncPgConnection::establish(wallet.db.url())
+        .await
+        .expect("wallet db");
+    for row in rows {
+        let keys: Vec<String> = (1..=row.pay_attempt)
+            .map(|attempt| format!("reservation-{}-{attempt}", row.id))
+            .collect();
+        let movements: Movements = diesel::sql_query(
+            "SELECT COUNT(*) FILTER (WHERE kind = 'USE' AND idempotency_key = ANY($1)) AS uses, \
+                    COUNT(*) FILTER (WHERE kind = 'REFUND' AND reference = ANY($1)) AS refunds \
+             FROM wallet_transactions",
+        )
+        .bind::<diesel::sql_types::Array<Text>, _>(&keys)
+        .get_result(&mut ledger)
+        .await
+        .expect("movements");
+        let expected = match (row.status.as_str(), row.payment_transaction_id) {
+            ("CONFIRMED", _) => (1, 0),
+            ("CANCELLED", Some(_)) => (1, 1),
+            _ => (movements.refunds, movements.refunds),
+        };
+        assert_eq!(
+            (movements.uses, movements.refunds),
+            expected,
+            "reservation {} is {} after {} attempts",
+            row.id,
+            row.status,
+            row.pay_attempt
+        );
+    }
+    let mismatches: Mismatches = diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM wallets w \
+         WHERE w.balance <> (SELECT COALESCE(SUM(delta), 0) FROM wallet_transactions t \
+                             WHERE t.user_id = w.user_id)",
+    )
+    .get_result(&mut ledger)
+    .await
+    .expect("ledger invariant");
+    assert_eq!(mismatches.n, 0, "every balance equals its ledger sum");
+}
+
 /// Uses of the user's ledger (debits), as (amount, key).
 async fn debits(wallet: &TestWallet, user_id: i64) -> Vec<(i64, String)> {
     wallet
@@ -87,6 +166,7 @@ async fn a_paid_hold_is_confirmed_and_debited_once() {
 
     let stranger = pay(&app, held.id, 2).await.expect_err("not theirs");
     assert_eq!(stranger.code(), Code::PermissionDenied);
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -109,6 +189,7 @@ async fn a_hundred_concurrent_pays_of_one_reservation_debit_once() {
     );
     assert_eq!(wallet.balance(1).await, 900);
     assert_eq!(debits(&wallet, 1).await.len(), 1);
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -138,6 +219,7 @@ async fn thirty_holds_with_funds_for_seven_confirm_exactly_seven() {
         7
     );
     assert_eq!(app.schedule_reservations_in(schedule_id, "HELD").await, 23);
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -166,6 +248,7 @@ async fn a_refused_pay_after_a_top_up_debits_once_under_a_new_attempt() {
         debits(&wallet, 1).await,
         [(100, format!("reservation-{}-2", held.id))]
     );
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -203,6 +286,7 @@ async fn cancelling_a_paid_reservation_twice_and_concurrently_refunds_once() {
     app.hold(2, schedule_id, 5)
         .await
         .expect("the seat is for sale again");
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -239,6 +323,7 @@ async fn a_pay_while_the_wallet_is_down_stays_paying_and_a_retry_confirms_it_onc
         debits(&wallet, 1).await,
         [(100, format!("reservation-{}-1", held.id))]
     );
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -275,4 +360,55 @@ async fn the_reconciler_finishes_a_payment_left_paying_while_the_wallet_was_down
     );
     assert_eq!(wallet.balance(1).await, 900);
     assert_eq!(debits(&wallet, 1).await.len(), 1);
+    assert_money_matches_outcomes(&app, &wallet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_debit_whose_confirmation_was_lost_is_confirmed_by_the_reconciler_once() {
+    let wallet = TestWallet::start().await;
+    let endpoint = wallet.endpoint();
+    let app = spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.reconcile_interval = Duration::from_millis(200);
+        config.reconcile_grace = Duration::from_millis(500);
+    })
+    .await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 4).await.expect("hold");
+    // A replica began attempt 1 and the wallet debited it, then the replica died before its
+    // confirming transaction: the reservation is left PAYING with the money taken.
+    app.execute(&format!(
+        "UPDATE reservations SET status = 'PAYING', pay_attempt = 1 WHERE id = {}",
+        held.id
+    ))
+    .await;
+    wallet
+        .client()
+        .await
+        .r#use(shared::proto::wallet::v1::UseRequest {
+            user_id: 1,
+            amount: 100,
+            idempotency_key: format!("reservation-{}-1", held.id),
+            reference: format!("reservation-{}", held.id),
+        })
+        .await
+        .expect("the debit that happened");
+
+    let mut status = pb::ReservationStatus::Paying;
+    for _ in 0..100 {
+        status = app.reservation(held.id).await.status();
+        if status != pb::ReservationStatus::Paying {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(status, pb::ReservationStatus::Confirmed);
+    assert_eq!(wallet.balance(1).await, 900, "debited once");
+    assert_eq!(
+        app.seats(schedule_id).await[3].status(),
+        pb::SeatStatus::Sold
+    );
+    assert_money_matches_outcomes(&app, &wallet).await;
 }
