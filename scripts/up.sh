@@ -11,6 +11,7 @@ export WALLET_DATABASE_URL=${WALLET_DATABASE_URL:-postgres://postgres@$PG_HOST:$
 export RESERVATION_LISTEN_ADDR=${RESERVATION_LISTEN_ADDR:-0.0.0.0:50051}
 export RESERVATION_DATABASE_URL=${RESERVATION_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/reservation}
 export REDIS_URL=${REDIS_URL:-redis://$REDIS_HOST:$REDIS_PORT}
+export WALLET_ENDPOINT=${WALLET_ENDPOINT:-http://127.0.0.1:${WALLET_LISTEN_ADDR##*:}}
 export RUST_LOG=${RUST_LOG:-info}
 WALLET_PORT=${WALLET_LISTEN_ADDR##*:}
 WALLET=127.0.0.1:$WALLET_PORT
@@ -86,15 +87,21 @@ cat <<EXAMPLES
   reservation-svc is serving on $RESERVATION and wallet-svc on $WALLET (Ctrl-C stops both).
   Try, in another terminal:
 
-  # Concerts, schedules, seats, and a five-minute hold on seat 7 of schedule 1:
+  # A seat from hold to payment to cancellation (user 3; pick a free seat from ListSeats):
   grpcurl -plaintext $RESERVATION list
-  grpcurl -plaintext $RESERVATION ticketing.reservation.v1.ReservationService/ListConcerts
   grpcurl -plaintext -d '{"concert_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSchedules
   grpcurl -plaintext -d '{"schedule_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSeats
-  grpcurl -plaintext -d '{"user_id": 1, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat
-  grpcurl -plaintext -d '{"user_id": 2, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat   # ALREADY_EXISTS / SEAT_TAKEN
-  grpcurl -plaintext -d '{"user_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListReservations
-  grpcurl -plaintext -d '{"reservation_id": 1, "user_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/CancelReservation
+  grpcurl -plaintext -d '{"user_id": 3, "amount": 500, "idempotency_key": "walkthrough-top-up"}' $WALLET ticketing.wallet.v1.WalletService/Charge
+  grpcurl -plaintext -d '{"user_id": 3, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat
+  grpcurl -plaintext -d '{"user_id": 4, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat   # ALREADY_EXISTS / SEAT_TAKEN
+  # Use the "id" HoldSeat returned as RID:
+  RID=<id>
+  grpcurl -plaintext -d "{\"reservation_id\": \$RID, \"user_id\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/PayReservation
+  grpcurl -plaintext -d "{\"reservation_id\": \$RID}" $RESERVATION ticketing.reservation.v1.ReservationService/GetReservation
+  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # 400
+  grpcurl -plaintext -d "{\"reservation_id\": \$RID, \"user_id\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/CancelReservation
+  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # 500 again
+  grpcurl -plaintext -d '{"user_id": 3}' $RESERVATION ticketing.reservation.v1.ReservationService/ListReservations
 
   # New concerts and schedules:
   grpcurl -plaintext -d '{"title": "Spring tour"}' $RESERVATION ticketing.reservation.v1.ReservationService/CreateConcert
