@@ -149,18 +149,25 @@ impl Reservations {
         let store = self.store.clone();
         let locks = self.locks.clone();
         let hold_ttl = self.hold_ttl;
+        let span = tracing::info_span!(
+            "hold_seat",
+            user_id = request.user_id.get(),
+            schedule_id = request.schedule_id.get(),
+            seat_no = request.seat_no.get(),
+        );
         // One task from lock to release: a caller that goes away cancels neither the
         // transaction nor the release of the lock.
-        let outcome = tokio::spawn(async move {
+        let holding = async move {
             let lock = locks
                 .acquire(request.schedule_id.get(), request.seat_no.get())
                 .await?;
             let held = store.hold_seat(request, hold_ttl).await;
             locks.release(lock).await;
             Ok::<_, ReservationError>(held?)
-        })
-        .await
-        .map_err(|join_error| ReservationError::Internal(join_error.to_string()))??;
+        };
+        let outcome = tokio::spawn(tracing::Instrument::instrument(holding, span))
+            .await
+            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))??;
         match outcome {
             HoldOutcome::Held(reservation) => Ok(reservation),
             HoldOutcome::ScheduleNotFound => Err(ReservationError::NotFound("schedule")),
@@ -279,7 +286,12 @@ impl Reservations {
     /// refund however often or concurrently it is cancelled), then released.
     pub async fn cancel(&self, request: CancelRequest) -> Result<Reservation, ReservationError> {
         let service = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!(
+            "cancel_reservation",
+            reservation_id = request.reservation_id.get(),
+            user_id = request.user_id.get(),
+        );
+        let cancelling = async move {
             let mut outcome = service.store.cancel(request, false).await?;
             if let CancelOutcome::RefundFirst(paid) = &outcome {
                 if let (true, Some(use_key)) = (
@@ -303,9 +315,10 @@ impl Reservations {
                     "a refunded reservation still asks for its refund".to_owned(),
                 )),
             }
-        })
-        .await
-        .map_err(|join_error| ReservationError::Internal(join_error.to_string()))?
+        };
+        tokio::spawn(tracing::Instrument::instrument(cancelling, span))
+            .await
+            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))?
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation, ReservationError> {
