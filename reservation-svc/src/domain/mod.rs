@@ -229,21 +229,26 @@ impl Reservations {
         } else {
             UseReply::Debited { transaction_id: 0 }
         };
-        match self.store.settle_attempt(id, attempt, reply).await? {
+        let mut settled = self.store.settle_attempt(id, attempt, reply, false).await?;
+        if let SettleOutcome::Refund { user_id, use_key } = &settled {
+            // Give the money back first: until the refund is done the reservation stays as it
+            // is, so a failed refund is retried by the next pay or reconciliation.
+            let refund_key = protocol::payment::refund_key(id);
+            self.wallet
+                .refund(*user_id, &refund_key, use_key)
+                .await
+                .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+            settled = self.store.settle_attempt(id, attempt, reply, true).await?;
+        }
+        match settled {
             SettleOutcome::Confirmed(reservation) => Ok(reservation),
             SettleOutcome::Refused => Err(ReservationError::InsufficientBalance),
             SettleOutcome::StillPaying => Err(ReservationError::Unavailable(
                 "the wallet gave no outcome; the payment stays pending".to_owned(),
             )),
-            SettleOutcome::Refund { user_id, use_key } => {
-                let refund_key = protocol::payment::refund_key(id);
-                self.wallet
-                    .refund(user_id, &refund_key, &use_key)
-                    .await
-                    .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+            SettleOutcome::Refund { .. } | SettleOutcome::Moved => {
                 Err(ReservationError::InvalidState)
             }
-            SettleOutcome::Moved => Err(ReservationError::InvalidState),
         }
     }
 

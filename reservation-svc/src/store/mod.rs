@@ -322,10 +322,11 @@ impl Store {
     ) -> Result<BeginOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
         conn.transaction(async |conn| {
-            let Some((row, now)) = lock_reservation(conn, reservation_id.get()).await? else {
+            let Some(locked) = lock_reservation(conn, reservation_id.get()).await? else {
                 return Ok(BeginOutcome::NotFound);
             };
-            let state = row.payment_state()?;
+            let state = locked.payment_state()?;
+            let Locked { row, now, .. } = locked;
             match protocol::payment::begin_pay(&state, user_id.get(), micros(now)) {
                 BeginPay::Begin { attempt } => {
                     diesel::update(
@@ -361,16 +362,20 @@ impl Store {
         .await
     }
 
-    /// Applies the reply to attempt `attempt`'s `Use` as the protocol decides.
+    /// Applies the reply to attempt `attempt`'s `Use` as the protocol decides; `refunded` says
+    /// that the refund an earlier call asked for is done.
     pub async fn settle_attempt(
         &self,
         reservation_id: i64,
         attempt: i32,
         reply: UseReply,
+        refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| settle_attempt(conn, reservation_id, attempt, reply).await)
-            .await
+        conn.transaction(async |conn| {
+            settle_attempt(conn, reservation_id, attempt, reply, refunded).await
+        })
+        .await
     }
 
     /// Claims up to `batch_size` reservations left `PAYING` for longer than `grace`, for the
@@ -546,18 +551,23 @@ async fn hold_seat(
 }
 
 /// Locks the reservation's seat, then the reservation (the order every writer follows), and
-/// returns the reservation with the transaction's clock.
+/// returns the reservation with the transaction's clock and its performance's start.
 async fn lock_reservation(
     conn: &mut AsyncPgConnection,
     id: i64,
-) -> Result<Option<(ReservationRow, DateTime<Utc>)>, StoreError> {
+) -> Result<Option<Locked>, StoreError> {
     let seat = reservations::table
         .find(id)
-        .select((reservations::schedule_id, reservations::seat_no))
-        .first::<(i64, i32)>(conn)
+        .inner_join(schedules::table.on(schedules::id.eq(reservations::schedule_id)))
+        .select((
+            reservations::schedule_id,
+            reservations::seat_no,
+            schedules::starts_at,
+        ))
+        .first::<(i64, i32, DateTime<Utc>)>(conn)
         .await
         .optional()?;
-    let Some((schedule_id, seat_no)) = seat else {
+    let Some((schedule_id, seat_no, starts_at)) = seat else {
         return Ok(None);
     };
     let now = seats::table
@@ -572,7 +582,26 @@ async fn lock_reservation(
         .for_update()
         .first(conn)
         .await?;
-    Ok(Some((row, now)))
+    Ok(Some(Locked {
+        row,
+        now,
+        starts_at,
+    }))
+}
+
+/// A reservation under its seat's row lock.
+struct Locked {
+    row: ReservationRow,
+    /// The transaction's clock.
+    now: DateTime<Utc>,
+    /// When its performance begins.
+    starts_at: DateTime<Utc>,
+}
+
+impl Locked {
+    fn payment_state(&self) -> Result<protocol::payment::PaymentState, StoreError> {
+        self.row.payment_state(self.starts_at)
+    }
 }
 
 async fn cancel(
@@ -581,7 +610,7 @@ async fn cancel(
     refunded: bool,
 ) -> Result<CancelOutcome, StoreError> {
     let id = request.reservation_id.get();
-    let Some((row, now)) = lock_reservation(conn, id).await? else {
+    let Some(Locked { row, now, .. }) = lock_reservation(conn, id).await? else {
         return Ok(CancelOutcome::NotFound);
     };
     let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
@@ -618,18 +647,22 @@ async fn settle_attempt(
     reservation_id: i64,
     attempt: i32,
     reply: UseReply,
+    refunded: bool,
 ) -> Result<SettleOutcome, StoreError> {
-    let Some((row, now)) = lock_reservation(conn, reservation_id).await? else {
+    let Some(locked) = lock_reservation(conn, reservation_id).await? else {
         return Ok(SettleOutcome::Moved);
     };
-    let state = row.payment_state()?;
+    let state = locked.payment_state()?;
+    let Locked { row, now, .. } = locked;
     let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
     // Every write below is conditional on this very attempt still paying.
     let paying = reservations::table
         .find(reservation_id)
         .filter(reservations::status.eq(Status::Paying.as_str()))
         .filter(reservations::pay_attempt.eq(attempt));
-    match protocol::payment::apply_use_reply(&state, attempt, reply, micros(now)) {
+    let decision =
+        protocol::payment::apply_use_reply(&state, attempt, reply, refunded, micros(now));
+    match decision {
         AfterUse::Confirm { transaction_id } => {
             let row = diesel::update(paying)
                 .set((
@@ -655,7 +688,7 @@ async fn settle_attempt(
                 .await?;
             Ok(SettleOutcome::Refused)
         }
-        AfterUse::Expire => {
+        AfterUse::Expire | AfterUse::ExpireRefunded => {
             diesel::update(paying)
                 .set((
                     reservations::status.eq(Status::Expired.as_str()),
@@ -671,7 +704,11 @@ async fn settle_attempt(
                 SeatView::Available,
             )
             .await?;
-            Ok(SettleOutcome::Refused)
+            if decision == AfterUse::ExpireRefunded {
+                Ok(SettleOutcome::Moved)
+            } else {
+                Ok(SettleOutcome::Refused)
+            }
         }
         AfterUse::StayPaying => Ok(SettleOutcome::StillPaying),
         AfterUse::Settled => Ok(SettleOutcome::Confirmed(row.into_reservation(now)?)),

@@ -92,13 +92,14 @@ pub struct ReservationRow {
 }
 
 impl ReservationRow {
-    /// The facts the payment decisions depend on.
-    pub fn payment_state(&self) -> Result<PaymentState, StoreError> {
+    /// The facts the payment decisions depend on; `starts_at` is the performance's start.
+    pub fn payment_state(&self, starts_at: DateTime<Utc>) -> Result<PaymentState, StoreError> {
         Ok(PaymentState {
             id: self.id,
             user_id: self.user_id,
             status: parse_status(&self.status)?,
             expires_at: self.expires_at.timestamp_micros(),
+            starts_at: starts_at.timestamp_micros(),
             pay_attempt: self.pay_attempt,
             payment_transaction_id: self.payment_transaction_id,
         })

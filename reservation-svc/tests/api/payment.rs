@@ -412,3 +412,77 @@ async fn a_debit_whose_confirmation_was_lost_is_confirmed_by_the_reconciler_once
     );
     assert_money_matches_outcomes(&app, &wallet).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_reconciler() {
+    let mut wallet = TestWallet::start().await;
+    let endpoint = wallet.endpoint();
+    let app = spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.wallet_timeout = Duration::from_secs(1);
+        config.reconcile_interval = Duration::from_millis(200);
+        config.reconcile_grace = Duration::from_millis(200);
+    })
+    .await;
+    wallet.charge(1, 1_000, "top-up").await;
+    // A performance that begins in two seconds.
+    let concert = app
+        .client()
+        .create_concert(pb::CreateConcertRequest {
+            title: "Tonight".to_owned(),
+        })
+        .await
+        .expect("concert")
+        .into_inner();
+    let starts_at = std::time::SystemTime::now() + Duration::from_secs(2);
+    let starts_at = starts_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch");
+    let schedule = app
+        .client()
+        .create_schedule(pb::CreateScheduleRequest {
+            concert_id: concert.id,
+            starts_at: Some(prost_types::Timestamp {
+                seconds: i64::try_from(starts_at.as_secs()).expect("seconds"),
+                nanos: 0,
+            }),
+            seat_count: 5,
+            seat_price: 100,
+        })
+        .await
+        .expect("schedule")
+        .into_inner();
+    let held = app.hold(1, schedule.id, 1).await.expect("hold");
+    // The payment is begun while the wallet is down, and its outcome is known only after the
+    // performance has begun: the seat can no longer be sold.
+    wallet.stop().await;
+    pay(&app, held.id, 1).await.expect_err("no wallet");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wallet.restart().await;
+
+    let mut status = pb::ReservationStatus::Paying;
+    for _ in 0..100 {
+        status = app.reservation(held.id).await.status();
+        if status != pb::ReservationStatus::Paying {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(status, pb::ReservationStatus::Expired);
+    assert_eq!(wallet.balance(1).await, 1_000, "refunded in full");
+    let kinds: Vec<TransactionKind> = wallet.ledger(1).await.iter().map(|t| t.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            TransactionKind::Refund,
+            TransactionKind::Use,
+            TransactionKind::Charge
+        ]
+    );
+    assert_eq!(
+        app.seats(schedule.id).await[0].status(),
+        pb::SeatStatus::Available
+    );
+    assert_money_matches_outcomes(&app, &wallet).await;
+}

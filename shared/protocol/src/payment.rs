@@ -15,6 +15,8 @@ pub struct PaymentState {
     pub user_id: i64,
     pub status: Status,
     pub expires_at: Micros,
+    /// When the performance begins: past it, a seat can no longer be sold.
+    pub starts_at: Micros,
     /// Attempts begun so far; the current one while `Paying`.
     pub pay_attempt: i32,
     /// The `Use` that paid it, once `Confirmed`.
@@ -60,6 +62,7 @@ pub fn begin_pay(reservation: &PaymentState, user_id: i64, now: Micros) -> Begin
         return BeginPay::NotOwner;
     }
     match reservation.status {
+        Status::Held | Status::Paying if reservation.starts_at <= now => BeginPay::InvalidState,
         Status::Held if reservation.expires_at <= now => BeginPay::HoldExpired,
         Status::Held => BeginPay::Begin {
             attempt: reservation.pay_attempt + 1,
@@ -97,22 +100,35 @@ pub enum AfterUse {
     /// This attempt is already settled the same way (a concurrent pay confirmed it): nothing
     /// to write.
     Settled,
-    /// The reservation moved on without this debit: give the money back.
+    /// The reservation moved on without this debit, or it can no longer be honoured (the
+    /// performance has begun): give the money back. Nothing is written before the refund is
+    /// done, so a failed refund leaves the payment to be driven again.
     Refund,
+    /// The refund of a payment that could not be honoured is done: `PAYING -> EXPIRED`, seat
+    /// free.
+    ExpireRefunded,
     /// The reservation moved on and nothing was debited: nothing to do.
     Nothing,
 }
 
+/// Decides what the reply to attempt `attempt` does; `refunded` says whether the refund that an
+/// earlier decision asked for has been made.
 pub fn apply_use_reply(
     reservation: &PaymentState,
     attempt: i32,
     reply: UseReply,
+    refunded: bool,
     now: Micros,
 ) -> AfterUse {
     let current = reservation.status == Status::Paying && reservation.pay_attempt == attempt;
+    let started = reservation.starts_at <= now;
     match (current, reply) {
+        (true, UseReply::Debited { .. }) if started && refunded => AfterUse::ExpireRefunded,
+        (true, UseReply::Debited { .. }) if started => AfterUse::Refund,
         (true, UseReply::Debited { transaction_id }) => AfterUse::Confirm { transaction_id },
-        (true, UseReply::Insufficient) if reservation.expires_at <= now => AfterUse::Expire,
+        (true, UseReply::Insufficient) if reservation.expires_at <= now || started => {
+            AfterUse::Expire
+        }
         (true, UseReply::Insufficient) => AfterUse::BackToHeld,
         (true, UseReply::Unknown) => AfterUse::StayPaying,
         (false, UseReply::Debited { transaction_id })
@@ -138,6 +154,7 @@ mod tests {
             user_id: 1,
             status,
             expires_at: NOW + 1,
+            starts_at: NOW + 100,
             pay_attempt,
             payment_transaction_id: None,
         }
@@ -186,15 +203,15 @@ mod tests {
         let paying = state(Status::Paying, 2);
         let debited = UseReply::Debited { transaction_id: 9 };
         assert_eq!(
-            apply_use_reply(&paying, 2, debited, NOW),
+            apply_use_reply(&paying, 2, debited, false, NOW),
             AfterUse::Confirm { transaction_id: 9 }
         );
         assert_eq!(
-            apply_use_reply(&paying, 2, UseReply::Insufficient, NOW),
+            apply_use_reply(&paying, 2, UseReply::Insufficient, false, NOW),
             AfterUse::BackToHeld
         );
         assert_eq!(
-            apply_use_reply(&paying, 2, UseReply::Unknown, NOW),
+            apply_use_reply(&paying, 2, UseReply::Unknown, false, NOW),
             AfterUse::StayPaying
         );
         let lapsed = PaymentState {
@@ -202,14 +219,36 @@ mod tests {
             ..paying
         };
         assert_eq!(
-            apply_use_reply(&lapsed, 2, UseReply::Insufficient, NOW),
+            apply_use_reply(&lapsed, 2, UseReply::Insufficient, false, NOW),
             AfterUse::Expire
         );
         assert_eq!(
-            apply_use_reply(&lapsed, 2, debited, NOW),
+            apply_use_reply(&lapsed, 2, debited, false, NOW),
             AfterUse::Confirm { transaction_id: 9 },
             "a paying reservation owns its seat past the hold's expiry"
         );
+    }
+
+    #[test]
+    fn a_debit_for_a_performance_that_has_begun_is_refunded_before_the_reservation_expires() {
+        let started = PaymentState {
+            starts_at: NOW,
+            ..state(Status::Paying, 1)
+        };
+        let debited = UseReply::Debited { transaction_id: 9 };
+        assert_eq!(
+            apply_use_reply(&started, 1, debited, false, NOW),
+            AfterUse::Refund
+        );
+        assert_eq!(
+            apply_use_reply(&started, 1, debited, true, NOW),
+            AfterUse::ExpireRefunded
+        );
+        assert_eq!(
+            apply_use_reply(&started, 1, UseReply::Insufficient, false, NOW),
+            AfterUse::Expire
+        );
+        assert_eq!(begin_pay(&started, 1, NOW), BeginPay::InvalidState);
     }
 
     #[test]
@@ -220,21 +259,21 @@ mod tests {
         };
         let debited = UseReply::Debited { transaction_id: 9 };
         assert_eq!(
-            apply_use_reply(&confirmed, 2, debited, NOW),
+            apply_use_reply(&confirmed, 2, debited, false, NOW),
             AfterUse::Settled
         );
         let cancelled = state(Status::Cancelled, 2);
         assert_eq!(
-            apply_use_reply(&cancelled, 2, debited, NOW),
+            apply_use_reply(&cancelled, 2, debited, false, NOW),
             AfterUse::Refund
         );
         let next_attempt = state(Status::Paying, 3);
         assert_eq!(
-            apply_use_reply(&next_attempt, 2, debited, NOW),
+            apply_use_reply(&next_attempt, 2, debited, false, NOW),
             AfterUse::Refund
         );
         assert_eq!(
-            apply_use_reply(&next_attempt, 2, UseReply::Insufficient, NOW),
+            apply_use_reply(&next_attempt, 2, UseReply::Insufficient, false, NOW),
             AfterUse::Nothing
         );
     }
