@@ -425,7 +425,7 @@ async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_rec
     })
     .await;
     wallet.charge(1, 1_000, "top-up").await;
-    // A performance that begins in two seconds.
+    // A performance that begins in a few seconds.
     let concert = app
         .client()
         .create_concert(pb::CreateConcertRequest {
@@ -434,7 +434,7 @@ async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_rec
         .await
         .expect("concert")
         .into_inner();
-    let starts_at = std::time::SystemTime::now() + Duration::from_secs(2);
+    let starts_at = std::time::SystemTime::now() + Duration::from_secs(5);
     let starts_at = starts_at
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after the epoch");
@@ -456,8 +456,14 @@ async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_rec
     // The payment is begun while the wallet is down, and its outcome is known only after the
     // performance has begun: the seat can no longer be sold.
     wallet.stop().await;
-    pay(&app, held.id, 1).await.expect_err("no wallet");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unavailable = pay(&app, held.id, 1).await.expect_err("no wallet");
+    assert_eq!(unavailable.code(), Code::Unavailable, "{unavailable:?}");
+    let until_started = starts_at.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after the epoch"),
+    );
+    tokio::time::sleep(until_started + Duration::from_secs(1)).await;
     wallet.restart().await;
 
     let mut status = pb::ReservationStatus::Paying;
