@@ -261,13 +261,29 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
+/// A free port for a server that a test stops and restarts on the same port. It comes from
+/// below Linux's ephemeral range (32768-60999), so neither a listener on port 0 nor an outgoing
+/// connection can take it while the server is down; and no two servers of this process get
+/// the same one.
+pub fn restartable_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicU16> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new(20_000 + rand::random::<u16>() % 10_000));
+    loop {
+        let port = next.fetch_add(1, Ordering::Relaxed);
+        assert!(port < 32_768, "out of restartable ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisServer {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, child: None };
+        let mut server = Self {
+            port: restartable_port(),
+            child: None,
+        };
         server.restart();
         server
     }
@@ -338,7 +354,7 @@ impl TestWallet {
         )
         .await;
         let mut wallet = Self {
-            addr: "127.0.0.1:0".parse().expect("address"),
+            addr: SocketAddr::from(([127, 0, 0, 1], restartable_port())),
             db,
             stop_tx: None,
             server: None,
