@@ -87,20 +87,18 @@ cat <<EXAMPLES
   reservation-svc is serving on $RESERVATION and wallet-svc on $WALLET (Ctrl-C stops both).
   Try, in another terminal:
 
-  # A seat from hold to payment to cancellation (user 3; pick a free seat from ListSeats):
+  # A seat from hold to payment to cancellation, for user 3 (paste these lines as they are):
   grpcurl -plaintext $RESERVATION list
   grpcurl -plaintext -d '{"concert_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSchedules
-  grpcurl -plaintext -d '{"schedule_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSeats
   grpcurl -plaintext -d '{"user_id": 3, "amount": 500, "idempotency_key": "walkthrough-top-up"}' $WALLET ticketing.wallet.v1.WalletService/Charge
-  grpcurl -plaintext -d '{"user_id": 3, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat
-  grpcurl -plaintext -d '{"user_id": 4, "schedule_id": 1, "seat_no": 7}' $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat   # ALREADY_EXISTS / SEAT_TAKEN
-  # Use the "id" HoldSeat returned as RID:
-  RID=<id>
-  grpcurl -plaintext -d "{\"reservation_id\": \$RID, \"user_id\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/PayReservation
-  grpcurl -plaintext -d "{\"reservation_id\": \$RID}" $RESERVATION ticketing.reservation.v1.ReservationService/GetReservation
-  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # 400
-  grpcurl -plaintext -d "{\"reservation_id\": \$RID, \"user_id\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/CancelReservation
-  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # 500 again
+  SEAT=\$(grpcurl -plaintext -d '{"schedule_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSeats | grep -B2 SEAT_STATUS_AVAILABLE | sed -n 's/.*"seatNo": \([0-9]*\).*/\1/p' | head -n 1)
+  RID=\$(grpcurl -plaintext -d "{\\"user_id\\": 3, \\"schedule_id\\": 1, \\"seat_no\\": \$SEAT}" $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat | sed -n 's/.*"id": "\([0-9]*\)".*/\1/p')
+  grpcurl -plaintext -d "{\\"user_id\\": 4, \\"schedule_id\\": 1, \\"seat_no\\": \$SEAT}" $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat   # ALREADY_EXISTS / SEAT_TAKEN
+  grpcurl -plaintext -d "{\\"reservation_id\\": \$RID, \\"user_id\\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/PayReservation
+  grpcurl -plaintext -d "{\\"reservation_id\\": \$RID}" $RESERVATION ticketing.reservation.v1.ReservationService/GetReservation
+  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # 100 points fewer
+  grpcurl -plaintext -d "{\\"reservation_id\\": \$RID, \\"user_id\\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/CancelReservation
+  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # refunded
   grpcurl -plaintext -d '{"user_id": 3}' $RESERVATION ticketing.reservation.v1.ReservationService/ListReservations
 
   # New concerts and schedules:
