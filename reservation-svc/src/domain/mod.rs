@@ -33,14 +33,9 @@ pub struct HoldRequest {
     pub seat_no: SeatNo,
 }
 
+/// A user acting on one of their reservations (paying it, cancelling it).
 #[derive(Debug, Clone, Copy)]
-pub struct PayRequest {
-    pub reservation_id: ReservationId,
-    pub user_id: UserId,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct CancelRequest {
+pub struct OwnerRequest {
     pub reservation_id: ReservationId,
     pub user_id: UserId,
 }
@@ -182,7 +177,7 @@ impl Reservations {
     /// current one re-sent), the attempt's idempotent `Use`, then `CONFIRMED`; back to `HELD`
     /// when the balance is too low; left `PAYING` (answer `UNAVAILABLE`) when the wallet gives
     /// no outcome, for a retry or the reconciler to finish.
-    pub async fn pay(&self, request: PayRequest) -> Result<Reservation, ReservationError> {
+    pub async fn pay(&self, request: OwnerRequest) -> Result<Reservation, ReservationError> {
         let service = self.clone();
         let id = request.reservation_id.get();
         let span = tracing::info_span!(
@@ -289,7 +284,7 @@ impl Reservations {
 
     /// Cancels a reservation: a hold is released at once; a paid one is refunded first (one
     /// refund however often or concurrently it is cancelled), then released.
-    pub async fn cancel(&self, request: CancelRequest) -> Result<Reservation, ReservationError> {
+    pub async fn cancel(&self, request: OwnerRequest) -> Result<Reservation, ReservationError> {
         let service = self.clone();
         let span = tracing::info_span!(
             "cancel_reservation",

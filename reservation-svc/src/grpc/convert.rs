@@ -10,9 +10,9 @@ use shared::values::InvalidValue;
 use tonic::Status;
 
 use crate::domain::{
-    CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, PayRequest,
-    Price, RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId,
-    Seat, SeatCount, SeatNo, SeatView, Status as ReservationStatus, Title, UserId,
+    Concert, ConcertId, HoldRequest, NewSchedule, OwnerRequest, PageCursor, PageSize, Price,
+    RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat,
+    SeatCount, SeatNo, SeatView, Status as ReservationStatus, Title, UserId,
 };
 
 /// A request that names one thing by its id.
@@ -104,39 +104,30 @@ impl TryFrom<pb::HoldSeatRequest> for HoldRequest {
     }
 }
 
-impl TryFrom<pb::CancelReservationRequest> for CancelRequest {
-    type Error = Status;
-
-    fn try_from(request: pb::CancelReservationRequest) -> Result<Self, Status> {
-        let mut violations = FieldViolations::new();
-        let reservation_id = violations.check(
-            "reservation_id",
-            ReservationId::parse(request.reservation_id),
-        );
-        let user_id = violations.check("user_id", UserId::parse(request.user_id));
-        let (reservation_id, user_id) = all_valid!(violations, reservation_id, user_id);
-        Ok(Self {
-            reservation_id,
-            user_id,
-        })
-    }
+fn owner_request(reservation_id: i64, user_id: i64) -> Result<OwnerRequest, Status> {
+    let mut violations = FieldViolations::new();
+    let reservation_id = violations.check("reservation_id", ReservationId::parse(reservation_id));
+    let user_id = violations.check("user_id", UserId::parse(user_id));
+    let (reservation_id, user_id) = all_valid!(violations, reservation_id, user_id);
+    Ok(OwnerRequest {
+        reservation_id,
+        user_id,
+    })
 }
 
-impl TryFrom<pb::PayReservationRequest> for PayRequest {
+impl TryFrom<pb::PayReservationRequest> for OwnerRequest {
     type Error = Status;
 
     fn try_from(request: pb::PayReservationRequest) -> Result<Self, Status> {
-        let mut violations = FieldViolations::new();
-        let reservation_id = violations.check(
-            "reservation_id",
-            ReservationId::parse(request.reservation_id),
-        );
-        let user_id = violations.check("user_id", UserId::parse(request.user_id));
-        let (reservation_id, user_id) = all_valid!(violations, reservation_id, user_id);
-        Ok(Self {
-            reservation_id,
-            user_id,
-        })
+        owner_request(request.reservation_id, request.user_id)
+    }
+}
+
+impl TryFrom<pb::CancelReservationRequest> for OwnerRequest {
+    type Error = Status;
+
+    fn try_from(request: pb::CancelReservationRequest) -> Result<Self, Status> {
+        owner_request(request.reservation_id, request.user_id)
     }
 }
 

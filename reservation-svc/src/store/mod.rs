@@ -20,7 +20,7 @@ use shared::db::PgPool;
 pub use shared::db::StoreError;
 
 use crate::domain::{
-    CancelRequest, Concert, ConcertId, HoldRequest, NewSchedule, PageCursor, PageSize, Reservation,
+    Concert, ConcertId, HoldRequest, NewSchedule, OwnerRequest, PageCursor, PageSize, Reservation,
     ReservationId, ReservationPage, Schedule, ScheduleId, Seat, Title, UserId,
 };
 use models::{ConcertRow, NewReservation, ReservationRow, ScheduleRow, SeatRow, parse_status};
@@ -306,7 +306,7 @@ impl Store {
     /// released only when `refunded` says its refund is done.
     pub async fn cancel(
         &self,
-        request: CancelRequest,
+        request: OwnerRequest,
         refunded: bool,
     ) -> Result<CancelOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
@@ -606,7 +606,7 @@ impl Locked {
 
 async fn cancel(
     conn: &mut AsyncPgConnection,
-    request: CancelRequest,
+    request: OwnerRequest,
     refunded: bool,
 ) -> Result<CancelOutcome, StoreError> {
     let id = request.reservation_id.get();

@@ -19,6 +19,32 @@ async fn app_paying_through(wallet: &TestWallet) -> TestApp {
     .await
 }
 
+/// An app whose reconciler takes payments left `PAYING` for `grace`, checking five times as
+/// often.
+async fn app_reconciling_through(wallet: &TestWallet, grace: Duration) -> TestApp {
+    let endpoint = wallet.endpoint();
+    spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.wallet_timeout = Duration::from_secs(1);
+        config.reconcile_interval = grace / 5;
+        config.reconcile_grace = grace;
+    })
+    .await
+}
+
+/// The reservation's status once it has left `PAYING` (or after ten seconds).
+async fn status_after_paying(app: &TestApp, reservation_id: i64) -> pb::ReservationStatus {
+    let mut status = pb::ReservationStatus::Paying;
+    for _ in 0..100 {
+        status = app.reservation(reservation_id).await.status();
+        if status != pb::ReservationStatus::Paying {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    status
+}
+
 async fn pay(
     app: &TestApp,
     reservation_id: i64,
@@ -329,14 +355,7 @@ async fn a_pay_while_the_wallet_is_down_stays_paying_and_a_retry_confirms_it_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reconciler_finishes_a_payment_left_paying_while_the_wallet_was_down() {
     let mut wallet = TestWallet::start().await;
-    let endpoint = wallet.endpoint();
-    let app = spawn_app_with(|config| {
-        config.wallet_endpoint = endpoint;
-        config.wallet_timeout = Duration::from_secs(1);
-        config.reconcile_interval = Duration::from_millis(200);
-        config.reconcile_grace = Duration::from_millis(200);
-    })
-    .await;
+    let app = app_reconciling_through(&wallet, Duration::from_millis(200)).await;
     let schedule_id = app.schedule_with_seats(10).await;
     wallet.charge(1, 1_000, "top-up").await;
     let held = app.hold(1, schedule_id, 8).await.expect("hold");
@@ -344,14 +363,7 @@ async fn the_reconciler_finishes_a_payment_left_paying_while_the_wallet_was_down
     pay(&app, held.id, 1).await.expect_err("no wallet");
 
     wallet.restart().await;
-    let mut status = pb::ReservationStatus::Paying;
-    for _ in 0..100 {
-        status = app.reservation(held.id).await.status();
-        if status != pb::ReservationStatus::Paying {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = status_after_paying(&app, held.id).await;
 
     assert_eq!(
         status,
@@ -366,13 +378,7 @@ async fn the_reconciler_finishes_a_payment_left_paying_while_the_wallet_was_down
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_debit_whose_confirmation_was_lost_is_confirmed_by_the_reconciler_once() {
     let wallet = TestWallet::start().await;
-    let endpoint = wallet.endpoint();
-    let app = spawn_app_with(|config| {
-        config.wallet_endpoint = endpoint;
-        config.reconcile_interval = Duration::from_millis(200);
-        config.reconcile_grace = Duration::from_millis(500);
-    })
-    .await;
+    let app = app_reconciling_through(&wallet, Duration::from_millis(500)).await;
     let schedule_id = app.schedule_with_seats(10).await;
     wallet.charge(1, 1_000, "top-up").await;
     let held = app.hold(1, schedule_id, 4).await.expect("hold");
@@ -395,14 +401,7 @@ async fn a_debit_whose_confirmation_was_lost_is_confirmed_by_the_reconciler_once
         .await
         .expect("the debit that happened");
 
-    let mut status = pb::ReservationStatus::Paying;
-    for _ in 0..100 {
-        status = app.reservation(held.id).await.status();
-        if status != pb::ReservationStatus::Paying {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = status_after_paying(&app, held.id).await;
 
     assert_eq!(status, pb::ReservationStatus::Confirmed);
     assert_eq!(wallet.balance(1).await, 900, "debited once");
@@ -416,14 +415,7 @@ async fn a_debit_whose_confirmation_was_lost_is_confirmed_by_the_reconciler_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_reconciler() {
     let mut wallet = TestWallet::start().await;
-    let endpoint = wallet.endpoint();
-    let app = spawn_app_with(|config| {
-        config.wallet_endpoint = endpoint;
-        config.wallet_timeout = Duration::from_secs(1);
-        config.reconcile_interval = Duration::from_millis(200);
-        config.reconcile_grace = Duration::from_millis(200);
-    })
-    .await;
+    let app = app_reconciling_through(&wallet, Duration::from_millis(200)).await;
     wallet.charge(1, 1_000, "top-up").await;
     // A performance that begins in a few seconds.
     let concert = app
@@ -466,14 +458,7 @@ async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_rec
     tokio::time::sleep(until_started + Duration::from_secs(1)).await;
     wallet.restart().await;
 
-    let mut status = pb::ReservationStatus::Paying;
-    for _ in 0..100 {
-        status = app.reservation(held.id).await.status();
-        if status != pb::ReservationStatus::Paying {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = status_after_paying(&app, held.id).await;
 
     assert_eq!(status, pb::ReservationStatus::Expired);
     assert_eq!(wallet.balance(1).await, 1_000, "refunded in full");
