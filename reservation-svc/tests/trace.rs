@@ -72,4 +72,18 @@ async fn a_payment_is_one_trace_across_both_services() {
         .expect("the payment's own span");
     assert_eq!(attribute(saga, "reservation_id"), Some(held.id.to_string()));
     assert_eq!(attribute(saga, "user_id").as_deref(), Some("1"));
+    assert_eq!(
+        attribute(saga, "schedule_id"),
+        Some(schedule_id.to_string())
+    );
+    assert_eq!(attribute(saga, "seat_no").as_deref(), Some("1"));
+    let movement = spans
+        .iter()
+        .find(|span| span.name == "apply_movement")
+        .expect("wallet-svc's span of the debit");
+    assert_eq!(
+        movement.span_context.trace_id(),
+        pay.span_context.trace_id()
+    );
+    assert_eq!(attribute(movement, "user_id").as_deref(), Some("1"));
 }

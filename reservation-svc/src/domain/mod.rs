@@ -183,7 +183,10 @@ impl Reservations {
         let span = tracing::info_span!(
             "pay_reservation",
             reservation_id = id,
-            user_id = request.user_id.get()
+            user_id = request.user_id.get(),
+            schedule_id = tracing::field::Empty,
+            seat_no = tracing::field::Empty,
+            attempt = tracing::field::Empty,
         );
         let paying = async move {
             let (attempt, price, user_id) = match service
@@ -195,7 +198,15 @@ impl Reservations {
                     attempt,
                     price,
                     user_id,
-                } => (attempt, price, user_id),
+                    schedule_id,
+                    seat_no,
+                } => {
+                    let span = tracing::Span::current();
+                    span.record("schedule_id", schedule_id);
+                    span.record("seat_no", seat_no);
+                    span.record("attempt", attempt);
+                    (attempt, price, user_id)
+                }
                 BeginOutcome::Confirmed(reservation) => return Ok(reservation),
                 BeginOutcome::NotFound => return Err(ReservationError::NotFound("reservation")),
                 BeginOutcome::Refused(refused) => return Err(refused_pay(refused)),

@@ -57,6 +57,8 @@ pub enum BeginOutcome {
         attempt: i32,
         price: i64,
         user_id: i64,
+        schedule_id: i64,
+        seat_no: i32,
     },
     Confirmed(Reservation),
     NotFound,
@@ -346,12 +348,16 @@ impl Store {
                         attempt,
                         price: row.price,
                         user_id: row.user_id,
+                        schedule_id: row.schedule_id,
+                        seat_no: row.seat_no,
                     })
                 }
                 BeginPay::Resume { attempt } => Ok(BeginOutcome::Pay {
                     attempt,
                     price: row.price,
                     user_id: row.user_id,
+                    schedule_id: row.schedule_id,
+                    seat_no: row.seat_no,
                 }),
                 BeginPay::AlreadyConfirmed => {
                     Ok(BeginOutcome::Confirmed(row.into_reservation(now)?))

@@ -109,9 +109,15 @@ impl Wallets {
     /// Applies a movement once per key: a replay answers the first outcome, refusals included.
     pub async fn apply(&self, movement: MoneyMovement) -> Result<Transaction, WalletError> {
         let store = self.store.clone();
+        let span = tracing::info_span!(
+            "apply_movement",
+            user_id = movement.user_id.get(),
+            idempotency_key = movement.key.as_str(),
+        );
         // In a task of its own, the transaction commits or rolls back on its own terms even if
         // the caller cancels its call; a dropped future would leave that to the pool.
-        let outcome = tokio::spawn(async move { store.apply_movement(&movement).await })
+        let applying = async move { store.apply_movement(&movement).await };
+        let outcome = tokio::spawn(tracing::Instrument::instrument(applying, span))
             .await
             .map_err(|join_error| WalletError::Internal(join_error.to_string()))??;
         match outcome {
