@@ -75,10 +75,11 @@ ensure_postgres() {
 # Redis on $REDIS_HOST:$REDIS_PORT. Started (in memory, nothing on disk) when not reachable;
 # installed when not there.
 ensure_redis() {
+    # The binary too: tests that stop Redis start a redis-server of their own.
+    command -v redis-server >/dev/null || apt_install redis-server
     if port_open "$REDIS_HOST" "$REDIS_PORT"; then
         return
     fi
-    command -v redis-server >/dev/null || apt_install redis-server
     log "starting Redis on $REDIS_HOST:$REDIS_PORT"
     redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" \
         --save "" --appendonly no --logfile "${TMPDIR:-/tmp}/ticketing-redis.log"
