@@ -65,9 +65,14 @@ ensure_postgres() {
         local hba="/etc/postgresql/$version/main/pg_hba.conf"
         as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/' "$hba"
     fi
-    log "starting PostgreSQL $version"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null ||
-        as_root pg_ctlcluster "$version" main start
+    # Debian's package may have started the cluster already: then reload the access rules.
+    local action=start
+    if pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" { print $4 }' | grep -q online; then
+        action=reload
+    fi
+    log "PostgreSQL $version: $action"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main "$action" 2>/dev/null ||
+        as_root pg_ctlcluster "$version" main "$action"
     for _ in $(seq 1 50); do port_open "$PG_HOST" "$PG_PORT" && return; sleep 0.2; done
     die "PostgreSQL did not come up on $PG_HOST:$PG_PORT"
 }
