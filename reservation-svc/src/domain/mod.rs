@@ -238,12 +238,15 @@ impl Reservations {
         let mut settled = self.store.settle_attempt(id, attempt, reply, false).await?;
         if let SettleOutcome::Refund { user_id, use_key } = &settled {
             // Give the money back first: until the refund is done the reservation stays as it
-            // is, so a failed refund is retried by the next pay or reconciliation.
-            let refund_key = protocol::payment::refund_key(id);
-            self.wallet
-                .refund(*user_id, &refund_key, use_key)
-                .await
-                .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+            // is, so a failed refund is retried by the next pay or reconciliation. A free seat
+            // took no money.
+            if protocol::payment::needs_wallet(price) {
+                let refund_key = protocol::payment::refund_key(id);
+                self.wallet
+                    .refund(*user_id, &refund_key, use_key)
+                    .await
+                    .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+            }
             settled = self.store.settle_attempt(id, attempt, reply, true).await?;
         }
         match settled {
