@@ -91,6 +91,8 @@ async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
         pay_attempt: i32,
         #[diesel(sql_type = Nullable<BigInt>)]
         payment_transaction_id: Option<i64>,
+        #[diesel(sql_type = BigInt)]
+        price: i64,
     }
     #[derive(QueryableByName)]
     struct Movements {
@@ -106,7 +108,7 @@ async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
     }
     let mut reservations = app.connect_db().await;
     let rows: Vec<Row> = diesel::sql_query(
-        "SELECT id, status, pay_attempt, payment_transaction_id FROM reservations",
+        "SELECT id, status, pay_attempt, payment_transaction_id, price FROM reservations",
     )
     .load(&mut reservations)
     .await
@@ -128,6 +130,8 @@ async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
         .await
         .expect("movements");
         let expected = match (row.status.as_str(), row.payment_transaction_id) {
+            // A free seat takes no money.
+            _ if row.price == 0 => (0, 0),
             ("CONFIRMED", _) => (1, 0),
             ("CANCELLED", Some(_)) => (1, 1),
             _ => (movements.refunds, movements.refunds),
@@ -475,5 +479,42 @@ async fn a_payment_that_can_no_longer_be_honoured_is_refunded_in_full_by_the_rec
         app.seats(schedule.id).await[0].status(),
         pb::SeatStatus::Available
     );
+    assert_money_matches_outcomes(&app, &wallet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_free_seat_is_confirmed_and_cancelled_without_the_wallet() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let concert = app
+        .client()
+        .create_concert(pb::CreateConcertRequest {
+            title: "Free rehearsal".to_owned(),
+        })
+        .await
+        .expect("concert")
+        .into_inner();
+    let schedule = app
+        .client()
+        .create_schedule(pb::CreateScheduleRequest {
+            concert_id: concert.id,
+            starts_at: Some(prost_types::Timestamp {
+                seconds: 1_900_000_000,
+                nanos: 0,
+            }),
+            seat_count: 3,
+            seat_price: 0,
+        })
+        .await
+        .expect("schedule")
+        .into_inner();
+    let held = app.hold(1, schedule.id, 2).await.expect("hold");
+
+    let paid = pay(&app, held.id, 1).await.expect("free");
+    assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    let cancelled = cancel(&app, held.id, 1).await.expect("cancel");
+
+    assert_eq!(cancelled.status(), pb::ReservationStatus::Cancelled);
+    assert!(wallet.ledger(1).await.is_empty(), "no money moved");
     assert_money_matches_outcomes(&app, &wallet).await;
 }
