@@ -124,6 +124,43 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     violations.into_status()
 }
 
+/// A page of one user's listing, parsed from a request's `user_id`, `page_size` and
+/// `page_token`: every bad field named at once, and a token judged against its listing and user.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest {
+    pub user_id: crate::values::UserId,
+    pub page_size: crate::values::PageSize,
+    pub cursor: Option<crate::values::PageCursor>,
+}
+
+impl PageRequest {
+    pub fn parse(
+        user_id: i64,
+        page_size: i32,
+        page_token: &str,
+        listing: &str,
+    ) -> Result<Self, Status> {
+        use crate::values::{PageCursor, PageSize, UserId};
+        let mut violations = FieldViolations::new();
+        let user_id = violations.check("user_id", UserId::parse(user_id));
+        let page_size = violations.check("page_size", PageSize::parse(page_size));
+        // A token can only be judged against a valid user.
+        let cursor = match user_id {
+            Some(user_id) => violations.check(
+                "page_token",
+                PageCursor::decode(page_token, listing, user_id.get()),
+            ),
+            None => Some(None),
+        };
+        let (user_id, page_size, cursor) = all_valid!(violations, user_id, page_size, cursor);
+        Ok(Self {
+            user_id,
+            page_size,
+            cursor,
+        })
+    }
+}
+
 /// Ids of the contract are positive.
 pub fn positive_id(violations: &mut FieldViolations, field: &str, value: i64) -> Option<i64> {
     if value > 0 {

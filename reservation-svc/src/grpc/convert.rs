@@ -10,19 +10,13 @@ use shared::values::InvalidValue;
 use tonic::Status;
 
 use crate::domain::{
-    Concert, ConcertId, HoldRequest, NewSchedule, OwnerRequest, PageCursor, PageSize, Price,
-    RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat,
-    SeatCount, SeatNo, SeatView, Status as ReservationStatus, Title, UserId,
+    Concert, ConcertId, HoldRequest, NewSchedule, OwnerRequest, Price, RESERVATIONS_LISTING,
+    Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat, SeatCount, SeatNo,
+    SeatView, Status as ReservationStatus, Title, UserId,
 };
 
 /// A request that names one thing by its id.
 pub struct ById<T>(pub T);
-
-pub struct ReservationsQuery {
-    pub user_id: UserId,
-    pub page_size: PageSize,
-    pub cursor: Option<PageCursor>,
-}
 
 fn one_id<T>(field: &str, parsed: Result<T, InvalidValue>) -> Result<ById<T>, Status> {
     parsed
@@ -128,30 +122,6 @@ impl TryFrom<pb::CancelReservationRequest> for OwnerRequest {
 
     fn try_from(request: pb::CancelReservationRequest) -> Result<Self, Status> {
         owner_request(request.reservation_id, request.user_id)
-    }
-}
-
-impl TryFrom<pb::ListReservationsRequest> for ReservationsQuery {
-    type Error = Status;
-
-    fn try_from(request: pb::ListReservationsRequest) -> Result<Self, Status> {
-        let mut violations = FieldViolations::new();
-        let user_id = violations.check("user_id", UserId::parse(request.user_id));
-        let page_size = violations.check("page_size", PageSize::parse(request.page_size));
-        // A token can only be judged against a valid user.
-        let cursor = match user_id {
-            Some(user_id) => violations.check(
-                "page_token",
-                PageCursor::decode(&request.page_token, RESERVATIONS_LISTING, user_id.get()),
-            ),
-            None => Some(None),
-        };
-        let (user_id, page_size, cursor) = all_valid!(violations, user_id, page_size, cursor);
-        Ok(Self {
-            user_id,
-            page_size,
-            cursor,
-        })
     }
 }
 

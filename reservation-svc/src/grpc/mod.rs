@@ -6,8 +6,9 @@ use shared::proto::reservation::v1 as pb;
 use shared::proto::reservation::v1::reservation_service_server::ReservationService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::Reservations;
-use convert::{ById, ReservationsQuery};
+use crate::domain::{RESERVATIONS_LISTING, Reservations};
+use convert::ById;
+use shared::error::PageRequest;
 
 /// Serves `ticketing.reservation.v1.ReservationService`.
 #[derive(Debug, Clone)]
@@ -113,11 +114,17 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let ReservationsQuery {
+        let request = request.into_inner();
+        let PageRequest {
             user_id,
             page_size,
             cursor,
-        } = request.into_inner().try_into()?;
+        } = PageRequest::parse(
+            request.user_id,
+            request.page_size,
+            &request.page_token,
+            RESERVATIONS_LISTING,
+        )?;
         let page = self
             .reservations
             .reservations(user_id, page_size, cursor)

@@ -8,18 +8,12 @@ use shared::proto::wallet::v1 as pb;
 use tonic::Status;
 
 use crate::domain::{
-    IdempotencyKey, MoneyMovement, MovementKind, PageCursor, PageSize, Points, Reference,
-    TRANSACTIONS_LISTING, Transaction, TransactionKind, TransactionPage, UserId,
+    IdempotencyKey, MoneyMovement, MovementKind, Points, Reference, TRANSACTIONS_LISTING,
+    Transaction, TransactionKind, TransactionPage, UserId,
 };
 
 pub struct BalanceQuery {
     pub user_id: UserId,
-}
-
-pub struct TransactionsQuery {
-    pub user_id: UserId,
-    pub page_size: PageSize,
-    pub cursor: Option<PageCursor>,
 }
 
 impl TryFrom<pb::GetBalanceRequest> for BalanceQuery {
@@ -93,30 +87,6 @@ impl TryFrom<pb::RefundRequest> for MoneyMovement {
             user_id,
             key,
             kind: MovementKind::Refund { use_key },
-        })
-    }
-}
-
-impl TryFrom<pb::ListTransactionsRequest> for TransactionsQuery {
-    type Error = Status;
-
-    fn try_from(request: pb::ListTransactionsRequest) -> Result<Self, Status> {
-        let mut violations = FieldViolations::new();
-        let user_id = violations.check("user_id", UserId::parse(request.user_id));
-        let page_size = violations.check("page_size", PageSize::parse(request.page_size));
-        // A token can only be judged against a valid user.
-        let cursor = match user_id {
-            Some(user_id) => violations.check(
-                "page_token",
-                PageCursor::decode(&request.page_token, TRANSACTIONS_LISTING, user_id.get()),
-            ),
-            None => Some(None),
-        };
-        let (user_id, page_size, cursor) = all_valid!(violations, user_id, page_size, cursor);
-        Ok(Self {
-            user_id,
-            page_size,
-            cursor,
         })
     }
 }

@@ -6,8 +6,9 @@ use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_server::WalletService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::Wallets;
-use convert::{BalanceQuery, TransactionsQuery};
+use crate::domain::{TRANSACTIONS_LISTING, Wallets};
+use convert::BalanceQuery;
+use shared::error::PageRequest;
 
 /// Serves `ticketing.wallet.v1.WalletService`.
 #[derive(Debug, Clone)]
@@ -66,11 +67,17 @@ impl WalletService for WalletGrpc {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        let TransactionsQuery {
+        let request = request.into_inner();
+        let PageRequest {
             user_id,
             page_size,
             cursor,
-        } = request.into_inner().try_into()?;
+        } = PageRequest::parse(
+            request.user_id,
+            request.page_size,
+            &request.page_token,
+            TRANSACTIONS_LISTING,
+        )?;
         let page = self
             .wallets
             .transactions(user_id, page_size, cursor)
