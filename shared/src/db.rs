@@ -75,6 +75,7 @@ pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result
         .collect();
     let setup_sql = format!(
         "SET application_name = '{application_name}'; \
+         SET lc_messages = 'C'; \
          SET statement_timeout = {}; \
          SET lock_timeout = {}; \
          SET idle_in_transaction_session_timeout = {}",

@@ -35,6 +35,9 @@ impl Title {
         if value.chars().count() > Self::MAX_CHARS {
             return Err(InvalidValue("must be at most 200 characters"));
         }
+        if value.contains('\0') {
+            return Err(InvalidValue("must not contain NUL characters"));
+        }
         Ok(Self(value))
     }
 
@@ -159,6 +162,7 @@ mod tests {
         assert!(Title::parse("가".repeat(201)).is_err());
         assert!(Title::parse(String::new()).is_err());
         assert!(Title::parse(" \t ".into()).is_err());
+        assert!(Title::parse("a\0b".into()).is_err());
     }
 
     #[test]

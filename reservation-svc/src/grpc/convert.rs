@@ -55,10 +55,18 @@ impl TryFrom<pb::GetReservationRequest> for ById<ReservationId> {
     }
 }
 
+/// A performance's start: a valid timestamp within the years 1 to 9999 (protobuf's own range,
+/// and within what Postgres stores).
 fn starts_at(value: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, InvalidValue> {
+    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    let invalid = InvalidValue("must be a valid timestamp between the years 1 and 9999");
     let value = value.ok_or(InvalidValue("is required"))?;
-    let nanos = u32::try_from(value.nanos).map_err(|_| InvalidValue("is not a valid timestamp"))?;
-    DateTime::from_timestamp(value.seconds, nanos).ok_or(InvalidValue("is not a valid timestamp"))
+    if !RANGE.contains(&value.seconds) {
+        return Err(invalid);
+    }
+    let nanos = u32::try_from(value.nanos).map_err(|_| invalid.clone())?;
+    DateTime::from_timestamp(value.seconds, nanos).ok_or(invalid)
 }
 
 impl TryFrom<pb::CreateScheduleRequest> for NewSchedule {

@@ -72,6 +72,11 @@ async fn every_bad_input_is_invalid_argument_naming_its_fields_and_writes_nothin
             &["title"],
         ),
         (
+            "title with a NUL",
+            Call::Concert(concert("a\0b".into())),
+            &["title"],
+        ),
+        (
             "201-character title",
             Call::Concert(concert("t".repeat(201))),
             &["title"],
@@ -84,6 +89,16 @@ async fn every_bad_input_is_invalid_argument_naming_its_fields_and_writes_nothin
         (
             "schedule without a start",
             Call::Schedule(schedule(1, None, 10, 0)),
+            &["starts_at"],
+        ),
+        (
+            "schedule starting before the year 1",
+            Call::Schedule(schedule(1, at(-62_135_596_801, 0), 10, 0)),
+            &["starts_at"],
+        ),
+        (
+            "schedule starting after the year 9999",
+            Call::Schedule(schedule(1, at(253_402_300_800, 0), 10, 0)),
             &["starts_at"],
         ),
         (

@@ -64,6 +64,9 @@ impl Reference {
         if value.chars().count() > Self::MAX_CHARS {
             return Err(InvalidValue("must be at most 256 characters"));
         }
+        if value.contains('\0') {
+            return Err(InvalidValue("must not contain NUL characters"));
+        }
         Ok(Self(value))
     }
 
@@ -138,5 +141,6 @@ mod tests {
     fn references_count_characters_not_bytes() {
         assert!(Reference::parse("é".repeat(256)).is_ok());
         assert!(Reference::parse("é".repeat(257)).is_err());
+        assert!(Reference::parse("a\0b".into()).is_err());
     }
 }

@@ -135,6 +135,11 @@ async fn every_bad_input_is_invalid_argument_naming_its_fields_and_writes_nothin
             &["idempotency_key"],
         ),
         (
+            "use with a NUL in the reference",
+            Call::Use(use_points(1, 10, "k", "a\0b")),
+            &["reference"],
+        ),
+        (
             "use with a 257-character reference",
             Call::Use(use_points(1, 10, "k", &long_reference)),
             &["reference"],
