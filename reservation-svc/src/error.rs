@@ -24,6 +24,9 @@ impl From<ReservationError> for Status {
             ReservationError::InvalidState => {
                 status_with_reason(Code::FailedPrecondition, Reason::InvalidState, message)
             }
+            ReservationError::BalanceLimit => {
+                status_with_reason(Code::FailedPrecondition, Reason::BalanceLimit, message)
+            }
             ReservationError::InsufficientBalance => status_with_reason(
                 Code::FailedPrecondition,
                 Reason::InsufficientBalance,

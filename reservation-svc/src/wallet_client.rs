@@ -21,10 +21,19 @@ fn propagate_trace(mut request: tonic::Request<()>) -> Result<tonic::Request<()>
     Ok(request)
 }
 
-/// Why a wallet call gave no usable answer.
+/// Why a refund was not made.
 #[derive(Debug, thiserror::Error)]
-#[error("wallet call failed: {0}")]
-pub struct WalletUnavailable(pub String);
+pub enum RefundError {
+    /// The refund would take the balance past the wallet's cap (final for its key).
+    #[error("the refund would pass the balance limit")]
+    BalanceLimit,
+    /// Refused for another reason: the request or the data is wrong, a retry will not help.
+    #[error("the wallet refused the refund: {0}")]
+    Rejected(String),
+    /// No answer: the wallet is unreachable or timed out; retry later.
+    #[error("the wallet gave no answer: {0}")]
+    Unavailable(String),
+}
 
 #[derive(Debug, Clone)]
 pub struct Wallet {
@@ -69,12 +78,13 @@ impl Wallet {
             Ok(reply) => UseReply::Debited {
                 transaction_id: reply.into_inner().id,
             },
-            Err(status)
-                if status.code() == tonic::Code::FailedPrecondition
-                    && reason_of(&status).as_deref()
-                        == Some(Reason::InsufficientBalance.as_str()) =>
-            {
-                UseReply::Insufficient
+            Err(status) if final_refusal(&status) => {
+                if reason_of(&status).as_deref() == Some(Reason::InsufficientBalance.as_str()) {
+                    UseReply::Insufficient
+                } else {
+                    tracing::error!(code = ?status.code(), message = status.message(), "wallet rejected a payment");
+                    UseReply::Rejected
+                }
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "wallet use gave no outcome");
@@ -85,25 +95,46 @@ impl Wallet {
 
     /// Refunds the `Use` made under `use_key`, once whatever the key or the number of calls.
     #[tracing::instrument(skip(self), fields(otel.kind = "client"))]
-    pub async fn refund(
-        &self,
-        user_id: i64,
-        key: &str,
-        use_key: &str,
-    ) -> Result<i64, WalletUnavailable> {
+    pub async fn refund(&self, user_id: i64, key: &str, use_key: &str) -> Result<i64, RefundError> {
         let mut request = tonic::Request::new(pb::RefundRequest {
             user_id,
             idempotency_key: key.to_owned(),
             use_idempotency_key: use_key.to_owned(),
         });
         request.set_timeout(self.timeout);
-        self.client
-            .clone()
-            .refund(request)
-            .await
-            .map(|reply| reply.into_inner().id)
-            .map_err(|status| {
-                WalletUnavailable(format!("{:?}: {}", status.code(), status.message()))
-            })
+        match self.client.clone().refund(request).await {
+            Ok(reply) => Ok(reply.into_inner().id),
+            Err(status)
+                if status.code() == tonic::Code::FailedPrecondition
+                    && reason_of(&status).as_deref() == Some(Reason::BalanceLimit.as_str()) =>
+            {
+                Err(RefundError::BalanceLimit)
+            }
+            Err(status) if final_refusal(&status) => Err(RefundError::Rejected(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Err(status) => Err(RefundError::Unavailable(format!(
+                "{:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+        }
     }
+}
+
+/// Whether the wallet's answer is a final refusal (a rule or the request itself), as opposed
+/// to no outcome (unreachable, timed out, failed inside), after which the call may have been
+/// applied or not.
+fn final_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+            | tonic::Code::NotFound
+            | tonic::Code::PermissionDenied
+            | tonic::Code::OutOfRange
+    )
 }

@@ -16,7 +16,7 @@ use crate::lock::{LockError, SeatLocks};
 use crate::store::{
     BeginOutcome, CancelOutcome, HoldOutcome, SettleOutcome, Store, StoreError, StuckPayment,
 };
-use crate::wallet_client::Wallet;
+use crate::wallet_client::{RefundError, Wallet};
 
 #[derive(Debug, Clone)]
 pub struct NewSchedule {
@@ -59,6 +59,8 @@ pub enum ReservationError {
     InvalidState,
     #[error("insufficient balance")]
     InsufficientBalance,
+    #[error("the refund would take the balance past its limit")]
+    BalanceLimit,
     #[error("a dependency is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -70,6 +72,16 @@ impl From<StoreError> for ReservationError {
         match error {
             StoreError::Unavailable(detail) => Self::Unavailable(detail),
             StoreError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<RefundError> for ReservationError {
+    fn from(error: RefundError) -> Self {
+        match error {
+            RefundError::BalanceLimit => Self::BalanceLimit,
+            RefundError::Rejected(detail) => Self::Internal(detail),
+            RefundError::Unavailable(detail) => Self::Unavailable(detail),
         }
     }
 }
@@ -242,16 +254,18 @@ impl Reservations {
             // took no money.
             if protocol::payment::needs_wallet(price) {
                 let refund_key = protocol::payment::refund_key(id);
-                self.wallet
-                    .refund(*user_id, &refund_key, use_key)
-                    .await
-                    .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+                self.wallet.refund(*user_id, &refund_key, use_key).await?;
             }
             settled = self.store.settle_attempt(id, attempt, reply, true).await?;
         }
         match settled {
             SettleOutcome::Confirmed(reservation) => Ok(reservation),
-            SettleOutcome::Refused => Err(ReservationError::InsufficientBalance),
+            SettleOutcome::Refused if reply == UseReply::Insufficient => {
+                Err(ReservationError::InsufficientBalance)
+            }
+            SettleOutcome::Refused => Err(ReservationError::Internal(
+                "the wallet rejected the payment".to_owned(),
+            )),
             SettleOutcome::StillPaying => Err(ReservationError::Unavailable(
                 "the wallet gave no outcome; the payment stays pending".to_owned(),
             )),
@@ -316,8 +330,7 @@ impl Reservations {
                     service
                         .wallet
                         .refund(paid.user_id, &refund_key, use_key)
-                        .await
-                        .map_err(|error| ReservationError::Unavailable(error.to_string()))?;
+                        .await?;
                 }
                 outcome = service.store.cancel(request, true).await?;
             }

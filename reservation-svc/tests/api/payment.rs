@@ -518,3 +518,38 @@ async fn a_free_seat_is_confirmed_and_cancelled_without_the_wallet() {
     assert!(wallet.ledger(1).await.is_empty(), "no money moved");
     assert_money_matches_outcomes(&app, &wallet).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_key_taken_by_another_request_frees_the_payment_instead_of_leaving_it_paying() {
+    let wallet = TestWallet::start().await;
+    let app = app_paying_through(&wallet).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 9).await.expect("hold");
+    // Someone else used the key of this reservation's first attempt for another amount.
+    wallet
+        .client()
+        .await
+        .r#use(shared::proto::wallet::v1::UseRequest {
+            user_id: 1,
+            amount: 5,
+            idempotency_key: format!("reservation-{}-1", held.id),
+            reference: String::new(),
+        })
+        .await
+        .expect("a stray use");
+
+    let rejected = pay(&app, held.id, 1).await.expect_err("the key is taken");
+
+    assert_eq!(rejected.code(), Code::Internal, "{rejected:?}");
+    assert_eq!(
+        app.reservation(held.id).await.status(),
+        pb::ReservationStatus::Held,
+        "back to HELD, not stuck PAYING"
+    );
+    let paid = pay(&app, held.id, 1)
+        .await
+        .expect("a new attempt, a new key");
+    assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    assert_eq!(wallet.balance(1).await, 1_000 - 5 - 100);
+}

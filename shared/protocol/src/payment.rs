@@ -82,6 +82,9 @@ pub enum UseReply {
     Debited { transaction_id: i64 },
     /// Refused for insufficient balance (final for this key).
     Insufficient,
+    /// Refused for any other reason (the key reused for another request, say): final for this
+    /// key, nothing debited.
+    Rejected,
     /// No answer (unreachable, timed out): the debit may or may not have happened.
     Unknown,
 }
@@ -126,10 +129,12 @@ pub fn apply_use_reply(
         (true, UseReply::Debited { .. }) if started && refunded => AfterUse::ExpireRefunded,
         (true, UseReply::Debited { .. }) if started => AfterUse::Refund,
         (true, UseReply::Debited { transaction_id }) => AfterUse::Confirm { transaction_id },
-        (true, UseReply::Insufficient) if reservation.expires_at <= now || started => {
+        (true, UseReply::Insufficient | UseReply::Rejected)
+            if reservation.expires_at <= now || started =>
+        {
             AfterUse::Expire
         }
-        (true, UseReply::Insufficient) => AfterUse::BackToHeld,
+        (true, UseReply::Insufficient | UseReply::Rejected) => AfterUse::BackToHeld,
         (true, UseReply::Unknown) => AfterUse::StayPaying,
         (false, UseReply::Debited { transaction_id })
             if reservation.status == Status::Confirmed
@@ -138,7 +143,9 @@ pub fn apply_use_reply(
             AfterUse::Settled
         }
         (false, UseReply::Debited { .. }) => AfterUse::Refund,
-        (false, UseReply::Insufficient | UseReply::Unknown) => AfterUse::Nothing,
+        (false, UseReply::Insufficient | UseReply::Rejected | UseReply::Unknown) => {
+            AfterUse::Nothing
+        }
     }
 }
 
@@ -209,6 +216,11 @@ mod tests {
         assert_eq!(
             apply_use_reply(&paying, 2, UseReply::Insufficient, false, NOW),
             AfterUse::BackToHeld
+        );
+        assert_eq!(
+            apply_use_reply(&paying, 2, UseReply::Rejected, false, NOW),
+            AfterUse::BackToHeld,
+            "a final refusal of any kind frees the payment, never leaves it paying"
         );
         assert_eq!(
             apply_use_reply(&paying, 2, UseReply::Unknown, false, NOW),
