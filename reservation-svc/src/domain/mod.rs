@@ -275,7 +275,8 @@ impl Reservations {
         }
     }
 
-    /// Drives payments left `PAYING` for longer than `grace` to an end; returns how many were
+    /// Drives payments left `PAYING` for longer than `grace` to an end, and finishes
+    /// cancellations of paid reservations interrupted for as long; returns how many were
     /// looked at.
     pub async fn reconcile(
         &self,
@@ -307,7 +308,26 @@ impl Reservations {
                 }
             }
         }
-        Ok(stuck.len())
+        let cancelling = self
+            .store
+            .claim_unfinished_cancellations(grace, batch_size)
+            .await?;
+        for &(id, user_id) in &cancelling {
+            // The same cancellation again, as its owner: the refund is idempotent by its key.
+            let request = OwnerRequest {
+                reservation_id: ReservationId::parse(id)
+                    .map_err(|error| ReservationError::Internal(error.to_string()))?,
+                user_id: UserId::parse(user_id)
+                    .map_err(|error| ReservationError::Internal(error.to_string()))?,
+            };
+            match self.cancel(request).await {
+                Ok(_) => tracing::info!(reservation_id = id, "interrupted cancellation finished"),
+                Err(error) => {
+                    tracing::warn!(reservation_id = id, %error, "interrupted cancellation unfinished")
+                }
+            }
+        }
+        Ok(stuck.len() + cancelling.len())
     }
 
     /// Cancels a reservation: a hold is released at once; a paid one is refunded first (one

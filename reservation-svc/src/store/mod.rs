@@ -384,6 +384,38 @@ impl Store {
         .await
     }
 
+    /// Claims up to `batch_size` paid reservations whose cancellation began more than `grace`
+    /// ago and never finished (the process stopped between the refund and the release), for
+    /// the reconciler. Returns (reservation id, owner).
+    pub async fn claim_unfinished_cancellations(
+        &self,
+        grace: Duration,
+        batch_size: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        #[derive(QueryableByName)]
+        struct Claimed {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = BigInt)]
+            user_id: i64,
+        }
+        let mut conn = self.pool.get().await?;
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let claimed = diesel::sql_query(
+            "UPDATE reservations SET cancel_requested_at = now() WHERE id IN ( \
+                 SELECT id FROM reservations \
+                 WHERE status = 'CONFIRMED' \
+                   AND cancel_requested_at < now() - make_interval(secs => $1 / 1000.0) \
+                 ORDER BY cancel_requested_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+             ) RETURNING id, user_id",
+        )
+        .bind::<BigInt, _>(grace_ms)
+        .bind::<BigInt, _>(batch_size)
+        .load::<Claimed>(&mut conn)
+        .await?;
+        Ok(claimed.into_iter().map(|c| (c.id, c.user_id)).collect())
+    }
+
     /// Claims up to `batch_size` reservations left `PAYING` for longer than `grace`, for the
     /// reconciler: a claim moves the reservation's `updated_at`, and replicas claiming at the
     /// same time skip each other's rows (`SKIP LOCKED`), so each drives different payments.
@@ -625,6 +657,13 @@ async fn cancel(
         CancelDecision::Release => SeatView::Held,
         CancelDecision::RefundThenRelease if refunded => SeatView::Sold,
         CancelDecision::RefundThenRelease => {
+            // Recorded before the refund is asked for: should this cancellation stop between
+            // the refund and the release, the reconciler finds it and finishes it.
+            diesel::update(reservations::table.find(id))
+                .filter(reservations::cancel_requested_at.is_null())
+                .set(reservations::cancel_requested_at.eq(now))
+                .execute(conn)
+                .await?;
             return Ok(CancelOutcome::RefundFirst(PaidReservation {
                 user_id: row.user_id,
                 price: row.price,

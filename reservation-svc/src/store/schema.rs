@@ -22,6 +22,7 @@ diesel::table! {
         payment_idempotency_key -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        cancel_requested_at -> Nullable<Timestamptz>,
     }
 }
 

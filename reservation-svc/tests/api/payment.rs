@@ -553,3 +553,48 @@ async fn a_use_key_taken_by_another_request_frees_the_payment_instead_of_leaving
     assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
     assert_eq!(wallet.balance(1).await, 1_000 - 5 - 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancellation_interrupted_after_its_refund_is_finished_by_the_reconciler() {
+    let wallet = TestWallet::start().await;
+    let app = app_reconciling_through(&wallet, Duration::from_millis(500)).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 6).await.expect("hold");
+    let paid = pay(&app, held.id, 1).await.expect("pay");
+    assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    // A replica began the cancellation and got the refund, then stopped before releasing the
+    // seat: the reservation still reads CONFIRMED, with the money back.
+    app.execute(&format!(
+        "UPDATE reservations SET cancel_requested_at = now() WHERE id = {}",
+        held.id
+    ))
+    .await;
+    wallet
+        .client()
+        .await
+        .refund(shared::proto::wallet::v1::RefundRequest {
+            user_id: 1,
+            idempotency_key: format!("reservation-{}-refund", held.id),
+            use_idempotency_key: format!("reservation-{}-1", held.id),
+        })
+        .await
+        .expect("the refund that happened");
+
+    let mut status = pb::ReservationStatus::Confirmed;
+    for _ in 0..100 {
+        status = app.reservation(held.id).await.status();
+        if status != pb::ReservationStatus::Confirmed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(status, pb::ReservationStatus::Cancelled);
+    assert_eq!(
+        app.seats(schedule_id).await[5].status(),
+        pb::SeatStatus::Available
+    );
+    assert_eq!(wallet.balance(1).await, 1_000, "refunded once");
+    assert_money_matches_outcomes(&app, &wallet).await;
+}

@@ -1,0 +1,2 @@
+DROP INDEX unfinished_cancellations;
+ALTER TABLE reservations DROP COLUMN cancel_requested_at;
