@@ -1,0 +1,65 @@
+//! `docker-compose.yml` configures the services only with settings they read: a misspelt
+//! variable would be ignored silently and the service would run on its default.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+use yaml_rust2::YamlLoader;
+
+/// Read by the telemetry set-up rather than a flag.
+const TELEMETRY_VARIABLES: [&str; 2] = ["RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+
+fn variables_read_by(command: clap::Command) -> BTreeSet<String> {
+    command
+        .get_arguments()
+        .filter_map(|argument| argument.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .chain(TELEMETRY_VARIABLES.map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_compose_file_sets_only_variables_the_services_read() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+    let text = std::fs::read_to_string(&path).expect("docker-compose.yml");
+    let compose = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let services = &compose[0]["services"];
+
+    for (service, command) in [
+        ("wallet-svc", wallet_svc::config::Cli::command()),
+        ("reservation-svc", reservation_svc::config::Cli::command()),
+    ] {
+        let read = variables_read_by(command);
+        let environment = services[service]["environment"]
+            .as_hash()
+            .unwrap_or_else(|| panic!("{service} has an environment map"));
+        assert!(!environment.is_empty(), "{service} sets its configuration");
+        for name in environment.keys() {
+            let name = name.as_str().expect("variable names are strings");
+            assert!(
+                read.contains(name),
+                "{service} does not read {name}; it reads {read:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_contract_variables_are_read_by_the_services() {
+    let wallet = variables_read_by(wallet_svc::config::Cli::command());
+    let reservation = variables_read_by(reservation_svc::config::Cli::command());
+    for name in ["WALLET_LISTEN_ADDR", "WALLET_DATABASE_URL"] {
+        assert!(wallet.contains(name), "{name}");
+    }
+    for name in [
+        "RESERVATION_LISTEN_ADDR",
+        "RESERVATION_DATABASE_URL",
+        "REDIS_URL",
+        "WALLET_ENDPOINT",
+        "SEAT_HOLD_TTL",
+        "SEAT_LOCK_TTL",
+        "SEAT_LOCK_PREFIX",
+    ] {
+        assert!(reservation.contains(name), "{name}");
+    }
+}
