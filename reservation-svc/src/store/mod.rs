@@ -533,33 +533,17 @@ async fn hold_seat(
         .first(conn)
         .await
         .optional()?;
-    let active = active.as_ref().map(ReservationRow::state).transpose()?;
+    let state = active.as_ref().map(ReservationRow::state).transpose()?;
 
     let HoldDecision::Hold { expire_first } =
-        protocol::reservation::hold(active.as_ref(), micros(now))
+        protocol::reservation::hold(state.as_ref(), micros(now))
     else {
         return Ok(HoldOutcome::Taken);
     };
-    if let Some(lapsed) = expire_first {
-        diesel::update(
-            reservations::table
-                .find(lapsed)
-                .filter(reservations::status.eq(Status::Held.as_str())),
-        )
-        .set((
-            reservations::status.eq(Status::Expired.as_str()),
-            reservations::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
-        set_seat_status(
-            conn,
-            schedule_id,
-            seat_no,
-            SeatView::Held,
-            SeatView::Available,
-        )
-        .await?;
+    if let (Some(lapsed), Some(row)) = (expire_first, &active)
+        && lapsed == row.id
+    {
+        end_reservation(conn, row, Status::Held, Status::Expired, now).await?;
     }
     let moved = set_seat_status(
         conn,
@@ -651,11 +635,10 @@ async fn cancel(
     let Some(Locked { row, now, .. }) = lock_reservation(conn, id).await? else {
         return Ok(CancelOutcome::NotFound);
     };
-    let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
     let decision = protocol::reservation::cancel(&row.state()?, request.user_id.get(), micros(now));
-    let seat_was = match decision {
-        CancelDecision::Release => SeatView::Held,
-        CancelDecision::RefundThenRelease if refunded => SeatView::Sold,
+    let released_from = match decision {
+        CancelDecision::Release => Status::Held,
+        CancelDecision::RefundThenRelease if refunded => Status::Confirmed,
         CancelDecision::RefundThenRelease => {
             // Recorded before the refund is asked for: should this cancellation stop between
             // the refund and the release, the reconciler finds it and finishes it.
@@ -675,16 +658,52 @@ async fn cancel(
         }
         refused => return Ok(CancelOutcome::Refused(refused)),
     };
-    let row = diesel::update(reservations::table.find(id))
-        .set((
-            reservations::status.eq(Status::Cancelled.as_str()),
-            reservations::updated_at.eq(now),
-        ))
-        .returning(ReservationRow::as_returning())
-        .get_result(conn)
+    let cancelled = end_reservation(conn, &row, released_from, Status::Cancelled, now)
+        .await?
+        .ok_or_else(|| StoreError::Internal(format!("reservation {id} changed under its lock")))?;
+    Ok(CancelOutcome::Cancelled(cancelled.into_reservation(now)?))
+}
+
+/// Ends a reservation under its seat's lock: `from -> to` (conditional on it still being in
+/// `from` at the same attempt) and its seat back to AVAILABLE. Returns the updated row, or
+/// `None` when the reservation had moved on.
+async fn end_reservation(
+    conn: &mut AsyncPgConnection,
+    row: &ReservationRow,
+    from: Status,
+    to: Status,
+    now: DateTime<Utc>,
+) -> Result<Option<ReservationRow>, DieselError> {
+    let ended = diesel::update(
+        reservations::table
+            .find(row.id)
+            .filter(reservations::status.eq(from.as_str()))
+            .filter(reservations::pay_attempt.eq(row.pay_attempt)),
+    )
+    .set((
+        reservations::status.eq(to.as_str()),
+        reservations::updated_at.eq(now),
+    ))
+    .returning(ReservationRow::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    if ended.is_some() {
+        let seat_was = if from == Status::Confirmed {
+            SeatView::Sold
+        } else {
+            SeatView::Held
+        };
+        set_seat_status(
+            conn,
+            row.schedule_id,
+            row.seat_no,
+            seat_was,
+            SeatView::Available,
+        )
         .await?;
-    set_seat_status(conn, schedule_id, seat_no, seat_was, SeatView::Available).await?;
-    Ok(CancelOutcome::Cancelled(row.into_reservation(now)?))
+    }
+    Ok(ended)
 }
 
 async fn settle_attempt(
@@ -734,21 +753,7 @@ async fn settle_attempt(
             Ok(SettleOutcome::Refused)
         }
         AfterUse::Expire | AfterUse::ExpireRefunded => {
-            diesel::update(paying)
-                .set((
-                    reservations::status.eq(Status::Expired.as_str()),
-                    reservations::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?;
-            set_seat_status(
-                conn,
-                schedule_id,
-                seat_no,
-                SeatView::Held,
-                SeatView::Available,
-            )
-            .await?;
+            end_reservation(conn, &row, Status::Paying, Status::Expired, now).await?;
             if decision == AfterUse::ExpireRefunded {
                 Ok(SettleOutcome::Moved)
             } else {
