@@ -11,6 +11,8 @@ ensure_redis
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "protos: buf lint and breaking"
+./scripts/check-protos.sh
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
