@@ -11,6 +11,8 @@ ensure_redis
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "kubernetes manifests"
+"$REPO_ROOT/scripts/check-k8s.sh"
 log "protos: buf lint and breaking"
 ./scripts/check-protos.sh
 log "cargo clippy"
