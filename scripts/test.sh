@@ -18,4 +18,7 @@ log "protos: buf lint and breaking"
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --workspace --all-targets --locked
+# The protocol model explores millions of states: it runs optimized, below.
+cargo test --workspace --all-targets --locked --exclude protocol-model
+log "protocol model: every interleaving of the per-commit configuration, and each seeded bug"
+cargo test --release --locked -p protocol-model -- --nocapture

@@ -39,7 +39,7 @@ pub const fn needs_wallet(price: i64) -> bool {
 }
 
 /// What a `PayReservation` by `user_id` does first, under the seat's row lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BeginPay {
     /// Move `HELD -> PAYING` as attempt `attempt`, then send its `Use`.
     Begin {
@@ -76,7 +76,7 @@ pub fn begin_pay(reservation: &PaymentState, user_id: i64, now: Micros) -> Begin
 }
 
 /// The wallet's answer to an attempt's `Use`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UseReply {
     /// Debited, by the wallet transaction `transaction_id`.
     Debited { transaction_id: i64 },
@@ -90,7 +90,7 @@ pub enum UseReply {
 }
 
 /// What the reply to attempt `attempt` does, decided under the seat's row lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AfterUse {
     /// `PAYING -> CONFIRMED`, seat SOLD, recording the payment.
     Confirm { transaction_id: i64 },

@@ -43,7 +43,7 @@ impl Status {
 }
 
 /// What a seat reads as to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SeatView {
     Available,
     Held,
@@ -51,7 +51,7 @@ pub enum SeatView {
 }
 
 /// The facts of a reservation the lifecycle decisions depend on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReservationState {
     pub id: i64,
     pub user_id: i64,
@@ -85,7 +85,7 @@ pub fn seat_view(active: Option<&ReservationState>, now: Micros) -> SeatView {
 }
 
 /// What a hold does, decided under the seat's row lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HoldDecision {
     /// Take the seat: first mark `expire_first` (a lapsed hold of this seat) `Expired`, then
     /// move the seat to HELD and insert the new reservation.
@@ -122,7 +122,7 @@ pub fn status_at(reservation: &ReservationState, now: Micros) -> Status {
 }
 
 /// What a cancellation by `user_id` does, decided under the seat's row lock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CancelDecision {
     /// Mark it `Cancelled` and free the seat.
     Release,

@@ -8,7 +8,7 @@ pub const MAX_BALANCE: i64 = 1_000_000_000_000;
 
 /// A business rule that refuses a movement. Refusals are final: recorded under their key, so a
 /// replay of the key is refused the same way even after the balance changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// A `Use` of more than the balance.
     InsufficientBalance,

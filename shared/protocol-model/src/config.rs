@@ -1,0 +1,119 @@
+//! The bounds of an exploration and the bugs it can seed.
+
+use crate::model::{Faults, Requests};
+use crate::store::StoreBugs;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The seat's price.
+    pub price: i64,
+    pub users: Vec<UserConfig>,
+    /// Points a top-up adds.
+    pub top_up: i64,
+    pub faults: Faults,
+    /// How many payments or cancellations the reconciler may pick up.
+    pub reconciler_claims: u8,
+    /// Whether the performance may begin during the run.
+    pub performance_may_begin: bool,
+    pub bugs: Bugs,
+}
+
+/// A user: their balance at the start and what they may ask for, at most.
+#[derive(Debug, Clone, Copy)]
+pub struct UserConfig {
+    pub balance: i64,
+    pub requests: Requests,
+}
+
+/// Seeded bugs, all off in the real protocol.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bugs {
+    /// A hold as a `SELECT` then an unconditional `INSERT`, without the partial unique index.
+    pub hold_without_guard: bool,
+    /// The reconciler sends each retry of a `Use` under a fresh key.
+    pub reconciler_fresh_keys: bool,
+    /// The wallet leaves a refused key free instead of recording the refusal.
+    pub wallet_forgets_refusals: bool,
+    pub store: StoreBugs,
+}
+
+/// The seeded bugs, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    HoldWithoutGuard,
+    SweeperExpiresPaying,
+    ReconcilerFreshKeys,
+    WalletForgetsRefusals,
+    BackToHeldAnyAttempt,
+}
+
+impl Bug {
+    pub const ALL: [Self; 5] = [
+        Self::HoldWithoutGuard,
+        Self::SweeperExpiresPaying,
+        Self::ReconcilerFreshKeys,
+        Self::WalletForgetsRefusals,
+        Self::BackToHeldAnyAttempt,
+    ];
+}
+
+impl Config {
+    /// What every commit is checked with: one seat; a user who can pay and may cancel, and a
+    /// user who must top up before paying; each fault once.
+    pub fn per_commit() -> Self {
+        Self {
+            price: 10,
+            users: vec![
+                UserConfig {
+                    balance: 10,
+                    requests: Requests {
+                        holds: 1,
+                        pays: 2,
+                        cancels: 1,
+                        top_ups: 0,
+                    },
+                },
+                UserConfig {
+                    balance: 0,
+                    requests: Requests {
+                        holds: 1,
+                        pays: 2,
+                        cancels: 0,
+                        top_ups: 1,
+                    },
+                },
+            ],
+            top_up: 20,
+            faults: Faults {
+                crashes: 1,
+                lock_losses: 1,
+                lost_messages: 1,
+                client_deadlines: 1,
+                wallet_deadlines: 1,
+            },
+            reconciler_claims: 1,
+            performance_may_begin: false,
+            bugs: Bugs::default(),
+        }
+    }
+
+    /// A deeper exploration, run on demand: the same, and the performance may begin while
+    /// payments are under way.
+    pub fn deep() -> Self {
+        Self {
+            performance_may_begin: true,
+            ..Self::per_commit()
+        }
+    }
+
+    pub fn with_bug(mut self, bug: Bug) -> Self {
+        match bug {
+            Bug::HoldWithoutGuard => self.bugs.hold_without_guard = true,
+            Bug::SweeperExpiresPaying => self.bugs.store.sweeper_expires_paying = true,
+            Bug::ReconcilerFreshKeys => self.bugs.reconciler_fresh_keys = true,
+            Bug::WalletForgetsRefusals => self.bugs.wallet_forgets_refusals = true,
+            Bug::BackToHeldAnyAttempt => self.bugs.store.back_to_held_any_attempt = true,
+        }
+        self
+    }
+}

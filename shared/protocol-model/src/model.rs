@@ -1,0 +1,1003 @@
+//! The whole system as one state machine: one seat's Postgres rows, the wallets, the Redis lock
+//! key, the wallet calls in flight, and every request and reconciler run as a process with a
+//! program counter. One action is one atomic unit of the real code: a Postgres transaction, a
+//! Redis command, a wallet call delivered, or a fault.
+//!
+//! Two reductions keep the state space small without losing behaviour: a step that only
+//! changes a process's own state is folded into the next step that others can see (a wallet
+//! call goes out with the transaction that decided to send it; a reply is taken in with the
+//! transaction that acts on it), and a process is named by who started it and how many they
+//! started before, so the same requests interleaved differently meet in the same state.
+
+use protocol::payment::{self, UseReply};
+use protocol::reservation::{HoldDecision, Status};
+use protocol::wallet::Refusal;
+use stateright::{Model, Property};
+
+use crate::config::Config;
+use crate::key::Key;
+use crate::store::{BeginOutcome, CancelOutcome, SeatRows, SeatView, SettleOutcome};
+use crate::wallet::{Outcome, Request, Wallets};
+
+/// A user, by index; their `user_id` is `index + 1`.
+pub type User = usize;
+
+/// A process: who started it, and how many they had started before. A hold's id is also its
+/// Redis lock token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcId {
+    pub by: Starter,
+    pub seq: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Starter {
+    User(User),
+    Reconciler,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct State {
+    pub seat: SeatRows,
+    pub wallets: Wallets,
+    /// The seat's Redis lock key: the token of the hold that set it.
+    pub lock: Option<ProcId>,
+    /// Wallet calls and replies in flight, deliverable in any order (kept sorted).
+    pub network: Vec<Message>,
+    pub procs: Vec<Proc>,
+    pub clients: Vec<Client>,
+    pub faults: Faults,
+    /// Payments or cancellations the reconciler has picked up.
+    pub claims: u8,
+    /// Reservations one of whose payment attempts was left with an unknown outcome
+    /// (bookkeeping for a `sometimes` property; nothing decides on it).
+    pub unknown_outcomes: Vec<i64>,
+}
+
+/// What a user may still ask for, and the request they wait on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Client {
+    pub left: Requests,
+    /// Requests sent so far.
+    pub sent: u8,
+    pub busy: Option<ProcId>,
+}
+
+/// Requests of each kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Requests {
+    pub holds: u8,
+    pub pays: u8,
+    pub cancels: u8,
+    /// Top-ups, each made after the balance was found short.
+    pub top_ups: u8,
+}
+
+/// Fault budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Faults {
+    /// A process crashes: its local state is lost, what it committed stays.
+    pub crashes: u8,
+    /// The lock key disappears under its holder (TTL expiry, FLUSHALL).
+    pub lock_losses: u8,
+    /// A wallet call or reply is lost (its caller then times out).
+    pub lost_messages: u8,
+    /// A client stops waiting for a reservation RPC that goes on and may still commit.
+    pub client_deadlines: u8,
+    /// The wallet client's deadline fires while the call still runs and may still commit.
+    pub wallet_deadlines: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Proc {
+    pub id: ProcId,
+    /// Whether a client still waits for it.
+    pub awaited: bool,
+    pub user: User,
+    pub task: Task,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Task {
+    Hold(HoldPc),
+    Pay { id: i64, pc: PayPc },
+    Cancel { id: i64, pc: CancelPc },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HoldPc {
+    /// `SET key token NX PX ttl GET` is next.
+    Lock,
+    /// Past the lock: the hold transaction is next.
+    Locked,
+    /// A hold split in two (a seeded bug) has read and decided: the insert is next.
+    Decided(HoldDecision),
+    /// The compare-and-delete release is next.
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PayPc {
+    /// `begin_pay` is next.
+    Begin,
+    /// The attempt's `Use` is out under `key`.
+    AwaitUse { attempt: i32, key: Key },
+    /// The refund of the attempt's debit is out; `reply` was the `Use`'s.
+    AwaitRefund { attempt: i32, reply: UseReply },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CancelPc {
+    /// The first cancel transaction is next.
+    Start,
+    /// The refund is out; the releasing cancel transaction follows its success.
+    AwaitRefund,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Message {
+    Call {
+        from: ProcId,
+        user: User,
+        key: Key,
+        call: WalletCall,
+        reservation: i64,
+    },
+    Reply {
+        to: ProcId,
+        key: Key,
+        outcome: WalletOutcome,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WalletCall {
+    Use { amount: i64 },
+    Refund { use_key: Key },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WalletOutcome {
+    Applied { entry: usize },
+    Insufficient,
+    BalanceLimit,
+    Rejected,
+}
+
+impl From<Outcome> for WalletOutcome {
+    fn from(outcome: Outcome) -> Self {
+        match outcome {
+            Outcome::Applied { entry } => Self::Applied { entry },
+            Outcome::Refused(Refusal::InsufficientBalance) => Self::Insufficient,
+            Outcome::Refused(Refusal::BalanceLimit) => Self::BalanceLimit,
+            Outcome::Rejected => Self::Rejected,
+        }
+    }
+}
+
+impl WalletOutcome {
+    /// What the wallet client makes of a `Use`'s outcome.
+    fn use_reply(self) -> UseReply {
+        match self {
+            Self::Applied { entry } => UseReply::Debited {
+                transaction_id: transaction_id(entry),
+            },
+            Self::Insufficient => UseReply::Insufficient,
+            Self::BalanceLimit | Self::Rejected => UseReply::Rejected,
+        }
+    }
+}
+
+/// The wallet transaction id of ledger row `entry`.
+fn transaction_id(entry: usize) -> i64 {
+    i64::try_from(entry).map_or(i64::MAX, |entry| entry + 1)
+}
+
+fn user_id(user: User) -> i64 {
+    i64::try_from(user).map_or(i64::MAX, |user| user + 1)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Action {
+    Hold(User),
+    Pay(User),
+    Cancel(User),
+    TopUp(User),
+    /// The next step of a process that needs no reply.
+    Step(ProcId),
+    /// A wallet call runs its transaction, or a reply reaches its caller, which acts on it.
+    Deliver(Message),
+    /// The wallet client's deadline: the caller goes on as if it got no answer.
+    WalletTimeout(ProcId),
+    ClaimPayment(i64),
+    ClaimCancellation(i64),
+    Sweep,
+    /// A hold's time runs out.
+    Lapse(i64),
+    PerformanceBegins,
+    /// The lock of a hold that no longer runs expires.
+    LockExpires,
+    Crash(ProcId),
+    LoseLock,
+    Lose(Message),
+    ClientDeadline(ProcId),
+}
+
+/// The protocol, within the bounds of a [`Config`].
+#[derive(Debug, Clone)]
+pub struct ProtocolModel {
+    pub config: Config,
+}
+
+impl ProtocolModel {
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    fn initial(&self) -> State {
+        let config = &self.config;
+        State {
+            seat: SeatRows::new(config.price),
+            wallets: Wallets::new(config.users.iter().map(|user| user.balance).collect()),
+            lock: None,
+            network: Vec::new(),
+            procs: Vec::new(),
+            clients: config
+                .users
+                .iter()
+                .map(|user| Client {
+                    left: user.requests,
+                    sent: 0,
+                    busy: None,
+                })
+                .collect(),
+            faults: config.faults,
+            claims: 0,
+            unknown_outcomes: Vec::new(),
+        }
+    }
+
+    /// What runs without clients and faults: process steps, deliveries, the reconciler (up
+    /// to its budget unless `unlimited_claims`) and the sweeper.
+    fn background_actions(&self, state: &State, unlimited_claims: bool, out: &mut Vec<Action>) {
+        for proc in &state.procs {
+            if proc.has_step() {
+                out.push(Action::Step(proc.id));
+            } else if !state.call_in_flight(proc) {
+                // Its call or reply was lost: the wallet client's deadline fires.
+                out.push(Action::WalletTimeout(proc.id));
+            }
+        }
+        out.extend(state.network.iter().cloned().map(Action::Deliver));
+        let reconciling = state
+            .procs
+            .iter()
+            .any(|proc| proc.id.by == Starter::Reconciler);
+        if !reconciling && (unlimited_claims || state.claims < self.config.reconciler_claims) {
+            for (id, _) in state.seat.stuck_payments() {
+                out.push(Action::ClaimPayment(id));
+            }
+            for (id, _) in state.seat.unfinished_cancellations() {
+                out.push(Action::ClaimCancellation(id));
+            }
+        }
+        if state.seat.has_lapsed_holds(self.config.bugs.store) {
+            out.push(Action::Sweep);
+        }
+    }
+
+    /// From `state`, lets whatever runs, the reconciler and the sweeper finish, with no more
+    /// faults and no more requests. `None` if that never comes to rest.
+    pub fn settle(&self, state: &State) -> Option<State> {
+        let mut state = state.clone();
+        let mut actions = Vec::new();
+        for _ in 0..1_000 {
+            actions.clear();
+            self.background_actions(&state, true, &mut actions);
+            let Some(action) = actions.first().cloned() else {
+                return Some(state);
+            };
+            state = self.apply(&state, action)?;
+        }
+        None
+    }
+
+    fn apply(&self, last: &State, action: Action) -> Option<State> {
+        let mut state = last.clone();
+        let config = &self.config;
+        match action {
+            Action::Hold(user) => {
+                state.clients[user].left.holds -= 1;
+                state.start(user, Task::Hold(HoldPc::Lock));
+            }
+            Action::Pay(user) => {
+                let id = state.latest_reservation(user)?.id;
+                state.clients[user].left.pays -= 1;
+                state.start(
+                    user,
+                    Task::Pay {
+                        id,
+                        pc: PayPc::Begin,
+                    },
+                );
+            }
+            Action::Cancel(user) => {
+                let id = state.latest_reservation(user)?.id;
+                state.clients[user].left.cancels -= 1;
+                state.start(
+                    user,
+                    Task::Cancel {
+                        id,
+                        pc: CancelPc::Start,
+                    },
+                );
+            }
+            Action::TopUp(user) => {
+                let client = &mut state.clients[user];
+                client.left.top_ups -= 1;
+                let key = Key::new(&format!("top-up-{user}-{}", client.left.top_ups));
+                let charge = Request::Charge {
+                    amount: config.top_up,
+                };
+                let forget = config.bugs.wallet_forgets_refusals;
+                state.wallets.apply(user, key, charge, None, forget);
+            }
+            Action::Step(id) => self.step(&mut state, id)?,
+            Action::Deliver(message) => {
+                state.take_message(&message)?;
+                self.deliver(&mut state, message)?;
+            }
+            Action::WalletTimeout(id) => {
+                let proc = state.proc(id)?.clone();
+                if state.call_in_flight(&proc) {
+                    state.faults.wallet_deadlines = state.faults.wallet_deadlines.checked_sub(1)?;
+                }
+                state.drop_replies_to(id);
+                match proc.task {
+                    Task::Pay {
+                        id: reservation,
+                        pc: PayPc::AwaitUse { attempt, .. },
+                    } => self.settle_payment(
+                        &mut state,
+                        &proc,
+                        reservation,
+                        attempt,
+                        UseReply::Unknown,
+                        false,
+                    ),
+                    _ => state.finish(id),
+                }
+            }
+            Action::ClaimPayment(id) => {
+                let (_, attempt) = state
+                    .seat
+                    .stuck_payments()
+                    .into_iter()
+                    .find(|&(stuck, _)| stuck == id)?;
+                let user = state.owner(id)?;
+                let proc = state.claim(
+                    user,
+                    Task::Pay {
+                        id,
+                        pc: PayPc::Begin,
+                    },
+                );
+                self.send_use(&mut state, &proc, id, attempt);
+            }
+            Action::ClaimCancellation(id) => {
+                let user = state.owner(id)?;
+                state.claim(
+                    user,
+                    Task::Cancel {
+                        id,
+                        pc: CancelPc::Start,
+                    },
+                );
+            }
+            Action::Sweep => {
+                state.seat.sweep(config.bugs.store);
+            }
+            Action::Lapse(id) => {
+                let row = state
+                    .seat
+                    .reservations
+                    .iter_mut()
+                    .find(|row| row.id == id)?;
+                row.lapsed = true;
+            }
+            Action::PerformanceBegins => state.seat.started = true,
+            Action::LockExpires => state.lock = None,
+            Action::Crash(id) => {
+                state.faults.crashes -= 1;
+                state.finish(id);
+            }
+            Action::LoseLock => {
+                state.faults.lock_losses -= 1;
+                state.lock = None;
+            }
+            Action::Lose(message) => {
+                state.faults.lost_messages -= 1;
+                state.take_message(&message)?;
+            }
+            Action::ClientDeadline(id) => {
+                state.faults.client_deadlines -= 1;
+                let proc = state.proc_mut(id)?;
+                proc.awaited = false;
+                let user = proc.user;
+                state.clients[user].busy = None;
+            }
+        }
+        Some(state)
+    }
+
+    fn step(&self, state: &mut State, id: ProcId) -> Option<()> {
+        let proc = state.proc(id)?.clone();
+        let user_id = user_id(proc.user);
+        match proc.task {
+            Task::Hold(HoldPc::Lock) => match state.lock {
+                None => {
+                    state.lock = Some(id);
+                    state.set_task(id, Task::Hold(HoldPc::Locked));
+                }
+                // The key already holds this request's token (`GET` returned it): it is ours.
+                Some(owner) if owner == id => state.set_task(id, Task::Hold(HoldPc::Locked)),
+                Some(_) => state.finish(id),
+            },
+            Task::Hold(HoldPc::Locked) => {
+                if self.config.bugs.hold_without_guard {
+                    let decision = state.seat.hold_read();
+                    state.set_task(id, Task::Hold(HoldPc::Decided(decision)));
+                } else {
+                    state.seat.hold(user_id);
+                    state.set_task(id, Task::Hold(HoldPc::Release));
+                }
+            }
+            Task::Hold(HoldPc::Decided(decision)) => {
+                state.seat.hold_write_unguarded(decision, user_id);
+                state.set_task(id, Task::Hold(HoldPc::Release));
+            }
+            Task::Hold(HoldPc::Release) => {
+                if state.lock == Some(id) {
+                    state.lock = None;
+                }
+                state.finish(id);
+            }
+            Task::Pay {
+                id: reservation,
+                pc: PayPc::Begin,
+            } => match state.seat.begin_pay(reservation, user_id) {
+                BeginOutcome::Pay { attempt } => {
+                    self.send_use(state, &proc, reservation, attempt);
+                }
+                _ => state.finish(id),
+            },
+            Task::Cancel {
+                id: reservation,
+                pc: CancelPc::Start,
+            } => match state.seat.cancel(reservation, user_id, false) {
+                CancelOutcome::RefundFirst {
+                    use_key: Some(use_key),
+                } => {
+                    state.send_refund(&proc, reservation, use_key);
+                    state.set_task(
+                        id,
+                        Task::Cancel {
+                            id: reservation,
+                            pc: CancelPc::AwaitRefund,
+                        },
+                    );
+                }
+                CancelOutcome::RefundFirst { use_key: None } => {
+                    state.seat.cancel(reservation, user_id, true);
+                    state.finish(id);
+                }
+                _ => state.finish(id),
+            },
+            Task::Pay { .. } | Task::Cancel { .. } => return None,
+        }
+        Some(())
+    }
+
+    /// Sends attempt `attempt`'s `Use` for the process's reservation and waits for it.
+    fn send_use(&self, state: &mut State, proc: &Proc, reservation: i64, attempt: i32) {
+        let mut key = payment::use_key(reservation, attempt);
+        if self.config.bugs.reconciler_fresh_keys && proc.id.by == Starter::Reconciler {
+            key = format!("{key}-retry-{}", proc.id.seq);
+        }
+        let key = Key::new(&key);
+        state.send(Message::Call {
+            from: proc.id,
+            user: proc.user,
+            key,
+            call: WalletCall::Use {
+                amount: state.seat.price,
+            },
+            reservation,
+        });
+        state.set_task(
+            proc.id,
+            Task::Pay {
+                id: reservation,
+                pc: PayPc::AwaitUse { attempt, key },
+            },
+        );
+    }
+
+    /// `settle_attempt` with the attempt's reply, then the refund it asks for, if any.
+    fn settle_payment(
+        &self,
+        state: &mut State,
+        proc: &Proc,
+        reservation: i64,
+        attempt: i32,
+        reply: UseReply,
+        refunded: bool,
+    ) {
+        let bugs = self.config.bugs.store;
+        match state
+            .seat
+            .settle(reservation, attempt, reply, refunded, bugs)
+        {
+            SettleOutcome::Refund { use_key } if !refunded => {
+                state.send_refund(proc, reservation, use_key);
+                state.set_task(
+                    proc.id,
+                    Task::Pay {
+                        id: reservation,
+                        pc: PayPc::AwaitRefund { attempt, reply },
+                    },
+                );
+            }
+            SettleOutcome::StillPaying => {
+                if let Err(at) = state.unknown_outcomes.binary_search(&reservation) {
+                    state.unknown_outcomes.insert(at, reservation);
+                }
+                state.finish(proc.id);
+            }
+            _ => state.finish(proc.id),
+        }
+    }
+
+    fn deliver(&self, state: &mut State, message: Message) -> Option<()> {
+        match message {
+            Message::Call {
+                from,
+                user,
+                key,
+                call,
+                reservation,
+            } => {
+                let request = match call {
+                    WalletCall::Use { amount } => Request::Use { amount },
+                    WalletCall::Refund { use_key } => Request::Refund { use_key },
+                };
+                let forget = self.config.bugs.wallet_forgets_refusals;
+                let outcome = state
+                    .wallets
+                    .apply(user, key, request, Some(reservation), forget);
+                // A caller that stopped waiting never sees the reply: none is sent.
+                if state.proc(from).is_some_and(|proc| proc.awaits(key)) {
+                    state.send(Message::Reply {
+                        to: from,
+                        key,
+                        outcome: outcome.into(),
+                    });
+                }
+            }
+            Message::Reply { to, outcome, .. } => {
+                let proc = state.proc(to)?.clone();
+                let refunded = matches!(outcome, WalletOutcome::Applied { .. });
+                match proc.task {
+                    Task::Pay {
+                        id,
+                        pc: PayPc::AwaitUse { attempt, .. },
+                    } => self.settle_payment(state, &proc, id, attempt, outcome.use_reply(), false),
+                    Task::Pay {
+                        id,
+                        pc: PayPc::AwaitRefund { attempt, reply },
+                    } if refunded => self.settle_payment(state, &proc, id, attempt, reply, true),
+                    Task::Cancel {
+                        id,
+                        pc: CancelPc::AwaitRefund,
+                    } if refunded => {
+                        state.seat.cancel(id, user_id(proc.user), true);
+                        state.finish(to);
+                    }
+                    // A refused refund ends the request with an error; what it began stays
+                    // for a retry or the reconciler.
+                    _ => state.finish(to),
+                }
+            }
+        }
+        Some(())
+    }
+}
+
+impl Proc {
+    /// Whether it can move without a reply.
+    fn has_step(&self) -> bool {
+        matches!(
+            self.task,
+            Task::Hold(_)
+                | Task::Pay {
+                    pc: PayPc::Begin,
+                    ..
+                }
+                | Task::Cancel {
+                    pc: CancelPc::Start,
+                    ..
+                }
+        )
+    }
+
+    fn awaits(&self, key: Key) -> bool {
+        match &self.task {
+            Task::Pay {
+                pc: PayPc::AwaitUse { key: awaited, .. },
+                ..
+            } => *awaited == key,
+            Task::Pay {
+                id,
+                pc: PayPc::AwaitRefund { .. },
+            }
+            | Task::Cancel {
+                id,
+                pc: CancelPc::AwaitRefund,
+            } => Key::new(&payment::refund_key(*id)) == key,
+            _ => false,
+        }
+    }
+
+    /// A hold past the Redis lock that has not yet written.
+    fn past_lock(&self) -> bool {
+        matches!(self.task, Task::Hold(HoldPc::Locked | HoldPc::Decided(_)))
+    }
+}
+
+impl State {
+    fn proc(&self, id: ProcId) -> Option<&Proc> {
+        self.procs.iter().find(|proc| proc.id == id)
+    }
+
+    fn proc_mut(&mut self, id: ProcId) -> Option<&mut Proc> {
+        self.procs.iter_mut().find(|proc| proc.id == id)
+    }
+
+    /// A user's request, which they wait for.
+    fn start(&mut self, user: User, task: Task) {
+        let client = &mut self.clients[user];
+        let id = ProcId {
+            by: Starter::User(user),
+            seq: client.sent,
+        };
+        client.sent += 1;
+        client.busy = Some(id);
+        self.add(Proc {
+            id,
+            awaited: true,
+            user,
+            task,
+        });
+    }
+
+    /// The reconciler picks up a reservation of `user`.
+    fn claim(&mut self, user: User, task: Task) -> Proc {
+        let proc = Proc {
+            id: ProcId {
+                by: Starter::Reconciler,
+                seq: self.claims,
+            },
+            awaited: false,
+            user,
+            task,
+        };
+        self.claims = self.claims.wrapping_add(1);
+        self.add(proc.clone());
+        proc
+    }
+
+    fn add(&mut self, proc: Proc) {
+        self.procs.push(proc);
+        self.procs.sort_by_key(|proc| proc.id);
+    }
+
+    fn set_task(&mut self, id: ProcId, task: Task) {
+        if let Some(proc) = self.proc_mut(id) {
+            proc.task = task;
+        }
+    }
+
+    /// The process ends (done, failed or crashed); a client waiting for it is free.
+    fn finish(&mut self, id: ProcId) {
+        if let Some(proc) = self.proc(id)
+            && proc.awaited
+        {
+            let user = proc.user;
+            self.clients[user].busy = None;
+        }
+        self.procs.retain(|proc| proc.id != id);
+        self.drop_replies_to(id);
+    }
+
+    fn send(&mut self, message: Message) {
+        let at = self.network.partition_point(|sent| sent <= &message);
+        self.network.insert(at, message);
+    }
+
+    fn send_refund(&mut self, proc: &Proc, reservation: i64, use_key: Key) {
+        self.send(Message::Call {
+            from: proc.id,
+            user: proc.user,
+            key: Key::new(&payment::refund_key(reservation)),
+            call: WalletCall::Refund { use_key },
+            reservation,
+        });
+    }
+
+    fn take_message(&mut self, message: &Message) -> Option<()> {
+        let at = self.network.iter().position(|sent| sent == message)?;
+        self.network.remove(at);
+        Some(())
+    }
+
+    fn drop_replies_to(&mut self, id: ProcId) {
+        self.network
+            .retain(|message| !matches!(message, Message::Reply { to, .. } if *to == id));
+    }
+
+    /// Whether the wallet call a process waits on, or its reply, is still in flight.
+    fn call_in_flight(&self, proc: &Proc) -> bool {
+        self.network.iter().any(|message| match message {
+            Message::Call { from, key, .. } => *from == proc.id && proc.awaits(*key),
+            Message::Reply { to, .. } => *to == proc.id,
+        })
+    }
+
+    fn latest_reservation(&self, user: User) -> Option<&crate::store::Row> {
+        self.seat
+            .reservations
+            .iter()
+            .filter(|row| row.user_id == user_id(user))
+            .max_by_key(|row| row.id)
+    }
+
+    fn owner(&self, reservation: i64) -> Option<User> {
+        let row = self.seat.row(reservation)?;
+        usize::try_from(row.user_id - 1).ok()
+    }
+
+    /// No request runs and nothing is in flight.
+    pub fn is_quiescent(&self) -> bool {
+        self.procs.is_empty() && self.network.is_empty()
+    }
+}
+
+impl Model for ProtocolModel {
+    type State = State;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<State> {
+        vec![self.initial()]
+    }
+
+    fn actions(&self, state: &State, actions: &mut Vec<Action>) {
+        self.background_actions(state, false, actions);
+        for (user, client) in state.clients.iter().enumerate() {
+            if client.busy.is_some() {
+                continue;
+            }
+            let latest = state.latest_reservation(user);
+            let status = latest.map(|row| row.status);
+            let left = client.left;
+            if left.holds > 0 && status.is_none() {
+                actions.push(Action::Hold(user));
+            }
+            if left.pays > 0 && matches!(status, Some(Status::Held | Status::Paying)) {
+                actions.push(Action::Pay(user));
+            }
+            if left.cancels > 0 && matches!(status, Some(Status::Held | Status::Confirmed)) {
+                actions.push(Action::Cancel(user));
+            }
+            // Users top up once told their balance is short: their hold is back to HELD.
+            let refused =
+                latest.is_some_and(|row| row.status == Status::Held && row.pay_attempt > 0);
+            if left.top_ups > 0 && refused && state.wallets.balances[user] < state.seat.price {
+                actions.push(Action::TopUp(user));
+            }
+        }
+        for row in &state.seat.reservations {
+            if matches!(row.status, Status::Held | Status::Paying) && !row.lapsed {
+                actions.push(Action::Lapse(row.id));
+            }
+        }
+        if self.config.performance_may_begin && !state.seat.started {
+            actions.push(Action::PerformanceBegins);
+        }
+        if let Some(owner) = state.lock {
+            if state.proc(owner).is_none() {
+                actions.push(Action::LockExpires);
+            } else if state.faults.lock_losses > 0 {
+                actions.push(Action::LoseLock);
+            }
+        }
+        for proc in &state.procs {
+            if state.faults.crashes > 0 {
+                actions.push(Action::Crash(proc.id));
+            }
+            // Only a pay's client can do more with its reservation while the request runs on.
+            let paying = matches!(proc.task, Task::Pay { .. });
+            if state.faults.client_deadlines > 0 && proc.awaited && paying {
+                actions.push(Action::ClientDeadline(proc.id));
+            }
+            if state.faults.wallet_deadlines > 0 && !proc.has_step() && state.call_in_flight(proc) {
+                actions.push(Action::WalletTimeout(proc.id));
+            }
+        }
+        if state.faults.lost_messages > 0 {
+            actions.extend(state.network.iter().cloned().map(Action::Lose));
+        }
+    }
+
+    fn next_state(&self, last: &State, action: Action) -> Option<State> {
+        self.apply(last, action)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        let mut properties = vec![
+            Property::always("no double booking", |_: &Self, state: &State| {
+                state
+                    .seat
+                    .reservations
+                    .iter()
+                    .filter(|row| row.status.is_active())
+                    .count()
+                    <= 1
+            }),
+            Property::always(
+                "the seat reads as its reservation",
+                |_: &Self, state: &State| seat_matches(&state.seat),
+            ),
+            Property::always(
+                "at most one debit per reservation",
+                |_: &Self, state: &State| {
+                    state.seat.reservations.iter().all(|row| {
+                        state
+                            .wallets
+                            .ledger
+                            .iter()
+                            .filter(|entry| entry.reservation == Some(row.id) && entry.delta < 0)
+                            .count()
+                            <= 1
+                    })
+                },
+            ),
+            Property::always("at most one refund per debit", |_: &Self, state: &State| {
+                let ledger = &state.wallets.ledger;
+                (0..ledger.len()).all(|used| {
+                    ledger
+                        .iter()
+                        .filter(|entry| entry.refund_of == Some(used))
+                        .count()
+                        <= 1
+                })
+            }),
+            Property::always(
+                "balances equal their ledgers and are never negative",
+                |_: &Self, state: &State| ledger_balances(&state.wallets),
+            ),
+            Property::always(
+                "at rest, nothing is left paying and each reservation kept what it owes",
+                |model: &Self, state: &State| {
+                    !state.is_quiescent()
+                        || model
+                            .settle(state)
+                            .is_some_and(|settled| settled_right(&settled))
+                },
+            ),
+            Property::sometimes("a seat is sold", |_: &Self, state: &State| {
+                state.seat.seat == SeatView::Sold
+            }),
+            Property::sometimes(
+                "a paid reservation is cancelled and refunded",
+                |_: &Self, state: &State| {
+                    state.seat.reservations.iter().any(|row| {
+                        row.status == Status::Cancelled
+                            && row.payment_transaction_id.is_some()
+                            && state.wallets.net_for(row.id) == 0
+                    })
+                },
+            ),
+            Property::sometimes(
+                "two holds past Redis after the lock was lost",
+                |_: &Self, state: &State| {
+                    state.procs.iter().filter(|proc| proc.past_lock()).count() >= 2
+                },
+            ),
+            Property::sometimes(
+                "a hold expires after an unknown payment outcome",
+                |_: &Self, state: &State| {
+                    state.seat.reservations.iter().any(|row| {
+                        row.status == Status::Expired && state.unknown_outcomes.contains(&row.id)
+                    })
+                },
+            ),
+            Property::sometimes(
+                "a second attempt after a refusal",
+                |_: &Self, state: &State| {
+                    state
+                        .seat
+                        .reservations
+                        .iter()
+                        .any(|row| row.pay_attempt >= 2)
+                },
+            ),
+        ];
+        if self.config.performance_may_begin {
+            properties.push(Property::sometimes(
+                "a debit refunded because the performance began",
+                |_: &Self, state: &State| {
+                    state.seat.started
+                        && state.seat.reservations.iter().any(|row| {
+                            row.status == Status::Expired
+                                && state.wallets.ledger.iter().any(|entry| {
+                                    entry.reservation == Some(row.id) && entry.refund_of.is_some()
+                                })
+                        })
+                },
+            ));
+        }
+        properties
+    }
+}
+
+/// SOLD exactly when a reservation is confirmed, HELD when one holds or pays, else AVAILABLE.
+fn seat_matches(seat: &SeatRows) -> bool {
+    let expected = match seat.active().map(|row| row.status) {
+        Some(Status::Confirmed) => SeatView::Sold,
+        Some(_) => SeatView::Held,
+        None => SeatView::Available,
+    };
+    seat.seat == expected
+}
+
+fn ledger_balances(wallets: &Wallets) -> bool {
+    wallets.balances.iter().enumerate().all(|(user, &balance)| {
+        let moved: i64 = wallets
+            .ledger
+            .iter()
+            .filter(|entry| entry.user == user)
+            .map(|entry| entry.delta)
+            .sum();
+        balance >= 0 && balance == wallets.initial[user] + moved
+    })
+}
+
+/// At rest: nothing is paying or half cancelled, and each reservation kept exactly what its
+/// outcome says: a confirmed one its price, paid by one of its own debits; any other, nothing.
+pub fn settled_right(state: &State) -> bool {
+    let seat = &state.seat;
+    seat_matches(seat)
+        && seat.reservations.iter().all(|row| {
+            let net = state.wallets.net_for(row.id);
+            match row.status {
+                Status::Paying => false,
+                Status::Confirmed => {
+                    !row.cancel_requested
+                        && net == -seat.price
+                        && row.payment_transaction_id.is_some_and(|paid| {
+                            state
+                                .wallets
+                                .ledger
+                                .iter()
+                                .enumerate()
+                                .any(|(entry, used)| {
+                                    transaction_id(entry) == paid
+                                        && used.reservation == Some(row.id)
+                                        && used.delta < 0
+                                })
+                        })
+                }
+                Status::Held | Status::Cancelled | Status::Expired => net == 0,
+            }
+        })
+}
