@@ -44,6 +44,17 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
+    /// Address of the Prometheus `/metrics` endpoint; empty for none.
+    // `std::option::Option`, so that clap hands the value to the parser, empty included.
+    #[arg(
+        long,
+        global = true,
+        env = "RESERVATION_METRICS_ADDR",
+        default_value = "0.0.0.0:9091",
+        value_parser = shared::metrics::parse_metrics_addr
+    )]
+    pub metrics_addr: std::option::Option<SocketAddr>,
+
     /// Redis of the seat locks.
     #[arg(
         long,

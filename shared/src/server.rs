@@ -1,6 +1,7 @@
 //! The gRPC server every service runs: health and reflection next to the service, a panic in a
 //! handler answered as `INTERNAL` instead of tearing down the connection, the caller's trace
-//! continued, and on shutdown health `NOT_SERVING`, no new calls, and a bounded drain.
+//! continued, every call counted and timed, and on shutdown health `NOT_SERVING`, no new calls,
+//! and a bounded drain.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -19,10 +20,11 @@ use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 use tower::{Layer, Service};
 
+use crate::metrics::RpcMetricsLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 
 /// The router type of [`router`], to which a service adds itself.
-pub type GrpcRouter = Router<Stack<CatchPanicLayer, Identity>>;
+pub type GrpcRouter = Router<Stack<CatchPanicLayer, Stack<RpcMetricsLayer, Identity>>>;
 
 /// The services every server offers next to its own.
 const STANDARD_SERVICES: [&str; 3] = [
@@ -31,24 +33,39 @@ const STANDARD_SERVICES: [&str; 3] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// A router with tracing, panic recovery, `grpc.health.v1.Health` and reflection (v1 and
-/// v1alpha, since grpcurl 1.8 and ghz ask for v1alpha) already in place. Reflection lists
+/// A router with tracing, metrics, panic recovery, `grpc.health.v1.Health` and reflection (v1
+/// and v1alpha, since grpcurl 1.8 and ghz ask for v1alpha) already in place. Reflection lists
 /// `service_names` (the services this server will add) and the standard ones, and describes
 /// the `google.rpc` error details, so grpcurl can show an `ErrorInfo` or a `BadRequest`.
 pub fn router(service_names: &[&str]) -> anyhow::Result<(GrpcRouter, HealthReporter)> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let offered: Vec<&str> = service_names
+        .iter()
+        .chain(&STANDARD_SERVICES)
+        .copied()
+        .collect();
     let reflection = || {
         let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
-        service_names
+        offered
             .iter()
-            .chain(&STANDARD_SERVICES)
             .fold(builder, |builder, name| builder.with_service_name(*name))
     };
+    let methods = crate::metrics::methods_of(
+        &[
+            FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        &offered,
+    )?;
     let router = Server::builder()
         .trace_fn(crate::telemetry::grpc_request_span)
+        // Outermost first: the metrics see every answer, a panicked call's included.
+        .layer(RpcMetricsLayer::new(methods))
         .layer(CatchPanicLayer)
         .add_service(health_service)
         .add_service(reflection().build_v1()?)

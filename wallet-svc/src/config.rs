@@ -40,6 +40,17 @@ pub struct Config {
     #[command(flatten)]
     pub db: DbArgs,
 
+    /// Address of the Prometheus `/metrics` endpoint; empty for none.
+    // `std::option::Option`, so that clap hands the value to the parser, empty included.
+    #[arg(
+        long,
+        global = true,
+        env = "WALLET_METRICS_ADDR",
+        default_value = "0.0.0.0:9092",
+        value_parser = shared::metrics::parse_metrics_addr
+    )]
+    pub metrics_addr: std::option::Option<SocketAddr>,
+
     /// On SIGTERM, how long calls in flight may take to finish.
     #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

@@ -36,6 +36,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.database_url = db.url().to_owned();
     config.seat_lock_prefix = format!("test:{:016x}:", rand::random::<u64>());
     config.sweep_interval = Duration::from_secs(3600);
+    // Tests that look at metrics serve them on a port of their own.
+    config.metrics_addr = None;
     config
 }
 
@@ -373,6 +375,7 @@ impl TestWallet {
         let mut config = wallet_svc::config::Config::defaults();
         config.listen_addr = self.addr;
         config.database_url = self.db.url().to_owned();
+        config.metrics_addr = None;
         let app = wallet_svc::startup::Application::build(config)
             .await
             .expect("build wallet-svc");

@@ -16,6 +16,7 @@ use wallet_svc::startup::{Application, MIGRATIONS};
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub client: WalletServiceClient<Channel>,
     pub db: TestDatabase,
     stop_tx: Option<oneshot::Sender<()>>,
@@ -37,12 +38,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::defaults();
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
     config.database_url = db.url().to_owned();
+    // Tests that look at metrics serve them on a port of their own.
+    config.metrics_addr = None;
     configure(&mut config);
 
     let app = Application::build(config)
         .await
         .expect("build the application");
     let addr = app.local_addr().expect("bound address");
+    let metrics_addr = app.metrics_addr();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
@@ -50,6 +54,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let client = WalletServiceClient::new(channel(addr).await);
     TestApp {
         addr,
+        metrics_addr,
         client,
         db,
         stop_tx: Some(stop_tx),

@@ -5,6 +5,7 @@ mod concurrency;
 mod helpers;
 mod idempotency;
 mod listing;
+mod metrics;
 mod refund;
 mod server;
 mod validation;
