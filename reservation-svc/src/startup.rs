@@ -76,7 +76,7 @@ impl Application {
         let wallet = Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout)
             .context("invalid WALLET_ENDPOINT")?;
         let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl);
-        let (router, health) = shared::server::router(&[SERVICE_NAME])?;
+        let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(ReservationServiceServer::new(ReservationGrpc::new(
             reservations.clone(),
         )));

@@ -1,5 +1,5 @@
 //! What both services use: the generated gRPC code and its descriptor set, telemetry, the
-//! contract's rich errors, the gRPC server scaffolding (health, reflection, panics,
+//! contract's rich errors, the gRPC server scaffolding (health, reflection, panics, limits,
 //! graceful drain), Prometheus metrics, the Postgres pool and migrations, and, behind the
 //! `test-support` feature, per-test databases.
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 pub use shared::cli::Command;
 use shared::db::DbArgs;
+use shared::server::ServerArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "wallet-svc", version, about = "User point balances over gRPC")]
@@ -39,6 +40,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub db: DbArgs,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// Address of the Prometheus `/metrics` endpoint; empty for none.
     // `std::option::Option`, so that clap hands the value to the parser, empty included.

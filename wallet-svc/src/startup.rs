@@ -60,7 +60,7 @@ impl Application {
         };
 
         let wallets = Wallets::new(Store::new(pool.clone()));
-        let (router, health) = shared::server::router(&[SERVICE_NAME])?;
+        let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
         Ok(Self {
             listener,

@@ -216,6 +216,51 @@ impl TestApp {
         .expect("read pg_stat_activity")
         .sessions
     }
+
+    /// Sessions of this test's database waiting for a lock (a wallet's row lock, say).
+    pub async fn sessions_waiting_for_a_lock(&self) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            sessions: i64,
+        }
+        let mut conn = self.connect_db().await;
+        diesel::sql_query(
+            "SELECT COUNT(*) AS sessions FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+        .bind::<Text, _>(self.db.name())
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("read pg_stat_activity")
+        .sessions
+    }
+
+    /// Takes the row lock of `user_id`'s wallet on a connection of its own, so that the
+    /// balance changes of that user wait, until the returned connection commits.
+    pub async fn lock_wallet(&self, user_id: i64) -> AsyncPgConnection {
+        use diesel_async::SimpleAsyncConnection;
+        let mut blocker = self.connect_db().await;
+        blocker
+            .batch_execute(&format!(
+                "BEGIN; SELECT * FROM wallets WHERE user_id = {user_id} FOR UPDATE"
+            ))
+            .await
+            .expect("lock the wallet");
+        blocker
+    }
+
+    /// Waits until `count` sessions wait for a lock; fails after a thousand looks (over ten
+    /// seconds), to turn a hang into a failure.
+    pub async fn until_waiting_for_a_lock(&self, count: i64) {
+        for _ in 0..1000 {
+            if self.sessions_waiting_for_a_lock().await >= count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{count} sessions never waited for a lock");
+    }
 }
 
 impl Drop for TestApp {

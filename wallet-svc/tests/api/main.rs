@@ -4,6 +4,7 @@ mod cancellation;
 mod concurrency;
 mod helpers;
 mod idempotency;
+mod limits;
 mod listing;
 mod metrics;
 mod refund;
