@@ -69,7 +69,11 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
         let metrics = match config.metrics_addr {
-            Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
+            Some(addr) => {
+                let endpoint = MetricsEndpoint::bind(addr).await?;
+                crate::metrics::describe();
+                Some(endpoint)
+            }
             None => None,
         };
 
