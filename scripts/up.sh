@@ -12,13 +12,20 @@ export RESERVATION_LISTEN_ADDR=${RESERVATION_LISTEN_ADDR:-0.0.0.0:50051}
 export RESERVATION_DATABASE_URL=${RESERVATION_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/reservation}
 export REDIS_URL=${REDIS_URL:-redis://$REDIS_HOST:$REDIS_PORT}
 export WALLET_ENDPOINT=${WALLET_ENDPOINT:-http://127.0.0.1:${WALLET_LISTEN_ADDR##*:}}
+# An empty metrics address (set, but empty) serves no /metrics.
+export WALLET_METRICS_ADDR=${WALLET_METRICS_ADDR-0.0.0.0:9092}
+export RESERVATION_METRICS_ADDR=${RESERVATION_METRICS_ADDR-0.0.0.0:9091}
 export RUST_LOG=${RUST_LOG:-info}
 WALLET_PORT=${WALLET_LISTEN_ADDR##*:}
 WALLET=127.0.0.1:$WALLET_PORT
 RESERVATION_PORT=${RESERVATION_LISTEN_ADDR##*:}
 RESERVATION=127.0.0.1:$RESERVATION_PORT
+RESERVATION_METRICS=127.0.0.1:${RESERVATION_METRICS_ADDR##*:}
 
-for taken in "wallet-svc $WALLET_PORT WALLET_LISTEN_ADDR" "reservation-svc $RESERVATION_PORT RESERVATION_LISTEN_ADDR"; do
+ports=("wallet-svc $WALLET_PORT WALLET_LISTEN_ADDR" "reservation-svc $RESERVATION_PORT RESERVATION_LISTEN_ADDR")
+[ -n "$WALLET_METRICS_ADDR" ] && ports+=("wallet-svc ${WALLET_METRICS_ADDR##*:} WALLET_METRICS_ADDR")
+[ -n "$RESERVATION_METRICS_ADDR" ] && ports+=("reservation-svc ${RESERVATION_METRICS_ADDR##*:} RESERVATION_METRICS_ADDR")
+for taken in "${ports[@]}"; do
     set -- $taken
     if port_open 127.0.0.1 "$2"; then
         die "port $2 is already taken (another $1?): stop that process, or choose another address with $3=0.0.0.0:PORT"
@@ -118,6 +125,9 @@ cat <<EXAMPLES
 
   # A refund gives a Use back, once:
   grpcurl -plaintext -d '{"user_id": 2, "idempotency_key": "refund-1", "use_idempotency_key": "use-1"}' $WALLET ticketing.wallet.v1.WalletService/Refund
+
+  # Prometheus metrics (calls by method and status, seat locks, the pool; see the README):
+  curl -s $RESERVATION_METRICS/metrics | grep '^ticketing_'
 
   # Load (ghz reads the schema by reflection):
   ghz --insecure --call ticketing.wallet.v1.WalletService/GetBalance -d '{"user_id": 1}' -c 50 -n 20000 $WALLET

@@ -8,6 +8,7 @@ pub mod domain;
 mod error;
 pub mod grpc;
 pub mod lock;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod sweeper;

@@ -132,7 +132,7 @@ impl SeatLocks {
         token: String,
     ) -> Result<SeatLock, LockError> {
         let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
-        let previous: Option<String> = self
+        let previous: Result<Option<String>, _> = self
             .client
             .with_options(&self.fail_fast())
             .set(
@@ -142,13 +142,19 @@ impl SeatLocks {
                 Some(SetOptions::NX),
                 true,
             )
-            .await
-            .map_err(|error| LockError::Unavailable(error.to_string()))?;
-        match previous {
-            None => Ok(SeatLock { key, token }),
-            Some(holder) if holder == token => Ok(SeatLock { key, token }),
-            Some(_) => Err(LockError::Contended),
-        }
+            .await;
+        let acquired = match previous {
+            Ok(None) => Ok(SeatLock { key, token }),
+            Ok(Some(holder)) if holder == token => Ok(SeatLock { key, token }),
+            Ok(Some(_)) => Err(LockError::Contended),
+            Err(error) => Err(LockError::Unavailable(error.to_string())),
+        };
+        crate::metrics::seat_lock(match &acquired {
+            Ok(_) => "acquired",
+            Err(LockError::Contended) => "contended",
+            Err(LockError::Unavailable(_)) => "redis_unavailable",
+        });
+        acquired
     }
 
     /// Releases the lock if it is still this request's; a lock that expired and was taken by

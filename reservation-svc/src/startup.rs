@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use shared::metrics::MetricsEndpoint;
 use shared::proto::reservation::v1::reservation_service_server::{
     ReservationServiceServer, SERVICE_NAME,
 };
@@ -33,6 +34,7 @@ pub struct Application {
     router: GrpcRouter,
     health: HealthReporter,
     reservations: Reservations,
+    metrics: Option<MetricsEndpoint>,
     config: Config,
 }
 
@@ -41,13 +43,14 @@ impl std::fmt::Debug for Application {
         f.debug_struct("Application")
             .field("listener", &self.listener)
             .field("reservations", &self.reservations)
+            .field("metrics", &self.metrics_addr())
             .finish_non_exhaustive()
     }
 }
 
 impl Application {
-    /// Migrates the database, builds the pool and the Redis client, and binds the listener
-    /// (port 0 picks a free one). Redis need not be up yet.
+    /// Migrates the database, builds the pool and the Redis client, and binds the listeners of
+    /// gRPC and of the metrics (port 0 picks a free one). Redis need not be up yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         migrate(&config).await?;
         let pool = shared::db::build_pool(
@@ -65,11 +68,19 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+        let metrics = match config.metrics_addr {
+            Some(addr) => {
+                let endpoint = MetricsEndpoint::bind(addr).await?;
+                crate::metrics::describe();
+                Some(endpoint)
+            }
+            None => None,
+        };
 
         let wallet = Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout)
             .context("invalid WALLET_ENDPOINT")?;
         let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl);
-        let (router, health) = shared::server::router(&[SERVICE_NAME])?;
+        let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(ReservationServiceServer::new(ReservationGrpc::new(
             reservations.clone(),
         )));
@@ -78,6 +89,7 @@ impl Application {
             router,
             health,
             reservations,
+            metrics,
             config,
         })
     }
@@ -86,9 +98,22 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics` is served, unless disabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|metrics| metrics.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then drains and closes the pool and Redis.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr()?, "reservation-svc serving");
+        tracing::info!(addr = %self.local_addr()?, metrics = ?self.metrics_addr(), "reservation-svc serving");
+        let metrics = self.metrics.map(|endpoint| {
+            let reservations = self.reservations.clone();
+            tokio::spawn(endpoint.serve(move || {
+                shared::metrics::record_pool(reservations.store().pool());
+            }))
+        });
         let sweeper = tokio::spawn(crate::sweeper::run(
             self.reservations.clone(),
             self.config.sweep_interval,
@@ -137,6 +162,9 @@ impl Application {
             self.config.drain_timeout,
         )
         .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         self.reservations.locks().close().await;
         self.reservations.store().pool().close();
         served

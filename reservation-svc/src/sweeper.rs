@@ -17,6 +17,7 @@ pub async fn run(reservations: Reservations, interval: Duration, batch_size: i64
         loop {
             match reservations.sweep(batch_size).await {
                 Ok(expired) => {
+                    crate::metrics::reservations_expired(expired);
                     if expired > 0 {
                         tracing::info!(expired, "expired lapsed holds");
                     }
@@ -25,6 +26,7 @@ pub async fn run(reservations: Reservations, interval: Duration, batch_size: i64
                     }
                 }
                 Err(error) => {
+                    crate::metrics::background_failure("sweep");
                     tracing::warn!(%error, "sweep failed, retrying on the next tick");
                     break;
                 }
@@ -45,6 +47,7 @@ pub async fn reconcile(
     loop {
         ticks.tick().await;
         if let Err(error) = reservations.reconcile(grace, batch_size).await {
+            crate::metrics::background_failure("reconcile");
             tracing::warn!(%error, "reconciliation failed, retrying on the next tick");
         }
     }

@@ -48,7 +48,11 @@ fn the_compose_file_sets_only_variables_the_services_read() {
 fn the_contract_variables_are_read_by_the_services() {
     let wallet = variables_read_by(wallet_svc::config::Cli::command());
     let reservation = variables_read_by(reservation_svc::config::Cli::command());
-    for name in ["WALLET_LISTEN_ADDR", "WALLET_DATABASE_URL"] {
+    for name in [
+        "WALLET_LISTEN_ADDR",
+        "WALLET_DATABASE_URL",
+        "WALLET_METRICS_ADDR",
+    ] {
         assert!(wallet.contains(name), "{name}");
     }
     for name in [
@@ -59,6 +63,7 @@ fn the_contract_variables_are_read_by_the_services() {
         "SEAT_HOLD_TTL",
         "SEAT_LOCK_TTL",
         "SEAT_LOCK_PREFIX",
+        "RESERVATION_METRICS_ADDR",
     ] {
         assert!(reservation.contains(name), "{name}");
     }

@@ -1,11 +1,12 @@
 //! What both services use: the generated gRPC code and its descriptor set, telemetry, the
-//! contract's rich errors, the gRPC server scaffolding (health, reflection, panics, graceful
-//! drain), the Postgres pool and migrations, and, behind the `test-support` feature, per-test
-//! databases.
+//! contract's rich errors, the gRPC server scaffolding (health, reflection, panics, limits,
+//! graceful drain), Prometheus metrics, the Postgres pool and migrations, and, behind the
+//! `test-support` feature, per-test databases.
 
 pub mod cli;
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod shutdown;

@@ -223,3 +223,53 @@ fn database_url(admin_url: &str, name: &str) -> String {
         _ => format!("{base}/{name}"),
     }
 }
+
+/// Sends `GET path` to the HTTP/1.1 server at `addr`; returns the status code and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP server");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .expect("read the response");
+    let response = String::from_utf8(response).expect("a UTF-8 response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+/// The value of the series of `name` whose labels include every one of `labels`, in the
+/// Prometheus text `exposition`; 0 when there is none. Several matching series are added up.
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels.iter().all(|(label, wanted)| {
+                    series_labels
+                        .split(',')
+                        .any(|pair| pair == format!("{label}=\"{wanted}\""))
+                });
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 pub use shared::cli::Command;
 use shared::db::DbArgs;
+use shared::server::ServerArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "wallet-svc", version, about = "User point balances over gRPC")]
@@ -39,6 +40,20 @@ pub struct Config {
 
     #[command(flatten)]
     pub db: DbArgs,
+
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Address of the Prometheus `/metrics` endpoint; empty for none.
+    // `std::option::Option`, so that clap hands the value to the parser, empty included.
+    #[arg(
+        long,
+        global = true,
+        env = "WALLET_METRICS_ADDR",
+        default_value = "0.0.0.0:9092",
+        value_parser = shared::metrics::parse_metrics_addr
+    )]
+    pub metrics_addr: std::option::Option<SocketAddr>,
 
     /// On SIGTERM, how long calls in flight may take to finish.
     #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::db::PgPool;
+use shared::metrics::MetricsEndpoint;
 use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
 use shared::server::GrpcRouter;
 use tokio::net::TcpListener;
@@ -29,6 +30,7 @@ pub struct Application {
     router: GrpcRouter,
     health: HealthReporter,
     pool: PgPool,
+    metrics: Option<MetricsEndpoint>,
     drain_timeout: Duration,
 }
 
@@ -37,12 +39,14 @@ impl std::fmt::Debug for Application {
         f.debug_struct("Application")
             .field("listener", &self.listener)
             .field("pool", &self.pool.status())
+            .field("metrics", &self.metrics_addr())
             .finish_non_exhaustive()
     }
 }
 
 impl Application {
-    /// Migrates the database, builds the pool and binds the listener (port 0 picks a free one).
+    /// Migrates the database, builds the pool and binds the listeners of gRPC and of the
+    /// metrics (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         migrate(&config).await?;
         let pool =
@@ -50,15 +54,20 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
+            None => None,
+        };
 
         let wallets = Wallets::new(Store::new(pool.clone()));
-        let (router, health) = shared::server::router(&[SERVICE_NAME])?;
+        let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
         Ok(Self {
             listener,
             router,
             health,
             pool,
+            metrics,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -67,9 +76,20 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where `/metrics` is served, unless disabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|metrics| metrics.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then drains and closes the pool.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr()?, "wallet-svc serving");
+        tracing::info!(addr = %self.local_addr()?, metrics = ?self.metrics_addr(), "wallet-svc serving");
+        let metrics = self.metrics.map(|endpoint| {
+            let pool = self.pool.clone();
+            tokio::spawn(endpoint.serve(move || shared::metrics::record_pool(&pool)))
+        });
         let pool = self.pool.clone();
         let health_watch = tokio::spawn(shared::server::watch_dependencies(
             self.health.clone(),
@@ -98,6 +118,9 @@ impl Application {
             self.drain_timeout,
         )
         .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         self.pool.close();
         served
     }

@@ -299,12 +299,17 @@ impl Reservations {
             )
             .await;
             match driven {
-                Ok(_) => tracing::info!(reservation_id = id, "stuck payment confirmed"),
+                Ok(_) => {
+                    crate::metrics::payment_reconciled("confirmed");
+                    tracing::info!(reservation_id = id, "stuck payment confirmed");
+                }
                 Err(ReservationError::InsufficientBalance) => {
+                    crate::metrics::payment_reconciled("refused");
                     tracing::info!(reservation_id = id, "stuck payment refused by the wallet");
                 }
                 Err(error) => {
-                    tracing::warn!(reservation_id = id, %error, "stuck payment still unsettled")
+                    crate::metrics::payment_reconciled("unsettled");
+                    tracing::warn!(reservation_id = id, %error, "stuck payment still unsettled");
                 }
             }
         }
@@ -321,9 +326,13 @@ impl Reservations {
                     .map_err(|error| ReservationError::Internal(error.to_string()))?,
             };
             match self.cancel(request).await {
-                Ok(_) => tracing::info!(reservation_id = id, "interrupted cancellation finished"),
+                Ok(_) => {
+                    crate::metrics::cancellation_reconciled("finished");
+                    tracing::info!(reservation_id = id, "interrupted cancellation finished");
+                }
                 Err(error) => {
-                    tracing::warn!(reservation_id = id, %error, "interrupted cancellation unfinished")
+                    crate::metrics::cancellation_reconciled("unfinished");
+                    tracing::warn!(reservation_id = id, %error, "interrupted cancellation unfinished");
                 }
             }
         }

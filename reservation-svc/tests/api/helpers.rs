@@ -21,6 +21,7 @@ pub type Client = ReservationServiceClient<Channel>;
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub client: Client,
     pub db: TestDatabase,
     pub key_prefix: String,
@@ -36,6 +37,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.database_url = db.url().to_owned();
     config.seat_lock_prefix = format!("test:{:016x}:", rand::random::<u64>());
     config.sweep_interval = Duration::from_secs(3600);
+    // Tests that look at metrics serve them on a port of their own.
+    config.metrics_addr = None;
     config
 }
 
@@ -52,15 +55,16 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     .await;
     let mut config = test_config(&db);
     configure(&mut config);
-    let (addr, stop_tx, server) = start(config.clone()).await;
+    let running = launch(config.clone()).await;
     TestApp {
-        addr,
-        client: Client::new(channel(addr).await),
+        addr: running.addr,
+        metrics_addr: running.metrics_addr,
+        client: Client::new(channel(running.addr).await),
         db,
         key_prefix: config.seat_lock_prefix.clone(),
         config,
-        stop_tx: Some(stop_tx),
-        server: Some(server),
+        stop_tx: Some(running.stop_tx),
+        server: Some(running.server),
     }
 }
 
@@ -73,15 +77,33 @@ pub async fn start(
     oneshot::Sender<()>,
     JoinHandle<anyhow::Result<()>>,
 ) {
+    let running = launch(config).await;
+    (running.addr, running.stop_tx, running.server)
+}
+
+struct Running {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    stop_tx: oneshot::Sender<()>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn launch(config: Config) -> Running {
     let app = Application::build(config)
         .await
         .expect("build the application");
     let addr = app.local_addr().expect("bound address");
+    let metrics_addr = app.metrics_addr();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
     }));
-    (addr, stop_tx, server)
+    Running {
+        addr,
+        metrics_addr,
+        stop_tx,
+        server,
+    }
 }
 
 pub async fn channel(addr: SocketAddr) -> Channel {
@@ -373,6 +395,7 @@ impl TestWallet {
         let mut config = wallet_svc::config::Config::defaults();
         config.listen_addr = self.addr;
         config.database_url = self.db.url().to_owned();
+        config.metrics_addr = None;
         let app = wallet_svc::startup::Application::build(config)
             .await
             .expect("build wallet-svc");

@@ -6,6 +6,7 @@ mod expiry;
 mod helpers;
 mod holds;
 mod lock;
+mod metrics;
 mod payment;
 mod redis_down;
 mod server;

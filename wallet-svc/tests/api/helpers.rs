@@ -16,6 +16,7 @@ use wallet_svc::startup::{Application, MIGRATIONS};
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub client: WalletServiceClient<Channel>,
     pub db: TestDatabase,
     stop_tx: Option<oneshot::Sender<()>>,
@@ -37,12 +38,15 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::defaults();
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
     config.database_url = db.url().to_owned();
+    // Tests that look at metrics serve them on a port of their own.
+    config.metrics_addr = None;
     configure(&mut config);
 
     let app = Application::build(config)
         .await
         .expect("build the application");
     let addr = app.local_addr().expect("bound address");
+    let metrics_addr = app.metrics_addr();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
@@ -50,6 +54,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let client = WalletServiceClient::new(channel(addr).await);
     TestApp {
         addr,
+        metrics_addr,
         client,
         db,
         stop_tx: Some(stop_tx),
@@ -210,6 +215,51 @@ impl TestApp {
         .await
         .expect("read pg_stat_activity")
         .sessions
+    }
+
+    /// Sessions of this test's database waiting for a lock (a wallet's row lock, say).
+    pub async fn sessions_waiting_for_a_lock(&self) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            sessions: i64,
+        }
+        let mut conn = self.connect_db().await;
+        diesel::sql_query(
+            "SELECT COUNT(*) AS sessions FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+        .bind::<Text, _>(self.db.name())
+        .get_result::<Count>(&mut conn)
+        .await
+        .expect("read pg_stat_activity")
+        .sessions
+    }
+
+    /// Takes the row lock of `user_id`'s wallet on a connection of its own, so that the
+    /// balance changes of that user wait, until the returned connection commits.
+    pub async fn lock_wallet(&self, user_id: i64) -> AsyncPgConnection {
+        use diesel_async::SimpleAsyncConnection;
+        let mut blocker = self.connect_db().await;
+        blocker
+            .batch_execute(&format!(
+                "BEGIN; SELECT * FROM wallets WHERE user_id = {user_id} FOR UPDATE"
+            ))
+            .await
+            .expect("lock the wallet");
+        blocker
+    }
+
+    /// Waits until `count` sessions wait for a lock; fails after a thousand looks (over ten
+    /// seconds), to turn a hang into a failure.
+    pub async fn until_waiting_for_a_lock(&self, count: i64) {
+        for _ in 0..1000 {
+            if self.sessions_waiting_for_a_lock().await >= count {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{count} sessions never waited for a lock");
     }
 }
 

@@ -1,0 +1,431 @@
+//! Prometheus metrics: the process's recorder, the `/metrics` endpoint a service serves on an
+//! address of its own, a tower layer that counts and times every gRPC call by method and
+//! status, and the Postgres pool's gauges, sampled at each scrape.
+//!
+//! Until [`install`] runs (a service binds its endpoint), metrics are recorded nowhere, at
+//! almost no cost: a service whose endpoint is disabled records nothing.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tower::{Layer, Service};
+
+use crate::db::PgPool;
+
+/// Calls answered, by `method` (the full gRPC path) and `status` (the gRPC code's name).
+pub const RPC_REQUESTS: &str = "ticketing_rpc_requests_total";
+/// Time from a call's arrival to its answer, by `method` and `status`.
+pub const RPC_DURATION: &str = "ticketing_rpc_duration_seconds";
+/// Connections of the Postgres pool, by `state`: `in_use` or `idle`.
+pub const DB_POOL_CONNECTIONS: &str = "ticketing_db_pool_connections";
+/// Calls waiting for a connection of the Postgres pool.
+pub const DB_POOL_WAITING: &str = "ticketing_db_pool_waiting";
+/// The most connections the Postgres pool opens.
+pub const DB_POOL_MAX_CONNECTIONS: &str = "ticketing_db_pool_max_connections";
+
+/// Upper bounds of the [`RPC_DURATION`] buckets, in seconds: from a cached read to the default
+/// RPC timeout.
+const RPC_DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest a scrape's connection may take to send its request head.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `method` of a call to a path the server does not offer: a client making up paths must
+/// not make up series.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// Installs the process's Prometheus recorder on first use and returns its handle; later calls
+/// return the same handle, so every server of a process (tests start many) shares it.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(RPC_DURATION.to_owned()),
+                    &RPC_DURATION_BUCKETS,
+                )
+                .and_then(PrometheusBuilder::install_recorder)
+                .map_err(|error| error.to_string())?;
+            describe();
+            let upkeep = handle.clone();
+            // A thread rather than a task: it must outlive any one runtime.
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".to_owned())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(error) = spawned {
+                // Each scrape folds the samples too; only an unscraped process grows.
+                tracing::warn!(%error, "cannot start the metrics upkeep thread");
+            }
+            Ok(handle)
+        })
+        .clone()
+        .map_err(|error| anyhow::anyhow!("cannot install the metrics recorder: {error}"))
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        RPC_REQUESTS,
+        "gRPC calls answered, by method and status code"
+    );
+    metrics::describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "Time from a gRPC call's arrival to its answer, by method and status code"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "Connections of the Postgres pool, in use or idle"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_WAITING,
+        "Calls waiting for a Postgres pool connection"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_MAX_CONNECTIONS,
+        "The most connections the Postgres pool opens"
+    );
+}
+
+/// Records the pool's connections in use and idle, and the calls waiting for one.
+pub fn record_pool(pool: &PgPool) {
+    let status = pool.status();
+    let in_use = status.size.saturating_sub(status.available);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set(in_use as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(status.available as f64);
+    metrics::gauge!(DB_POOL_WAITING).set(status.waiting as f64);
+    metrics::gauge!(DB_POOL_MAX_CONNECTIONS).set(status.max_size as f64);
+}
+
+/// Parses a metrics address flag: empty means no endpoint.
+pub fn parse_metrics_addr(value: &str) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+    match value.trim() {
+        "" => Ok(None),
+        addr => addr.parse().map(Some),
+    }
+}
+
+/// A service's `/metrics` endpoint: bound when the service is built, so a taken port fails
+/// the start-up, and served by [`MetricsEndpoint::serve`].
+#[derive(Debug)]
+pub struct MetricsEndpoint {
+    listener: TcpListener,
+    handle: PrometheusHandle,
+}
+
+impl MetricsEndpoint {
+    /// Installs the recorder (see [`install`]) and binds `addr` (port 0 picks a free one).
+    pub async fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let handle = install()?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        Ok(Self { listener, handle })
+    }
+
+    /// The address bound, with the port chosen when asked for port 0.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Answers `GET /metrics` with the Prometheus text format until the task is dropped.
+    /// `before_render` runs at each scrape, to sample what is read rather than counted (the
+    /// pool's gauges).
+    pub async fn serve(self, before_render: impl Fn() + Send + Sync + 'static) {
+        let scrape = Arc::new(Scrape {
+            handle: self.handle,
+            before_render: Box::new(before_render),
+        });
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, say: give the process a moment.
+                    tracing::warn!(%error, "metrics endpoint cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let scrape = scrape.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = scrape.answer(&request);
+                    std::future::ready(Ok::<_, Infallible>(response))
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                if let Err(error) = served {
+                    tracing::debug!(%error, "metrics connection ended with an error");
+                }
+            });
+        }
+    }
+}
+
+struct Scrape {
+    handle: PrometheusHandle,
+    before_render: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Scrape {
+    fn answer<B>(&self, request: &http::Request<B>) -> http::Response<Full<Bytes>> {
+        if request.uri().path() != "/metrics" {
+            return plain_text(http::StatusCode::NOT_FOUND, "metrics are at /metrics\n");
+        }
+        if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
+            return plain_text(http::StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        (self.before_render)();
+        let mut response = http::Response::new(Full::new(Bytes::from(self.handle.render())));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn plain_text(status: http::StatusCode, text: &'static str) -> http::Response<Full<Bytes>> {
+    let mut response = http::Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The full paths (`/package.Service/Method`) of every method of `services` described in
+/// `descriptor_sets` (encoded `FileDescriptorSet`s).
+pub fn methods_of(descriptor_sets: &[&[u8]], services: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut methods = Vec::new();
+    for encoded in descriptor_sets {
+        let set = prost_types::FileDescriptorSet::decode(*encoded)
+            .context("cannot decode a file descriptor set")?;
+        for file in &set.file {
+            for service in &file.service {
+                let name = match file.package() {
+                    "" => service.name().to_owned(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                if services.contains(&name.as_str()) {
+                    methods.extend(
+                        service
+                            .method
+                            .iter()
+                            .map(|method| format!("/{name}/{}", method.name())),
+                    );
+                }
+            }
+        }
+    }
+    Ok(methods)
+}
+
+/// Counts and times every call by method and gRPC status, including the calls that layers
+/// inside it answer themselves (refused at the concurrency limit, timed out, panicked). A call
+/// whose client goes away before the answer counts as `CANCELLED`.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer {
+    methods: Arc<HashSet<String>>,
+}
+
+impl RpcMetricsLayer {
+    /// Labels a call with its path when it is one of `methods` (see [`methods_of`]), and
+    /// `unknown` otherwise.
+    pub fn new(methods: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            methods: Arc::new(methods.into_iter().collect()),
+        }
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+/// See [`RpcMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    methods: Arc<HashSet<String>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcMetrics<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let method = if self.methods.contains(path) {
+            path.to_owned()
+        } else {
+            UNKNOWN_METHOD.to_owned()
+        };
+        let mut call = CallRecord {
+            method,
+            started: Instant::now(),
+            code: Code::Cancelled,
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await;
+            // Through a method, so that the future owns the whole record and its drop.
+            call.answered(match &answered {
+                Ok(response) => code_of(response),
+                Err(_) => Code::Unknown,
+            });
+            answered
+        })
+    }
+}
+
+/// One call, recorded when dropped: with the code of its answer, or as cancelled when the
+/// call was dropped before it had one.
+struct CallRecord {
+    method: String,
+    started: Instant,
+    code: Code,
+}
+
+impl CallRecord {
+    fn answered(&mut self, code: Code) {
+        self.code = code;
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        let status = code_name(self.code);
+        let method = std::mem::take(&mut self.method);
+        metrics::histogram!(RPC_DURATION, "method" => method.clone(), "status" => status)
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!(RPC_REQUESTS, "method" => method, "status" => status).increment(1);
+    }
+}
+
+/// The gRPC code of an answer. A handler's error is a "trailers-only" answer whose headers
+/// carry `grpc-status`; a success carries it in the trailers, after the body, so a plain
+/// HTTP 200 without it is a success.
+fn code_of<B>(response: &http::Response<B>) -> Code {
+    match response.headers().get("grpc-status") {
+        Some(value) => Code::from_bytes(value.as_bytes()),
+        None if response.status() == http::StatusCode::OK => Code::Ok,
+        None => Code::Unknown,
+    }
+}
+
+/// The code's name as the gRPC specification spells it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_the_specification_s() {
+        assert_eq!(code_name(Code::Ok), "OK");
+        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
+    }
+
+    #[test]
+    fn an_error_answer_is_read_from_its_headers_and_a_plain_200_is_ok() {
+        let refused: http::Response<()> = tonic::Status::aborted("locked").into_http();
+        assert_eq!(code_of(&refused), Code::Aborted);
+        assert_eq!(code_of(&http::Response::new(())), Code::Ok);
+    }
+
+    #[test]
+    fn the_methods_of_the_offered_services_are_known_and_no_others() {
+        let methods = methods_of(
+            &[crate::proto::FILE_DESCRIPTOR_SET],
+            &["ticketing.wallet.v1.WalletService"],
+        )
+        .expect("descriptor sets decode");
+        assert!(methods.contains(&"/ticketing.wallet.v1.WalletService/Charge".to_owned()));
+        assert!(
+            methods
+                .iter()
+                .all(|m| m.starts_with("/ticketing.wallet.v1.WalletService/"))
+        );
+    }
+
+    #[test]
+    fn an_empty_metrics_address_means_no_endpoint() {
+        assert_eq!(parse_metrics_addr(""), Ok(None));
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9091"),
+            Ok(Some(SocketAddr::from(([0, 0, 0, 0], 9091))))
+        );
+        assert!(parse_metrics_addr("nowhere").is_err());
+    }
+}
