@@ -21,4 +21,4 @@ log "cargo test"
 # The protocol model explores millions of states: it runs optimized, below.
 cargo test --workspace --all-targets --locked --exclude protocol-model
 log "protocol model: every interleaving of the per-commit configuration, and each seeded bug"
-cargo test --release --locked -p protocol-model -- --nocapture
+cargo test --release --locked -p protocol-model --all-targets -- --nocapture

@@ -34,6 +34,10 @@ pub type GrpcRouter = Router<
     >,
 >;
 
+/// The health name that reports whether the process serves at all, whatever its dependencies
+/// do: what a liveness probe asks (restarting a replica does not bring a database back).
+pub const LIVENESS: &str = "liveness";
+
 /// The services every server offers next to its own.
 const STANDARD_SERVICES: [&str; 3] = [
     "grpc.health.v1.Health",
@@ -131,6 +135,9 @@ pub async fn serve(
         let _ = stop_rx.await;
     }));
     set_status(&health, service_names, ServingStatus::Serving).await;
+    health
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
 
     tokio::select! {
         finished = &mut server => {

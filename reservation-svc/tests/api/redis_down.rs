@@ -13,9 +13,13 @@ use crate::helpers::{RedisServer, TestApp, channel, spawn_app_with};
 const SERVICE: &str = "ticketing.reservation.v1.ReservationService";
 
 async fn health(app: &TestApp) -> ServingStatus {
+    health_of(app, SERVICE).await
+}
+
+async fn health_of(app: &TestApp, service: &str) -> ServingStatus {
     HealthClient::new(channel(app.addr).await)
         .check(HealthCheckRequest {
-            service: SERVICE.to_owned(),
+            service: service.to_owned(),
         })
         .await
         .expect("health")
@@ -62,6 +66,11 @@ async fn holds_fail_closed_while_redis_is_down_and_recover_without_a_restart() {
         })
         .await,
         "health reports the dependency down"
+    );
+    assert_eq!(
+        health_of(&app, shared::server::LIVENESS).await,
+        ServingStatus::Serving,
+        "the process itself is alive: liveness probes must not restart it"
     );
 
     redis.restart();
