@@ -13,6 +13,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "kubernetes manifests"
 "$REPO_ROOT/scripts/check-k8s.sh"
+log "compose file"
+"$REPO_ROOT/scripts/check-compose.sh"
+log "grafana dashboard"
+"$REPO_ROOT/scripts/check-dashboard.sh"
 log "protos: buf lint and breaking"
 ./scripts/check-protos.sh
 log "cargo clippy"
