@@ -1,7 +1,9 @@
 //! Conformance of the wallet's store with the protocol model: a generated sequence of charges,
 //! uses and refunds (with replays, reused keys, overdrafts and the balance limit) is applied to
-//! one user's wallet in real Postgres and to the model's wallet (`protocol_model::wallet`); each
-//! answer, and at the end the balance, the ledger and the recorded refusals, must be the same.
+//! one user's wallet in real Postgres, in batches of a generated size (one transaction each),
+//! and one by one to the model's wallet (`protocol_model::wallet`); each answer, and at the end
+//! the balance, the ledger and the recorded refusals, must be the same: a batch does exactly
+//! what its movements do one after another.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -191,13 +193,15 @@ async fn stored_rows(pool: &PgPool, user_id: i64) -> Rows {
     }
 }
 
-/// Runs `steps` on a fresh wallet of `user_id` in both; fails at the first differing answer.
+/// Runs `steps` on a fresh wallet of `user_id` in both, the store taking them `batch` at a time
+/// in one transaction each; fails at the first differing answer.
 async fn run_both(
     store: &Store,
     pool: &PgPool,
     user_id: i64,
     initial: i64,
     steps: &[Step],
+    batch: usize,
 ) -> Result<(Rows, Rows), TestCaseError> {
     if initial > 0 {
         let mut conn = pool.get().await.expect("a connection");
@@ -210,28 +214,35 @@ async fn run_both(
     let mut model = Wallets::new(vec![initial]);
     // The model's ledger rows by the ids the database gave them.
     let mut ids: HashMap<usize, i64> = HashMap::new();
-    for step in steps {
-        let (key, request) = request(step);
-        let expected = model.apply(0, key, request, None, false);
-        let actual = store
-            .apply_movement(&movement(user_id, step))
+    for steps in steps.chunks(batch) {
+        let movements: Vec<MoneyMovement> =
+            steps.iter().map(|step| movement(user_id, step)).collect();
+        let outcomes = store
+            .apply_movements(UserId::parse(user_id).expect("a user"), &movements)
             .await
             .expect("the store answers");
-        let same = match (expected, &actual) {
-            (Outcome::Applied { entry }, MovementOutcome::Applied(transaction)) => {
-                ids.insert(entry, transaction.id).is_none()
-            }
-            (Outcome::Applied { entry }, MovementOutcome::Replayed(transaction)) => {
-                ids.get(&entry) == Some(&transaction.id)
-            }
-            (Outcome::Refused(expected), MovementOutcome::Refused(actual)) => expected == *actual,
-            (Outcome::Rejected, MovementOutcome::KeyReused | MovementOutcome::UnknownUse) => true,
-            _ => false,
-        };
-        prop_assert!(
-            same,
-            "{step:?}: the model says {expected:?}, the store {actual:?}"
-        );
+        prop_assert_eq!(outcomes.len(), steps.len(), "one answer per movement");
+        for (step, actual) in steps.iter().zip(&outcomes) {
+            let (key, request) = request(step);
+            let expected = model.apply(0, key, request, None, false);
+            let same = match (expected, actual) {
+                (Outcome::Applied { entry }, MovementOutcome::Applied(transaction)) => {
+                    ids.insert(entry, transaction.id).is_none()
+                }
+                (Outcome::Applied { entry }, MovementOutcome::Replayed(transaction)) => {
+                    ids.get(&entry) == Some(&transaction.id)
+                }
+                (Outcome::Refused(expected), MovementOutcome::Refused(actual)) => {
+                    expected == *actual
+                }
+                (
+                    Outcome::Rejected,
+                    MovementOutcome::KeyReused | MovementOutcome::UnknownUse,
+                ) => true,
+                _ => false,
+            };
+            prop_assert!(same, "{step:?}: the model says {expected:?}, the store {actual:?}");
+        }
     }
     Ok((model_rows(&model), stored_rows(pool, user_id).await))
 }
@@ -264,11 +275,11 @@ fn every_wallet_movement_does_what_the_model_does() {
     });
     runner
         .run(
-            &(initial(), prop::collection::vec(step(), 1..8)),
-            |(initial, steps)| {
+            &(initial(), prop::collection::vec(step(), 1..12), 1..=8usize),
+            |(initial, steps, batch)| {
                 let user_id = users.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (model, stored) =
-                    runtime.block_on(run_both(&store, &pool, user_id, initial, &steps))?;
+                    runtime.block_on(run_both(&store, &pool, user_id, initial, &steps, batch))?;
                 prop_assert_eq!(model, stored, "rows after {:?}", steps);
                 Ok(())
             },

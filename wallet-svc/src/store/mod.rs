@@ -4,6 +4,8 @@
 mod models;
 pub mod schema;
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use protocol::wallet::{Decision, KeyRecord, Movement, Recorded, RefundTarget, Refusal};
@@ -11,8 +13,8 @@ use shared::db::PgPool;
 pub use shared::db::StoreError;
 
 use crate::domain::{
-    IdempotencyKey, MoneyMovement, MovementKind, PageCursor, PageSize, Transaction,
-    TransactionKind, TransactionPage, UserId,
+    MoneyMovement, MovementKind, PageCursor, PageSize, Transaction, TransactionKind,
+    TransactionPage, UserId,
 };
 use models::{NewRefusal, NewTransaction, TransactionRow};
 use schema::{wallet_refusals, wallet_transactions, wallets};
@@ -62,9 +64,35 @@ impl Store {
         &self,
         movement: &MoneyMovement,
     ) -> Result<MovementOutcome, StoreError> {
-        let fingerprint = movement.fingerprint();
+        self.apply_movements(movement.user_id, std::slice::from_ref(movement))
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Internal("a movement went unanswered".to_owned()))
+    }
+
+    /// Applies movements of `user_id`, in order, in one transaction under the wallet's row
+    /// lock: each is decided as if alone after the ones before it, with its own key and ledger
+    /// row, and answered on its own (one's refusal does not fail the others).
+    pub async fn apply_movements(
+        &self,
+        user_id: UserId,
+        movements: &[MoneyMovement],
+    ) -> Result<Vec<MovementOutcome>, StoreError> {
+        if let Some(other) = movements
+            .iter()
+            .find(|movement| movement.user_id != user_id)
+        {
+            return Err(StoreError::Internal(format!(
+                "a batch of user {user_id} holds a movement of user {}",
+                other.user_id
+            )));
+        }
+        let batch: Vec<(&MoneyMovement, Vec<u8>)> = movements
+            .iter()
+            .map(|movement| (movement, movement.fingerprint()))
+            .collect();
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| apply_movement(conn, movement, &fingerprint).await)
+        conn.transaction(async |conn| apply_batch(conn, user_id.get(), &batch).await)
             .await
     }
 
@@ -104,16 +132,107 @@ impl Store {
     }
 }
 
-async fn apply_movement(
+/// Where a key's ledger row is: read from the database, or written by this batch (the index of
+/// its insert, which happens before the batch commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ledger {
+    Stored(usize),
+    New(usize),
+}
+
+/// What this batch knows of the user's keys: what the database held, and what the batch wrote.
+#[derive(Default)]
+struct Keys {
+    /// Ledger rows read, then rows this batch inserted, by key.
+    rows: Vec<TransactionRow>,
+    by_key: HashMap<String, Ledger>,
+    refusals: HashMap<String, (Vec<u8>, Refusal)>,
+    /// The refund of each `Use` (by its id) already made.
+    refunds: HashMap<i64, Ledger>,
+    /// Rows this batch decided to write, not inserted yet, and the `Use` each refund gives back.
+    pending: Vec<(NewRow, Option<i64>)>,
+    /// The rows of `pending` once inserted.
+    inserted: Vec<TransactionRow>,
+}
+
+/// A ledger row to insert.
+struct NewRow {
+    kind: TransactionKind,
+    amount: i64,
+    balance_after: i64,
+    key: String,
+    fingerprint: Vec<u8>,
+    reference: String,
+}
+
+/// A movement's answer, which may name a row not inserted yet.
+enum Answer {
+    Ready(MovementOutcome),
+    Applied(Ledger),
+    Replayed(Ledger),
+}
+
+/// Applies `batch` (movements of one user, in order, with their fingerprints) in one
+/// transaction: one lock of the wallet row, the keys read in two queries, each movement decided
+/// in turn on the running balance (a later one sees what an earlier one did: its key, its
+/// debit), the new ledger rows written in one insert, the balance once.
+async fn apply_batch(
     conn: &mut AsyncPgConnection,
+    user_id: i64,
+    batch: &[(&MoneyMovement, Vec<u8>)],
+) -> Result<Vec<MovementOutcome>, StoreError> {
+    // A refund needs an earlier Use, hence a wallet; charges and uses create it.
+    let create = batch
+        .iter()
+        .any(|(movement, _)| !matches!(movement.kind, MovementKind::Refund { .. }));
+    let locked = lock_wallet(conn, user_id, create).await?;
+    let mut keys = load_keys(conn, user_id, batch).await?;
+    let mut balance = locked.unwrap_or(0);
+    let mut answers = Vec::with_capacity(batch.len());
+    for (movement, fingerprint) in batch {
+        let answer = decide_one(
+            conn,
+            user_id,
+            &mut keys,
+            &mut balance,
+            movement,
+            fingerprint,
+        )
+        .await?;
+        answers.push(answer);
+    }
+    flush(conn, user_id, &mut keys).await?;
+    if locked.is_some_and(|before| before != balance) {
+        let updated = diesel::update(wallets::table.find(user_id))
+            .set((
+                wallets::balance.eq(balance),
+                wallets::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        if updated != 1 {
+            return Err(StoreError::Internal(format!("wallet {user_id} vanished")));
+        }
+    }
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            Answer::Ready(outcome) => Ok(outcome),
+            Answer::Applied(at) => Ok(MovementOutcome::Applied(keys.row(at)?.try_into()?)),
+            Answer::Replayed(at) => Ok(MovementOutcome::Replayed(keys.row(at)?.try_into()?)),
+        })
+        .collect()
+}
+
+/// Decides one movement of a batch against what the batch knows, and records what it writes.
+async fn decide_one(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    keys: &mut Keys,
+    balance: &mut i64,
     movement: &MoneyMovement,
     fingerprint: &[u8],
-) -> Result<MovementOutcome, StoreError> {
-    let user_id = movement.user_id.get();
-    // A refund needs an earlier Use, hence a wallet; charges and uses create it.
-    let create = !matches!(movement.kind, MovementKind::Refund { .. });
-    let balance = lock_wallet(conn, user_id, create).await?;
-    let prior = find_key(conn, user_id, &movement.key).await?;
+) -> Result<Answer, StoreError> {
     let (request, refund_of) = match &movement.kind {
         MovementKind::Charge { amount } => (
             Movement::Charge {
@@ -127,75 +246,255 @@ async fn apply_movement(
             },
             None,
         ),
-        MovementKind::Refund { use_key } => match find_use(conn, user_id, use_key).await? {
-            Some(used) => {
-                let target = RefundTarget {
-                    amount: used.amount,
-                    refunded_by: find_refund_of(conn, used.id).await?,
-                };
-                (
-                    Movement::Refund {
-                        target: Some(target),
-                    },
-                    Some(used.id),
-                )
+        MovementKind::Refund { use_key } => {
+            if matches!(keys.by_key.get(use_key.as_str()), Some(Ledger::New(_))) {
+                // The Use was made by this batch: its id is needed to name it.
+                flush(conn, user_id, keys).await?;
             }
-            None => (Movement::Refund { target: None }, None),
-        },
+            match keys.use_of(use_key.as_str())? {
+                Some(used) => {
+                    let target = RefundTarget {
+                        amount: used.amount,
+                        refunded_by: keys.refunds.get(&used.id).copied(),
+                    };
+                    (
+                        Movement::Refund {
+                            target: Some(target),
+                        },
+                        Some(used.id),
+                    )
+                }
+                None => (Movement::Refund { target: None }, None),
+            }
+        }
     };
-
-    match protocol::wallet::decide(balance.unwrap_or(0), prior, fingerprint, request) {
-        Decision::Apply {
-            delta,
-            balance_after,
-        } => {
-            let updated = diesel::update(wallets::table.find(user_id))
-                .set((
-                    wallets::balance.eq(balance_after),
-                    wallets::updated_at.eq(diesel::dsl::now),
-                ))
-                .execute(conn)
-                .await?;
-            if updated != 1 {
-                return Err(StoreError::Internal(format!("wallet {user_id} vanished")));
-            }
-            let (kind, reference) = match &movement.kind {
-                MovementKind::Charge { .. } => (TransactionKind::Charge, ""),
-                MovementKind::Use { reference, .. } => (TransactionKind::Use, reference.as_str()),
-                MovementKind::Refund { use_key } => (TransactionKind::Refund, use_key.as_str()),
-            };
-            let row = diesel::insert_into(wallet_transactions::table)
-                .values(NewTransaction {
-                    user_id,
-                    kind: kind.as_str(),
-                    amount: delta.abs(),
-                    balance_after,
-                    idempotency_key: movement.key.as_str(),
-                    request_hash: fingerprint,
-                    reference,
+    let prior = keys.prior(movement.key.as_str());
+    Ok(
+        match protocol::wallet::decide(*balance, prior, fingerprint, request) {
+            Decision::Apply {
+                delta,
+                balance_after,
+            } => {
+                *balance = balance_after;
+                let (kind, reference) = match &movement.kind {
+                    MovementKind::Charge { .. } => (TransactionKind::Charge, ""),
+                    MovementKind::Use { reference, .. } => {
+                        (TransactionKind::Use, reference.as_str())
+                    }
+                    MovementKind::Refund { use_key } => (TransactionKind::Refund, use_key.as_str()),
+                };
+                let written = keys.write(
+                    NewRow {
+                        kind,
+                        amount: delta.abs(),
+                        balance_after,
+                        key: movement.key.as_str().to_owned(),
+                        fingerprint: fingerprint.to_vec(),
+                        reference: reference.to_owned(),
+                    },
                     refund_of,
-                })
-                .returning(TransactionRow::as_returning())
-                .get_result(conn)
-                .await?;
-            Ok(MovementOutcome::Applied(row.try_into()?))
+                );
+                Answer::Applied(written)
+            }
+            Decision::Refuse(refusal) => {
+                diesel::insert_into(wallet_refusals::table)
+                    .values(NewRefusal {
+                        user_id,
+                        idempotency_key: movement.key.as_str(),
+                        request_hash: fingerprint,
+                        reason: refusal_name(refusal),
+                    })
+                    .execute(conn)
+                    .await?;
+                keys.refusals.insert(
+                    movement.key.as_str().to_owned(),
+                    (fingerprint.to_vec(), refusal),
+                );
+                Answer::Ready(MovementOutcome::Refused(refusal))
+            }
+            Decision::Replay(at) => Answer::Replayed(at),
+            Decision::ReplayRefusal(refusal) => Answer::Ready(MovementOutcome::Refused(refusal)),
+            Decision::KeyReused => Answer::Ready(MovementOutcome::KeyReused),
+            Decision::UnknownUse => Answer::Ready(MovementOutcome::UnknownUse),
+        },
+    )
+}
+
+/// Reads what the batch's keys (and the keys its refunds name) already hold, and the refunds
+/// already made of those uses.
+async fn load_keys(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    batch: &[(&MoneyMovement, Vec<u8>)],
+) -> Result<Keys, StoreError> {
+    let mut names: Vec<&str> = Vec::with_capacity(batch.len());
+    for (movement, _) in batch {
+        names.push(movement.key.as_str());
+        if let MovementKind::Refund { use_key } = &movement.kind {
+            names.push(use_key.as_str());
         }
-        Decision::Refuse(refusal) => {
-            diesel::insert_into(wallet_refusals::table)
-                .values(NewRefusal {
-                    user_id,
-                    idempotency_key: movement.key.as_str(),
-                    request_hash: fingerprint,
-                    reason: refusal_name(refusal),
-                })
-                .execute(conn)
-                .await?;
-            Ok(MovementOutcome::Refused(refusal))
+    }
+    let rows = wallet_transactions::table
+        .filter(wallet_transactions::user_id.eq(user_id))
+        .filter(wallet_transactions::idempotency_key.eq_any(&names))
+        .select(TransactionRow::as_select())
+        .load(conn)
+        .await?;
+    let refused = wallet_refusals::table
+        .filter(wallet_refusals::user_id.eq(user_id))
+        .filter(wallet_refusals::idempotency_key.eq_any(&names))
+        .select((
+            wallet_refusals::idempotency_key,
+            wallet_refusals::request_hash,
+            wallet_refusals::reason,
+        ))
+        .load::<(String, Vec<u8>, String)>(conn)
+        .await?;
+    let uses: Vec<i64> = rows
+        .iter()
+        .filter(|row| row.kind == TransactionKind::Use.as_str())
+        .map(|row| row.id)
+        .collect();
+    let refunds = if uses.is_empty() {
+        Vec::new()
+    } else {
+        wallet_transactions::table
+            .filter(wallet_transactions::refund_of.eq_any(&uses))
+            .select((TransactionRow::as_select(), wallet_transactions::refund_of))
+            .load::<(TransactionRow, Option<i64>)>(conn)
+            .await?
+    };
+    let mut keys = Keys::default();
+    for row in rows {
+        keys.remember(row, None);
+    }
+    for (row, refund_of) in refunds {
+        if !keys.by_key.contains_key(&row.idempotency_key) {
+            keys.remember(row, refund_of);
+        } else if let (Some(used), Some(&at)) = (refund_of, keys.by_key.get(&row.idempotency_key)) {
+            keys.refunds.insert(used, at);
         }
-        Decision::Replay(row) => Ok(MovementOutcome::Replayed(row.try_into()?)),
-        Decision::ReplayRefusal(refusal) => Ok(MovementOutcome::Refused(refusal)),
-        Decision::KeyReused => Ok(MovementOutcome::KeyReused),
-        Decision::UnknownUse => Ok(MovementOutcome::UnknownUse),
+    }
+    for (key, fingerprint, reason) in refused {
+        let refusal = parse_refusal(&reason)
+            .ok_or_else(|| StoreError::Internal(format!("unknown refusal {reason:?}")))?;
+        keys.refusals.insert(key, (fingerprint, refusal));
+    }
+    Ok(keys)
+}
+
+/// Inserts the rows the batch has decided so far, in one statement.
+async fn flush(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    keys: &mut Keys,
+) -> Result<(), StoreError> {
+    let first = keys.inserted.len();
+    let pending = &keys.pending[first..];
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<NewTransaction<'_>> = pending
+        .iter()
+        .map(|(row, refund_of)| NewTransaction {
+            user_id,
+            kind: row.kind.as_str(),
+            amount: row.amount,
+            balance_after: row.balance_after,
+            idempotency_key: &row.key,
+            request_hash: &row.fingerprint,
+            reference: &row.reference,
+            refund_of: *refund_of,
+        })
+        .collect();
+    let mut inserted: HashMap<String, TransactionRow> =
+        diesel::insert_into(wallet_transactions::table)
+            .values(values)
+            .returning(TransactionRow::as_returning())
+            .get_results::<TransactionRow>(conn)
+            .await?
+            .into_iter()
+            .map(|row| (row.idempotency_key.clone(), row))
+            .collect();
+    // Matched by key (unique per user), not by the order rows come back in.
+    for at in first..keys.pending.len() {
+        let (new, refund_of) = &keys.pending[at];
+        let row = inserted.remove(&new.key).ok_or_else(|| {
+            StoreError::Internal(format!("ledger row {:?} not returned", new.key))
+        })?;
+        if let Some(used) = refund_of {
+            keys.refunds.insert(*used, Ledger::New(at));
+        }
+        keys.inserted.push(row);
+    }
+    Ok(())
+}
+
+impl Keys {
+    fn remember(&mut self, row: TransactionRow, refund_of: Option<i64>) {
+        let at = Ledger::Stored(self.rows.len());
+        self.by_key.insert(row.idempotency_key.clone(), at);
+        if let Some(used) = refund_of {
+            self.refunds.insert(used, at);
+        }
+        self.rows.push(row);
+    }
+
+    /// Records a row to insert under its key; it is inserted before the batch commits.
+    fn write(&mut self, row: NewRow, refund_of: Option<i64>) -> Ledger {
+        let at = Ledger::New(self.pending.len());
+        self.by_key.insert(row.key.clone(), at);
+        if let Some(used) = refund_of {
+            self.refunds.insert(used, at);
+        }
+        self.pending.push((row, refund_of));
+        at
+    }
+
+    fn row(&self, at: Ledger) -> Result<TransactionRow, StoreError> {
+        match at {
+            Ledger::Stored(at) => self.rows.get(at),
+            Ledger::New(at) => self.inserted.get(at),
+        }
+        .cloned()
+        .ok_or_else(|| StoreError::Internal(format!("ledger row {at:?} missing")))
+    }
+
+    fn fingerprint(&self, at: Ledger) -> Option<&[u8]> {
+        match at {
+            Ledger::Stored(at) => self.rows.get(at).map(|row| row.request_hash.as_slice()),
+            Ledger::New(at) => self
+                .pending
+                .get(at)
+                .map(|(row, _)| row.fingerprint.as_slice()),
+        }
+    }
+
+    /// What `key` already holds: a ledger row, or a recorded refusal.
+    fn prior(&self, key: &str) -> Option<KeyRecord<Ledger>> {
+        if let Some(&at) = self.by_key.get(key) {
+            return Some(KeyRecord {
+                request_fingerprint: self.fingerprint(at).unwrap_or_default().to_vec(),
+                outcome: Recorded::Applied(at),
+            });
+        }
+        self.refusals
+            .get(key)
+            .map(|(fingerprint, refusal)| KeyRecord {
+                request_fingerprint: fingerprint.clone(),
+                outcome: Recorded::Refused(*refusal),
+            })
+    }
+
+    /// The `Use` made under `key`, once inserted.
+    fn use_of(&self, key: &str) -> Result<Option<TransactionRow>, StoreError> {
+        match self.by_key.get(key) {
+            Some(&at) => {
+                let row = self.row(at)?;
+                Ok((row.kind == TransactionKind::Use.as_str()).then_some(row))
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -226,71 +525,6 @@ async fn lock_wallet(
         .execute(conn)
         .await?;
     Ok(Some(locked().first::<i64>(conn).await?))
-}
-
-/// What the user's key already holds: an applied movement, or a recorded refusal.
-async fn find_key(
-    conn: &mut AsyncPgConnection,
-    user_id: i64,
-    key: &IdempotencyKey,
-) -> Result<Option<KeyRecord<TransactionRow>>, StoreError> {
-    let applied = wallet_transactions::table
-        .filter(wallet_transactions::user_id.eq(user_id))
-        .filter(wallet_transactions::idempotency_key.eq(key.as_str()))
-        .select(TransactionRow::as_select())
-        .first(conn)
-        .await
-        .optional()?;
-    if let Some(row) = applied {
-        return Ok(Some(KeyRecord {
-            request_fingerprint: row.request_hash.clone(),
-            outcome: Recorded::Applied(row),
-        }));
-    }
-    let refused = wallet_refusals::table
-        .find((user_id, key.as_str()))
-        .select((wallet_refusals::request_hash, wallet_refusals::reason))
-        .first::<(Vec<u8>, String)>(conn)
-        .await
-        .optional()?;
-    refused
-        .map(|(request_fingerprint, reason)| {
-            let refusal = parse_refusal(&reason)
-                .ok_or_else(|| StoreError::Internal(format!("unknown refusal {reason:?}")))?;
-            Ok(KeyRecord {
-                request_fingerprint,
-                outcome: Recorded::Refused(refusal),
-            })
-        })
-        .transpose()
-}
-
-async fn find_use(
-    conn: &mut AsyncPgConnection,
-    user_id: i64,
-    use_key: &IdempotencyKey,
-) -> Result<Option<TransactionRow>, StoreError> {
-    Ok(wallet_transactions::table
-        .filter(wallet_transactions::user_id.eq(user_id))
-        .filter(wallet_transactions::idempotency_key.eq(use_key.as_str()))
-        .filter(wallet_transactions::kind.eq(TransactionKind::Use.as_str()))
-        .select(TransactionRow::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
-/// The refund already made of the `Use` with this id, under whatever key.
-async fn find_refund_of(
-    conn: &mut AsyncPgConnection,
-    use_id: i64,
-) -> Result<Option<TransactionRow>, StoreError> {
-    Ok(wallet_transactions::table
-        .filter(wallet_transactions::refund_of.eq(use_id))
-        .select(TransactionRow::as_select())
-        .first(conn)
-        .await
-        .optional()?)
 }
 
 fn refusal_name(refusal: Refusal) -> &'static str {
