@@ -55,6 +55,18 @@ pub struct Config {
     )]
     pub metrics_addr: std::option::Option<SocketAddr>,
 
+    /// Most movements of one user applied in one transaction: while one user's transaction
+    /// runs, their next requests queue and go together in the next. 1 gives every movement a
+    /// transaction of its own.
+    #[arg(
+        long,
+        global = true,
+        env = "WALLET_MAX_BATCH",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub max_batch: u16,
+
     /// On SIGTERM, how long calls in flight may take to finish.
     #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

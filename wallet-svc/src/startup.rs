@@ -59,7 +59,7 @@ impl Application {
             None => None,
         };
 
-        let wallets = Wallets::new(Store::new(pool.clone()));
+        let wallets = Wallets::new(Store::new(pool.clone()), usize::from(config.max_batch));
         let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
         Ok(Self {

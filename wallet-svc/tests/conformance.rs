@@ -235,13 +235,15 @@ async fn run_both(
                 (Outcome::Refused(expected), MovementOutcome::Refused(actual)) => {
                     expected == *actual
                 }
-                (
-                    Outcome::Rejected,
-                    MovementOutcome::KeyReused | MovementOutcome::UnknownUse,
-                ) => true,
+                (Outcome::Rejected, MovementOutcome::KeyReused | MovementOutcome::UnknownUse) => {
+                    true
+                }
                 _ => false,
             };
-            prop_assert!(same, "{step:?}: the model says {expected:?}, the store {actual:?}");
+            prop_assert!(
+                same,
+                "{step:?}: the model says {expected:?}, the store {actual:?}"
+            );
         }
     }
     Ok((model_rows(&model), stored_rows(pool, user_id).await))

@@ -2,7 +2,10 @@
 //! [`protocol::wallet::decide`]; this layer names the operations, fingerprints requests and keeps
 //! database work running to its end even when the caller goes away.
 
+mod batching;
 mod types;
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -94,11 +97,18 @@ impl From<StoreError> for WalletError {
 #[derive(Debug, Clone)]
 pub struct Wallets {
     store: Store,
+    /// Coalesces concurrent movements of one user into one transaction; `None` gives each
+    /// movement a transaction of its own.
+    batcher: Option<Arc<batching::Batcher>>,
 }
 
 impl Wallets {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// `max_batch` bounds how many movements of one user share a transaction; 1 turns
+    /// batching off.
+    pub fn new(store: Store, max_batch: usize) -> Self {
+        let batcher =
+            (max_batch > 1).then(|| Arc::new(batching::Batcher::new(store.clone(), max_batch)));
+        Self { store, batcher }
     }
 
     /// The user's balance; 0 for a user never seen.
@@ -114,12 +124,18 @@ impl Wallets {
             user_id = movement.user_id.get(),
             idempotency_key = movement.key.as_str(),
         );
-        // In a task of its own, the transaction commits or rolls back on its own terms even if
-        // the caller cancels its call; a dropped future would leave that to the pool.
-        let applying = async move { store.apply_movement(&movement).await };
-        let outcome = tokio::spawn(tracing::Instrument::instrument(applying, span))
-            .await
-            .map_err(|join_error| WalletError::Internal(join_error.to_string()))??;
+        let outcome = match &self.batcher {
+            Some(batcher) => tracing::Instrument::instrument(batcher.apply(movement), span).await?,
+            None => {
+                // In a task of its own, the transaction commits or rolls back on its own terms
+                // even if the caller cancels its call; a dropped future would leave that to the
+                // pool.
+                let applying = async move { store.apply_movement(&movement).await };
+                tokio::spawn(tracing::Instrument::instrument(applying, span))
+                    .await
+                    .map_err(|join_error| WalletError::Internal(join_error.to_string()))??
+            }
+        };
         match outcome {
             MovementOutcome::Applied(transaction) | MovementOutcome::Replayed(transaction) => {
                 Ok(transaction)

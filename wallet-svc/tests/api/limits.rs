@@ -40,21 +40,29 @@ async fn calls_beyond_the_concurrency_limit_are_refused_at_once_and_the_admitted
         config.metrics_addr = Some("127.0.0.1:0".parse().expect("address"));
     })
     .await;
-    app.charge(1, 100, "initial").await.expect("charge");
+    // One user for each admitted call: two calls of one user would share a transaction.
+    let users: Vec<i64> = (1..=i64::try_from(LIMIT).expect("small")).collect();
+    for &user in &users {
+        app.charge(user, 100, "initial").await.expect("charge");
+    }
     let refused_before = uses_answered(&app, "RESOURCE_EXHAUSTED").await;
 
-    // Two uses take both places and wait for the wallet's row lock.
-    let mut blocker = app.lock_wallet(1).await;
-    let admitted: Vec<_> = (0..LIMIT)
-        .map(|i| {
+    // Two uses take both places and wait for their wallets' row locks.
+    let mut blockers = Vec::new();
+    for &user in &users {
+        blockers.push(app.lock_wallet(user).await);
+    }
+    let admitted: Vec<_> = users
+        .iter()
+        .map(|&user| {
             let app_client = app.client();
             tokio::spawn(async move {
                 let mut client = app_client;
                 client
                     .r#use(shared::proto::wallet::v1::UseRequest {
-                        user_id: 1,
+                        user_id: user,
                         amount: 10,
-                        idempotency_key: format!("admitted-{i}"),
+                        idempotency_key: format!("admitted-{user}"),
                         reference: String::new(),
                     })
                     .await
@@ -88,17 +96,21 @@ async fn calls_beyond_the_concurrency_limit_are_refused_at_once_and_the_admitted
         "the admitted calls still wait for the lock"
     );
 
-    blocker.batch_execute("COMMIT").await.expect("release");
+    for blocker in &mut blockers {
+        blocker.batch_execute("COMMIT").await.expect("release");
+    }
     for call in admitted {
         call.await
             .expect("task")
             .expect("an admitted call completes");
     }
-    assert_eq!(app.balance(1).await, 100 - 10 * 2, "only the admitted uses");
+    for &user in &users {
+        assert_eq!(app.balance(user).await, 100 - 10, "only the admitted use");
+        app.assert_ledger_matches_balance(user).await;
+    }
     app.use_points(1, 10, "after-the-rush")
         .await
         .expect("the places are given back");
-    app.assert_ledger_matches_balance(1).await;
     assert!(uses_answered(&app, "RESOURCE_EXHAUSTED").await >= refused_before + 8.0);
 }
 

@@ -1,5 +1,6 @@
 //! wallet-svc over a real socket, against a real Postgres.
 
+mod batching;
 mod cancellation;
 mod concurrency;
 mod helpers;
