@@ -57,13 +57,13 @@ pub struct Config {
 
     /// Most movements of one user applied in one transaction: while one user's transaction
     /// runs, their next requests queue and go together in the next. 1 gives every movement a
-    /// transaction of its own.
+    /// transaction of its own. At most 1024.
     #[arg(
         long,
         global = true,
         env = "WALLET_MAX_BATCH",
         default_value_t = 64,
-        value_parser = clap::value_parser!(u16).range(1..)
+        value_parser = clap::value_parser!(u16).range(1..=1024)
     )]
     pub max_batch: u16,
 

@@ -59,7 +59,14 @@ impl Application {
             None => None,
         };
 
-        let wallets = Wallets::new(Store::new(pool.clone()), usize::from(config.max_batch));
+        // A batch may wait for the row lock and then run its statements; past that, its callers
+        // have had their answer from the RPC timeout anyway.
+        let batch_deadline = config.db.db_lock_timeout + 2 * config.db.db_statement_timeout;
+        let wallets = Wallets::new(
+            Store::new(pool.clone()),
+            usize::from(config.max_batch),
+            batch_deadline,
+        );
         let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
         Ok(Self {

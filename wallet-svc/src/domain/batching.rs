@@ -8,10 +8,11 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 use super::{MoneyMovement, UserId};
 use crate::store::{MovementOutcome, Store, StoreError};
@@ -19,51 +20,70 @@ use crate::store::{MovementOutcome, Store, StoreError};
 /// Sizes of the batches applied, as a histogram.
 pub const BATCH_SIZE: &str = "ticketing_wallet_batch_size";
 
-type Answer = Result<MovementOutcome, StoreError>;
+/// How many batches' worth of requests may queue behind a user's transaction before more are
+/// refused at once (the database is not keeping up; a client retries with its key).
+const QUEUED_BATCHES: usize = 4;
+
+type Outcome = Result<MovementOutcome, StoreError>;
 
 /// A request waiting for its batch.
 struct Waiting {
     movement: MoneyMovement,
-    answer: oneshot::Sender<Answer>,
+    outcome_tx: oneshot::Sender<Outcome>,
+    /// The caller's span, which the batch's span follows from.
+    span: Span,
 }
 
-#[derive(Debug)]
 pub struct Batcher {
     store: Store,
     max_batch: usize,
+    /// Longest a batch's transaction may take; past it, its callers hear `UNAVAILABLE`.
+    deadline: Duration,
     /// For each user with a transaction in flight, the requests queued behind it.
     queues: Mutex<HashMap<i64, VecDeque<Waiting>>>,
 }
 
-impl std::fmt::Debug for Waiting {
+impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiting")
-            .field("key", &self.movement.key)
+        f.debug_struct("Batcher")
+            .field("max_batch", &self.max_batch)
+            .field("deadline", &self.deadline)
+            .field("users_in_flight", &self.queues().len())
             .finish_non_exhaustive()
     }
 }
 
 impl Batcher {
-    pub fn new(store: Store, max_batch: usize) -> Self {
+    pub fn new(store: Store, max_batch: usize, deadline: Duration) -> Self {
         metrics::describe_histogram!(
             BATCH_SIZE,
             "Movements of one user applied in one transaction"
         );
         Self {
             store,
-            max_batch: max_batch.max(1),
+            max_batch,
+            deadline,
             queues: Mutex::new(HashMap::new()),
         }
     }
 
     /// Applies `movement` in the next transaction of its user: at once if none is in flight,
     /// else after it, with whatever else queued.
-    pub async fn apply(self: &Arc<Self>, movement: MoneyMovement) -> Answer {
+    pub async fn apply(self: &Arc<Self>, movement: MoneyMovement) -> Outcome {
         let user_id = movement.user_id;
-        let (answer, answered) = oneshot::channel();
-        let waiting = Waiting { movement, answer };
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let waiting = Waiting {
+            movement,
+            outcome_tx,
+            span: Span::current(),
+        };
         let leads = match self.queues().entry(user_id.get()) {
             Entry::Occupied(mut queue) => {
+                if queue.get().len() >= self.max_batch * QUEUED_BATCHES {
+                    return Err(StoreError::Unavailable(
+                        "too many requests of this user are waiting for the database".to_owned(),
+                    ));
+                }
                 queue.get_mut().push_back(waiting);
                 None
             }
@@ -73,88 +93,126 @@ impl Batcher {
             }
         };
         if let Some(first) = leads {
+            // The guard exists before the task: should the task never run, the queue goes too.
+            let leading = Leading {
+                batcher: Arc::clone(self),
+                user_id,
+                armed: true,
+            };
             // A task of its own: the batch, and every answer in it, does not depend on this
             // caller staying.
-            let batcher = Arc::clone(self);
-            tokio::spawn(async move { batcher.drive(user_id, first).await }.in_current_span());
+            tokio::spawn(leading.drive(first));
         }
-        answered.await.unwrap_or_else(|_| {
+        outcome_rx.await.unwrap_or_else(|_| {
             Err(StoreError::Internal(
                 "the batch ended without an answer".to_owned(),
             ))
         })
     }
 
-    /// Applies batches of `user_id` until nothing more is queued for it.
-    async fn drive(&self, user_id: UserId, first: Waiting) {
-        // Should a batch panic, its queue goes too (its waiters hear of it), so the user's
-        // next request starts afresh instead of queueing behind nobody.
-        let mut leading = Leading {
-            batcher: self,
-            user_id: user_id.get(),
-            armed: true,
+    fn queues(&self) -> MutexGuard<'_, HashMap<i64, VecDeque<Waiting>>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the next batch of `user_id` from its queue, leaving out callers that left (their
+    /// movement never reached the database; a retry with the key decides it). Empty when
+    /// nothing is queued, and then the queue is gone: the next request leads anew.
+    fn next_batch(&self, user_id: i64) -> Vec<Waiting> {
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(&user_id) else {
+            return Vec::new();
         };
-        let mut batch = vec![first];
-        loop {
-            let movements: Vec<MoneyMovement> = batch
-                .iter()
-                .map(|waiting| waiting.movement.clone())
-                .collect();
-            metrics::histogram!(BATCH_SIZE).record(movements.len() as f64);
-            let span = tracing::info_span!(
-                "apply_batch",
-                user_id = user_id.get(),
-                size = movements.len()
-            );
-            let applied = self
-                .store
-                .apply_movements(user_id, &movements)
-                .instrument(span)
-                .await;
-            match applied {
-                Ok(outcomes) => {
-                    for (waiting, outcome) in batch.drain(..).zip(outcomes) {
-                        // A caller that left does not take its answer: nothing to do.
-                        let _ = waiting.answer.send(Ok(outcome));
-                    }
-                }
-                Err(error) => {
-                    for waiting in batch.drain(..) {
-                        let _ = waiting.answer.send(Err(error.clone()));
-                    }
+        let mut batch = Vec::new();
+        while batch.len() < self.max_batch {
+            match queue.pop_front() {
+                Some(waiting) if waiting.outcome_tx.is_closed() => {}
+                Some(waiting) => batch.push(waiting),
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            queues.remove(&user_id);
+        }
+        batch
+    }
+
+    /// Applies one batch and answers each of its callers.
+    async fn apply_batch(&self, user_id: UserId, batch: Vec<Waiting>) {
+        metrics::histogram!(BATCH_SIZE).record(batch.len() as f64);
+        let span = tracing::info_span!(
+            parent: None,
+            "apply_batch",
+            user_id = user_id.get(),
+            size = batch.len()
+        );
+        for waiting in &batch {
+            span.follows_from(&waiting.span);
+        }
+        let movements: Vec<MoneyMovement> = batch
+            .iter()
+            .map(|waiting| waiting.movement.clone())
+            .collect();
+        let applied = tokio::time::timeout(
+            self.deadline,
+            self.store.apply_movements(user_id, &movements),
+        )
+        .instrument(span.clone())
+        .await;
+        let outcomes = match applied {
+            Ok(Ok(outcomes)) if outcomes.len() == batch.len() => Ok(outcomes),
+            Ok(Ok(outcomes)) => Err(StoreError::Internal(format!(
+                "{} answers to a batch of {}",
+                outcomes.len(),
+                batch.len()
+            ))),
+            Ok(Err(error)) => Err(error),
+            // The transaction is dropped unfinished; the pool discards its connection, and
+            // Postgres rolls it back.
+            Err(_elapsed) => Err(StoreError::Unavailable(format!(
+                "the database did not answer within {:?}",
+                self.deadline
+            ))),
+        };
+        match outcomes {
+            Ok(outcomes) => {
+                for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                    // A caller that left does not take its answer: nothing to do.
+                    let _ = waiting.outcome_tx.send(Ok(outcome));
                 }
             }
-            let mut queues = self.queues();
-            match queues.get_mut(&user_id.get()) {
-                Some(queue) if !queue.is_empty() => {
-                    let take = queue.len().min(self.max_batch);
-                    batch.extend(queue.drain(..take));
-                }
-                _ => {
-                    queues.remove(&user_id.get());
-                    leading.armed = false;
-                    return;
+            Err(error) => {
+                span.in_scope(|| tracing::warn!(%error, "batch failed"));
+                for waiting in batch {
+                    let _ = waiting.outcome_tx.send(Err(error.clone()));
                 }
             }
         }
     }
-
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<i64, VecDeque<Waiting>>> {
-        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
-/// Removes a user's queue if its batches stop without doing so themselves.
-struct Leading<'a> {
-    batcher: &'a Batcher,
-    user_id: i64,
+/// The task applying a user's batches; should it stop without taking the queue away itself
+/// (a panic, a runtime shutting down), its drop does, and the waiters hear of it.
+struct Leading {
+    batcher: Arc<Batcher>,
+    user_id: UserId,
     armed: bool,
 }
 
-impl Drop for Leading<'_> {
+impl Leading {
+    async fn drive(mut self, first: Waiting) {
+        let mut batch = vec![first];
+        while !batch.is_empty() {
+            self.batcher.apply_batch(self.user_id, batch).await;
+            batch = self.batcher.next_batch(self.user_id.get());
+        }
+        self.armed = false;
+    }
+}
+
+impl Drop for Leading {
     fn drop(&mut self) {
         if self.armed {
-            self.batcher.queues().remove(&self.user_id);
+            self.batcher.queues().remove(&self.user_id.get());
         }
     }
 }

@@ -103,11 +103,16 @@ pub struct Wallets {
 }
 
 impl Wallets {
-    /// `max_batch` bounds how many movements of one user share a transaction; 1 turns
-    /// batching off.
-    pub fn new(store: Store, max_batch: usize) -> Self {
-        let batcher =
-            (max_batch > 1).then(|| Arc::new(batching::Batcher::new(store.clone(), max_batch)));
+    /// `max_batch` bounds how many movements of one user share a transaction (1 turns
+    /// batching off); a batch's transaction may take up to `batch_deadline`.
+    pub fn new(store: Store, max_batch: usize, batch_deadline: std::time::Duration) -> Self {
+        let batcher = (max_batch > 1).then(|| {
+            Arc::new(batching::Batcher::new(
+                store.clone(),
+                max_batch,
+                batch_deadline,
+            ))
+        });
         Self { store, batcher }
     }
 

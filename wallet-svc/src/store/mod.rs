@@ -1,5 +1,6 @@
-//! Postgres access: each money movement is one transaction that locks the user's wallet row,
-//! reads what its key already holds, asks [`protocol::wallet::decide`], and applies the answer.
+//! Postgres access: a batch of one user's money movements (often just one) is one transaction
+//! that locks the user's wallet row, reads what their keys already hold, asks
+//! [`protocol::wallet::decide`] about each movement in turn, and applies the answers.
 
 mod models;
 pub mod schema;
@@ -143,8 +144,9 @@ enum Ledger {
 /// What this batch knows of the user's keys: what the database held, and what the batch wrote.
 #[derive(Default)]
 struct Keys {
-    /// Ledger rows read, then rows this batch inserted, by key.
+    /// Ledger rows read from the database.
     rows: Vec<TransactionRow>,
+    /// Where each key's ledger row is.
     by_key: HashMap<String, Ledger>,
     refusals: HashMap<String, (Vec<u8>, Refusal)>,
     /// The refund of each `Use` (by its id) already made.
@@ -153,6 +155,8 @@ struct Keys {
     pending: Vec<(NewRow, Option<i64>)>,
     /// The rows of `pending` once inserted.
     inserted: Vec<TransactionRow>,
+    /// Keys refused by this batch, to record (their fingerprint and refusal are in `refusals`).
+    new_refusals: Vec<String>,
 }
 
 /// A ledger row to insert.
@@ -173,7 +177,7 @@ enum Answer {
 }
 
 /// Applies `batch` (movements of one user, in order, with their fingerprints) in one
-/// transaction: one lock of the wallet row, the keys read in two queries, each movement decided
+/// transaction: one lock of the wallet row, the keys read in a few queries, each movement decided
 /// in turn on the running balance (a later one sees what an earlier one did: its key, its
 /// debit), the new ledger rows written in one insert, the balance once.
 async fn apply_batch(
@@ -202,7 +206,8 @@ async fn apply_batch(
         answers.push(answer);
     }
     flush(conn, user_id, &mut keys).await?;
-    if locked.is_some_and(|before| before != balance) {
+    record_refusals(conn, user_id, &keys).await?;
+    if locked.is_some_and(|before| before != balance || !keys.pending.is_empty()) {
         let updated = diesel::update(wallets::table.find(user_id))
             .set((
                 wallets::balance.eq(balance),
@@ -268,7 +273,7 @@ async fn decide_one(
             }
         }
     };
-    let prior = keys.prior(movement.key.as_str());
+    let prior = keys.prior(movement.key.as_str())?;
     Ok(
         match protocol::wallet::decide(*balance, prior, fingerprint, request) {
             Decision::Apply {
@@ -297,19 +302,12 @@ async fn decide_one(
                 Answer::Applied(written)
             }
             Decision::Refuse(refusal) => {
-                diesel::insert_into(wallet_refusals::table)
-                    .values(NewRefusal {
-                        user_id,
-                        idempotency_key: movement.key.as_str(),
-                        request_hash: fingerprint,
-                        reason: refusal_name(refusal),
-                    })
-                    .execute(conn)
-                    .await?;
+                // Written with the batch's other refusals, before it commits.
                 keys.refusals.insert(
                     movement.key.as_str().to_owned(),
                     (fingerprint.to_vec(), refusal),
                 );
+                keys.new_refusals.push(movement.key.as_str().to_owned());
                 Answer::Ready(MovementOutcome::Refused(refusal))
             }
             Decision::Replay(at) => Answer::Replayed(at),
@@ -383,6 +381,34 @@ async fn load_keys(
     Ok(keys)
 }
 
+/// Records the batch's refusals under their keys, in one statement.
+async fn record_refusals(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    keys: &Keys,
+) -> Result<(), StoreError> {
+    let mut values = Vec::with_capacity(keys.new_refusals.len());
+    for key in &keys.new_refusals {
+        let (fingerprint, refusal) = keys
+            .refusals
+            .get(key)
+            .ok_or_else(|| StoreError::Internal(format!("refusal of {key:?} lost")))?;
+        values.push(NewRefusal {
+            user_id,
+            idempotency_key: key,
+            request_hash: fingerprint,
+            reason: refusal_name(*refusal),
+        });
+    }
+    if !values.is_empty() {
+        diesel::insert_into(wallet_refusals::table)
+            .values(values)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Inserts the rows the batch has decided so far, in one statement.
 async fn flush(
     conn: &mut AsyncPgConnection,
@@ -418,13 +444,10 @@ async fn flush(
             .collect();
     // Matched by key (unique per user), not by the order rows come back in.
     for at in first..keys.pending.len() {
-        let (new, refund_of) = &keys.pending[at];
+        let (new, _) = &keys.pending[at];
         let row = inserted.remove(&new.key).ok_or_else(|| {
             StoreError::Internal(format!("ledger row {:?} not returned", new.key))
         })?;
-        if let Some(used) = refund_of {
-            keys.refunds.insert(*used, Ledger::New(at));
-        }
         keys.inserted.push(row);
     }
     Ok(())
@@ -471,19 +494,23 @@ impl Keys {
     }
 
     /// What `key` already holds: a ledger row, or a recorded refusal.
-    fn prior(&self, key: &str) -> Option<KeyRecord<Ledger>> {
+    fn prior(&self, key: &str) -> Result<Option<KeyRecord<Ledger>>, StoreError> {
         if let Some(&at) = self.by_key.get(key) {
-            return Some(KeyRecord {
-                request_fingerprint: self.fingerprint(at).unwrap_or_default().to_vec(),
+            let fingerprint = self
+                .fingerprint(at)
+                .ok_or_else(|| StoreError::Internal(format!("ledger row {at:?} missing")))?;
+            return Ok(Some(KeyRecord {
+                request_fingerprint: fingerprint.to_vec(),
                 outcome: Recorded::Applied(at),
-            });
+            }));
         }
-        self.refusals
+        Ok(self
+            .refusals
             .get(key)
             .map(|(fingerprint, refusal)| KeyRecord {
                 request_fingerprint: fingerprint.clone(),
                 outcome: Recorded::Refused(*refusal),
-            })
+            }))
     }
 
     /// The `Use` made under `key`, once inserted.

@@ -223,3 +223,32 @@ async fn requests_queued_behind_a_users_transaction_wait_in_the_process_not_on_t
     assert_eq!(app.balance(1).await, 0);
     app.assert_ledger_matches_balance(1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_fails_answers_every_request_unavailable_and_writes_nothing() {
+    let app = spawn_app_with(|config| {
+        config.db.db_lock_timeout = Duration::from_millis(300);
+    })
+    .await;
+    app.charge(1, 100, "start").await.expect("charge");
+    let written = app.rows_written().await;
+
+    // The row lock outlasts the lock timeout: every transaction of the user fails.
+    let mut blocker = app.lock_wallet(1).await;
+    let uses = (0..10).map(|i| {
+        let app = &app;
+        async move { app.use_points(1, 10, &format!("failed-{i}")).await }
+    });
+    for answer in join_all(uses).await {
+        let status = answer.expect_err("the wallet is locked");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert_eq!(app.rows_written().await, written, "nothing written");
+
+    blocker.batch_execute("COMMIT").await.expect("release");
+    app.use_points(1, 10, "failed-0")
+        .await
+        .expect("the same key, now applied");
+    assert_eq!(app.balance(1).await, 90);
+    app.assert_ledger_matches_balance(1).await;
+}
