@@ -582,6 +582,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
          wallet `Use` across two services; its latency is that of a hold + pay pair."
             .to_owned(),
     );
+    notes.push(format!(
+        "Each service runs at most `DB_POOL_SIZE` (default 16) transactions at once and queues \
+         the other calls for a connection; the pgbench baselines keep all {CLIENTS} connections \
+         in Postgres, where on one hot row they all wait on its lock."
+    ));
 
     // Memory: the high-water mark of each service over the whole run.
     let mut service_peak_rss_kib = BTreeMap::new();
