@@ -135,6 +135,21 @@ pub async fn xact_commit(admin_url: &str, database: &str) -> anyhow::Result<u64>
         .with_context(|| format!("xact_commit of {database}: {value:?}"))
 }
 
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` says: other work on the machine
+/// shows here.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |loadavg| {
+            loadavg
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
+}
+
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -179,7 +194,6 @@ impl Machine {
         Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(0, usize::from),
-            #[allow(clippy::cast_precision_loss)]
             memory_gib: memory_kib as f64 / 1024.0 / 1024.0,
             kernel,
             postgres,

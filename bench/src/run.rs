@@ -122,6 +122,10 @@ impl Sizes {
 
 /// Clients of the wallet, distinct-seat and payment scenarios, and of their baselines.
 const CLIENTS: usize = 64;
+/// Connections of the pgbench baselines: as many as each service's pool (`DB_POOL_SIZE`), so
+/// that Postgres runs as many of their transactions at once as of the service's (and the
+/// shared server's `max_connections` of 100 has room for them next to the services).
+const PGBENCH_CLIENTS: usize = 16;
 /// Clients of the stampede and of the health checks it is compared with.
 const STAMPEDE_CLIENTS: usize = 1_000;
 
@@ -132,6 +136,7 @@ pub fn run_id() -> String {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let load_before = probe::load_average();
     let sizes = Sizes::scaled(args.scale);
     let run_id = run_id();
     let work_dir = args.work_dir.join(&run_id);
@@ -218,14 +223,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         database_url: &args.wallet_database_url,
         script_name: "wallet_use.sql",
         script: baseline::WALLET_USE_SQL,
-        clients: CLIENTS,
-        transactions_per_client: sizes.hot_uses.div_ceil(CLIENTS as u64),
+        clients: PGBENCH_CLIENTS,
+        transactions_per_client: sizes.hot_uses.div_ceil(PGBENCH_CLIENTS as u64),
         variables: vec![
             ("first_user", RAW_HOT_USER.to_string()),
             ("users", "1".to_owned()),
             (
                 "per_client",
-                sizes.hot_uses.div_ceil(CLIENTS as u64).to_string(),
+                sizes.hot_uses.div_ceil(PGBENCH_CLIENTS as u64).to_string(),
             ),
             ("n", "0".to_owned()),
         ],
@@ -274,14 +279,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         database_url: &args.wallet_database_url,
         script_name: "wallet_use.sql",
         script: baseline::WALLET_USE_SQL,
-        clients: CLIENTS,
-        transactions_per_client: sizes.spread_uses.div_ceil(CLIENTS as u64),
+        clients: PGBENCH_CLIENTS,
+        transactions_per_client: sizes.spread_uses.div_ceil(PGBENCH_CLIENTS as u64),
         variables: vec![
             ("first_user", RAW_SPREAD_FIRST_USER.to_string()),
             ("users", sizes.spread_users.to_string()),
             (
                 "per_client",
-                sizes.spread_uses.div_ceil(CLIENTS as u64).to_string(),
+                sizes
+                    .spread_uses
+                    .div_ceil(PGBENCH_CLIENTS as u64)
+                    .to_string(),
             ),
             ("n", "0".to_owned()),
         ],
@@ -513,14 +521,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         database_url: &args.reservation_database_url,
         script_name: "hold_seat.sql",
         script: baseline::HOLD_SEAT_SQL,
-        clients: CLIENTS,
-        transactions_per_client: sizes.distinct_holds / CLIENTS as u64,
+        clients: PGBENCH_CLIENTS,
+        transactions_per_client: sizes.distinct_holds / PGBENCH_CLIENTS as u64,
         variables: vec![
             ("schedule_id", raw_schedule.clone()),
             ("seat_count", sizes.seats.to_string()),
             (
                 "per_client",
-                (sizes.distinct_holds / CLIENTS as u64).to_string(),
+                (sizes.distinct_holds / PGBENCH_CLIENTS as u64).to_string(),
             ),
             ("n", "0".to_owned()),
         ],
@@ -584,8 +592,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     notes.push(format!(
         "Each service runs at most `DB_POOL_SIZE` (default 16) transactions at once and queues \
-         the other calls for a connection; the pgbench baselines keep all {CLIENTS} connections \
-         in Postgres, where on one hot row they all wait on its lock."
+         the other calls for a connection; the pgbench baselines run {PGBENCH_CLIENTS} \
+         connections, each with one transaction at a time."
     ));
 
     // Memory: the high-water mark of each service over the whole run.
@@ -609,7 +617,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
          payments {} (1,000 users charged first, not timed); clients {} (stampede and health \
          {}), {} HTTP/2 connections to each service. Latencies are per call, in an HDR \
          histogram of microseconds. The pgbench baselines use prepared statements, {} \
-         connections and 2 threads, and run the statements in bench/sql/.",
+         connections and 2 threads, and run the statements in bench/sql/. Load average of \
+         the machine: {} before the run, {} at its end.",
         args.scale,
         thousands(sizes.health),
         thousands(sizes.hot_uses),
@@ -620,7 +629,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         CLIENTS,
         thousands(STAMPEDE_CLIENTS as u64),
         args.connections,
-        CLIENTS,
+        PGBENCH_CLIENTS,
+        load_before,
+        probe::load_average(),
     ));
 
     let report = Report {
