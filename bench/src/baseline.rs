@@ -41,7 +41,8 @@ pub struct Pgbench<'a> {
     pub script: &'a str,
     pub clients: usize,
     pub transactions_per_client: u64,
-    /// `-D name=value` variables of the script.
+    /// `-D name=value` variables of the script, besides `per_client` (the transactions of
+    /// each client) and `n=0` (the start of the per-client counter), which every run defines.
     pub variables: Vec<(&'a str, String)>,
     /// Where the script and the transaction logs go.
     pub work_dir: &'a Path,
@@ -70,6 +71,11 @@ impl Pgbench<'_> {
                 .iter()
                 .map(|(name, value)| format!("--define={name}={value}")),
         );
+        args.push(format!(
+            "--define=per_client={}",
+            self.transactions_per_client
+        ));
+        args.push("--define=n=0".to_owned());
         args.push(self.database_url.to_owned());
 
         let spinner = spinner(self.name);

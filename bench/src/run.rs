@@ -228,11 +228,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         variables: vec![
             ("first_user", RAW_HOT_USER.to_string()),
             ("users", "1".to_owned()),
-            (
-                "per_client",
-                sizes.hot_uses.div_ceil(PGBENCH_CLIENTS as u64).to_string(),
-            ),
-            ("n", "0".to_owned()),
         ],
         work_dir: &work_dir,
     }
@@ -284,14 +279,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         variables: vec![
             ("first_user", RAW_SPREAD_FIRST_USER.to_string()),
             ("users", sizes.spread_users.to_string()),
-            (
-                "per_client",
-                sizes
-                    .spread_uses
-                    .div_ceil(PGBENCH_CLIENTS as u64)
-                    .to_string(),
-            ),
-            ("n", "0".to_owned()),
         ],
         work_dir: &work_dir,
     }
@@ -526,11 +513,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         variables: vec![
             ("schedule_id", raw_schedule.clone()),
             ("seat_count", sizes.seats.to_string()),
-            (
-                "per_client",
-                (sizes.distinct_holds / PGBENCH_CLIENTS as u64).to_string(),
-            ),
-            ("n", "0".to_owned()),
         ],
         work_dir: &work_dir,
     }
