@@ -1,0 +1,145 @@
+//! Load generator of both services. `run` is what `scripts/bench.sh` calls once the services
+//! are up: every scenario, the raw baselines (pgbench, redis-benchmark) in the same run, and
+//! the report. `stampede` and `payments` load running services by hand, over one replica or
+//! several.
+
+mod baseline;
+mod load;
+mod probe;
+mod report;
+mod run;
+mod scenarios;
+
+use clap::{Parser, Subcommand};
+
+use crate::load::{Measured, OK};
+use crate::report::{Scenario, latency, thousands};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Load generator of the ticketing services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every scenario and raw baseline, then the report (what scripts/bench.sh runs).
+    Run(run::RunArgs),
+    /// Many clients holding one seat of a fresh schedule at once.
+    Stampede(StampedeArgs),
+    /// Holds and pays distinct seats, with users charged through the wallet first.
+    Payments(PaymentsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StampedeArgs {
+    /// A reservation-svc to send holds to; repeat for several replicas (clients alternate).
+    #[arg(long = "addr", default_value = "http://127.0.0.1:50051")]
+    addrs: Vec<String>,
+    /// HoldSeat calls in all.
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 1_000)]
+    concurrency: usize,
+    /// HTTP/2 connections per server.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct PaymentsArgs {
+    /// A reservation-svc; repeat for several replicas (clients alternate).
+    #[arg(long = "addr", default_value = "http://127.0.0.1:50051")]
+    addrs: Vec<String>,
+    /// wallet-svc, to give the users their points.
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    wallet: String,
+    /// Seats to hold and pay, one each.
+    #[arg(long, default_value_t = 5_000)]
+    seats: u64,
+    /// Users paying (separate wallet rows, so they do not queue on one lock).
+    #[arg(long, default_value_t = 1_000)]
+    users: u64,
+    /// The first user's id; the users are `first_user..first_user + users`.
+    #[arg(long, default_value_t = 1)]
+    first_user: i64,
+    /// Hold + pay pairs in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections per server.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run::run(args).await,
+        Command::Stampede(args) => {
+            let reservation = scenarios::connect(&args.addrs, args.connections).await?;
+            let (measured, _) =
+                scenarios::stampede(&reservation, args.requests, args.concurrency).await?;
+            print_summary(&Scenario::new(
+                "stampede",
+                "holds of one seat",
+                &measured,
+                args.concurrency,
+                args.connections,
+                None,
+                "req/s",
+                None,
+            ));
+            Ok(())
+        }
+        Command::Payments(args) => {
+            let reservation = scenarios::connect(&args.addrs, args.connections).await?;
+            let wallet = scenarios::connect(&[args.wallet], args.connections).await?;
+            let measured: Measured = scenarios::payments(
+                &reservation,
+                &wallet,
+                args.seats,
+                args.concurrency,
+                args.first_user,
+                args.users,
+                &run::run_id(),
+            )
+            .await?;
+            print_summary(&Scenario::new(
+                "payments",
+                "seats held and paid",
+                &measured,
+                args.concurrency,
+                args.connections,
+                Some(&[OK]),
+                "paid/s",
+                Some(&[OK]),
+            ));
+            Ok(())
+        }
+    }
+}
+
+fn print_summary(scenario: &Scenario) {
+    let outcomes = scenario
+        .outcomes
+        .iter()
+        .map(|(outcome, count)| format!("{outcome} {}", thousands(*count)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "{}: {} calls from {} clients in {:.2} s: {} {}; p50 {}, p99 {}, max {} ({outcomes})",
+        scenario.name,
+        thousands(scenario.requests),
+        scenario.clients,
+        scenario.elapsed_s,
+        thousands(scenario.rate.round() as u64),
+        scenario.rate_unit,
+        latency(scenario.p50_us),
+        latency(scenario.p99_us),
+        latency(scenario.max_us),
+    );
+}

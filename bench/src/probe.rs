@@ -1,0 +1,215 @@
+//! What the harness reads beside its own requests: the services' memory, their Prometheus
+//! counters, Postgres statistics, and the machine it runs on.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+
+/// A service process the harness watches.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    pub name: &'static str,
+    pub pid: u32,
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().trim_end_matches("kB").trim().parse().ok()
+    })
+}
+
+/// Samples `VmRSS` of the watched processes every 50 ms and keeps the highest value of each
+/// since the last [`RssSampler::take_peaks`].
+#[derive(Debug)]
+pub struct RssSampler {
+    peaks: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    pub fn start(watched: Vec<Watched>) -> Self {
+        let peaks = Arc::new(Mutex::new(BTreeMap::new()));
+        let sampled = Arc::clone(&peaks);
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                ticks.tick().await;
+                for process in &watched {
+                    if let Some(rss) = proc_status_kib(process.pid, "VmRSS")
+                        && let Ok(mut peaks) = sampled.lock()
+                    {
+                        let peak = peaks.entry(process.name).or_insert(0);
+                        *peak = (*peak).max(rss);
+                    }
+                }
+            }
+        });
+        Self { peaks, task }
+    }
+
+    /// The peaks since the previous call, in KiB, and a fresh start.
+    pub fn take_peaks(&self) -> BTreeMap<String, u64> {
+        self.peaks
+            .lock()
+            .map(|mut peaks| {
+                std::mem::take(&mut *peaks)
+                    .into_iter()
+                    .map(|(name, kib)| (name.to_owned(), kib))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The value of one sample of a Prometheus text page, e.g.
+/// `ticketing_seat_lock_total{outcome="acquired"}`; 0 when the series has not appeared yet.
+pub async fn scrape(metrics_addr: &str, series: &str) -> anyhow::Result<f64> {
+    let mut stream = TcpStream::connect(metrics_addr)
+        .await
+        .with_context(|| format!("metrics endpoint {metrics_addr}"))?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics_addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).await?;
+    Ok(page
+        .lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+        .unwrap_or(0.0))
+}
+
+/// Runs one query with psql and returns its single value.
+pub async fn psql_value(database_url: &str, query: &str) -> anyhow::Result<String> {
+    let output = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            database_url,
+            "-c",
+            query,
+        ])
+        .output()
+        .await
+        .context("psql")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql {query:?}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Transactions committed in `database` so far, as `pg_stat_database` tells (read from the
+/// admin database, so the reading adds none to the count).
+pub async fn xact_commit(admin_url: &str, database: &str) -> anyhow::Result<u64> {
+    let value = psql_value(
+        admin_url,
+        &format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{database}'"),
+    )
+    .await?;
+    value
+        .parse()
+        .with_context(|| format!("xact_commit of {database}: {value:?}"))
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` says: other work on the machine
+/// shows here.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |loadavg| {
+            loadavg
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
+}
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub postgres: String,
+    pub redis: String,
+}
+
+impl Machine {
+    pub async fn describe(admin_url: &str, redis_host: &str, redis_port: u16) -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+            .map_or_else(|| "unknown".to_owned(), |(_, name)| name.trim().to_owned());
+        let memory_kib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|meminfo| {
+                meminfo.lines().find_map(|line| {
+                    line.strip_prefix("MemTotal:")?
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+            })
+            .unwrap_or(0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(
+            |_| "unknown".to_owned(),
+            |release| release.trim().to_owned(),
+        );
+        let postgres = psql_value(admin_url, "SHOW server_version")
+            .await
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let redis = redis_version(redis_host, redis_port)
+            .await
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            memory_gib: memory_kib as f64 / 1024.0 / 1024.0,
+            kernel,
+            postgres,
+            redis,
+        }
+    }
+}
+
+async fn redis_version(host: &str, port: u16) -> Option<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", host, "-p", &port.to_string(), "INFO", "server"])
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(|version| version.trim().to_owned())
+}
