@@ -22,7 +22,7 @@ use reservation_svc::domain::{
 };
 use reservation_svc::startup::MIGRATIONS;
 use reservation_svc::store::{self as real, Store};
-use shared::db::{PgPool, PoolSettings};
+use shared::db::PgPool;
 use shared::test_support::TestDatabase;
 
 /// Cases run; each loads a seat and runs one transaction (a few milliseconds).
@@ -208,16 +208,7 @@ impl Fixture {
             MIGRATIONS,
             &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
         ));
-        let settings = PoolSettings {
-            max_size: 2,
-            application_name: "conformance".to_owned(),
-            statement_timeout: Duration::from_secs(10),
-            lock_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(10),
-        };
-        let pool = runtime
-            .block_on(async { shared::db::build_pool(db.url(), &settings) })
-            .expect("a pool");
+        let pool = db.pool("conformance");
         Self {
             runtime,
             _db: db,

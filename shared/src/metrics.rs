@@ -372,8 +372,9 @@ fn code_of<B>(response: &http::Response<B>) -> Code {
     }
 }
 
-/// The code's name as the gRPC specification spells it.
-fn code_name(code: Code) -> &'static str {
+/// The code's name as the gRPC specification spells it (and `ticketing_rpc_requests_total`
+/// counts it).
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -74,6 +74,18 @@ impl TestDatabase {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// A small pool of this database, for a test that drives a store directly.
+    pub fn pool(&self, application_name: &str) -> crate::db::PgPool {
+        let settings = crate::db::PoolSettings {
+            max_size: 2,
+            application_name: application_name.to_owned(),
+            statement_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(10),
+        };
+        crate::db::build_pool(&self.url, &settings).expect("a pool of the test database")
+    }
 }
 
 impl Drop for TestDatabase {

@@ -6,7 +6,6 @@
 //! what its movements do one after another.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Nullable, Text};
@@ -16,7 +15,7 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use protocol::wallet::{MAX_AMOUNT, MAX_BALANCE};
 use protocol_model::key::Key;
 use protocol_model::wallet::{Outcome, Request, Wallets};
-use shared::db::{PgPool, PoolSettings};
+use shared::db::PgPool;
 use shared::test_support::TestDatabase;
 use wallet_svc::domain::{
     IdempotencyKey, MoneyMovement, MovementKind, Points, Reference, Refusal, UserId,
@@ -260,14 +259,7 @@ fn every_wallet_movement_does_what_the_model_does() {
         MIGRATIONS,
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
     ));
-    let settings = PoolSettings {
-        max_size: 2,
-        application_name: "conformance".to_owned(),
-        statement_timeout: Duration::from_secs(10),
-        lock_timeout: Duration::from_secs(5),
-        acquire_timeout: Duration::from_secs(10),
-    };
-    let pool = shared::db::build_pool(db.url(), &settings).expect("a pool");
+    let pool = db.pool("conformance");
     let store = Store::new(pool.clone());
     let users = std::sync::atomic::AtomicI64::new(1);
     let mut runner = TestRunner::new(ProptestConfig {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use reservation_svc::store::Store;
-use shared::db::PoolSettings;
 use shared::proto::reservation::v1 as pb;
 
 use crate::helpers::spawn_app_with;
@@ -84,14 +83,7 @@ async fn two_sweepers_racing_expire_each_hold_once_and_never_a_payment() {
     tokio::time::sleep(SHORT_HOLD + Duration::from_millis(100)).await;
 
     let sweeper = || async {
-        let settings = PoolSettings {
-            max_size: 2,
-            application_name: "sweeper-test".to_owned(),
-            statement_timeout: Duration::from_secs(5),
-            lock_timeout: Duration::from_secs(5),
-            acquire_timeout: Duration::from_secs(5),
-        };
-        let store = Store::new(shared::db::build_pool(app.db.url(), &settings).expect("pool"));
+        let store = Store::new(app.db.pool("sweeper-test"));
         let mut expired = 0;
         loop {
             let batch = store.expire_lapsed_holds(7).await.expect("sweep");
