@@ -1,6 +1,6 @@
 //! Load generator of both services. `run` is what `scripts/bench.sh` calls once the services
 //! are up: every scenario, the raw baselines (pgbench, redis-benchmark) in the same run, and
-//! the report. `stampede` and `payments` load running services by hand, over one replica or
+//! the report. `stampede`, `holds` and `payments` load running services by hand, over one replica or
 //! several.
 
 mod baseline;
@@ -30,6 +30,8 @@ enum Command {
     Run(run::RunArgs),
     /// Many clients holding one seat of a fresh schedule at once.
     Stampede(StampedeArgs),
+    /// Holds distinct seats of a fresh schedule, one each.
+    Holds(HoldsArgs),
     /// Holds and pays distinct seats, with users charged through the wallet first.
     Payments(PaymentsArgs),
 }
@@ -44,6 +46,25 @@ struct StampedeArgs {
     requests: u64,
     /// Calls in flight at once.
     #[arg(long, default_value_t = 1_000)]
+    concurrency: usize,
+    /// HTTP/2 connections per server.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct HoldsArgs {
+    /// A reservation-svc to send holds to; repeat for several replicas (clients alternate).
+    #[arg(long = "addr", default_value = "http://127.0.0.1:50051")]
+    addrs: Vec<String>,
+    /// HoldSeat calls in all, each of its own seat.
+    #[arg(long, default_value_t = 30_000)]
+    requests: u64,
+    /// Seats of the schedule the holds spread over (at least `requests`).
+    #[arg(long, default_value_t = 100_000)]
+    seats: i32,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// HTTP/2 connections per server.
     #[arg(long, default_value_t = 16)]
@@ -90,6 +111,27 @@ async fn main() -> anyhow::Result<()> {
                 args.concurrency,
                 args.connections,
                 None,
+                "req/s",
+                None,
+            ));
+            Ok(())
+        }
+        Command::Holds(args) => {
+            let reservation = scenarios::connect(&args.addrs, args.connections).await?;
+            let measured = scenarios::distinct_seats(
+                &reservation,
+                args.requests,
+                args.concurrency,
+                args.seats,
+            )
+            .await?;
+            print_summary(&Scenario::new(
+                "holds",
+                "holds of distinct seats",
+                &measured,
+                args.concurrency,
+                args.connections,
+                Some(&[OK]),
                 "req/s",
                 None,
             ));

@@ -2,6 +2,9 @@ use clap::Parser;
 use reservation_svc::config::{Cli, Command};
 use reservation_svc::startup::{Application, migrate};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = shared::telemetry::init("reservation-svc")?;

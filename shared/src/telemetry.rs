@@ -2,6 +2,8 @@
 //! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. W3C trace context travels in gRPC metadata, so
 //! one call is one trace across services.
 
+use std::io::IsTerminal;
+
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -33,7 +35,10 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_target(true);
+    // Colours only for a terminal: escape codes in a log file cost time and read badly.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(true)
+        .with_ansi(std::io::stdout().is_terminal());
 
     let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.trim().is_empty() => {

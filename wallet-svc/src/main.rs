@@ -2,6 +2,9 @@ use clap::Parser;
 use wallet_svc::config::{Cli, Command};
 use wallet_svc::startup::{Application, migrate};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = shared::telemetry::init("wallet-svc")?;
