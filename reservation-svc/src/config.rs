@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, global = true, env = "SEAT_LOCK_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
     pub seat_lock_ttl: Duration,
 
+    /// How long a replica answers SEAT_TAKEN from a seat's taken mark it has seen, before it
+    /// asks Redis again; also how long a seat cancelled through another replica may still be
+    /// refused here. `0s` asks Redis every time.
+    #[arg(long, global = true, env = "SEAT_TAKEN_MEMORY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub seat_taken_memory: Duration,
+
     /// Prefix of every Redis key this service writes.
     #[arg(
         long,

@@ -2,18 +2,29 @@
 //! only by its owner (compare-and-delete in Lua). It is a filter that keeps a stampede of losers
 //! away from Postgres; Postgres still decides, so a lost lock costs speed, never correctness.
 //!
+//! A hold that takes its seat leaves a *taken mark* in the key instead of deleting it
+//! (`taken:<reservation id>`, for what is left of the hold; see
+//! `protocol::reservation::after_hold`): later holds of the seat find it with the same
+//! `SET NX GET` and are answered SEAT_TAKEN without reaching Postgres. Cancelling the
+//! reservation deletes the mark. Each replica also remembers the marks it has seen for a short
+//! while (`taken_memory`), so a stampede on a taken seat is answered without Redis; a seat
+//! cancelled through another replica is therefore refused here for at most that long.
+//!
 //! fred is configured to fail fast: every command has a timeout, in-flight commands are never
 //! replayed after a reconnect (`max_command_attempts = 1`), commands are refused at once while
 //! the connection is down, and the client reconnects in the background forever.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::{Builder, Config, Expiration, Options, ReconnectPolicy, SetOptions};
 use fred::types::scripts::Script;
+use protocol::reservation::AfterHold;
 
-/// Deletes the key only while it still holds the caller's token.
+/// Deletes the key only while it still holds the caller's token (or the caller's taken mark).
 const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -21,12 +32,31 @@ end
 return 0
 ";
 
+/// Replaces the caller's token with a taken mark (`ARGV[2]`, for `ARGV[3]` ms); a lock that
+/// is no longer the caller's is left alone.
+const MARK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+";
+
+/// How a taken mark starts; lock tokens are hex digits, so the two never meet.
+const TAKEN_PREFIX: &str = "taken:";
+
+/// Most taken marks a replica remembers at once; past that it asks Redis.
+const TAKEN_MEMORY_CAPACITY: usize = 65_536;
+
 /// Why a lock was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     /// A concurrent request holds it.
     #[error("the seat is locked by a concurrent request")]
     Contended,
+    /// The key holds the seat's taken mark: a hold took the seat and still has it.
+    #[error("the seat is taken")]
+    Taken,
     /// Redis did not answer in time: the outcome is unknown, so the caller must not proceed.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
@@ -42,6 +72,9 @@ pub struct LockSettings {
     pub ttl: Duration,
     /// Longest one Redis command may take before the hold answers UNAVAILABLE.
     pub command_timeout: Duration,
+    /// How long this replica answers SEAT_TAKEN from a taken mark it has seen, without asking
+    /// Redis again; zero asks Redis every time.
+    pub taken_memory: Duration,
 }
 
 /// Takes and releases seat locks.
@@ -49,6 +82,8 @@ pub struct LockSettings {
 pub struct SeatLocks {
     client: Client,
     release: Script,
+    mark: Script,
+    taken: TakenMemory,
     settings: LockSettings,
 }
 
@@ -67,6 +102,7 @@ impl std::fmt::Debug for SeatLocks {
 #[derive(Debug)]
 #[must_use = "a lock is released by `release`, or only when its TTL runs out"]
 pub struct SeatLock {
+    seat: Option<(i64, i32)>,
     key: String,
     token: String,
 }
@@ -104,6 +140,8 @@ impl SeatLocks {
         Ok(Self {
             client,
             release: Script::from_lua(RELEASE_SCRIPT),
+            mark: Script::from_lua(MARK_SCRIPT),
+            taken: TakenMemory::default(),
             settings,
         })
     }
@@ -117,11 +155,29 @@ impl SeatLocks {
         )
     }
 
-    /// Takes the seat's lock with a fresh random token.
+    /// Takes the seat's lock with a fresh random token; a seat whose taken mark this replica
+    /// remembers is refused without asking Redis.
     pub async fn acquire(&self, schedule_id: i64, seat_no: i32) -> Result<SeatLock, LockError> {
+        let seat = (schedule_id, seat_no);
+        if self.taken.remembers(seat) {
+            crate::metrics::seat_lock("taken_remembered");
+            return Err(LockError::Taken);
+        }
         let token = format!("{:032x}", rand::random::<u128>());
-        self.acquire_with_token(self.key(schedule_id, seat_no), token)
-            .await
+        let acquired = self
+            .acquire_with_token(self.key(schedule_id, seat_no), token)
+            .await;
+        match acquired {
+            Ok(lock) => Ok(SeatLock {
+                seat: Some(seat),
+                ..lock
+            }),
+            Err(LockError::Taken) => {
+                self.taken.remember(seat, self.settings.taken_memory);
+                Err(LockError::Taken)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Takes `key` for `token`. `SET NX PX ... GET` answers the value already there, so a
@@ -143,18 +199,75 @@ impl SeatLocks {
                 true,
             )
             .await;
+        let ours = |key, token| SeatLock {
+            seat: None,
+            key,
+            token,
+        };
         let acquired = match previous {
-            Ok(None) => Ok(SeatLock { key, token }),
-            Ok(Some(holder)) if holder == token => Ok(SeatLock { key, token }),
+            Ok(None) => Ok(ours(key, token)),
+            Ok(Some(holder)) if holder == token => Ok(ours(key, token)),
+            Ok(Some(holder)) if holder.starts_with(TAKEN_PREFIX) => Err(LockError::Taken),
             Ok(Some(_)) => Err(LockError::Contended),
             Err(error) => Err(LockError::Unavailable(error.to_string())),
         };
         crate::metrics::seat_lock(match &acquired {
             Ok(_) => "acquired",
             Err(LockError::Contended) => "contended",
+            Err(LockError::Taken) => "taken",
             Err(LockError::Unavailable(_)) => "redis_unavailable",
         });
         acquired
+    }
+
+    /// Ends a hold's lock as the protocol decided: released, or turned into the seat's taken
+    /// mark (which this replica then remembers).
+    pub async fn finish(&self, lock: SeatLock, after: AfterHold) {
+        let AfterHold::MarkTaken {
+            reservation,
+            for_micros,
+        } = after
+        else {
+            return self.release(lock).await;
+        };
+        let ttl = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0));
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        if ttl_ms == 0 {
+            return self.release(lock).await;
+        }
+        let marked: Result<i64, _> = self
+            .mark
+            .evalsha_with_reload(
+                &self.client,
+                lock.key.as_str(),
+                vec![lock.token, taken_mark(reservation), ttl_ms.to_string()],
+            )
+            .await;
+        match marked {
+            Ok(1) => {
+                if let Some(seat) = lock.seat {
+                    self.taken
+                        .remember(seat, ttl.min(self.settings.taken_memory));
+                }
+            }
+            Ok(_) => tracing::warn!(key = %lock.key, "seat lock had expired before its taken mark"),
+            Err(error) => tracing::warn!(key = %lock.key, %error, "seat taken mark failed"),
+        }
+    }
+
+    /// Deletes the taken mark of `reservation`, which no longer holds its seat; a lock or
+    /// another reservation's mark is left alone. Failures are logged: the mark lapses by
+    /// itself, and until then it only refuses holds.
+    pub async fn clear_taken(&self, schedule_id: i64, seat_no: i32, reservation: i64) {
+        self.taken.forget((schedule_id, seat_no));
+        let key = self.key(schedule_id, seat_no);
+        let cleared: Result<i64, _> = self
+            .release
+            .evalsha_with_reload(&self.client, key.as_str(), taken_mark(reservation))
+            .await;
+        if let Err(error) = cleared {
+            tracing::warn!(%key, %error, "seat taken mark not deleted");
+        }
     }
 
     /// Releases the lock if it is still this request's; a lock that expired and was taken by
@@ -193,6 +306,45 @@ impl SeatLocks {
             fail_fast: true,
             ..Default::default()
         }
+    }
+}
+
+fn taken_mark(reservation: i64) -> String {
+    format!("{TAKEN_PREFIX}{reservation}")
+}
+
+/// The taken marks this replica has seen lately, by seat, each until its own deadline.
+#[derive(Debug, Clone, Default)]
+struct TakenMemory {
+    until: Arc<Mutex<HashMap<(i64, i32), Instant>>>,
+}
+
+impl TakenMemory {
+    fn remembers(&self, seat: (i64, i32)) -> bool {
+        let until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until
+            .get(&seat)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn remember(&self, seat: (i64, i32), ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        if until.len() >= TAKEN_MEMORY_CAPACITY {
+            until.retain(|_, until| *until > now);
+            if until.len() >= TAKEN_MEMORY_CAPACITY {
+                return;
+            }
+        }
+        until.insert(seat, now + ttl);
+    }
+
+    fn forget(&self, seat: (i64, i32)) {
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.remove(&seat);
     }
 }
 

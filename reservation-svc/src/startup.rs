@@ -62,6 +62,7 @@ impl Application {
             key_prefix: config.seat_lock_prefix.clone(),
             ttl: config.seat_lock_ttl,
             command_timeout: config.redis_command_timeout,
+            taken_memory: config.seat_taken_memory,
         })
         .await
         .context("invalid Redis configuration")?;

@@ -90,6 +90,7 @@ impl From<LockError> for ReservationError {
     fn from(error: LockError) -> Self {
         match error {
             LockError::Contended => Self::SeatLocked,
+            LockError::Taken => Self::SeatTaken,
             LockError::Unavailable(detail) => Self::Unavailable(detail),
         }
     }
@@ -151,7 +152,8 @@ impl Reservations {
     }
 
     /// Holds a seat: the Redis lock first (losers answer at once, without touching Postgres),
-    /// then one Postgres transaction that decides, then the release.
+    /// then Postgres decides, then the lock is released, or left as the seat's taken mark when
+    /// the hold took the seat.
     pub async fn hold(&self, request: HoldRequest) -> Result<Reservation, ReservationError> {
         let store = self.store.clone();
         let locks = self.locks.clone();
@@ -168,8 +170,17 @@ impl Reservations {
             let lock = locks
                 .acquire(request.schedule_id.get(), request.seat_no.get())
                 .await?;
+            // Counted from before the transaction, whose clock starts the hold: the taken mark
+            // never outlives the hold.
+            let started = std::time::Instant::now();
             let held = store.hold_seat(request, hold_ttl).await;
-            locks.release(lock).await;
+            let left = hold_ttl.saturating_sub(started.elapsed());
+            let left = i64::try_from(left.as_micros()).unwrap_or(i64::MAX);
+            let after = protocol::reservation::after_hold(match &held {
+                Ok(HoldOutcome::Held(reservation)) => Some((reservation.id, left)),
+                _ => None,
+            });
+            locks.finish(lock, after).await;
             Ok::<_, ReservationError>(held?)
         };
         let outcome = tokio::spawn(tracing::Instrument::instrument(holding, span))
@@ -364,7 +375,14 @@ impl Reservations {
                 outcome = service.store.cancel(request, true).await?;
             }
             match outcome {
-                CancelOutcome::Cancelled(reservation) => Ok(reservation),
+                CancelOutcome::Cancelled(reservation) => {
+                    // The seat is free again: later holds must not find its taken mark.
+                    service
+                        .locks
+                        .clear_taken(reservation.schedule_id, reservation.seat_no, reservation.id)
+                        .await;
+                    Ok(reservation)
+                }
                 CancelOutcome::NotFound => Err(ReservationError::NotFound("reservation")),
                 CancelOutcome::Refused(decision) => Err(refused_cancel(decision)),
                 CancelOutcome::RefundFirst(_) => Err(ReservationError::Internal(

@@ -223,3 +223,127 @@ async fn a_lock_lost_while_a_hold_is_in_its_transaction_still_gives_one_reservat
     assert_eq!(reason(refused[0]), "SEAT_TAKEN");
     assert_one_active_reservation(&app, schedule_id, 4).await;
 }
+
+/// The seat's Redis key, as the service names it.
+fn seat_key(app: &TestApp, schedule_id: i64, seat_no: i32) -> String {
+    format!("{}seat:{{{schedule_id}}}:{seat_no}", app.key_prefix)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_hold_every_loser_is_answered_without_postgres() {
+    use diesel_async::SimpleAsyncConnection;
+    use fred::interfaces::KeysInterface;
+
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    let (second_addr, _stop_second, _second) = start(app.config.clone()).await;
+    let clients = [app.client(), Client::new(channel(second_addr).await)];
+    let held = app.hold(1, schedule_id, 4).await.expect("hold");
+    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let mark: Option<String> = redis
+        .get(seat_key(&app, schedule_id, 4))
+        .await
+        .expect("get");
+    assert_eq!(mark, Some(format!("taken:{}", held.id)));
+
+    // The seat's row stays locked by another transaction: a loser that reached Postgres
+    // would wait for it until its timeout and answer UNAVAILABLE.
+    let mut blocker = app.connect_db().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 4 FOR UPDATE"
+        ))
+        .await
+        .expect("lock the seat's row");
+    let answers = stampede(&clients, schedule_id, 4, 1000).await;
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+
+    // The replica that made the hold and the one that only shares Redis answer alike.
+    assert_eq!(tally(&answers), (0, 0, 1000));
+    assert_one_active_reservation(&app, schedule_id, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_hold_leaves_no_taken_mark_behind() {
+    use fred::interfaces::KeysInterface;
+
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    // A replica that never remembers a mark: it asks Redis every time.
+    let mut forgetful = app.config.clone();
+    forgetful.seat_taken_memory = std::time::Duration::ZERO;
+    let (second_addr, _stop_second, _second) = start(forgetful).await;
+    let second = Client::new(channel(second_addr).await);
+    let hold_on_second = |user_id: i64| {
+        let mut second = second.clone();
+        async move {
+            second
+                .hold_seat(pb::HoldSeatRequest {
+                    user_id,
+                    schedule_id,
+                    seat_no: 6,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let cancel = |reservation_id: i64, user_id: i64| {
+        let mut client = app.client();
+        async move {
+            client
+                .cancel_reservation(pb::CancelReservationRequest {
+                    reservation_id,
+                    user_id,
+                })
+                .await
+                .expect("cancel")
+        }
+    };
+
+    let first = app.hold(1, schedule_id, 6).await.expect("hold");
+    let refused = hold_on_second(2).await.expect_err("taken");
+    assert_eq!(reason(&refused), "SEAT_TAKEN");
+    // On the replica that cancels, the seat is free at once, memory and mark alike.
+    cancel(first.id, 1).await;
+    let second_hold = app.hold(3, schedule_id, 6).await.expect("free again");
+    cancel(second_hold.id, 3).await;
+    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let key = seat_key(&app, schedule_id, 6);
+    assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
+    // And through Redis on every other replica.
+    let third = hold_on_second(4).await.expect("free on the other replica");
+    assert_eq!(third.user_id, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_mark_lapses_no_later_than_its_hold() {
+    use fred::interfaces::KeysInterface;
+
+    let app = crate::helpers::spawn_app_with(|config| {
+        config.seat_hold_ttl = std::time::Duration::from_millis(400);
+    })
+    .await;
+    let schedule_id = app.schedule_with_seats(3).await;
+    let held = app.hold(1, schedule_id, 2).await.expect("hold");
+    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let ttl_ms: i64 = redis
+        .pttl(seat_key(&app, schedule_id, 2))
+        .await
+        .expect("pttl");
+    assert!((1..=400).contains(&ttl_ms), "mark lives {ttl_ms} ms");
+
+    // Once the hold has lapsed, the seat can be held again: the mark went with it.
+    let mut again = None;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        match app.hold(2, schedule_id, 2).await {
+            Ok(reservation) => {
+                again = Some(reservation);
+                break;
+            }
+            Err(status) => assert_eq!(reason(&status), "SEAT_TAKEN", "{status:?}"),
+        }
+    }
+    let again = again.expect("held again once the first hold lapsed");
+    assert_ne!(again.id, held.id);
+}

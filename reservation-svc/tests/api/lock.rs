@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use fred::interfaces::KeysInterface;
+use protocol::reservation::AfterHold;
 use reservation_svc::lock::{LockError, LockSettings, SeatLocks};
 
 fn settings(redis_url: &str) -> LockSettings {
@@ -12,6 +13,7 @@ fn settings(redis_url: &str) -> LockSettings {
         key_prefix: format!("test:{:016x}:", rand::random::<u64>()),
         ttl: Duration::from_secs(30),
         command_timeout: Duration::from_secs(1),
+        taken_memory: Duration::from_secs(1),
     }
 }
 
@@ -90,4 +92,57 @@ async fn lock_keys_tag_the_schedule_for_redis_cluster() {
     .await
     .expect("client");
     assert_eq!(locks.key(42, 7), "ticketing:seat:{42}:7");
+}
+
+#[tokio::test]
+async fn a_taken_mark_refuses_the_seat_until_its_own_reservation_clears_it() {
+    let settings = settings(REDIS);
+    let locks = connected(settings.clone()).await;
+    // Another replica: same Redis, nothing remembered.
+    let other = connected(settings).await;
+    let marked = AfterHold::MarkTaken {
+        reservation: 42,
+        for_micros: 30_000_000,
+    };
+
+    let lock = locks.acquire(3, 3).await.expect("free");
+    locks.finish(lock, marked).await;
+    assert!(matches!(locks.acquire(3, 3).await, Err(LockError::Taken)));
+    assert!(matches!(other.acquire(3, 3).await, Err(LockError::Taken)));
+
+    // Another reservation's cancellation leaves the mark alone.
+    other.clear_taken(3, 3, 41).await;
+    assert!(matches!(other.acquire(3, 3).await, Err(LockError::Taken)));
+    other.clear_taken(3, 3, 42).await;
+    let lock = other.acquire(3, 3).await.expect("free once cleared");
+    other.release(lock).await;
+}
+
+#[tokio::test]
+async fn a_mark_never_replaces_a_lock_that_is_no_longer_the_holds() {
+    let locks = connected(settings(REDIS)).await;
+    let redis = crate::helpers::redis(REDIS).await;
+
+    let stale = locks.acquire(6, 6).await.expect("free");
+    let key = stale.key().to_owned();
+    redis
+        .set::<(), _, _>(&key, "another-request", None, None, false)
+        .await
+        .expect("overwrite");
+    locks
+        .finish(
+            stale,
+            AfterHold::MarkTaken {
+                reservation: 7,
+                for_micros: 30_000_000,
+            },
+        )
+        .await;
+
+    let holder: Option<String> = redis.get(&key).await.expect("get");
+    assert_eq!(holder.as_deref(), Some("another-request"));
+    assert!(matches!(
+        locks.acquire(6, 6).await,
+        Err(LockError::Contended)
+    ));
 }

@@ -1,5 +1,5 @@
-//! The whole system as one state machine: one seat's Postgres rows, the wallets, the Redis lock
-//! key, the wallet calls in flight, and every request and reconciler run as a process with a
+//! The whole system as one state machine: one seat's Postgres rows, the wallets, the seat's
+//! Redis key (a hold's lock, or the taken mark a hold leaves), the wallet calls in flight, and every request and reconciler run as a process with a
 //! program counter. One action is one atomic unit of the real code: a Postgres transaction, a
 //! Redis command, a wallet call delivered, or a fault.
 //!
@@ -10,13 +10,13 @@
 //! started before, so the same requests interleaved differently meet in the same state.
 
 use protocol::payment::{self, UseReply};
-use protocol::reservation::{HoldDecision, Status};
+use protocol::reservation::{self as reservation, AfterHold, HoldDecision, Status};
 use protocol::wallet::Refusal;
 use stateright::{Model, Property};
 
 use crate::config::Config;
 use crate::key::Key;
-use crate::store::{BeginOutcome, CancelOutcome, SeatRows, SeatView, SettleOutcome};
+use crate::store::{BeginOutcome, CancelOutcome, HoldOutcome, SeatRows, SeatView, SettleOutcome};
 use crate::wallet::{Outcome, Request, Wallets};
 
 /// A user, by index; their `user_id` is `index + 1`.
@@ -40,8 +40,8 @@ pub enum Starter {
 pub struct State {
     pub seat: SeatRows,
     pub wallets: Wallets,
-    /// The seat's Redis lock key: the token of the hold that set it.
-    pub lock: Option<ProcId>,
+    /// The seat's Redis lock key.
+    pub lock: Option<LockKey>,
     /// Wallet calls and replies in flight, deliverable in any order (kept sorted).
     pub network: Vec<Message>,
     pub procs: Vec<Proc>,
@@ -52,6 +52,15 @@ pub struct State {
     /// Reservations one of whose payment attempts was left with an unknown outcome
     /// (bookkeeping for a `sometimes` property; nothing decides on it).
     pub unknown_outcomes: Vec<i64>,
+}
+
+/// What the seat's Redis key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LockKey {
+    /// The lock of a hold in flight: its token.
+    Token(ProcId),
+    /// The taken mark a hold left for its reservation.
+    Taken(i64),
 }
 
 /// What a user may still ask for, and the request they wait on.
@@ -108,12 +117,13 @@ pub enum Task {
 pub enum HoldPc {
     /// `SET key token NX PX ttl GET` is next.
     Lock,
-    /// Past the lock: the hold transaction is next.
+    /// Past the lock: the hold (`Store::hold_seat`) is next.
     Locked,
     /// A hold split in two (a seeded bug) has read and decided: the insert is next.
     Decided(HoldDecision),
-    /// The compare-and-delete release is next.
-    Release,
+    /// What `protocol::reservation::after_hold` decides is next: the taken mark of `held`, the
+    /// reservation the hold inserted, or the compare-and-delete release.
+    Release { held: Option<i64> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,6 +142,8 @@ pub enum CancelPc {
     Start,
     /// The refund is out; the releasing cancel transaction follows its success.
     AwaitRefund,
+    /// The reservation is cancelled: deleting its taken mark is next.
+    ClearMark,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -217,6 +229,8 @@ pub enum Action {
     PerformanceBegins,
     /// The lock of a hold that no longer runs expires.
     LockExpires,
+    /// The taken mark of a reservation no longer held or paying lapses: its hold's time is up.
+    MarkLapses,
     Crash(ProcId),
     LoseLock,
     Lose(Message),
@@ -404,9 +418,14 @@ impl ProtocolModel {
                     .iter_mut()
                     .find(|row| row.id == id)?;
                 row.lapsed = true;
+                // The hold's taken mark lapses with it (its time is counted from before the
+                // hold's transaction, so it never outlives the hold).
+                if state.lock == Some(LockKey::Taken(id)) {
+                    state.lock = None;
+                }
             }
             Action::PerformanceBegins => state.seat.started = true,
-            Action::LockExpires => state.lock = None,
+            Action::LockExpires | Action::MarkLapses => state.lock = None,
             Action::Crash(id) => {
                 state.faults.crashes -= 1;
                 state.finish(id);
@@ -436,29 +455,51 @@ impl ProtocolModel {
         match proc.task {
             Task::Hold(HoldPc::Lock) => match state.lock {
                 None => {
-                    state.lock = Some(id);
+                    state.lock = Some(LockKey::Token(id));
                     state.set_task(id, Task::Hold(HoldPc::Locked));
                 }
                 // The key already holds this request's token (`GET` returned it): it is ours.
-                Some(owner) if owner == id => state.set_task(id, Task::Hold(HoldPc::Locked)),
-                Some(_) => state.finish(id),
+                Some(LockKey::Token(owner)) if owner == id => {
+                    state.set_task(id, Task::Hold(HoldPc::Locked));
+                }
+                // SEAT_LOCKED, or SEAT_TAKEN from the mark: refused without Postgres.
+                Some(LockKey::Token(_) | LockKey::Taken(_)) => state.finish(id),
             },
+            // The one-statement hold and, when it finds the seat not available, the full
+            // transaction, as one step: the statement writes nothing when it finds nothing,
+            // and whenever it would succeed the full transaction does the same (the seat row
+            // reads AVAILABLE only without an active reservation: "seat reads as its
+            // reservation" holds in every state), so a step in between changes no outcome.
             Task::Hold(HoldPc::Locked) => {
                 if self.config.bugs.hold_without_guard {
                     let decision = state.seat.hold_read();
                     state.set_task(id, Task::Hold(HoldPc::Decided(decision)));
                 } else {
-                    state.seat.hold(user_id);
-                    state.set_task(id, Task::Hold(HoldPc::Release));
+                    let outcome = state.seat.hold_seat(user_id);
+                    state.set_task(id, hold_released(outcome));
                 }
             }
             Task::Hold(HoldPc::Decided(decision)) => {
-                state.seat.hold_write_unguarded(decision, user_id);
-                state.set_task(id, Task::Hold(HoldPc::Release));
+                let outcome = state.seat.hold_write_unguarded(decision, user_id);
+                state.set_task(id, hold_released(outcome));
             }
-            Task::Hold(HoldPc::Release) => {
-                if state.lock == Some(id) {
-                    state.lock = None;
+            Task::Hold(HoldPc::Release { held }) => {
+                // Time is abstract: a hold has time left until it has lapsed.
+                let left = |reservation: i64| {
+                    let lapsed = state
+                        .seat
+                        .reservations
+                        .iter()
+                        .any(|row| row.id == reservation && row.lapsed);
+                    (reservation, if lapsed { 0 } else { 1 })
+                };
+                if state.lock == Some(LockKey::Token(id)) {
+                    state.lock = match reservation::after_hold(held.map(left)) {
+                        AfterHold::MarkTaken { reservation, .. } => {
+                            Some(LockKey::Taken(reservation))
+                        }
+                        AfterHold::Release => None,
+                    };
                 }
                 state.finish(id);
             }
@@ -488,11 +529,20 @@ impl ProtocolModel {
                     );
                 }
                 CancelOutcome::RefundFirst { use_key: None } => {
-                    state.seat.cancel(reservation, user_id, true);
-                    state.finish(id);
+                    let outcome = state.seat.cancel(reservation, user_id, true);
+                    state.after_cancel(id, reservation, outcome);
                 }
-                _ => state.finish(id),
+                outcome => state.after_cancel(id, reservation, outcome),
             },
+            Task::Cancel {
+                id: reservation,
+                pc: CancelPc::ClearMark,
+            } => {
+                if state.lock == Some(LockKey::Taken(reservation)) {
+                    state.lock = None;
+                }
+                state.finish(id);
+            }
             Task::Pay { .. } | Task::Cancel { .. } => return None,
         }
         Some(())
@@ -600,8 +650,8 @@ impl ProtocolModel {
                         id,
                         pc: CancelPc::AwaitRefund,
                     } if refunded => {
-                        state.seat.cancel(id, user_id(proc.user), true);
-                        state.finish(to);
+                        let outcome = state.seat.cancel(id, user_id(proc.user), true);
+                        state.after_cancel(to, id, outcome);
                     }
                     // A refused refund ends the request with an error; what it began stays
                     // for a retry or the reconciler.
@@ -624,7 +674,7 @@ impl Proc {
                     ..
                 }
                 | Task::Cancel {
-                    pc: CancelPc::Start,
+                    pc: CancelPc::Start | CancelPc::ClearMark,
                     ..
                 }
         )
@@ -654,7 +704,31 @@ impl Proc {
     }
 }
 
+/// A hold's next step once Postgres has answered: the end of its lock.
+fn hold_released(outcome: HoldOutcome) -> Task {
+    let held = match outcome {
+        HoldOutcome::Held { id } => Some(id),
+        HoldOutcome::Taken => None,
+    };
+    Task::Hold(HoldPc::Release { held })
+}
+
 impl State {
+    /// A cancel transaction answered: a cancelled reservation's taken mark is deleted next.
+    fn after_cancel(&mut self, id: ProcId, reservation: i64, outcome: CancelOutcome) {
+        if outcome == CancelOutcome::Cancelled {
+            self.set_task(
+                id,
+                Task::Cancel {
+                    id: reservation,
+                    pc: CancelPc::ClearMark,
+                },
+            );
+        } else {
+            self.finish(id);
+        }
+    }
+
     fn proc(&self, id: ProcId) -> Option<&Proc> {
         self.procs.iter().find(|proc| proc.id == id)
     }
@@ -813,12 +887,24 @@ impl Model for ProtocolModel {
         if self.config.performance_may_begin && !state.seat.started {
             actions.push(Action::PerformanceBegins);
         }
-        if let Some(owner) = state.lock {
-            if state.proc(owner).is_none() {
-                actions.push(Action::LockExpires);
-            } else if state.faults.lock_losses > 0 {
-                actions.push(Action::LoseLock);
+        match state.lock {
+            Some(LockKey::Token(owner)) => {
+                if state.proc(owner).is_none() {
+                    actions.push(Action::LockExpires);
+                } else if state.faults.lock_losses > 0 {
+                    actions.push(Action::LoseLock);
+                }
             }
+            // A held or paying reservation's mark lapses with the hold (`Lapse`); any other's
+            // at some point once the hold's time is up.
+            Some(LockKey::Taken(marked))
+                if state.seat.reservations.iter().any(|row| {
+                    row.id == marked && !matches!(row.status, Status::Held | Status::Paying)
+                }) =>
+            {
+                actions.push(Action::MarkLapses);
+            }
+            Some(LockKey::Taken(_)) | None => {}
         }
         for proc in &state.procs {
             if state.faults.crashes > 0 {
@@ -911,6 +997,16 @@ impl Model for ProtocolModel {
                 "two holds past Redis after the lock was lost",
                 |_: &Self, state: &State| {
                     state.procs.iter().filter(|proc| proc.past_lock()).count() >= 2
+                },
+            ),
+            Property::sometimes(
+                "a hold about to meet a taken mark",
+                |_: &Self, state: &State| {
+                    matches!(state.lock, Some(LockKey::Taken(_)))
+                        && state
+                            .procs
+                            .iter()
+                            .any(|proc| proc.task == Task::Hold(HoldPc::Lock))
                 },
             ),
             Property::sometimes(

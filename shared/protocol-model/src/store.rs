@@ -159,6 +159,32 @@ impl SeatRows {
         }
     }
 
+    /// `HoldAvailableSeat`: one statement that moves the seat `AVAILABLE -> HELD` and inserts
+    /// the reservation, or does nothing (`None`) when the seat's row does not read AVAILABLE
+    /// or the partial unique index refuses; the caller then runs [`SeatRows::hold`].
+    pub fn hold_available(&mut self, user_id: i64) -> Option<HoldOutcome> {
+        let before = self.clone();
+        if !self.set_seat(SeatView::Available, SeatView::Held) {
+            return None;
+        }
+        match self.insert_held(user_id, true) {
+            Some(id) => Some(HoldOutcome::Held { id }),
+            None => {
+                *self = before;
+                None
+            }
+        }
+    }
+
+    /// `Store::hold_seat` as one call: the one-statement hold of an available seat, else the
+    /// full transaction.
+    pub fn hold_seat(&mut self, user_id: i64) -> HoldOutcome {
+        match self.hold_available(user_id) {
+            Some(outcome) => outcome,
+            None => self.hold(user_id),
+        }
+    }
+
     /// The first half of a hold written as a plain `SELECT` and decision, without the seat's
     /// row lock: what a hold that trusts its Redis lock alone would do.
     pub fn hold_read(&self) -> HoldDecision {

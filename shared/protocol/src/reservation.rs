@@ -105,6 +105,35 @@ pub fn hold(active: Option<&ReservationState>, now: Micros) -> HoldDecision {
     }
 }
 
+/// What a hold leaves in the seat's Redis key once its transaction has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AfterHold {
+    /// The hold took the seat: the key becomes the seat's taken mark, naming `reservation`,
+    /// for `for_micros`, at most what is left of the hold. Until it goes (it lapses with the
+    /// hold; cancelling the reservation deletes it) later holds of the seat are refused by
+    /// Redis alone, without reaching Postgres. A mark that outlives its reservation only
+    /// refuses holds until it lapses: Postgres, not the mark, decides who gets a seat.
+    MarkTaken {
+        reservation: i64,
+        for_micros: Micros,
+    },
+    /// Release the lock (compare-and-delete): the seat was not taken by this hold, or its hold
+    /// has no time left to mark.
+    Release,
+}
+
+/// Decides [`AfterHold`]: `held` is the reservation the hold inserted, if any, and how long it
+/// has left, counted from before its transaction began (so never more than it really has).
+pub fn after_hold(held: Option<(i64, Micros)>) -> AfterHold {
+    match held {
+        Some((reservation, left)) if left > 0 => AfterHold::MarkTaken {
+            reservation,
+            for_micros: left,
+        },
+        _ => AfterHold::Release,
+    }
+}
+
 /// Whether the sweeper expires this reservation (freeing its seat). Only a lapsed `Held`:
 /// never one that is paying, whose money may be on its way.
 pub fn sweepable(reservation: &ReservationState, now: Micros) -> bool {
@@ -192,6 +221,21 @@ mod tests {
             let owner = reservation(status, NOW - 1);
             assert_eq!(hold(Some(&owner), NOW), HoldDecision::Taken, "{status:?}");
         }
+    }
+
+    #[test]
+    fn a_hold_that_took_the_seat_marks_it_taken_for_the_time_it_has_left() {
+        assert_eq!(
+            after_hold(Some((7, 300_000_000))),
+            AfterHold::MarkTaken {
+                reservation: 7,
+                for_micros: 300_000_000
+            }
+        );
+        // Nothing left to mark (the transaction outlasted the hold), or nothing taken.
+        assert_eq!(after_hold(Some((7, 0))), AfterHold::Release);
+        assert_eq!(after_hold(Some((7, -5))), AfterHold::Release);
+        assert_eq!(after_hold(None), AfterHold::Release);
     }
 
     #[test]
