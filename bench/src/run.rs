@@ -425,15 +425,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let winners = measured.count(OK);
     let losers = measured.total() - winners;
     let loser_latencies = measured.latencies(Some(&["ABORTED", "ALREADY_EXISTS"]));
-    let acquired = (locks_after.acquired - locks_before.acquired).round() as u64;
-    let contended = (locks_after.contended - locks_before.contended).round() as u64;
+    let [acquired, contended, taken, taken_remembered] = locks_before.until(locks_after);
     let background = (background_per_s * stampede_window).round() as u64;
     stampede.notes.push(format!(
         "stampede: {} winner (user {winner}; the seat has {reservation_count} reservation), \
-         {} losers: {} `ABORTED/SEAT_LOCKED` (the lock was held: answered from Redis alone) and \
-         {} `ALREADY_EXISTS/SEAT_TAKEN` (they found the lock free after the winner released \
-         it, so took it and read the seat in Postgres); other outcomes {}. The service counted \
-         {} seat locks acquired and {} contended. Postgres `xact_commit` of {reservation_db} \
+         {} losers: {} `ABORTED/SEAT_LOCKED` (a hold held the lock: answered from Redis) and \
+         {} `ALREADY_EXISTS/SEAT_TAKEN` (the seat's taken mark, or Postgres for a loser that \
+         took the lock); other outcomes {}. The service counted {} seat locks acquired (each \
+         past the winner's is a loser that ran a Postgres transaction), {} contended, {} taken \
+         marks read in Redis and {} answered from the replica's memory of the mark, without \
+         Redis. Postgres `xact_commit` of {reservation_db} \
          grew by {} over the stampede and the {} s after it, of which about {} are background \
          (sweeper, reconciler, health probes: {:.1}/s measured before).",
         thousands(winners),
@@ -443,6 +444,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         thousands(losers - measured.count("ABORTED") - measured.count("ALREADY_EXISTS")),
         thousands(acquired),
         thousands(contended),
+        thousands(taken),
+        thousands(taken_remembered),
         thousands(commits),
         PG_STATS_DELAY.as_secs(),
         thousands(background),
@@ -663,23 +666,40 @@ fn database_name(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
 }
 
+/// reservation-svc's seat lock counters, by outcome.
 #[derive(Debug, Clone, Copy)]
 struct SeatLocks {
     acquired: f64,
     contended: f64,
+    taken: f64,
+    taken_remembered: f64,
+}
+
+impl SeatLocks {
+    /// The counts from `self` to `later`.
+    fn until(self, later: Self) -> [u64; 4] {
+        let grown = |before: f64, after: f64| (after - before).max(0.0).round() as u64;
+        [
+            grown(self.acquired, later.acquired),
+            grown(self.contended, later.contended),
+            grown(self.taken, later.taken),
+            grown(self.taken_remembered, later.taken_remembered),
+        ]
+    }
 }
 
 async fn seat_locks(metrics_addr: &str) -> anyhow::Result<SeatLocks> {
+    let count = async |outcome: &str| {
+        probe::scrape(
+            metrics_addr,
+            &format!("ticketing_seat_lock_total{{outcome=\"{outcome}\"}}"),
+        )
+        .await
+    };
     Ok(SeatLocks {
-        acquired: probe::scrape(
-            metrics_addr,
-            "ticketing_seat_lock_total{outcome=\"acquired\"}",
-        )
-        .await?,
-        contended: probe::scrape(
-            metrics_addr,
-            "ticketing_seat_lock_total{outcome=\"contended\"}",
-        )
-        .await?,
+        acquired: count("acquired").await?,
+        contended: count("contended").await?,
+        taken: count("taken").await?,
+        taken_remembered: count("taken_remembered").await?,
     })
 }
