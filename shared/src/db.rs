@@ -5,7 +5,9 @@ use std::time::Duration;
 use diesel::ConnectionError;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 use diesel_async::pooled_connection::deadpool::Pool;
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
 
@@ -85,6 +87,10 @@ pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result
     );
     let connect_timeout = settings.acquire_timeout;
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    // No test query on every checkout (the default costs each call a round trip): a connection
+    // whose socket has closed (a restarted or failed server) is dropped by the pool before
+    // use, and any other failure surfaces on first use as UNAVAILABLE.
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| {
         let setup_sql = setup_sql.clone();
         let url = url.to_owned();

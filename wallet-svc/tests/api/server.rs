@@ -168,3 +168,29 @@ async fn a_call_in_flight_when_the_server_stops_still_completes() {
     let used = in_flight.await.expect("task").expect("the call completed");
     assert_eq!(used.into_inner().balance_after, 70);
 }
+
+#[tokio::test]
+async fn pooled_connections_the_server_closed_are_replaced_before_use() {
+    use diesel_async::RunQueryDsl;
+
+    let app = spawn_app().await;
+    app.charge(1, 100, "before").await.expect("charge");
+    // Every pooled connection of the service is closed by the server, as a restart would.
+    let mut admin = app.connect_db().await;
+    diesel::sql_query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("terminate the service's sessions");
+    // The pool's connections notice their sockets closing in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    for call in 0..20 {
+        app.charge(1, 1, &format!("after-{call}"))
+            .await
+            .unwrap_or_else(|status| panic!("call {call} after the restart: {status:?}"));
+    }
+    assert_eq!(app.balance(1).await, 120);
+}
