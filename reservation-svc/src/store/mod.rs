@@ -9,7 +9,6 @@ pub mod schema;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Array, BigInt, Integer, Text, Timestamptz};
@@ -146,9 +145,12 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The transaction's clock: one `now()` for every decision in it, the same on every replica.
-fn db_now() -> diesel::expression::SqlLiteral<Timestamptz> {
-    sql::<Timestamptz>("now()")
+diesel::define_sql_function! {
+    /// The transaction's clock: one `now()` for every decision in it, the same on every
+    /// replica. (A function rather than an SQL literal, which would keep diesel from
+    /// preparing the statements that read it once per connection.)
+    #[sql_name = "now"]
+    fn db_now() -> Timestamptz;
 }
 
 fn micros(at: DateTime<Utc>) -> i64 {
@@ -935,14 +937,42 @@ async fn set_seat_status(
     from: SeatView,
     to: SeatView,
 ) -> Result<usize, DieselError> {
-    diesel::update(
-        seats::table
-            .find((schedule_id, seat_no))
-            .filter(seats::status.eq(seat_status(from))),
-    )
-    .set(seats::status.eq(seat_status(to)))
+    MoveSeat {
+        schedule_id,
+        seat_no,
+        from: seat_status(from),
+        to: seat_status(to),
+    }
     .execute(conn)
     .await
+}
+
+/// `UPDATE seats SET status = <to> WHERE (schedule_id, seat_no) = ... AND status = <from>`, as
+/// a query type of its own: diesel's update statements are parsed anew each time, this one is
+/// prepared once per connection.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct MoveSeat {
+    schedule_id: i64,
+    seat_no: i32,
+    from: &'static str,
+    to: &'static str,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for MoveSeat {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql("UPDATE seats SET status = ");
+        out.push_bind_param::<Text, _>(&self.to)?;
+        out.push_sql(" WHERE schedule_id = ");
+        out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
+        out.push_sql(" AND seat_no = ");
+        out.push_bind_param::<Integer, _>(&self.seat_no)?;
+        out.push_sql(" AND status = ");
+        out.push_bind_param::<Text, _>(&self.from)?;
+        Ok(())
+    }
 }
 
 const fn seat_status(view: SeatView) -> &'static str {

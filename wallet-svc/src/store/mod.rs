@@ -208,13 +208,7 @@ async fn apply_batch(
     flush(conn, user_id, &mut keys).await?;
     record_refusals(conn, user_id, &keys).await?;
     if locked.is_some_and(|before| before != balance || !keys.pending.is_empty()) {
-        let updated = diesel::update(wallets::table.find(user_id))
-            .set((
-                wallets::balance.eq(balance),
-                wallets::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(conn)
-            .await?;
+        let updated = SetBalance { user_id, balance }.execute(conn).await?;
         if updated != 1 {
             return Err(StoreError::Internal(format!("wallet {user_id} vanished")));
         }
@@ -409,6 +403,28 @@ async fn record_refusals(
     Ok(())
 }
 
+/// `UPDATE wallets SET balance = ..., updated_at = now() WHERE user_id = ...`, as a query type
+/// of its own: diesel's update statements are parsed anew each time, this one is prepared once
+/// per connection.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct SetBalance {
+    user_id: i64,
+    balance: i64,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for SetBalance {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("UPDATE wallets SET balance = ");
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.balance)?;
+        out.push_sql(", updated_at = now() WHERE user_id = ");
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.user_id)?;
+        Ok(())
+    }
+}
+
 /// Inserts the rows the batch has decided so far, in one statement.
 async fn flush(
     conn: &mut AsyncPgConnection,
@@ -433,15 +449,28 @@ async fn flush(
             refund_of: *refund_of,
         })
         .collect();
-    let mut inserted: HashMap<String, TransactionRow> =
-        diesel::insert_into(wallet_transactions::table)
-            .values(values)
-            .returning(TransactionRow::as_returning())
-            .get_results::<TransactionRow>(conn)
-            .await?
-            .into_iter()
-            .map(|row| (row.idempotency_key.clone(), row))
-            .collect();
+    // One row (every movement of a user without contention) is a statement diesel prepares
+    // once per connection; a multi-row insert is parsed each time.
+    let rows = match values.as_slice() {
+        [one] => {
+            diesel::insert_into(wallet_transactions::table)
+                .values(one)
+                .returning(TransactionRow::as_returning())
+                .get_results::<TransactionRow>(conn)
+                .await?
+        }
+        _ => {
+            diesel::insert_into(wallet_transactions::table)
+                .values(values)
+                .returning(TransactionRow::as_returning())
+                .get_results::<TransactionRow>(conn)
+                .await?
+        }
+    };
+    let mut inserted: HashMap<String, TransactionRow> = rows
+        .into_iter()
+        .map(|row| (row.idempotency_key.clone(), row))
+        .collect();
     // Matched by key (unique per user), not by the order rows come back in.
     for at in first..keys.pending.len() {
         let (new, _) = &keys.pending[at];

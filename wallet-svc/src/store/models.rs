@@ -41,8 +41,10 @@ impl TryFrom<TransactionRow> for Transaction {
     }
 }
 
+/// `refund_of` is written as a bound NULL rather than `DEFAULT`, which keeps a one-row insert
+/// a statement diesel prepares once per connection.
 #[derive(Debug, Insertable)]
-#[diesel(table_name = wallet_transactions)]
+#[diesel(table_name = wallet_transactions, treat_none_as_default_value = false)]
 pub struct NewTransaction<'a> {
     pub user_id: i64,
     pub kind: &'a str,
