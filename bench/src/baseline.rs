@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio::process::Command;
 
 use crate::load::{new_histogram, record};
+use crate::probe::CpuTicks;
 
 /// `Use` of one point as wallet-svc runs it.
 pub const WALLET_USE_SQL: &str = include_str!("../sql/wallet_use.sql");
@@ -27,6 +28,9 @@ pub struct Baseline {
     pub rate: f64,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// Busy CPU time of the whole machine per request, in microseconds (every core; for
+    /// pgbench including its connection setup).
+    pub machine_cpu_us: f64,
 }
 
 /// One pgbench run of a custom script: `transactions_per_client` transactions from each of
@@ -79,11 +83,13 @@ impl Pgbench<'_> {
         args.push(self.database_url.to_owned());
 
         let spinner = spinner(self.name);
+        let cpu_from = CpuTicks::now(&[]);
         let output = Command::new("pgbench")
             .args(&args)
             .output()
             .await
             .context("pgbench (install postgresql-contrib)")?;
+        let cpu_to = CpuTicks::now(&[]);
         spinner.finish_and_clear();
         let stdout = String::from_utf8_lossy(&output.stdout);
         anyhow::ensure!(
@@ -133,6 +139,9 @@ impl Pgbench<'_> {
             rate,
             p50_us: latencies.value_at_quantile(0.5),
             p99_us: latencies.value_at_quantile(0.99),
+            machine_cpu_us: cpu_from
+                .per_request_since(&cpu_to, latencies.len())
+                .machine_us,
         })
     }
 }
@@ -191,12 +200,14 @@ impl RedisBenchmark<'_> {
         args.push("--csv".into());
         args.extend(self.command.iter().cloned());
         let spinner = spinner(self.name);
+        let cpu_from = CpuTicks::now(&[]);
         let output = Command::new("redis-benchmark")
             .args(["-h", self.host, "-p", &self.port.to_string()])
             .args(&args)
             .output()
             .await
             .context("redis-benchmark (install redis-tools)")?;
+        let cpu_to = CpuTicks::now(&[]);
         spinner.finish_and_clear();
         let stdout = String::from_utf8_lossy(&output.stdout);
         anyhow::ensure!(
@@ -216,6 +227,9 @@ impl RedisBenchmark<'_> {
             rate: summary.rate,
             p50_us: summary.p50_us,
             p99_us: summary.p99_us,
+            machine_cpu_us: cpu_from
+                .per_request_since(&cpu_to, self.requests)
+                .machine_us,
         })
     }
 }

@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 args.requests,
                 args.concurrency,
                 args.seats,
+                || {},
             )
             .await?;
             print_summary(&Scenario::new(
@@ -148,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
                 args.first_user,
                 args.users,
                 &run::run_id(),
+                || {},
             )
             .await?;
             print_summary(&Scenario::new(

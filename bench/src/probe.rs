@@ -27,11 +27,115 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// Kernel clock ticks per second of `/proc/stat` and `/proc/<pid>/stat` (`USER_HZ`, 100 on
+/// every Linux architecture the harness runs on).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time used so far: by the whole machine (every core, busy time only), by the watched
+/// services and by the harness itself, in clock ticks.
+#[derive(Debug, Clone, Default)]
+pub struct CpuTicks {
+    machine: u64,
+    processes: BTreeMap<&'static str, u64>,
+}
+
+impl CpuTicks {
+    pub fn now(watched: &[Watched]) -> Self {
+        let mut processes = BTreeMap::new();
+        for process in watched {
+            if let Some(ticks) = process_ticks(&process.pid.to_string()) {
+                processes.insert(process.name, ticks);
+            }
+        }
+        if let Some(ticks) = process_ticks("self") {
+            processes.insert(HARNESS, ticks);
+        }
+        Self {
+            machine: machine_busy_ticks().unwrap_or(0),
+            processes,
+        }
+    }
+
+    /// CPU per request since `self`, in microseconds.
+    pub fn per_request_since(&self, later: &Self, requests: u64) -> CpuPerRequest {
+        let per_request = |ticks: u64| ticks as f64 / USER_HZ * 1e6 / requests.max(1) as f64;
+        CpuPerRequest {
+            machine_us: per_request(later.machine.saturating_sub(self.machine)),
+            by_process_us: later
+                .processes
+                .iter()
+                .map(|(name, ticks)| {
+                    let before = self.processes.get(name).copied().unwrap_or(0);
+                    (
+                        (*name).to_owned(),
+                        per_request(ticks.saturating_sub(before)),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The name the harness's own CPU is reported under.
+pub const HARNESS: &str = "load generator";
+
+/// CPU time per request, in microseconds: of the whole machine, and of each process watched.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuPerRequest {
+    pub machine_us: f64,
+    pub by_process_us: BTreeMap<String, f64>,
+}
+
+/// Busy ticks of every core: everything in the `cpu` line of `/proc/stat` but idle and iowait.
+fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    // guest time is counted in user time already.
+    let total: u64 = ticks.iter().take(8).sum();
+    Some(total.saturating_sub(idle))
+}
+
+/// utime + stime of a process (all its threads), from `/proc/<pid>/stat`.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of the line; 1 and 2 are before the name's end.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// What the sampler saw between two calls of [`RssSampler::take`]: peak RSS of each watched
+/// service, in KiB, and the CPU ticks at both ends.
+#[derive(Debug)]
+pub struct Window {
+    pub peak_rss_kib: BTreeMap<String, u64>,
+    cpu_from: CpuTicks,
+    cpu_to: CpuTicks,
+}
+
+impl Window {
+    /// The window's CPU time per request, in microseconds.
+    pub fn cpu_per_request(&self, requests: u64) -> CpuPerRequest {
+        self.cpu_from.per_request_since(&self.cpu_to, requests)
+    }
+}
+
 /// Samples `VmRSS` of the watched processes every 50 ms and keeps the highest value of each
-/// since the last [`RssSampler::take_peaks`].
+/// since the last [`RssSampler::take`], which also reads the CPU time used since.
 #[derive(Debug)]
 pub struct RssSampler {
     peaks: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    watched: Vec<Watched>,
+    cpu_from: Mutex<CpuTicks>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -39,7 +143,10 @@ impl RssSampler {
     pub fn start(watched: Vec<Watched>) -> Self {
         let peaks = Arc::new(Mutex::new(BTreeMap::new()));
         let sampled = Arc::clone(&peaks);
+        let cpu_from = Mutex::new(CpuTicks::now(&watched));
+        let sampling = watched.clone();
         let task = tokio::spawn(async move {
+            let watched = sampling;
             let mut ticks = tokio::time::interval(Duration::from_millis(50));
             loop {
                 ticks.tick().await;
@@ -53,12 +160,24 @@ impl RssSampler {
                 }
             }
         });
-        Self { peaks, task }
+        Self {
+            peaks,
+            watched,
+            cpu_from,
+            task,
+        }
     }
 
-    /// The peaks since the previous call, in KiB, and a fresh start.
-    pub fn take_peaks(&self) -> BTreeMap<String, u64> {
-        self.peaks
+    /// What was seen since the previous call, and a fresh start.
+    pub fn take(&self) -> Window {
+        let cpu_to = CpuTicks::now(&self.watched);
+        let cpu_from = self
+            .cpu_from
+            .lock()
+            .map(|mut from| std::mem::replace(&mut *from, cpu_to.clone()))
+            .unwrap_or_default();
+        let peak_rss_kib = self
+            .peaks
             .lock()
             .map(|mut peaks| {
                 std::mem::take(&mut *peaks)
@@ -66,7 +185,12 @@ impl RssSampler {
                     .map(|(name, kib)| (name.to_owned(), kib))
                     .collect()
             })
-            .unwrap_or_default()
+            .unwrap_or_default();
+        Window {
+            peak_rss_kib,
+            cpu_from,
+            cpu_to,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::baseline::Baseline;
 use crate::load::{Measured, OK};
-use crate::probe::Machine;
+use crate::probe::{CpuPerRequest, HARNESS, Machine, Window};
 
 /// Where the README's copy of the table begins and ends.
 pub const README_BEGIN: &str = "<!-- bench:begin -->";
@@ -38,6 +38,8 @@ pub struct Scenario {
     pub ratio: Option<f64>,
     /// The highest `VmRSS` sampled during the scenario, by service, in KiB.
     pub peak_rss_kib: BTreeMap<String, u64>,
+    /// CPU time per call, of the machine and of the services it calls and the load generator.
+    pub cpu_per_request: CpuPerRequest,
     pub notes: Vec<String>,
 }
 
@@ -77,8 +79,24 @@ impl Scenario {
             baseline: None,
             ratio: None,
             peak_rss_kib: BTreeMap::new(),
+            cpu_per_request: CpuPerRequest::default(),
             notes: Vec::new(),
         }
+    }
+
+    /// Takes the peak RSS and the CPU use of the scenario's window, for `services` (the ones
+    /// it calls) and the load generator.
+    pub fn observe(&mut self, window: &Window, services: &[&str]) {
+        self.peak_rss_kib = window
+            .peak_rss_kib
+            .iter()
+            .filter(|(name, _)| services.contains(&name.as_str()))
+            .map(|(name, kib)| (name.clone(), *kib))
+            .collect();
+        let mut cpu = window.cpu_per_request(self.requests);
+        cpu.by_process_us
+            .retain(|name, _| name == HARNESS || services.contains(&name.as_str()));
+        self.cpu_per_request = cpu;
     }
 
     /// Compares the rate with a baseline's.
@@ -159,8 +177,8 @@ impl Report {
             self.duration_s,
         );
         out.push_str(
-            "| scenario | requests × clients | rate | p50 | p99 | raw baseline | vs raw | peak RSS |\n\
-             |---|--:|--:|--:|--:|---|--:|--:|\n",
+            "| scenario | requests × clients | rate | p50 | p99 | raw baseline | vs raw | peak RSS | CPU per call |\n\
+             |---|--:|--:|--:|--:|---|--:|--:|---|\n",
         );
         for scenario in &self.scenarios {
             let baseline = scenario
@@ -169,7 +187,7 @@ impl Report {
                 .and_then(|key| self.baselines.iter().find(|baseline| &baseline.key == key));
             let _ = writeln!(
                 out,
-                "| {} | {} × {} | {} {} | {} | {} | {} | {} | {} |",
+                "| {} | {} × {} | {} {} | {} | {} | {} | {} | {} | {} |",
                 scenario.name,
                 thousands(scenario.requests),
                 thousands(scenario.clients as u64),
@@ -194,24 +212,26 @@ impl Report {
                     .map(|(service, kib)| format!("{service} {}", mebibytes(*kib)))
                     .collect::<Vec<_>>()
                     .join(", "),
+                cpu_breakdown(&scenario.cpu_per_request),
             );
         }
 
         out.push_str(
             "\nRaw baselines, in the same run:\n\n\
-             | baseline | requests × clients | rate | p50 | p99 | command |\n\
-             |---|--:|--:|--:|--:|---|\n",
+             | baseline | requests × clients | rate | p50 | p99 | CPU per call | command |\n\
+             |---|--:|--:|--:|--:|--:|---|\n",
         );
         for baseline in &self.baselines {
             let _ = writeln!(
                 out,
-                "| {} | {} × {} | {}/s | {} | {} | `{}` |",
+                "| {} | {} × {} | {}/s | {} | {} | {} | `{}` |",
                 baseline.name,
                 thousands(baseline.requests),
                 thousands(baseline.clients as u64),
                 thousands(baseline.rate.round() as u64),
                 latency(baseline.p50_us),
                 latency(baseline.p99_us),
+                micros(baseline.machine_cpu_us),
                 baseline.command.replace('|', "\\|"),
             );
         }
@@ -277,6 +297,22 @@ impl Report {
 }
 
 /// `12,345`.
+/// `machine 214 µs (reservation-svc 98 µs, load generator 41 µs)`.
+pub fn cpu_breakdown(cpu: &CpuPerRequest) -> String {
+    let parts = cpu
+        .by_process_us
+        .iter()
+        .map(|(name, us)| format!("{name} {}", micros(*us)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("machine {} ({parts})", micros(cpu.machine_us))
+}
+
+/// A CPU time in whole microseconds.
+pub fn micros(us: f64) -> String {
+    format!("{} µs", thousands(us.round() as u64))
+}
+
 pub fn thousands(value: u64) -> String {
     let digits = value.to_string();
     let mut out = String::new();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::baseline::{self, Baseline, Pgbench, RedisBenchmark};
 use crate::load::{Measured, OK};
 use crate::probe::{self, Machine, RssSampler, Watched};
-use crate::report::{Report, Scenario, Target, latency, mebibytes, thousands};
+use crate::report::{Report, Scenario, Target, latency, mebibytes, micros, thousands};
 use crate::scenarios;
 
 /// The Lua release of reservation-svc's seat lock (reservation-svc/src/lock.rs).
@@ -162,7 +162,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut notes: Vec<String> = Vec::new();
 
     // (e) The gRPC floor: the cheapest call, at the stampede's concurrency.
-    sampler.take_peaks();
+    sampler.take();
     let measured = scenarios::health(&reservation, sizes.health, STAMPEDE_CLIENTS).await?;
     let mut health = Scenario::new(
         "health",
@@ -174,7 +174,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "req/s",
         None,
     );
-    health.peak_rss_kib = only(sampler.take_peaks(), &[RESERVATION]);
+    health.observe(&sampler.take(), &[RESERVATION]);
     health.note_outcomes();
     let health_rate = health.rate;
     scenarios_done.push(health);
@@ -234,7 +234,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .run()
     .await?;
     scenarios::charge_users(&wallet, HOT_USER, 1, 1_000_000_000, &run_id).await?;
-    sampler.take_peaks();
+    sampler.take();
     let measured = scenarios::wallet_uses(
         "hot wallet",
         &wallet,
@@ -255,7 +255,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "req/s",
         None,
     );
-    hot.peak_rss_kib = only(sampler.take_peaks(), &[WALLET]);
+    hot.observe(&sampler.take(), &[WALLET]);
     hot.against(&raw_hot);
     hot.note_outcomes();
     targets.push(ratio_target(
@@ -293,7 +293,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &run_id,
     )
     .await?;
-    sampler.take_peaks();
+    sampler.take();
     let measured = scenarios::wallet_uses(
         "spread wallet",
         &wallet,
@@ -314,7 +314,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "req/s",
         None,
     );
-    spread.peak_rss_kib = only(sampler.take_peaks(), &[WALLET]);
+    spread.observe(&sampler.take(), &[WALLET]);
     spread.against(&raw_spread);
     spread.note_outcomes();
     scenarios_done.push(spread);
@@ -390,11 +390,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             .as_secs_f64()
             .max(1.0);
     let locks_before = seat_locks(&args.reservation_metrics).await?;
-    sampler.take_peaks();
+    sampler.take();
     let stampede_started = Instant::now();
     let (measured, stampede_schedule) =
         scenarios::stampede(&reservation, sizes.stampede, STAMPEDE_CLIENTS).await?;
-    let stampede_peaks = sampler.take_peaks();
+    let stampede_seen = sampler.take();
     let locks_after = seat_locks(&args.reservation_metrics).await?;
     // Idle backends report their counts up to 10 s late.
     tokio::time::sleep(PG_STATS_DELAY).await;
@@ -420,7 +420,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "req/s",
         None,
     );
-    stampede.peak_rss_kib = only(stampede_peaks, &[RESERVATION]);
+    stampede.observe(&stampede_seen, &[RESERVATION]);
     stampede.against(&raw_stampede);
     let winners = measured.count(OK);
     let losers = measured.total() - winners;
@@ -521,9 +521,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     .run()
     .await?;
-    sampler.take_peaks();
-    let measured =
-        scenarios::distinct_seats(&reservation, sizes.distinct_holds, CLIENTS, sizes.seats).await?;
+    let measured = scenarios::distinct_seats(
+        &reservation,
+        sizes.distinct_holds,
+        CLIENTS,
+        sizes.seats,
+        || drop(sampler.take()),
+    )
+    .await?;
     let mut distinct = Scenario::new(
         "distinct-seats",
         "(d) distinct seats: `HoldSeat` over 100,000 seats",
@@ -534,7 +539,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "req/s",
         None,
     );
-    distinct.peak_rss_kib = only(sampler.take_peaks(), &[RESERVATION]);
+    distinct.observe(&sampler.take(), &[RESERVATION]);
     distinct.against(&raw_holds);
     distinct.note_outcomes();
     targets.push(ratio_target(
@@ -542,6 +547,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         &distinct,
         &raw_holds,
         0.8,
+    ));
+    let cpu = &distinct.cpu_per_request;
+    let process_us = |name: &str| cpu.by_process_us.get(name).copied().unwrap_or(0.0);
+    let (service_us, harness_us) = (process_us(RESERVATION), process_us(probe::HARNESS));
+    notes.push(format!(
+        "distinct seats: every core busy, so the rate follows the CPU each hold costs the \
+         machine: {} through the service against {} for pgbench's statement. Of the service's, \
+         reservation-svc {} and the load generator {}; the other {} are Postgres, Redis and the \
+         kernel (loopback TCP, scheduling), where pgbench spends its {} on Postgres and its own \
+         client.",
+        micros(cpu.machine_us),
+        micros(raw_holds.machine_cpu_us),
+        micros(service_us),
+        micros(harness_us),
+        micros((cpu.machine_us - service_us - harness_us).max(0.0)),
+        micros(raw_holds.machine_cpu_us),
     ));
     scenarios_done.push(distinct);
     baselines.push(raw_holds);
@@ -555,6 +576,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         PAYMENT_FIRST_USER,
         sizes.payment_users,
         &run_id,
+        || drop(sampler.take()),
     )
     .await?;
     let mut payments = Scenario::new(
@@ -567,7 +589,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "paid/s",
         Some(&[OK]),
     );
-    payments.peak_rss_kib = only(sampler.take_peaks(), &[RESERVATION, WALLET]);
+    payments.observe(&sampler.take(), &[RESERVATION, WALLET]);
     payments.note_outcomes();
     scenarios_done.push(payments);
     notes.push(
@@ -653,13 +675,6 @@ fn ratio_target(what: &str, scenario: &Scenario, baseline: &Baseline, factor: f6
         ),
         met: ratio >= factor,
     }
-}
-
-fn only(peaks: BTreeMap<String, u64>, services: &[&str]) -> BTreeMap<String, u64> {
-    peaks
-        .into_iter()
-        .filter(|(name, _)| services.contains(&name.as_str()))
-        .collect()
 }
 
 fn database_name(url: &str) -> &str {

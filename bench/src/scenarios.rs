@@ -198,12 +198,14 @@ pub fn spread_seat(index: u64, seat_count: i32) -> i32 {
     i32::try_from(seat).unwrap_or(1)
 }
 
-/// `requests` holds, each of a distinct seat of a fresh schedule of `seat_count` seats.
+/// `requests` holds, each of a distinct seat of a fresh schedule of `seat_count` seats;
+/// `measuring` runs once the schedule exists, right before the first hold.
 pub async fn distinct_seats(
     reservation: &[Channel],
     requests: u64,
     clients: usize,
     seat_count: i32,
+    measuring: impl FnOnce(),
 ) -> anyhow::Result<Measured> {
     anyhow::ensure!(
         requests <= u64::try_from(seat_count).unwrap_or(0),
@@ -213,6 +215,7 @@ pub async fn distinct_seats(
         .first()
         .ok_or_else(|| anyhow::anyhow!("no reservation-svc"))?;
     let schedule_id = create_schedule(first, "Distinct seats", seat_count, 0).await?;
+    measuring();
     load::drive(
         "distinct seats",
         requests,
@@ -238,7 +241,9 @@ pub async fn distinct_seats(
 
 /// `pairs` hold + pay pairs, each of its own seat of a fresh schedule at 1 point a seat, by
 /// users `first_user..first_user + users`, whose wallets are charged first (not measured). An
-/// outcome is the first failure of its pair, or [`OK`] once paid.
+/// outcome is the first failure of its pair, or [`OK`] once paid. `measuring` runs right
+/// before the first hold.
+#[allow(clippy::too_many_arguments)]
 pub async fn payments(
     reservation: &[Channel],
     wallet: &[Channel],
@@ -247,6 +252,7 @@ pub async fn payments(
     first_user: i64,
     users: u64,
     run_id: &str,
+    measuring: impl FnOnce(),
 ) -> anyhow::Result<Measured> {
     let seat_count = i32::try_from(pairs)?;
     let per_user = i64::try_from(pairs.div_ceil(users.max(1)))?;
@@ -262,6 +268,7 @@ pub async fn payments(
         .first()
         .ok_or_else(|| anyhow::anyhow!("no reservation-svc"))?;
     let schedule_id = create_schedule(first, "Payments", seat_count, 1).await?;
+    measuring();
     load::drive(
         "payments",
         pairs,
