@@ -1,8 +1,9 @@
 //! What reservation-svc counts beyond the calls and the pool that every service reports (see
 //! `shared::metrics`): seat lock outcomes, and the work of the sweeper and the reconciler.
 
-/// Seat lock attempts, by `outcome`: `acquired`, `contended` (another request holds it) or
-/// `redis_unavailable`.
+/// Seat lock attempts, by `outcome`: `acquired`, `contended` (another request holds it),
+/// `taken` (the key holds the seat's taken mark), `taken_remembered` (this replica remembers the
+/// mark and did not ask Redis) or `redis_unavailable`.
 pub const SEAT_LOCKS: &str = "ticketing_seat_lock_total";
 /// Lapsed holds the sweeper marked `EXPIRED`.
 pub const RESERVATIONS_EXPIRED: &str = "ticketing_reservations_expired_total";
