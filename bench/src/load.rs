@@ -114,7 +114,10 @@ where
     let mut outcomes: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
     for worker in answered {
         for (outcome, latency) in worker? {
-            record(outcomes.entry(outcome).or_insert_with(new_histogram), latency);
+            record(
+                outcomes.entry(outcome).or_insert_with(new_histogram),
+                latency,
+            );
         }
     }
     Ok(Measured { elapsed, outcomes })
