@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, KeysInterface};
 use fred::prelude::{Builder, Config, Expiration, Options, ReconnectPolicy, SetOptions};
+use fred::types::FromValue;
 use fred::types::scripts::Script;
 use protocol::reservation::AfterHold;
 
@@ -32,13 +33,29 @@ end
 return 0
 ";
 
-/// Replaces the caller's token with a taken mark (`ARGV[2]`, for `ARGV[3]` ms); a lock that
-/// is no longer the caller's is left alone.
+/// Replaces the caller's token (`ARGV[1]`) with a taken mark (`ARGV[2]`, for `ARGV[3]` ms); a
+/// lock that is no longer the caller's is left alone, and a mark whose reservation was already
+/// cancelled (its tombstone `KEYS[2]` names it) is not written: the lock is released instead.
 const MARK_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
 end
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+    redis.call('DEL', KEYS[1])
+    return 2
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Deletes the seat's mark `ARGV[1]` of a cancelled reservation; when the key does not hold it
+/// (the hold that inserted the reservation may still be about to write it), leaves a tombstone
+/// naming it (`KEYS[2]`, for `ARGV[2]` ms: the lock's TTL, past which no mark can be written).
+const CLEAR_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 0
 ";
 
@@ -83,6 +100,7 @@ pub struct SeatLocks {
     client: Client,
     release: Script,
     mark: Script,
+    clear: Script,
     taken: TakenMemory,
     settings: LockSettings,
 }
@@ -141,6 +159,7 @@ impl SeatLocks {
             client,
             release: Script::from_lua(RELEASE_SCRIPT),
             mark: Script::from_lua(MARK_SCRIPT),
+            clear: Script::from_lua(CLEAR_SCRIPT),
             taken: TakenMemory::default(),
             settings,
         })
@@ -164,6 +183,7 @@ impl SeatLocks {
             return Err(LockError::Taken);
         }
         let token = format!("{:032x}", rand::random::<u128>());
+        let asked = Instant::now();
         let acquired = self
             .acquire_with_token(self.key(schedule_id, seat_no), token)
             .await;
@@ -173,7 +193,7 @@ impl SeatLocks {
                 ..lock
             }),
             Err(LockError::Taken) => {
-                self.taken.remember(seat, self.settings.taken_memory);
+                self.taken.remember(seat, asked, self.settings.taken_memory);
                 Err(LockError::Taken)
             }
             Err(error) => Err(error),
@@ -221,7 +241,8 @@ impl SeatLocks {
     }
 
     /// Ends a hold's lock as the protocol decided: released, or turned into the seat's taken
-    /// mark (which this replica then remembers).
+    /// mark (which this replica then remembers). The mark's time is what the hold has left
+    /// less the command timeout, so that a slow command cannot make it outlive the hold.
     pub async fn finish(&self, lock: SeatLock, after: AfterHold) {
         let AfterHold::MarkTaken {
             reservation,
@@ -230,41 +251,50 @@ impl SeatLocks {
         else {
             return self.release(lock).await;
         };
-        let ttl = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0));
+        let ttl = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0))
+            .saturating_sub(self.settings.command_timeout);
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         if ttl_ms == 0 {
             return self.release(lock).await;
         }
+        let tombstone = tombstone_key(&lock.key);
         let marked: Result<i64, _> = self
-            .mark
-            .evalsha_with_reload(
-                &self.client,
-                lock.key.as_str(),
+            .run(
+                &self.mark,
+                vec![lock.key.clone(), tombstone],
                 vec![lock.token, taken_mark(reservation), ttl_ms.to_string()],
             )
             .await;
         match marked {
             Ok(1) => {
                 if let Some(seat) = lock.seat {
-                    self.taken
-                        .remember(seat, ttl.min(self.settings.taken_memory));
+                    let remembered = ttl.min(self.settings.taken_memory);
+                    self.taken.remember(seat, Instant::now(), remembered);
                 }
             }
+            Ok(2) => tracing::info!(key = %lock.key, "reservation cancelled before its taken mark"),
             Ok(_) => tracing::warn!(key = %lock.key, "seat lock had expired before its taken mark"),
             Err(error) => tracing::warn!(key = %lock.key, %error, "seat taken mark failed"),
         }
     }
 
     /// Deletes the taken mark of `reservation`, which no longer holds its seat; a lock or
-    /// another reservation's mark is left alone. Failures are logged: the mark lapses by
-    /// itself, and until then it only refuses holds.
+    /// another reservation's mark is left alone. If the mark is not there yet, a tombstone
+    /// keeps the hold that may still write it from doing so. Failures are logged: the mark
+    /// lapses with its hold, and until then it only refuses holds.
     pub async fn clear_taken(&self, schedule_id: i64, seat_no: i32, reservation: i64) {
-        self.taken.forget((schedule_id, seat_no));
         let key = self.key(schedule_id, seat_no);
+        let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
         let cleared: Result<i64, _> = self
-            .release
-            .evalsha_with_reload(&self.client, key.as_str(), taken_mark(reservation))
+            .run(
+                &self.clear,
+                vec![key.clone(), tombstone_key(&key)],
+                vec![taken_mark(reservation), ttl_ms.max(1).to_string()],
+            )
             .await;
+        // After Redis: a hold of this replica that read the mark before the delete does not
+        // remember it past this point.
+        self.taken.forget((schedule_id, seat_no));
         if let Err(error) = cleared {
             tracing::warn!(%key, %error, "seat taken mark not deleted");
         }
@@ -274,8 +304,7 @@ impl SeatLocks {
     /// another request is left alone. Failures are logged: the TTL ends the lock anyway.
     pub async fn release(&self, lock: SeatLock) {
         let released: Result<i64, _> = self
-            .release
-            .evalsha_with_reload(&self.client, lock.key.as_str(), lock.token.as_str())
+            .run(&self.release, vec![lock.key.clone()], vec![lock.token])
             .await;
         match released {
             Ok(1) => {}
@@ -298,6 +327,33 @@ impl SeatLocks {
         let _ = tokio::time::timeout(self.settings.command_timeout, self.client.quit()).await;
     }
 
+    /// `EVALSHA` of `script` (loading it on `NOSCRIPT`). Refused at once while the connection
+    /// is down, like every other command here (fred's per-command options do not reach
+    /// scripts); otherwise bounded by the command timeout.
+    async fn run<R: FromValue>(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<R, fred::error::Error> {
+        if !self.client.is_connected() {
+            return Err(fred::error::Error::new(
+                fred::error::ErrorKind::IO,
+                "not connected to redis",
+            ));
+        }
+        match script
+            .evalsha(&self.client, keys.clone(), args.clone())
+            .await
+        {
+            Err(error) if error.details().starts_with("NOSCRIPT") => {
+                script.load(&self.client).await?;
+                script.evalsha(&self.client, keys, args).await
+            }
+            result => result,
+        }
+    }
+
     /// Refuse at once while disconnected, never resend, and give up after the timeout.
     fn fail_fast(&self) -> Options {
         Options {
@@ -313,38 +369,60 @@ fn taken_mark(reservation: i64) -> String {
     format!("{TAKEN_PREFIX}{reservation}")
 }
 
-/// The taken marks this replica has seen lately, by seat, each until its own deadline.
+/// The key that tells a hold about to mark its seat that its reservation is already cancelled;
+/// beside the seat's key, so in the same Redis Cluster slot.
+fn tombstone_key(seat_key: &str) -> String {
+    format!("{seat_key}:cancelled")
+}
+
+/// What this replica knows of a seat's taken mark.
+#[derive(Debug, Clone, Copy)]
+enum Memory {
+    /// Seen, and remembered until then.
+    Taken { until: Instant },
+    /// Cleared by a cancel of this replica at that moment: a mark read before it is stale.
+    Cleared { at: Instant },
+}
+
+/// The taken marks this replica has seen lately, by seat.
 #[derive(Debug, Clone, Default)]
 struct TakenMemory {
-    until: Arc<Mutex<HashMap<(i64, i32), Instant>>>,
+    seats: Arc<Mutex<HashMap<(i64, i32), Memory>>>,
 }
 
 impl TakenMemory {
     fn remembers(&self, seat: (i64, i32)) -> bool {
-        let until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
-        until
-            .get(&seat)
-            .is_some_and(|until| *until > Instant::now())
+        let seats = self.seats.lock().unwrap_or_else(PoisonError::into_inner);
+        matches!(seats.get(&seat), Some(Memory::Taken { until }) if *until > Instant::now())
     }
 
-    fn remember(&self, seat: (i64, i32), ttl: Duration) {
+    /// Remembers a mark read in Redis at `read`, for `ttl`, unless a cancel cleared it since.
+    fn remember(&self, seat: (i64, i32), read: Instant, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
         let now = Instant::now();
-        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
-        if until.len() >= TAKEN_MEMORY_CAPACITY {
-            until.retain(|_, until| *until > now);
-            if until.len() >= TAKEN_MEMORY_CAPACITY {
+        let mut seats = self.seats.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Memory::Cleared { at }) = seats.get(&seat)
+            && *at >= read
+        {
+            return;
+        }
+        if seats.len() >= TAKEN_MEMORY_CAPACITY {
+            seats.retain(|_, memory| match memory {
+                Memory::Taken { until } => *until > now,
+                Memory::Cleared { at } => now.duration_since(*at) < ttl,
+            });
+            if seats.len() >= TAKEN_MEMORY_CAPACITY {
                 return;
             }
         }
-        until.insert(seat, now + ttl);
+        seats.insert(seat, Memory::Taken { until: now + ttl });
     }
 
     fn forget(&self, seat: (i64, i32)) {
-        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
-        until.remove(&seat);
+        let mut seats = self.seats.lock().unwrap_or_else(PoisonError::into_inner);
+        seats.insert(seat, Memory::Cleared { at: Instant::now() });
     }
 }
 
@@ -355,5 +433,25 @@ impl SeatLock {
 
     pub fn token(&self) -> &str {
         &self.token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_read_before_a_cancel_of_this_replica_is_not_remembered() {
+        let memory = TakenMemory::default();
+        let seat = (1, 1);
+        let read = Instant::now();
+        memory.forget(seat);
+        memory.remember(seat, read, Duration::from_secs(1));
+        assert!(!memory.remembers(seat));
+
+        memory.remember(seat, Instant::now(), Duration::from_secs(1));
+        assert!(memory.remembers(seat));
+        memory.remember((1, 2), Instant::now(), Duration::ZERO);
+        assert!(!memory.remembers((1, 2)));
     }
 }

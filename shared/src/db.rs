@@ -68,6 +68,49 @@ pub struct PoolSettings {
 /// should a connection ever escape the pool's own checks.
 const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// TCP limits that end a connection whose server has silently gone (a failover behind the
+/// same address, a dropped flow), which no checkout test query looks for any more: data left
+/// unacknowledged for `tcp_user_timeout` s, or an idle connection whose keepalive probes go
+/// unanswered (`keepalives_idle` + `keepalives_interval` x `keepalives_retries` s). Each
+/// applies unless the database URL sets it.
+const DEAD_PEER_LIMITS: [(&str, &str); 4] = [
+    ("tcp_user_timeout", "10"),
+    ("keepalives_idle", "10"),
+    ("keepalives_interval", "5"),
+    ("keepalives_retries", "2"),
+];
+
+/// `database_url` with [`DEAD_PEER_LIMITS`] it does not set itself, in its own syntax (a
+/// `postgres://` URL's query, or `key=value` words).
+fn with_dead_peer_limits(database_url: &str) -> String {
+    let is_url =
+        database_url.starts_with("postgres://") || database_url.starts_with("postgresql://");
+    let mut url = database_url.to_owned();
+    for (key, value) in DEAD_PEER_LIMITS {
+        let set = if is_url {
+            database_url.split_once('?').is_some_and(|(_, query)| {
+                query
+                    .split('&')
+                    .any(|pair| pair.split('=').next() == Some(key))
+            })
+        } else {
+            database_url
+                .split_whitespace()
+                .any(|word| word.split('=').next() == Some(key))
+        };
+        if set {
+            continue;
+        }
+        let separator = match (is_url, url.contains('?')) {
+            (true, true) => "&",
+            (true, false) => "?",
+            (false, _) => " ",
+        };
+        url.push_str(&format!("{separator}{key}={value}"));
+    }
+    url
+}
+
 /// Builds the pool; connections are opened lazily, so this succeeds with Postgres down.
 pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result<PgPool> {
     let application_name: String = settings
@@ -105,7 +148,8 @@ pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result
             Ok(conn)
         })
     });
-    let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
+    let manager =
+        AsyncDieselConnectionManager::new_with_config(with_dead_peer_limits(database_url), config);
     let pool = Pool::builder(manager)
         .max_size(settings.max_size)
         .runtime(deadpool::Runtime::Tokio1)
@@ -183,6 +227,46 @@ impl DbArgs {
             statement_timeout: self.db_statement_timeout,
             lock_timeout: self.db_lock_timeout,
             acquire_timeout: self.db_acquire_timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_peer_limits_are_added_unless_the_url_sets_them() {
+        assert_eq!(
+            with_dead_peer_limits("postgres://postgres@db:5432/wallet"),
+            "postgres://postgres@db:5432/wallet?tcp_user_timeout=10&keepalives_idle=10\
+             &keepalives_interval=5&keepalives_retries=2"
+        );
+        assert_eq!(
+            with_dead_peer_limits(
+                "postgresql://db/wallet?sslmode=disable&tcp_user_timeout=3&keepalives_idle=60\
+                 &keepalives_interval=1&keepalives_retries=9"
+            ),
+            "postgresql://db/wallet?sslmode=disable&tcp_user_timeout=3&keepalives_idle=60\
+             &keepalives_interval=1&keepalives_retries=9"
+        );
+        assert_eq!(
+            with_dead_peer_limits("host=db dbname=wallet keepalives_idle=30"),
+            "host=db dbname=wallet keepalives_idle=30 tcp_user_timeout=10 \
+             keepalives_interval=5 keepalives_retries=2"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_opens_with_the_limits_in_either_syntax() {
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+        ] {
+            let limited = with_dead_peer_limits(url);
+            AsyncPgConnection::establish(&limited)
+                .await
+                .unwrap_or_else(|error| panic!("{limited}: {error}"));
         }
     }
 }

@@ -146,3 +146,26 @@ async fn a_mark_never_replaces_a_lock_that_is_no_longer_the_holds() {
         Err(LockError::Contended)
     ));
 }
+
+#[tokio::test]
+async fn a_cancel_that_lands_before_the_mark_keeps_it_from_being_written() {
+    let locks = connected(settings(REDIS)).await;
+    let mark = |reservation| AfterHold::MarkTaken {
+        reservation,
+        for_micros: 30_000_000,
+    };
+
+    // Reservation 77 is cancelled while its hold still holds the lock, before the mark.
+    let lock = locks.acquire(8, 8).await.expect("free");
+    locks.clear_taken(8, 8, 77).await;
+    locks.finish(lock, mark(77)).await;
+    let again = locks
+        .acquire(8, 8)
+        .await
+        .expect("no mark of a cancelled reservation");
+
+    // Another reservation's cancellation does not stop this one's mark.
+    locks.clear_taken(8, 8, 76).await;
+    locks.finish(again, mark(78)).await;
+    assert!(matches!(locks.acquire(8, 8).await, Err(LockError::Taken)));
+}
