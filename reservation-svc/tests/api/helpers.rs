@@ -106,6 +106,23 @@ async fn launch(config: Config) -> Running {
     }
 }
 
+/// A hold sent through `client` (one replica among several, say).
+pub async fn hold_via(
+    mut client: Client,
+    user_id: i64,
+    schedule_id: i64,
+    seat_no: i32,
+) -> Result<pb::Reservation, tonic::Status> {
+    client
+        .hold_seat(pb::HoldSeatRequest {
+            user_id,
+            schedule_id,
+            seat_no,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -151,14 +168,26 @@ impl TestApp {
         schedule_id: i64,
         seat_no: i32,
     ) -> Result<pb::Reservation, tonic::Status> {
+        hold_via(self.client(), user_id, schedule_id, seat_no).await
+    }
+
+    pub async fn cancel(
+        &self,
+        reservation_id: i64,
+        user_id: i64,
+    ) -> Result<pb::Reservation, tonic::Status> {
         self.client()
-            .hold_seat(pb::HoldSeatRequest {
+            .cancel_reservation(pb::CancelReservationRequest {
+                reservation_id,
                 user_id,
-                schedule_id,
-                seat_no,
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// The seat's Redis key, as the service names it.
+    pub fn seat_key(&self, schedule_id: i64, seat_no: i32) -> String {
+        format!("{}seat:{{{schedule_id}}}:{seat_no}", self.key_prefix)
     }
 
     pub async fn seats(&self, schedule_id: i64) -> Vec<pb::Seat> {

@@ -6,7 +6,7 @@ use futures::future::join_all;
 use shared::proto::reservation::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{Client, TestApp, channel, reason, spawn_app, start};
+use crate::helpers::{Client, TestApp, channel, hold_via, reason, spawn_app, start};
 
 #[tokio::test]
 async fn a_hold_keeps_the_seat_for_its_ttl() {
@@ -57,17 +57,8 @@ async fn stampede(
     requests: i64,
 ) -> Vec<Result<pb::Reservation, tonic::Status>> {
     let holds = (0..requests).map(|user_id| {
-        let mut client = clients[usize::try_from(user_id).expect("small") % clients.len()].clone();
-        async move {
-            client
-                .hold_seat(pb::HoldSeatRequest {
-                    user_id: user_id + 1,
-                    schedule_id,
-                    seat_no,
-                })
-                .await
-                .map(tonic::Response::into_inner)
-        }
+        let client = clients[usize::try_from(user_id).expect("small") % clients.len()].clone();
+        hold_via(client, user_id + 1, schedule_id, seat_no)
     });
     join_all(holds).await
 }
@@ -171,7 +162,7 @@ async fn a_lock_lost_while_a_hold_is_in_its_transaction_still_gives_one_reservat
     let app = spawn_app().await;
     let schedule_id = app.schedule_with_seats(10).await;
     let redis = crate::helpers::redis(&app.config.redis_url).await;
-    let key = format!("{}seat:{{{schedule_id}}}:4", app.key_prefix);
+    let key = app.seat_key(schedule_id, 4);
 
     // Hold the seat's row so the first hold waits inside its transaction, lock in hand.
     let mut blocker = app.connect_db().await;
@@ -224,11 +215,6 @@ async fn a_lock_lost_while_a_hold_is_in_its_transaction_still_gives_one_reservat
     assert_one_active_reservation(&app, schedule_id, 4).await;
 }
 
-/// The seat's Redis key, as the service names it.
-fn seat_key(app: &TestApp, schedule_id: i64, seat_no: i32) -> String {
-    format!("{}seat:{{{schedule_id}}}:{seat_no}", app.key_prefix)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_a_hold_every_loser_is_answered_without_postgres() {
     use diesel_async::SimpleAsyncConnection;
@@ -240,10 +226,7 @@ async fn after_a_hold_every_loser_is_answered_without_postgres() {
     let clients = [app.client(), Client::new(channel(second_addr).await)];
     let held = app.hold(1, schedule_id, 4).await.expect("hold");
     let redis = crate::helpers::redis(&app.config.redis_url).await;
-    let mark: Option<String> = redis
-        .get(seat_key(&app, schedule_id, 4))
-        .await
-        .expect("get");
+    let mark: Option<String> = redis.get(app.seat_key(schedule_id, 4)).await.expect("get");
     assert_eq!(mark, Some(format!("taken:{}", held.id)));
 
     // The seat's row stays locked by another transaction: a loser that reached Postgres
@@ -274,41 +257,17 @@ async fn a_cancelled_hold_leaves_no_taken_mark_behind() {
     forgetful.seat_taken_memory = std::time::Duration::ZERO;
     let (second_addr, _stop_second, _second) = start(forgetful).await;
     let second = Client::new(channel(second_addr).await);
-    let hold_on_second = |user_id: i64| {
-        let mut second = second.clone();
-        async move {
-            second
-                .hold_seat(pb::HoldSeatRequest {
-                    user_id,
-                    schedule_id,
-                    seat_no: 6,
-                })
-                .await
-                .map(tonic::Response::into_inner)
-        }
-    };
-    let cancel = |reservation_id: i64, user_id: i64| {
-        let mut client = app.client();
-        async move {
-            client
-                .cancel_reservation(pb::CancelReservationRequest {
-                    reservation_id,
-                    user_id,
-                })
-                .await
-                .expect("cancel")
-        }
-    };
+    let hold_on_second = |user_id: i64| hold_via(second.clone(), user_id, schedule_id, 6);
 
     let first = app.hold(1, schedule_id, 6).await.expect("hold");
     let refused = hold_on_second(2).await.expect_err("taken");
     assert_eq!(reason(&refused), "SEAT_TAKEN");
     // On the replica that cancels, the seat is free at once, memory and mark alike.
-    cancel(first.id, 1).await;
+    app.cancel(first.id, 1).await.expect("cancel");
     let second_hold = app.hold(3, schedule_id, 6).await.expect("free again");
-    cancel(second_hold.id, 3).await;
+    app.cancel(second_hold.id, 3).await.expect("cancel");
     let redis = crate::helpers::redis(&app.config.redis_url).await;
-    let key = seat_key(&app, schedule_id, 6);
+    let key = app.seat_key(schedule_id, 6);
     assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
     // And through Redis on every other replica.
     let third = hold_on_second(4).await.expect("free on the other replica");
@@ -327,7 +286,7 @@ async fn a_taken_mark_lapses_no_later_than_its_hold() {
     let held = app.hold(1, schedule_id, 2).await.expect("hold");
     let redis = crate::helpers::redis(&app.config.redis_url).await;
     let ttl_ms: i64 = redis
-        .pttl(seat_key(&app, schedule_id, 2))
+        .pttl(app.seat_key(schedule_id, 2))
         .await
         .expect("pttl");
     // What the hold has left, less the command timeout (1 s).

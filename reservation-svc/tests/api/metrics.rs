@@ -59,7 +59,7 @@ async fn seat_lock_outcomes_expired_holds_and_calls_are_counted() {
     redis(&app.config.redis_url)
         .await
         .set::<(), _, _>(
-            format!("{}seat:{{{schedule_id}}}:2", app.key_prefix),
+            app.seat_key(schedule_id, 2),
             "another-request",
             None,
             None,

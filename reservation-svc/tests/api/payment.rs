@@ -59,20 +59,6 @@ async fn pay(
         .map(tonic::Response::into_inner)
 }
 
-async fn cancel(
-    app: &TestApp,
-    reservation_id: i64,
-    user_id: i64,
-) -> Result<pb::Reservation, tonic::Status> {
-    app.client()
-        .cancel_reservation(pb::CancelReservationRequest {
-            reservation_id,
-            user_id,
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 /// Money matches every reservation's outcome: a confirmed one was debited exactly once among
 /// its attempts' keys and not refunded; a cancelled paid one was debited once and refunded once;
 /// any other kept nothing. And the wallet's ledger sums to its balances.
@@ -290,9 +276,9 @@ async fn cancelling_a_paid_reservation_twice_and_concurrently_refunds_once() {
     let held = app.hold(1, schedule_id, 5).await.expect("hold");
     pay(&app, held.id, 1).await.expect("pay");
 
-    let cancels = (0..10).map(|_| cancel(&app, held.id, 1));
+    let cancels = (0..10).map(|_| app.cancel(held.id, 1));
     let answers = join_all(cancels).await;
-    let again = cancel(&app, held.id, 1).await.expect("cancel again");
+    let again = app.cancel(held.id, 1).await.expect("cancel again");
 
     assert!(
         answers.iter().all(|a| a
@@ -334,7 +320,7 @@ async fn a_pay_while_the_wallet_is_down_stays_paying_and_a_retry_confirms_it_onc
         app.reservation(held.id).await.status(),
         pb::ReservationStatus::Paying
     );
-    let cancel_while_paying = cancel(&app, held.id, 1).await.expect_err("settle first");
+    let cancel_while_paying = app.cancel(held.id, 1).await.expect_err("settle first");
     assert_eq!(reason(&cancel_while_paying), "INVALID_STATE");
 
     wallet.restart().await;
@@ -512,7 +498,7 @@ async fn a_free_seat_is_confirmed_and_cancelled_without_the_wallet() {
 
     let paid = pay(&app, held.id, 1).await.expect("free");
     assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
-    let cancelled = cancel(&app, held.id, 1).await.expect("cancel");
+    let cancelled = app.cancel(held.id, 1).await.expect("cancel");
 
     assert_eq!(cancelled.status(), pb::ReservationStatus::Cancelled);
     assert!(wallet.ledger(1).await.is_empty(), "no money moved");
