@@ -18,6 +18,7 @@ pub enum Reason {
     InsufficientBalance,
     BalanceLimit,
     IdempotencyKeyReused,
+    UnknownUse,
 }
 
 impl Reason {
@@ -30,6 +31,7 @@ impl Reason {
             Self::InsufficientBalance => "INSUFFICIENT_BALANCE",
             Self::BalanceLimit => "BALANCE_LIMIT",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::UnknownUse => "UNKNOWN_USE",
         }
     }
 }

@@ -20,7 +20,9 @@ impl From<WalletError> for Status {
             WalletError::KeyReused => {
                 status_with_reason(Code::AlreadyExists, Reason::IdempotencyKeyReused, message)
             }
-            WalletError::UnknownUse => Status::not_found(message),
+            WalletError::UnknownUse => {
+                status_with_reason(Code::NotFound, Reason::UnknownUse, message)
+            }
             WalletError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Status::unavailable("the database is unavailable, retry later")

@@ -51,6 +51,7 @@ impl Application {
         migrate(&config).await?;
         let pool =
             shared::db::build_pool(&config.database_url, &config.db.pool_settings("wallet-svc"))?;
+        shared::db::check_isolation(&pool).await?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen_addr))?;

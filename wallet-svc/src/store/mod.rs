@@ -93,8 +93,13 @@ impl Store {
             .map(|movement| (movement, movement.fingerprint()))
             .collect();
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| apply_batch(conn, user_id.get(), &batch).await)
-            .await
+        let applied = conn
+            .transaction(async |conn| apply_batch(conn, user_id.get(), &batch).await)
+            .await;
+        match applied {
+            Ok(outcomes) | Err(Abort::Answered(outcomes)) => Ok(outcomes),
+            Err(Abort::Store(error)) => Err(error),
+        }
     }
 
     pub async fn transactions(
@@ -176,22 +181,49 @@ enum Answer {
     Replayed(Ledger),
 }
 
+/// Why a batch's transaction rolls back.
+enum Abort {
+    /// Nothing to write: the batch is answered with these outcomes, and the wallet row the
+    /// transaction created to lock is not kept.
+    Answered(Vec<MovementOutcome>),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl From<diesel::result::Error> for Abort {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
 /// Applies `batch` (movements of one user, in order, with their fingerprints) in one
 /// transaction: one lock of the wallet row, the keys read in a few queries, each movement decided
 /// in turn on the running balance (a later one sees what an earlier one did: its key, its
 /// debit), the new ledger rows written in one insert, the balance once.
+///
+/// Every batch holds the row lock before it reads a key, a first movement of a new user and a
+/// batch of refunds included: a key read without it could miss a movement that commits
+/// meanwhile and is then decided on a stale balance.
 async fn apply_batch(
     conn: &mut AsyncPgConnection,
     user_id: i64,
     batch: &[(&MoneyMovement, Vec<u8>)],
-) -> Result<Vec<MovementOutcome>, StoreError> {
-    // A refund needs an earlier Use, hence a wallet; charges and uses create it.
-    let create = batch
+) -> Result<Vec<MovementOutcome>, Abort> {
+    let refunds_only = batch
         .iter()
-        .any(|(movement, _)| !matches!(movement.kind, MovementKind::Refund { .. }));
-    let locked = lock_wallet(conn, user_id, create).await?;
+        .all(|(movement, _)| matches!(movement.kind, MovementKind::Refund { .. }));
+    let Some(mut balance) = lock_wallet(conn, user_id, refunds_only).await? else {
+        // A wallet this transaction had to create holds no use: every refund names none.
+        let unknown = batch.iter().map(|_| MovementOutcome::UnknownUse).collect();
+        return Err(Abort::Answered(unknown));
+    };
+    let before = balance;
     let mut keys = load_keys(conn, user_id, batch).await?;
-    let mut balance = locked.unwrap_or(0);
     let mut answers = Vec::with_capacity(batch.len());
     for (movement, fingerprint) in batch {
         let answer = decide_one(
@@ -207,10 +239,10 @@ async fn apply_batch(
     }
     flush(conn, user_id, &mut keys).await?;
     record_refusals(conn, user_id, &keys).await?;
-    if locked.is_some_and(|before| before != balance || !keys.pending.is_empty()) {
+    if before != balance || !keys.pending.is_empty() {
         let updated = SetBalance { user_id, balance }.execute(conn).await?;
         if updated != 1 {
-            return Err(StoreError::Internal(format!("wallet {user_id} vanished")));
+            return Err(StoreError::Internal(format!("wallet {user_id} vanished")).into());
         }
     }
     answers
@@ -220,7 +252,8 @@ async fn apply_batch(
             Answer::Applied(at) => Ok(MovementOutcome::Applied(keys.row(at)?.try_into()?)),
             Answer::Replayed(at) => Ok(MovementOutcome::Replayed(keys.row(at)?.try_into()?)),
         })
-        .collect()
+        .collect::<Result<_, StoreError>>()
+        .map_err(Abort::Store)
 }
 
 /// Decides one movement of a batch against what the batch knows, and records what it writes.
@@ -554,12 +587,13 @@ impl Keys {
     }
 }
 
-/// Locks the user's wallet row until the transaction ends and returns its balance; creates the
-/// row first when `create` is set and it does not exist yet.
+/// Locks the user's wallet row until the transaction ends and returns its balance, creating
+/// the row first when it does not exist yet. `None` when `refunds_only` and this transaction
+/// created it: a new wallet has no use to refund, so the caller answers and rolls back.
 async fn lock_wallet(
     conn: &mut AsyncPgConnection,
     user_id: i64,
-    create: bool,
+    refunds_only: bool,
 ) -> Result<Option<i64>, StoreError> {
     let locked = || {
         wallets::table
@@ -570,16 +604,17 @@ async fn lock_wallet(
     if let Some(balance) = locked().first::<i64>(conn).await.optional()? {
         return Ok(Some(balance));
     }
-    if !create {
-        return Ok(None);
-    }
-    // A concurrent first movement of the same user may insert it first; either way the row
-    // then exists, and the lock below waits for that transaction to end.
-    diesel::insert_into(wallets::table)
+    // A concurrent first movement of the same user may be inserting it: the insert waits for
+    // that transaction to end and then does nothing, and the lock below sees its row. Either
+    // way, from here on this transaction holds the row's lock.
+    let created = diesel::insert_into(wallets::table)
         .values(wallets::user_id.eq(user_id))
         .on_conflict_do_nothing()
         .execute(conn)
         .await?;
+    if created == 1 && refunds_only {
+        return Ok(None);
+    }
     Ok(Some(locked().first::<i64>(conn).await?))
 }
 

@@ -10,4 +10,5 @@ mod listing;
 mod metrics;
 mod refund;
 mod server;
+mod stalls;
 mod validation;
