@@ -16,11 +16,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, Utc};
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, KeysInterface};
-use fred::prelude::{Builder, Config, Expiration, Options, ReconnectPolicy, SetOptions};
+use fred::interfaces::ClientLike;
+use fred::prelude::{Builder, Config, Options, ReconnectPolicy};
 use fred::types::FromValue;
 use fred::types::scripts::Script;
 use protocol::reservation::AfterHold;
@@ -33,9 +35,33 @@ end
 return 0
 ";
 
-/// Replaces the caller's token (`ARGV[1]`) with a taken mark (`ARGV[2]`, for `ARGV[3]` ms); a
-/// lock that is no longer the caller's is left alone, and a mark whose reservation was already
-/// cancelled (its tombstone `KEYS[2]` names it) is not written: the lock is released instead.
+/// Redis's clock in milliseconds since the Unix epoch, for the scripts below: a script that
+/// Redis runs after `ARGV[deadline]` (its caller gave up on it then, and answered without it)
+/// does nothing.
+const NOW_MS: &str = r"
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+";
+
+/// `SET KEYS[1] ARGV[1] NX PX ARGV[2] GET`, unless Redis runs it after the deadline `ARGV[3]`:
+/// answers `late`, `acquired`, or `held:<value already there>`.
+const ACQUIRE_SCRIPT: &str = r"
+if now_ms > tonumber(ARGV[3]) then
+    return 'late'
+end
+local holder = redis.call('GET', KEYS[1])
+if holder then
+    return 'held:' .. holder
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 'acquired'
+";
+
+/// Replaces the caller's token (`ARGV[1]`) with a taken mark (`ARGV[2]`) that expires when the
+/// hold does (`PXAT ARGV[3]`, the hold's `expires_at`); a lock that is no longer the caller's is
+/// left alone, and a mark whose reservation was already cancelled (its tombstone `KEYS[2]` names
+/// it) is not written: the lock is released instead, as it is when the hold's time is already
+/// up or Redis runs this after its deadline `ARGV[4]`.
 const MARK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
@@ -44,7 +70,11 @@ if redis.call('GET', KEYS[2]) == ARGV[2] then
     redis.call('DEL', KEYS[1])
     return 2
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if now_ms > tonumber(ARGV[4]) or now_ms >= tonumber(ARGV[3]) then
+    redis.call('DEL', KEYS[1])
+    return 3
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 return 1
 ";
 
@@ -98,6 +128,7 @@ pub struct LockSettings {
 #[derive(Clone)]
 pub struct SeatLocks {
     client: Client,
+    acquire: Script,
     release: Script,
     mark: Script,
     clear: Script,
@@ -157,8 +188,9 @@ impl SeatLocks {
         }
         Ok(Self {
             client,
+            acquire: Script::from_lua(format!("{NOW_MS}{ACQUIRE_SCRIPT}")),
             release: Script::from_lua(RELEASE_SCRIPT),
-            mark: Script::from_lua(MARK_SCRIPT),
+            mark: Script::from_lua(format!("{NOW_MS}{MARK_SCRIPT}")),
             clear: Script::from_lua(CLEAR_SCRIPT),
             taken: TakenMemory::default(),
             settings,
@@ -200,23 +232,21 @@ impl SeatLocks {
         }
     }
 
-    /// Takes `key` for `token`. `SET NX PX ... GET` answers the value already there, so a
-    /// key that already holds this very token (a command applied twice) counts as taken by us.
+    /// Takes `key` for `token`. The script answers the value already there, so a key that
+    /// already holds this very token (a command applied twice) counts as taken by us. Should
+    /// Redis run it only after the command timeout (a Redis paused or slow past it), when this
+    /// request has answered UNAVAILABLE, it writes nothing.
     pub async fn acquire_with_token(
         &self,
         key: String,
         token: String,
     ) -> Result<SeatLock, LockError> {
         let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
-        let previous: Result<Option<String>, _> = self
-            .client
-            .with_options(&self.fail_fast())
-            .set(
-                &key,
-                token.as_str(),
-                Some(Expiration::PX(ttl_ms)),
-                Some(SetOptions::NX),
-                true,
+        let answer: Result<String, _> = self
+            .run(
+                &self.acquire,
+                vec![key.clone()],
+                vec![token.clone(), ttl_ms.to_string(), self.deadline_ms()],
             )
             .await;
         let ours = |key, token| SeatLock {
@@ -224,11 +254,16 @@ impl SeatLocks {
             key,
             token,
         };
-        let acquired = match previous {
-            Ok(None) => Ok(ours(key, token)),
-            Ok(Some(holder)) if holder == token => Ok(ours(key, token)),
-            Ok(Some(holder)) if holder.starts_with(TAKEN_PREFIX) => Err(LockError::Taken),
-            Ok(Some(_)) => Err(LockError::Contended),
+        let acquired = match answer.as_deref() {
+            Ok("acquired") => Ok(ours(key, token)),
+            Ok(held) => match held.strip_prefix("held:") {
+                Some(holder) if holder == token => Ok(ours(key, token)),
+                Some(holder) if holder.starts_with(TAKEN_PREFIX) => Err(LockError::Taken),
+                Some(_) => Err(LockError::Contended),
+                None => Err(LockError::Unavailable(format!(
+                    "redis ran the lock too late ({held}): is its clock ahead of this host's?"
+                ))),
+            },
             Err(error) => Err(LockError::Unavailable(error.to_string())),
         };
         crate::metrics::seat_lock(match &acquired {
@@ -241,38 +276,48 @@ impl SeatLocks {
     }
 
     /// Ends a hold's lock as the protocol decided: released, or turned into the seat's taken
-    /// mark (which this replica then remembers). The mark's time is what the hold has left
-    /// less the command timeout, so that a slow command cannot make it outlive the hold.
-    pub async fn finish(&self, lock: SeatLock, after: AfterHold) {
-        let AfterHold::MarkTaken {
-            reservation,
-            for_micros,
-        } = after
+    /// mark (which this replica then remembers), which expires when the hold does
+    /// (`expires_at`, the hold's expiry in Postgres, as an absolute time) however late Redis
+    /// runs the command.
+    pub async fn finish(
+        &self,
+        lock: SeatLock,
+        after: AfterHold,
+        expires_at: Option<DateTime<Utc>>,
+    ) {
+        let (
+            AfterHold::MarkTaken {
+                reservation,
+                for_micros,
+            },
+            Some(expires_at),
+        ) = (after, expires_at)
         else {
             return self.release(lock).await;
         };
-        let ttl = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0))
-            .saturating_sub(self.settings.command_timeout);
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        if ttl_ms == 0 {
-            return self.release(lock).await;
-        }
         let tombstone = tombstone_key(&lock.key);
         let marked: Result<i64, _> = self
             .run(
                 &self.mark,
                 vec![lock.key.clone(), tombstone],
-                vec![lock.token, taken_mark(reservation), ttl_ms.to_string()],
+                vec![
+                    lock.token,
+                    taken_mark(reservation),
+                    expires_at.timestamp_millis().to_string(),
+                    self.deadline_ms(),
+                ],
             )
             .await;
         match marked {
             Ok(1) => {
                 if let Some(seat) = lock.seat {
-                    let remembered = ttl.min(self.settings.taken_memory);
+                    let left = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0));
+                    let remembered = left.min(self.settings.taken_memory);
                     self.taken.remember(seat, Instant::now(), remembered);
                 }
             }
             Ok(2) => tracing::info!(key = %lock.key, "reservation cancelled before its taken mark"),
+            Ok(3) => tracing::warn!(key = %lock.key, "taken mark too late: seat lock released"),
             Ok(_) => tracing::warn!(key = %lock.key, "seat lock had expired before its taken mark"),
             Err(error) => tracing::warn!(key = %lock.key, %error, "seat taken mark failed"),
         }
@@ -352,6 +397,16 @@ impl SeatLocks {
             }
             result => result,
         }
+    }
+
+    /// When a command sent now is given up on (now plus the command timeout), in milliseconds
+    /// since the Unix epoch on this host's clock, for the scripts to check against Redis's.
+    fn deadline_ms(&self) -> String {
+        let deadline = SystemTime::now() + self.settings.command_timeout;
+        let ms = deadline
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
+        ms.to_string()
     }
 
     /// Refuse at once while disconnected, never resend, and give up after the timeout.

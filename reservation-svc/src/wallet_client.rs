@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use protocol::payment::UseReply;
-use shared::error::{Reason, reason_of};
+use shared::error::{ERROR_DOMAIN, Reason};
 use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
 
 type TracedChannel = InterceptedService<
     Channel,
@@ -78,18 +79,19 @@ impl Wallet {
             Ok(reply) => UseReply::Debited {
                 transaction_id: reply.into_inner().id,
             },
-            Err(status) if final_refusal(&status) => {
-                if reason_of(&status).as_deref() == Some(Reason::InsufficientBalance.as_str()) {
+            Err(status) => match wallet_refusal(&status) {
+                Some(reason) if reason == Reason::InsufficientBalance.as_str() => {
                     UseReply::Insufficient
-                } else {
-                    tracing::error!(code = ?status.code(), message = status.message(), "wallet rejected a payment");
+                }
+                Some(reason) => {
+                    tracing::error!(code = ?status.code(), %reason, message = status.message(), "wallet rejected a payment");
                     UseReply::Rejected
                 }
-            }
-            Err(status) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "wallet use gave no outcome");
-                UseReply::Unknown
-            }
+                None => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "wallet use gave no outcome");
+                    UseReply::Unknown
+                }
+            },
         }
     }
 
@@ -104,37 +106,82 @@ impl Wallet {
         request.set_timeout(self.timeout);
         match self.client.clone().refund(request).await {
             Ok(reply) => Ok(reply.into_inner().id),
-            Err(status)
-                if status.code() == tonic::Code::FailedPrecondition
-                    && reason_of(&status).as_deref() == Some(Reason::BalanceLimit.as_str()) =>
-            {
-                Err(RefundError::BalanceLimit)
+            Err(status) => {
+                let detail = format!("{:?}: {}", status.code(), status.message());
+                match wallet_refusal(&status) {
+                    Some(reason) if reason == Reason::BalanceLimit.as_str() => {
+                        Err(RefundError::BalanceLimit)
+                    }
+                    Some(reason) => Err(RefundError::Rejected(format!("{reason}: {detail}"))),
+                    None => Err(RefundError::Unavailable(detail)),
+                }
             }
-            Err(status) if final_refusal(&status) => Err(RefundError::Rejected(format!(
-                "{:?}: {}",
-                status.code(),
-                status.message()
-            ))),
-            Err(status) => Err(RefundError::Unavailable(format!(
-                "{:?}: {}",
-                status.code(),
-                status.message()
-            ))),
         }
     }
 }
 
-/// Whether the wallet's answer is a final refusal (a rule or the request itself), as opposed
-/// to no outcome (unreachable, timed out, failed inside), after which the call may have been
-/// applied or not.
-fn final_refusal(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::InvalidArgument
-            | tonic::Code::FailedPrecondition
-            | tonic::Code::AlreadyExists
-            | tonic::Code::NotFound
-            | tonic::Code::PermissionDenied
-            | tonic::Code::OutOfRange
-    )
+/// The reason of a refusal that wallet-svc itself gave: the `ErrorInfo.reason` of this system's
+/// domain, or `INVALID_ARGUMENT` for a request its `BadRequest` names bad fields of. Such an
+/// answer is final for its key. Anything else (a bare status, which a proxy, a load balancer or
+/// another server on the address could send as well as the wallet) is no outcome: the call
+/// may have been applied or not, and is sent again under the same key.
+fn wallet_refusal(status: &tonic::Status) -> Option<String> {
+    if let Some(info) = status.get_details_error_info()
+        && info.domain == ERROR_DOMAIN
+        && !info.reason.is_empty()
+    {
+        return Some(info.reason);
+    }
+    (status.code() == tonic::Code::InvalidArgument && status.get_details_bad_request().is_some())
+        .then(|| "INVALID_ARGUMENT".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::error::{invalid_field, status_with_reason};
+    use tonic::Code;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    #[test]
+    fn only_the_wallets_own_refusals_are_final() {
+        let insufficient = status_with_reason(
+            Code::FailedPrecondition,
+            Reason::InsufficientBalance,
+            "insufficient balance",
+        );
+        assert_eq!(
+            wallet_refusal(&insufficient).as_deref(),
+            Some("INSUFFICIENT_BALANCE")
+        );
+        assert_eq!(
+            wallet_refusal(&invalid_field("amount", "must be positive")).as_deref(),
+            Some("INVALID_ARGUMENT")
+        );
+        // What a proxy or another server could answer: never taken as the wallet's word.
+        for code in [
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::Unavailable,
+        ] {
+            assert_eq!(
+                wallet_refusal(&tonic::Status::new(code, "no")),
+                None,
+                "{code:?}"
+            );
+        }
+        let foreign = tonic::Status::with_error_details(
+            Code::FailedPrecondition,
+            "no",
+            ErrorDetails::with_error_info(
+                "INSUFFICIENT_BALANCE",
+                "example.com",
+                std::collections::HashMap::new(),
+            ),
+        );
+        assert_eq!(wallet_refusal(&foreign), None, "another system's reason");
+    }
 }

@@ -14,8 +14,8 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use protocol::payment::{self, UseReply};
 use protocol_model::key::Key;
 use protocol_model::store::{
-    BeginOutcome, CancelOutcome, HoldOutcome, Row, SeatRows, SeatView, SettleOutcome, Status,
-    StoreBugs,
+    BeginOutcome, CancelOutcome, HoldOutcome, KEY_NAMESPACE, Row, SeatRows, SeatView,
+    SettleOutcome, Status, StoreBugs,
 };
 use reservation_svc::domain::{
     HoldRequest, OwnerRequest, ReservationId, ScheduleId, SeatNo, UserId,
@@ -88,9 +88,10 @@ fn row(status: Status) -> impl Strategy<Value = Row> {
         first_attempt..=3,
         any::<bool>(),
         any::<bool>(),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
-            move |(user_id, lapsed, pay_attempt, paid, cancel_requested)| {
+            move |(user_id, lapsed, pay_attempt, paid, cancel_requested, refunding)| {
                 let paid = status == Status::Confirmed || (status == Status::Cancelled && paid);
                 let pay_attempt = if paid {
                     pay_attempt.max(1)
@@ -106,6 +107,10 @@ fn row(status: Status) -> impl Strategy<Value = Row> {
                     payment_transaction_id: paid.then_some(100 + i64::from(pay_attempt)),
                     payment_idempotency_key: None,
                     cancel_requested: status == Status::Confirmed && cancel_requested,
+                    // Decided for a paying attempt, and left so when it expires refunded.
+                    refunding: matches!(status, Status::Paying | Status::Expired)
+                        && pay_attempt > 0
+                        && refunding,
                 }
             },
         )
@@ -212,7 +217,7 @@ impl Fixture {
         Self {
             runtime,
             _db: db,
-            store: Store::new(pool.clone()),
+            store: Store::new(pool.clone(), KEY_NAMESPACE),
             pool,
         }
     }
@@ -231,8 +236,11 @@ async fn load(pool: &PgPool, case: i64, rows: &SeatRows) -> (i64, SeatRows) {
     for (at, row) in (0..).zip(rows.reservations.iter_mut()) {
         row.id = first_id + at;
         if row.payment_transaction_id.is_some() {
-            row.payment_idempotency_key =
-                Some(Key::new(&payment::use_key(row.id, row.pay_attempt)));
+            row.payment_idempotency_key = Some(Key::new(&payment::use_key(
+                KEY_NAMESPACE,
+                row.id,
+                row.pay_attempt,
+            )));
         }
     }
     #[derive(QueryableByName)]
@@ -270,12 +278,17 @@ async fn load(pool: &PgPool, case: i64, rows: &SeatRows) -> (i64, SeatRows) {
         } else {
             "NULL"
         };
+        let refund_requested = if row.refunding {
+            "now() - interval '1 minute'"
+        } else {
+            "NULL"
+        };
         sql.push_str(&format!(
             "INSERT INTO reservations (id, user_id, schedule_id, seat_no, price, status, \
                  expires_at, pay_attempt, payment_transaction_id, payment_idempotency_key, \
-                 cancel_requested_at, updated_at) OVERRIDING SYSTEM VALUE \
+                 cancel_requested_at, refund_requested_at, updated_at) OVERRIDING SYSTEM VALUE \
              VALUES ({}, {}, {schedule}, 1, {PRICE}, '{}', now() {expires}, {}, {}, {}, \
-                 {cancel_requested}, now() - interval '1 minute');",
+                 {cancel_requested}, {refund_requested}, now() - interval '1 minute');",
             row.id,
             row.user_id,
             row.status.as_str(),
@@ -310,6 +323,8 @@ async fn read(conn: &mut AsyncPgConnection, schedule: i64, rows: &SeatRows) -> S
         payment_idempotency_key: Option<String>,
         #[diesel(sql_type = Bool)]
         cancel_requested: bool,
+        #[diesel(sql_type = Bool)]
+        refunding: bool,
     }
     #[derive(QueryableByName)]
     struct SeatStatus {
@@ -319,7 +334,8 @@ async fn read(conn: &mut AsyncPgConnection, schedule: i64, rows: &SeatRows) -> S
     let stored = diesel::sql_query(format!(
         "SELECT id, user_id, status, expires_at <= now() AS lapsed, pay_attempt, \
              payment_transaction_id, payment_idempotency_key, \
-             cancel_requested_at IS NOT NULL AS cancel_requested \
+             cancel_requested_at IS NOT NULL AS cancel_requested, \
+             refund_requested_at IS NOT NULL AS refunding \
          FROM reservations WHERE schedule_id = {schedule} ORDER BY id"
     ))
     .load::<Stored>(conn)
@@ -350,6 +366,7 @@ async fn read(conn: &mut AsyncPgConnection, schedule: i64, rows: &SeatRows) -> S
                 payment_transaction_id: row.payment_transaction_id,
                 payment_idempotency_key: row.payment_idempotency_key.as_deref().map(Key::new),
                 cancel_requested: row.cancel_requested,
+                refunding: row.refunding,
             })
             .collect(),
     }

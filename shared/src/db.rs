@@ -123,7 +123,8 @@ pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result
          SET lc_messages = 'C'; \
          SET statement_timeout = {}; \
          SET lock_timeout = {}; \
-         SET idle_in_transaction_session_timeout = {}",
+         SET idle_in_transaction_session_timeout = {}; \
+         SET default_transaction_isolation = 'read committed'",
         settings.statement_timeout.as_millis(),
         settings.lock_timeout.as_millis(),
         IDLE_IN_TRANSACTION_TIMEOUT.as_millis(),
@@ -188,6 +189,43 @@ pub async fn run_migrations(
         Ok(())
     })
     .await?
+}
+
+/// The isolation every transaction of the services assumes: a statement that waited for a row
+/// lock sees the row as its holder committed it (re-read after the wait), and the next statement
+/// sees every commit before it. Under REPEATABLE READ or SERIALIZABLE the same code would fail
+/// with serialization errors or, worse, decide on a snapshot taken before the lock.
+pub const REQUIRED_ISOLATION: &str = "read committed";
+
+/// Checks that a transaction of a pooled connection runs at [`REQUIRED_ISOLATION`]. Each
+/// connection sets it when it opens; this catches what would undo that unseen (a connection
+/// pooler that does not keep session settings, say), so that a service refuses to start rather
+/// than run on other terms.
+pub async fn check_isolation(pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    let isolation = transaction_isolation(&mut conn).await?;
+    anyhow::ensure!(
+        isolation == REQUIRED_ISOLATION,
+        "the database runs transactions at {isolation:?}; the services require \
+         {REQUIRED_ISOLATION:?} (is a pooler between them dropping session settings?)"
+    );
+    Ok(())
+}
+
+/// The isolation level a transaction of `conn` runs at.
+pub async fn transaction_isolation(conn: &mut AsyncPgConnection) -> anyhow::Result<String> {
+    use diesel_async::RunQueryDsl;
+    diesel::define_sql_function! {
+        fn current_setting(name: diesel::sql_types::Text) -> diesel::sql_types::Text;
+    }
+    let isolation = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            diesel::select(current_setting("transaction_isolation"))
+                .get_result::<String>(conn)
+                .await
+        })
+        .await?;
+    Ok(isolation)
 }
 
 /// Whether the database answers a trivial query within the pool's timeouts.
@@ -255,6 +293,52 @@ mod tests {
             "host=db dbname=wallet keepalives_idle=30 tcp_user_timeout=10 \
              keepalives_interval=5 keepalives_retries=2"
         );
+    }
+
+    #[tokio::test]
+    async fn transactions_run_read_committed_whatever_the_database_default() {
+        let admin = std::env::var("TEST_DATABASE_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = build_pool(
+            &admin,
+            &PoolSettings {
+                max_size: 1,
+                application_name: "isolation-test".to_owned(),
+                statement_timeout: Duration::from_secs(5),
+                lock_timeout: Duration::from_secs(5),
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .expect("a pool");
+        {
+            let mut conn = pool.get().await.expect("a connection");
+            // What a database or role default of SERIALIZABLE looks like to the session.
+            conn.batch_execute("SET default_transaction_isolation = 'serializable'")
+                .await
+                .expect("set");
+            assert_eq!(
+                transaction_isolation(&mut conn).await.expect("read"),
+                "serializable"
+            );
+        }
+        let refused = check_isolation(&pool).await.expect_err("refused");
+        assert!(refused.to_string().contains("read committed"), "{refused}");
+
+        // A database whose default is SERIALIZABLE: the pool's connections set their own.
+        let pool = build_pool(
+            &format!("{admin}?options=-c%20default_transaction_isolation%3Dserializable"),
+            &PoolSettings {
+                max_size: 1,
+                application_name: "isolation-test".to_owned(),
+                statement_timeout: Duration::from_secs(5),
+                lock_timeout: Duration::from_secs(5),
+                acquire_timeout: Duration::from_secs(5),
+            },
+        )
+        .expect("a pool");
+        check_isolation(&pool)
+            .await
+            .expect("read committed, set by the pool's own connections");
     }
 
     #[tokio::test]

@@ -170,17 +170,21 @@ impl Reservations {
             let lock = locks
                 .acquire(request.schedule_id.get(), request.seat_no.get())
                 .await?;
-            // Counted from before the transaction, whose clock starts the hold: the taken mark
-            // never outlives the hold.
+            // Counted from before the transaction, whose clock starts the hold: no more than
+            // the hold has left (the mark itself expires at the hold's `expires_at`).
             let started = std::time::Instant::now();
             let held = store.hold_seat(request, hold_ttl).await;
             let left = hold_ttl.saturating_sub(started.elapsed());
             let left = i64::try_from(left.as_micros()).unwrap_or(i64::MAX);
-            let after = protocol::reservation::after_hold(match &held {
-                Ok(HoldOutcome::Held(reservation)) => Some((reservation.id, left)),
+            let taken = match &held {
+                Ok(HoldOutcome::Held(reservation)) => Some(reservation),
                 _ => None,
-            });
-            locks.finish(lock, after).await;
+            };
+            let after =
+                protocol::reservation::after_hold(taken.map(|reservation| (reservation.id, left)));
+            locks
+                .finish(lock, after, taken.map(|reservation| reservation.expires_at))
+                .await;
             Ok::<_, ReservationError>(held?)
         };
         let outcome = tokio::spawn(tracing::Instrument::instrument(holding, span))
@@ -251,7 +255,7 @@ impl Reservations {
         price: i64,
     ) -> Result<Reservation, ReservationError> {
         let reply = if protocol::payment::needs_wallet(price) {
-            let key = protocol::payment::use_key(id, attempt);
+            let key = protocol::payment::use_key(self.store.key_namespace(), id, attempt);
             self.wallet
                 .use_points(user_id, price, &key, &format!("reservation-{id}"))
                 .await
@@ -264,7 +268,7 @@ impl Reservations {
             // is, so a failed refund is retried by the next pay or reconciliation. A free seat
             // took no money.
             if protocol::payment::needs_wallet(price) {
-                let refund_key = protocol::payment::refund_key(id);
+                let refund_key = protocol::payment::refund_key(self.store.key_namespace(), id);
                 self.wallet.refund(*user_id, &refund_key, use_key).await?;
             }
             settled = self.store.settle_attempt(id, attempt, reply, true).await?;
@@ -366,7 +370,10 @@ impl Reservations {
                     protocol::payment::needs_wallet(paid.price),
                     paid.use_key.as_deref(),
                 ) {
-                    let refund_key = protocol::payment::refund_key(request.reservation_id.get());
+                    let refund_key = protocol::payment::refund_key(
+                        service.store.key_namespace(),
+                        request.reservation_id.get(),
+                    );
                     service
                         .wallet
                         .refund(paid.user_id, &refund_key, use_key)

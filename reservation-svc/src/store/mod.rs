@@ -23,7 +23,7 @@ use crate::domain::{
     ReservationId, ReservationPage, Schedule, ScheduleId, Seat, Title, UserId,
 };
 use models::{ConcertRow, NewReservation, ReservationRow, ScheduleRow, SeatRow, parse_status};
-use schema::{concerts, reservations, schedules, seats};
+use schema::{concerts, payment_key_namespace, reservations, schedules};
 
 /// The index that allows one active reservation per seat.
 const ONE_ACTIVE_RESERVATION_PER_SEAT: &str = "one_active_reservation_per_seat";
@@ -135,20 +135,24 @@ impl From<StoreError> for HoldFailure {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// The namespace of this database's wallet keys ([`Store::payment_key_namespace`]).
+    key_namespace: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("pool", &self.pool.status())
+            .field("key_namespace", &self.key_namespace)
             .finish()
     }
 }
 
 diesel::define_sql_function! {
-    /// The transaction's clock: one `now()` for every decision in it, the same on every
-    /// replica. (A function rather than an SQL literal, which would keep diesel from
-    /// preparing the statements that read it once per connection.)
+    /// The transaction's clock, for reads: `now()`, when the transaction began. Decisions never
+    /// use it: theirs is read after the seat's row is locked ([`LockSeat`]). (A function rather
+    /// than an SQL literal, which would keep diesel from preparing the statements that read it
+    /// once per connection.)
     #[sql_name = "now"]
     fn db_now() -> Timestamptz;
 }
@@ -158,8 +162,41 @@ fn micros(at: DateTime<Utc>) -> i64 {
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// A store whose payments use the wallet keys of `key_namespace`, the one
+    /// [`Store::payment_key_namespace`] reads from the database.
+    pub fn new(pool: PgPool, key_namespace: &str) -> Self {
+        Self {
+            pool,
+            key_namespace: key_namespace.into(),
+        }
+    }
+
+    /// Opens a store on `pool` with the database's payment key namespace.
+    pub async fn open(pool: PgPool) -> Result<Self, StoreError> {
+        let namespace = Self::payment_key_namespace(&pool).await?;
+        Ok(Self::new(pool, &namespace))
+    }
+
+    /// The namespace of this database's wallet keys, given once, at random, by the first
+    /// service to ask (an empty one for a database that took payments before namespaces
+    /// existed; see the migration that made them).
+    pub async fn payment_key_namespace(pool: &PgPool) -> Result<String, StoreError> {
+        let mut conn = pool.get().await?;
+        let fresh = format!("{:016x}", rand::random::<u64>());
+        diesel::insert_into(payment_key_namespace::table)
+            .values(payment_key_namespace::namespace.eq(&fresh))
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await?;
+        Ok(payment_key_namespace::table
+            .select(payment_key_namespace::namespace)
+            .first::<String>(&mut conn)
+            .await?)
+    }
+
+    /// The namespace of this store's wallet keys.
+    pub fn key_namespace(&self) -> &str {
+        &self.key_namespace
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -406,8 +443,9 @@ impl Store {
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
+        let namespace = &*self.key_namespace;
         conn.transaction(async |conn| {
-            settle_attempt(conn, reservation_id, attempt, reply, refunded).await
+            settle_attempt(conn, namespace, reservation_id, attempt, reply, refunded).await
         })
         .await
     }
@@ -547,12 +585,12 @@ async fn hold_seat(
         return Ok(HoldOutcome::SeatOutOfRange { seat_count });
     }
 
-    let (price, now) = seats::table
-        .find((schedule_id, seat_no))
-        .select((seats::price, db_now()))
-        .for_update()
-        .first::<(i64, DateTime<Utc>)>(conn)
-        .await?;
+    let (price, now) = LockSeat {
+        schedule_id,
+        seat_no,
+    }
+    .get_result::<(i64, DateTime<Utc>)>(conn)
+    .await?;
     let active = reservations::table
         .filter(reservations::schedule_id.eq(schedule_id))
         .filter(reservations::seat_no.eq(seat_no))
@@ -632,18 +670,22 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for HoldAvailableSeat 
         out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
         out.push_sql(" AND seat_no = ");
         out.push_bind_param::<Integer, _>(&self.seat_no)?;
+        // The clock is read in RETURNING, after the UPDATE has the seat's row lock.
         out.push_sql(
-            " RETURNING schedule_id, seat_no, price) \
-             INSERT INTO reservations (user_id, schedule_id, seat_no, price, status, expires_at) \
+            " RETURNING schedule_id, seat_no, price, clock_timestamp() AS at), \
+             inserted AS (INSERT INTO reservations \
+                 (user_id, schedule_id, seat_no, price, status, expires_at) \
              SELECT ",
         );
         out.push_bind_param::<BigInt, _>(&self.user_id)?;
-        out.push_sql(", schedule_id, seat_no, price, 'HELD', now() + ");
+        out.push_sql(", schedule_id, seat_no, price, 'HELD', at + ");
         out.push_bind_param::<BigInt, _>(&self.hold_ttl_micros)?;
         out.push_sql(
             " * interval '1 microsecond' FROM held \
              RETURNING id, user_id, schedule_id, seat_no, price, status, expires_at, \
-             pay_attempt, payment_transaction_id, payment_idempotency_key, created_at, now()",
+             pay_attempt, payment_transaction_id, payment_idempotency_key, created_at, \
+             refund_requested_at) \
+             SELECT inserted.*, held.at FROM inserted, held",
         );
         Ok(())
     }
@@ -663,13 +705,15 @@ impl diesel::query_builder::Query for HoldAvailableSeat {
             diesel::sql_types::Nullable<BigInt>,
             diesel::sql_types::Nullable<Text>,
             Timestamptz,
+            diesel::sql_types::Nullable<Timestamptz>,
         ),
         Timestamptz,
     );
 }
 
 /// Locks the reservation's seat, then the reservation (the order every writer follows), and
-/// returns the reservation with the transaction's clock and its performance's start.
+/// returns the reservation with the clock read under the seat's lock and its performance's
+/// start.
 async fn lock_reservation(
     conn: &mut AsyncPgConnection,
     id: i64,
@@ -688,12 +732,12 @@ async fn lock_reservation(
     let Some((schedule_id, seat_no, starts_at)) = seat else {
         return Ok(None);
     };
-    let now = seats::table
-        .find((schedule_id, seat_no))
-        .select(db_now())
-        .for_update()
-        .first::<DateTime<Utc>>(conn)
-        .await?;
+    let (_, now) = LockSeat {
+        schedule_id,
+        seat_no,
+    }
+    .get_result::<(i64, DateTime<Utc>)>(conn)
+    .await?;
     let row = reservations::table
         .find(id)
         .select(ReservationRow::as_select())
@@ -710,7 +754,7 @@ async fn lock_reservation(
 /// A reservation under its seat's row lock.
 struct Locked {
     row: ReservationRow,
-    /// The transaction's clock.
+    /// The clock, read once the seat's row was locked.
     now: DateTime<Utc>,
     /// When its performance begins.
     starts_at: DateTime<Utc>,
@@ -804,6 +848,7 @@ async fn end_reservation(
 
 async fn settle_attempt(
     conn: &mut AsyncPgConnection,
+    namespace: &str,
     reservation_id: i64,
     attempt: i32,
     reply: UseReply,
@@ -828,8 +873,11 @@ async fn settle_attempt(
                 .set((
                     reservations::status.eq(Status::Confirmed.as_str()),
                     reservations::payment_transaction_id.eq(transaction_id),
-                    reservations::payment_idempotency_key
-                        .eq(protocol::payment::use_key(reservation_id, attempt)),
+                    reservations::payment_idempotency_key.eq(protocol::payment::use_key(
+                        namespace,
+                        reservation_id,
+                        attempt,
+                    )),
                     reservations::updated_at.eq(now),
                 ))
                 .returning(ReservationRow::as_returning())
@@ -858,9 +906,22 @@ async fn settle_attempt(
         }
         AfterUse::StayPaying => Ok(SettleOutcome::StillPaying),
         AfterUse::Settled => Ok(SettleOutcome::Confirmed(row.into_reservation(now)?)),
+        AfterUse::DecideRefund => {
+            // Recorded before the refund is asked for: from now on no settle of this attempt
+            // confirms it, whatever its clock reads.
+            diesel::update(paying)
+                .filter(reservations::refund_requested_at.is_null())
+                .set(reservations::refund_requested_at.eq(now))
+                .execute(conn)
+                .await?;
+            Ok(SettleOutcome::Refund {
+                user_id: row.user_id,
+                use_key: protocol::payment::use_key(namespace, reservation_id, attempt),
+            })
+        }
         AfterUse::Refund => Ok(SettleOutcome::Refund {
             user_id: row.user_id,
-            use_key: protocol::payment::use_key(reservation_id, attempt),
+            use_key: protocol::payment::use_key(namespace, reservation_id, attempt),
         }),
         AfterUse::Nothing => Ok(SettleOutcome::Moved),
     }
@@ -883,19 +944,25 @@ async fn expire_lapsed_holds(
         #[diesel(sql_type = Timestamptz)]
         now: DateTime<Utc>,
     }
-    // Locks the seats (never the reservations first), in the order every writer uses.
+    // Locks the seats (never the reservations first), in the order every writer uses, and
+    // reads the clock once they are locked (in the outer query, as `LockSeat` does).
     let candidates = diesel::sql_query(
-        "SELECT r.id, r.user_id, r.status, r.expires_at, now() AS now \
-         FROM reservations r \
-         JOIN seats s ON s.schedule_id = r.schedule_id AND s.seat_no = r.seat_no \
-         WHERE r.status = 'HELD' AND r.expires_at <= now() \
-         ORDER BY r.expires_at \
-         LIMIT $1 \
-         FOR UPDATE OF s SKIP LOCKED",
+        "SELECT locked.*, clock_timestamp() AS now FROM ( \
+             SELECT r.id, r.user_id, r.status, r.expires_at \
+             FROM reservations r \
+             JOIN seats s ON s.schedule_id = r.schedule_id AND s.seat_no = r.seat_no \
+             WHERE r.status = 'HELD' AND r.expires_at <= clock_timestamp() \
+             ORDER BY r.expires_at \
+             LIMIT $1 \
+             FOR UPDATE OF s SKIP LOCKED \
+         ) AS locked",
     )
     .bind::<BigInt, _>(batch_size)
     .load::<Lapsed>(conn)
     .await?;
+    let Some(now) = <[Lapsed]>::first(&candidates).map(|candidate| candidate.now) else {
+        return Ok(0);
+    };
     let mut sweepable = Vec::with_capacity(candidates.len());
     for candidate in &candidates {
         let state = protocol::reservation::ReservationState {
@@ -915,8 +982,8 @@ async fn expire_lapsed_holds(
     // that may predate a commit on one of these seats.
     let expired = diesel::sql_query(
         "WITH expired AS ( \
-             UPDATE reservations SET status = 'EXPIRED', updated_at = now() \
-             WHERE id = ANY($1) AND status = 'HELD' AND expires_at <= now() \
+             UPDATE reservations SET status = 'EXPIRED', updated_at = $2 \
+             WHERE id = ANY($1) AND status = 'HELD' AND expires_at <= $2 \
              RETURNING schedule_id, seat_no \
          ) \
          UPDATE seats SET status = 'AVAILABLE' FROM expired \
@@ -924,6 +991,7 @@ async fn expire_lapsed_holds(
            AND seats.status = 'HELD'",
     )
     .bind::<Array<BigInt>, _>(&sweepable)
+    .bind::<Timestamptz, _>(now)
     .execute(conn)
     .await?;
     Ok(expired)
@@ -973,6 +1041,43 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for MoveSeat {
         out.push_bind_param::<Text, _>(&self.from)?;
         Ok(())
     }
+}
+
+/// Locks a seat's row and then reads the clock: `SELECT price, clock_timestamp() FROM (SELECT
+/// price FROM seats WHERE ... FOR UPDATE)`. Every decision on a seat takes its time from here.
+///
+/// Neither `now()` (when the transaction began) nor a `clock_timestamp()` beside the
+/// `FOR UPDATE` would do: Postgres computes a locking query's output before it waits for the
+/// row, so either can be older than a decision that held the lock meanwhile and committed,
+/// and time would run backwards between two decisions on the seat. The outer query reads the
+/// clock only once the inner one returns the locked row, so each decision's clock is later
+/// than that of every decision before it on the seat. A query type of its own, prepared once
+/// per connection.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct LockSeat {
+    schedule_id: i64,
+    seat_no: i32,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for LockSeat {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT price, clock_timestamp() FROM \
+             (SELECT price FROM seats WHERE schedule_id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
+        out.push_sql(" AND seat_no = ");
+        out.push_bind_param::<Integer, _>(&self.seat_no)?;
+        out.push_sql(" FOR UPDATE) AS locked");
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::Query for LockSeat {
+    type SqlType = (BigInt, Timestamptz);
 }
 
 const fn seat_status(view: SeatView) -> &'static str {

@@ -89,6 +89,7 @@ pub struct ReservationRow {
     pub payment_transaction_id: Option<i64>,
     pub payment_idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub refund_requested_at: Option<DateTime<Utc>>,
 }
 
 impl ReservationRow {
@@ -102,6 +103,7 @@ impl ReservationRow {
             starts_at: starts_at.timestamp_micros(),
             pay_attempt: self.pay_attempt,
             payment_transaction_id: self.payment_transaction_id,
+            refunding: self.refund_requested_at.is_some(),
         })
     }
 

@@ -185,6 +185,23 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// The namespace of this database's wallet keys.
+    pub async fn key_namespace(&self) -> String {
+        reservation_svc::store::Store::payment_key_namespace(&self.db.pool("key-namespace"))
+            .await
+            .expect("the payment key namespace")
+    }
+
+    /// The wallet key of a reservation's attempt, as the service names it.
+    pub async fn use_key(&self, reservation_id: i64, attempt: i32) -> String {
+        protocol::payment::use_key(&self.key_namespace().await, reservation_id, attempt)
+    }
+
+    /// The wallet key of a reservation's refund, as the service names it.
+    pub async fn refund_key(&self, reservation_id: i64) -> String {
+        protocol::payment::refund_key(&self.key_namespace().await, reservation_id)
+    }
+
     /// The seat's Redis key, as the service names it.
     pub fn seat_key(&self, schedule_id: i64, seat_no: i32) -> String {
         format!("{}seat:{{{schedule_id}}}:{seat_no}", self.key_prefix)
@@ -306,6 +323,130 @@ pub fn reason(status: &tonic::Status) -> String {
     shared::error::reason_of(status).unwrap_or_default()
 }
 
+/// Money matches every reservation's outcome: a confirmed one was debited exactly once among
+/// its attempts' keys and not refunded; a cancelled paid one was debited once and refunded once;
+/// any other kept nothing. And the wallet's ledger sums to its balances.
+pub async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
+    use diesel::QueryableByName;
+    use diesel::sql_types::{BigInt, Integer, Nullable, Text};
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+        #[diesel(sql_type = Text)]
+        status: String,
+        #[diesel(sql_type = Integer)]
+        pay_attempt: i32,
+        #[diesel(sql_type = Nullable<BigInt>)]
+        payment_transaction_id: Option<i64>,
+        #[diesel(sql_type = BigInt)]
+        price: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Movements {
+        #[diesel(sql_type = BigInt)]
+        uses: i64,
+        #[diesel(sql_type = BigInt)]
+        refunds: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Mismatches {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut reservations = app.connect_db().await;
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT id, status, pay_attempt, payment_transaction_id, price FROM reservations",
+    )
+    .load(&mut reservations)
+    .await
+    .expect("reservations");
+    let mut ledger = AsyncPgConnection::establish(wallet.db.url())
+        .await
+        .expect("wallet db");
+    let namespace = app.key_namespace().await;
+    for row in rows {
+        let keys: Vec<String> = (1..=row.pay_attempt)
+            .map(|attempt| protocol::payment::use_key(&namespace, row.id, attempt))
+            .collect();
+        let movements: Movements = diesel::sql_query(
+            "SELECT COUNT(*) FILTER (WHERE kind = 'USE' AND idempotency_key = ANY($1)) AS uses, \
+                    COUNT(*) FILTER (WHERE kind = 'REFUND' AND reference = ANY($1)) AS refunds \
+             FROM wallet_transactions",
+        )
+        .bind::<diesel::sql_types::Array<Text>, _>(&keys)
+        .get_result(&mut ledger)
+        .await
+        .expect("movements");
+        let expected = match (row.status.as_str(), row.payment_transaction_id) {
+            // A free seat takes no money.
+            _ if row.price == 0 => (0, 0),
+            ("CONFIRMED", _) => (1, 0),
+            ("CANCELLED", Some(_)) => (1, 1),
+            _ => (movements.refunds, movements.refunds),
+        };
+        assert_eq!(
+            (movements.uses, movements.refunds),
+            expected,
+            "reservation {} is {} after {} attempts",
+            row.id,
+            row.status,
+            row.pay_attempt
+        );
+    }
+    let mismatches: Mismatches = diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM wallets w \
+         WHERE w.balance <> (SELECT COALESCE(SUM(delta), 0) FROM wallet_transactions t \
+                             WHERE t.user_id = w.user_id)",
+    )
+    .get_result(&mut ledger)
+    .await
+    .expect("ledger invariant");
+    assert_eq!(mismatches.n, 0, "every balance equals its ledger sum");
+}
+
+/// The guarantees, read straight from both databases once nothing runs: at most one active
+/// reservation per seat; a seat SOLD exactly when one reservation of it is CONFIRMED, HELD
+/// exactly when one is HELD or PAYING; nothing left PAYING; and the money of
+/// [`assert_money_matches_outcomes`].
+pub async fn assert_invariants(app: &TestApp, wallet: &TestWallet) {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = app.connect_db().await;
+    let mut count = async |sql: &str| {
+        diesel::sql_query(sql)
+            .get_result::<Count>(&mut conn)
+            .await
+            .expect("count")
+            .n
+    };
+    let doubly_booked = count(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM reservations \
+             WHERE status IN ('HELD', 'PAYING', 'CONFIRMED') \
+             GROUP BY schedule_id, seat_no HAVING COUNT(*) > 1) AS seats",
+    )
+    .await;
+    assert_eq!(doubly_booked, 0, "at most one active reservation per seat");
+    let out_of_step = count(
+        "SELECT COUNT(*) AS n FROM seats s LEFT JOIN reservations r \
+           ON r.schedule_id = s.schedule_id AND r.seat_no = s.seat_no \
+          AND r.status IN ('HELD', 'PAYING', 'CONFIRMED') \
+         WHERE s.status <> CASE r.status WHEN 'CONFIRMED' THEN 'SOLD' \
+                                         WHEN 'HELD' THEN 'HELD' WHEN 'PAYING' THEN 'HELD' \
+                                         ELSE 'AVAILABLE' END",
+    )
+    .await;
+    assert_eq!(out_of_step, 0, "every seat reads as its reservation");
+    let paying = count("SELECT COUNT(*) AS n FROM reservations WHERE status = 'PAYING'").await;
+    assert_eq!(paying, 0, "nothing left PAYING");
+    assert_money_matches_outcomes(app, wallet).await;
+}
+
 /// A Redis server of this test's own, on a free port, that the test may stop and restart.
 pub struct RedisServer {
     port: u16,
@@ -368,10 +509,85 @@ impl RedisServer {
             let _ = child.wait();
         }
     }
+
+    /// Freezes the server (SIGSTOP): connections stay open and commands wait unanswered, to
+    /// be run when it is resumed, as in a long GC-like pause or a stalled host.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("a running redis-server"), "STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT); it then runs the commands that waited.
+    pub fn resume(&self) {
+        signal(self.child.as_ref().expect("a running redis-server"), "CONT");
+    }
+}
+
+/// Sends `SIG<name>` to a child process of the test.
+pub fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{name} {}", child.id());
+}
+
+/// A reservation-svc replica run from its binary, as a process of its own the test may pause
+/// (SIGSTOP) between any two steps of a call, with `config`'s database, Redis and wallet.
+pub struct ReplicaProcess {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl ReplicaProcess {
+    pub async fn start(config: &Config, extra_env: &[(&str, &str)]) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], restartable_port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_reservation-svc"))
+            .env("RESERVATION_LISTEN_ADDR", addr.to_string())
+            .env("RESERVATION_DATABASE_URL", &config.database_url)
+            .env("RESERVATION_METRICS_ADDR", "")
+            .env("REDIS_URL", &config.redis_url)
+            .env("SEAT_LOCK_PREFIX", &config.seat_lock_prefix)
+            .env("WALLET_ENDPOINT", &config.wallet_endpoint)
+            .env("RUST_LOG", "warn")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start reservation-svc");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Self { addr, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("reservation-svc did not start on {addr}");
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::new(channel(self.addr).await)
+    }
+
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+}
+
+impl Drop for ReplicaProcess {
+    fn drop(&mut self) {
+        signal(&self.child, "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            signal(child, "CONT");
+        }
         self.stop();
     }
 }

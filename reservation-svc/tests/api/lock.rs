@@ -23,6 +23,11 @@ async fn connected(settings: LockSettings) -> SeatLocks {
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
+/// The expiry of a hold taken now for 30 s.
+fn in_30s() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() + chrono::Duration::seconds(30)
+}
+
 #[tokio::test]
 async fn a_second_request_is_refused_until_the_first_releases() {
     let locks = connected(settings(REDIS)).await;
@@ -106,7 +111,7 @@ async fn a_taken_mark_refuses_the_seat_until_its_own_reservation_clears_it() {
     };
 
     let lock = locks.acquire(3, 3).await.expect("free");
-    locks.finish(lock, marked).await;
+    locks.finish(lock, marked, Some(in_30s())).await;
     assert!(matches!(locks.acquire(3, 3).await, Err(LockError::Taken)));
     assert!(matches!(other.acquire(3, 3).await, Err(LockError::Taken)));
 
@@ -136,6 +141,7 @@ async fn a_mark_never_replaces_a_lock_that_is_no_longer_the_holds() {
                 reservation: 7,
                 for_micros: 30_000_000,
             },
+            Some(in_30s()),
         )
         .await;
 
@@ -158,7 +164,7 @@ async fn a_cancel_that_lands_before_the_mark_keeps_it_from_being_written() {
     // Reservation 77 is cancelled while its hold still holds the lock, before the mark.
     let lock = locks.acquire(8, 8).await.expect("free");
     locks.clear_taken(8, 8, 77).await;
-    locks.finish(lock, mark(77)).await;
+    locks.finish(lock, mark(77), Some(in_30s())).await;
     let again = locks
         .acquire(8, 8)
         .await
@@ -166,6 +172,34 @@ async fn a_cancel_that_lands_before_the_mark_keeps_it_from_being_written() {
 
     // Another reservation's cancellation does not stop this one's mark.
     locks.clear_taken(8, 8, 76).await;
-    locks.finish(again, mark(78)).await;
+    locks.finish(again, mark(78), Some(in_30s())).await;
     assert!(matches!(locks.acquire(8, 8).await, Err(LockError::Taken)));
+}
+
+#[tokio::test]
+async fn a_mark_expires_when_its_hold_does_and_is_not_written_once_it_has() {
+    let locks = connected(settings(REDIS)).await;
+    let redis = crate::helpers::redis(REDIS).await;
+    let mark = AfterHold::MarkTaken {
+        reservation: 90,
+        for_micros: 30_000_000,
+    };
+
+    let lock = locks.acquire(10, 1).await.expect("free");
+    let key = lock.key().to_owned();
+    let expires_at = chrono::Utc::now() + chrono::Duration::seconds(20);
+    locks.finish(lock, mark, Some(expires_at)).await;
+    let expire_time: i64 = redis.pexpire_time(&key).await.expect("pexpiretime");
+    assert_eq!(
+        expire_time,
+        expires_at.timestamp_millis(),
+        "the mark lapses exactly with its hold"
+    );
+
+    // A hold whose time is already up leaves no mark: its lock is released.
+    let lock = locks.acquire(10, 2).await.expect("free");
+    let key = lock.key().to_owned();
+    let lapsed = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+    locks.finish(lock, mark, Some(lapsed)).await;
+    assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
 }

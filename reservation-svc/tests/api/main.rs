@@ -10,4 +10,5 @@ mod metrics;
 mod payment;
 mod redis_down;
 mod server;
+mod stalls;
 mod validation;

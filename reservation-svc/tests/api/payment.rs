@@ -8,7 +8,7 @@ use shared::proto::reservation::v1 as pb;
 use shared::proto::wallet::v1::TransactionKind;
 use tonic::Code;
 
-use crate::helpers::{TestApp, TestWallet, reason, spawn_app_with};
+use crate::helpers::{TestApp, TestWallet, assert_money_matches_outcomes, reason, spawn_app_with};
 
 async fn app_paying_through(wallet: &TestWallet) -> TestApp {
     let endpoint = wallet.endpoint();
@@ -59,89 +59,6 @@ async fn pay(
         .map(tonic::Response::into_inner)
 }
 
-/// Money matches every reservation's outcome: a confirmed one was debited exactly once among
-/// its attempts' keys and not refunded; a cancelled paid one was debited once and refunded once;
-/// any other kept nothing. And the wallet's ledger sums to its balances.
-async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
-    use diesel::QueryableByName;
-    use diesel::sql_types::{BigInt, Integer, Nullable, Text};
-    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-        #[diesel(sql_type = Text)]
-        status: String,
-        #[diesel(sql_type = Integer)]
-        pay_attempt: i32,
-        #[diesel(sql_type = Nullable<BigInt>)]
-        payment_transaction_id: Option<i64>,
-        #[diesel(sql_type = BigInt)]
-        price: i64,
-    }
-    #[derive(QueryableByName)]
-    struct Movements {
-        #[diesel(sql_type = BigInt)]
-        uses: i64,
-        #[diesel(sql_type = BigInt)]
-        refunds: i64,
-    }
-    #[derive(QueryableByName)]
-    struct Mismatches {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let mut reservations = app.connect_db().await;
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT id, status, pay_attempt, payment_transaction_id, price FROM reservations",
-    )
-    .load(&mut reservations)
-    .await
-    .expect("reservations");
-    let mut ledger = AsyncPgConnection::establish(wallet.db.url())
-        .await
-        .expect("wallet db");
-    for row in rows {
-        let keys: Vec<String> = (1..=row.pay_attempt)
-            .map(|attempt| format!("reservation-{}-{attempt}", row.id))
-            .collect();
-        let movements: Movements = diesel::sql_query(
-            "SELECT COUNT(*) FILTER (WHERE kind = 'USE' AND idempotency_key = ANY($1)) AS uses, \
-                    COUNT(*) FILTER (WHERE kind = 'REFUND' AND reference = ANY($1)) AS refunds \
-             FROM wallet_transactions",
-        )
-        .bind::<diesel::sql_types::Array<Text>, _>(&keys)
-        .get_result(&mut ledger)
-        .await
-        .expect("movements");
-        let expected = match (row.status.as_str(), row.payment_transaction_id) {
-            // A free seat takes no money.
-            _ if row.price == 0 => (0, 0),
-            ("CONFIRMED", _) => (1, 0),
-            ("CANCELLED", Some(_)) => (1, 1),
-            _ => (movements.refunds, movements.refunds),
-        };
-        assert_eq!(
-            (movements.uses, movements.refunds),
-            expected,
-            "reservation {} is {} after {} attempts",
-            row.id,
-            row.status,
-            row.pay_attempt
-        );
-    }
-    let mismatches: Mismatches = diesel::sql_query(
-        "SELECT COUNT(*) AS n FROM wallets w \
-         WHERE w.balance <> (SELECT COALESCE(SUM(delta), 0) FROM wallet_transactions t \
-                             WHERE t.user_id = w.user_id)",
-    )
-    .get_result(&mut ledger)
-    .await
-    .expect("ledger invariant");
-    assert_eq!(mismatches.n, 0, "every balance equals its ledger sum");
-}
-
 /// Uses of the user's ledger (debits), as (amount, key).
 async fn debits(wallet: &TestWallet, user_id: i64) -> Vec<(i64, String)> {
     wallet
@@ -168,7 +85,7 @@ async fn a_paid_hold_is_confirmed_and_debited_once() {
     assert_eq!(wallet.balance(1).await, 900);
     assert_eq!(
         debits(&wallet, 1).await,
-        [(100, format!("reservation-{}-1", held.id))]
+        [(100, app.use_key(held.id, 1).await)]
     );
     assert_eq!(
         app.seats(schedule_id).await[2].status(),
@@ -262,7 +179,7 @@ async fn a_refused_pay_after_a_top_up_debits_once_under_a_new_attempt() {
     assert_eq!(wallet.balance(1).await, 50);
     assert_eq!(
         debits(&wallet, 1).await,
-        [(100, format!("reservation-{}-2", held.id))]
+        [(100, app.use_key(held.id, 2).await)]
     );
     assert_money_matches_outcomes(&app, &wallet).await;
 }
@@ -337,7 +254,7 @@ async fn a_pay_while_the_wallet_is_down_stays_paying_and_a_retry_confirms_it_onc
     assert_eq!(wallet.balance(1).await, 900);
     assert_eq!(
         debits(&wallet, 1).await,
-        [(100, format!("reservation-{}-1", held.id))]
+        [(100, app.use_key(held.id, 1).await)]
     );
     assert_money_matches_outcomes(&app, &wallet).await;
 }
@@ -385,7 +302,7 @@ async fn a_debit_whose_confirmation_was_lost_is_confirmed_by_the_reconciler_once
         .r#use(shared::proto::wallet::v1::UseRequest {
             user_id: 1,
             amount: 100,
-            idempotency_key: format!("reservation-{}-1", held.id),
+            idempotency_key: app.use_key(held.id, 1).await,
             reference: format!("reservation-{}", held.id),
         })
         .await
@@ -519,7 +436,7 @@ async fn a_use_key_taken_by_another_request_frees_the_payment_instead_of_leaving
         .r#use(shared::proto::wallet::v1::UseRequest {
             user_id: 1,
             amount: 5,
-            idempotency_key: format!("reservation-{}-1", held.id),
+            idempotency_key: app.use_key(held.id, 1).await,
             reference: String::new(),
         })
         .await
@@ -561,8 +478,8 @@ async fn a_cancellation_interrupted_after_its_refund_is_finished_by_the_reconcil
         .await
         .refund(shared::proto::wallet::v1::RefundRequest {
             user_id: 1,
-            idempotency_key: format!("reservation-{}-refund", held.id),
-            use_idempotency_key: format!("reservation-{}-1", held.id),
+            idempotency_key: app.refund_key(held.id).await,
+            use_idempotency_key: app.use_key(held.id, 1).await,
         })
         .await
         .expect("the refund that happened");

@@ -21,16 +21,32 @@ pub struct PaymentState {
     pub pay_attempt: i32,
     /// The `Use` that paid it, once `Confirmed`.
     pub payment_transaction_id: Option<i64>,
+    /// While `Paying`: the current attempt's debit came after the performance began and is
+    /// being given back. Recorded under the seat's lock before the refund is asked for, so no
+    /// later decision (whatever its clock says) can confirm that attempt.
+    pub refunding: bool,
 }
 
-/// The wallet key of attempt `attempt` of reservation `id`.
-pub fn use_key(reservation_id: i64, attempt: i32) -> String {
-    format!("reservation-{reservation_id}-{attempt}")
+/// The wallet key of attempt `attempt` of reservation `id`, in the deployment's key namespace
+/// (a random name each reservation database is given once): reservation ids of a recreated
+/// database, or of another deployment sharing the wallet, start again at 1, and their keys
+/// must never meet the wallet's record of an earlier debit. The empty namespace (a database
+/// that took payments before namespaces existed) keeps the keys it always had.
+pub fn use_key(namespace: &str, reservation_id: i64, attempt: i32) -> String {
+    keyed(namespace, format!("reservation-{reservation_id}-{attempt}"))
 }
 
 /// The wallet key of the refund of reservation `id`: one refund, however often it is asked.
-pub fn refund_key(reservation_id: i64) -> String {
-    format!("reservation-{reservation_id}-refund")
+pub fn refund_key(namespace: &str, reservation_id: i64) -> String {
+    keyed(namespace, format!("reservation-{reservation_id}-refund"))
+}
+
+fn keyed(namespace: &str, key: String) -> String {
+    if namespace.is_empty() {
+        key
+    } else {
+        format!("{namespace}:{key}")
+    }
 }
 
 /// Whether paying `price` takes a wallet `Use`: a free seat is confirmed without one.
@@ -63,6 +79,7 @@ pub fn begin_pay(reservation: &PaymentState, user_id: i64, now: Micros) -> Begin
     }
     match reservation.status {
         Status::Held | Status::Paying if reservation.starts_at <= now => BeginPay::InvalidState,
+        Status::Paying if reservation.refunding => BeginPay::InvalidState,
         Status::Held if reservation.expires_at <= now => BeginPay::HoldExpired,
         Status::Held => BeginPay::Begin {
             attempt: reservation.pay_attempt + 1,
@@ -103,9 +120,13 @@ pub enum AfterUse {
     /// This attempt is already settled the same way (a concurrent pay confirmed it): nothing
     /// to write.
     Settled,
-    /// The reservation moved on without this debit, or it can no longer be honoured (the
-    /// performance has begun): give the money back. Nothing is written before the refund is
-    /// done, so a failed refund leaves the payment to be driven again.
+    /// The current attempt's debit can no longer be honoured (the performance has begun):
+    /// record on the reservation that it is being refunded (still `PAYING`, its seat kept),
+    /// then give the money back. Once recorded, no decision confirms the attempt.
+    DecideRefund,
+    /// The reservation moved on without this debit, or its refund is already decided: give
+    /// the money back. Nothing is written before the refund is done, so a failed refund
+    /// leaves the payment to be driven again.
     Refund,
     /// The refund of a payment that could not be honoured is done: `PAYING -> EXPIRED`, seat
     /// free.
@@ -125,12 +146,16 @@ pub fn apply_use_reply(
 ) -> AfterUse {
     let current = reservation.status == Status::Paying && reservation.pay_attempt == attempt;
     let started = reservation.starts_at <= now;
+    let refunding = current && reservation.refunding;
     match (current, reply) {
-        (true, UseReply::Debited { .. }) if started && refunded => AfterUse::ExpireRefunded,
-        (true, UseReply::Debited { .. }) if started => AfterUse::Refund,
+        (true, UseReply::Debited { .. }) if (started || refunding) && refunded => {
+            AfterUse::ExpireRefunded
+        }
+        (true, UseReply::Debited { .. }) if refunding => AfterUse::Refund,
+        (true, UseReply::Debited { .. }) if started => AfterUse::DecideRefund,
         (true, UseReply::Debited { transaction_id }) => AfterUse::Confirm { transaction_id },
         (true, UseReply::Insufficient | UseReply::Rejected)
-            if reservation.expires_at <= now || started =>
+            if reservation.expires_at <= now || started || refunding =>
         {
             AfterUse::Expire
         }
@@ -164,13 +189,16 @@ mod tests {
             starts_at: NOW + 100,
             pay_attempt,
             payment_transaction_id: None,
+            refunding: false,
         }
     }
 
     #[test]
     fn keys_name_the_attempt_and_the_refund() {
-        assert_eq!(use_key(42, 3), "reservation-42-3");
-        assert_eq!(refund_key(42), "reservation-42-refund");
+        assert_eq!(use_key("", 42, 3), "reservation-42-3");
+        assert_eq!(refund_key("", 42), "reservation-42-refund");
+        assert_eq!(use_key("3f9a", 42, 3), "3f9a:reservation-42-3");
+        assert_eq!(refund_key("3f9a", 42), "3f9a:reservation-42-refund");
     }
 
     #[test]
@@ -250,6 +278,14 @@ mod tests {
         let debited = UseReply::Debited { transaction_id: 9 };
         assert_eq!(
             apply_use_reply(&started, 1, debited, false, NOW),
+            AfterUse::DecideRefund
+        );
+        let refunding = PaymentState {
+            refunding: true,
+            ..started.clone()
+        };
+        assert_eq!(
+            apply_use_reply(&refunding, 1, debited, false, NOW),
             AfterUse::Refund
         );
         assert_eq!(
@@ -261,6 +297,26 @@ mod tests {
             AfterUse::Expire
         );
         assert_eq!(begin_pay(&started, 1, NOW), BeginPay::InvalidState);
+    }
+
+    #[test]
+    fn a_recorded_refund_decision_holds_whatever_a_later_clock_says() {
+        // Decided after the start; a later decision whose clock reads before it (a clock read
+        // too early, a clock stepped back) must still not confirm.
+        let refunding = PaymentState {
+            refunding: true,
+            ..state(Status::Paying, 1)
+        };
+        let debited = UseReply::Debited { transaction_id: 9 };
+        assert_eq!(
+            apply_use_reply(&refunding, 1, debited, false, NOW),
+            AfterUse::Refund
+        );
+        assert_eq!(
+            apply_use_reply(&refunding, 1, debited, true, NOW),
+            AfterUse::ExpireRefunded
+        );
+        assert_eq!(begin_pay(&refunding, 1, NOW), BeginPay::InvalidState);
     }
 
     #[test]

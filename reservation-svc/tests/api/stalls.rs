@@ -1,0 +1,375 @@
+//! Guarantees that hold when a process, Postgres or Redis stalls between two steps of a call.
+//! Each interleaving is forced, not hoped for: locks held by the test's own connections,
+//! SIGSTOP and SIGCONT of a test-owned Redis or of a replica run as a process of its own.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use reservation_svc::domain::Reservations;
+use reservation_svc::lock::{LockSettings, SeatLocks};
+use reservation_svc::store::Store;
+use reservation_svc::wallet_client::Wallet;
+use shared::proto::reservation::v1 as pb;
+use tonic::Code;
+
+use crate::helpers::{
+    RedisServer, ReplicaProcess, TestApp, TestWallet, assert_invariants, spawn_app_with,
+};
+
+/// Sessions of the database at `url` waiting for a lock.
+async fn waiting_for_a_lock(url: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' \
+           AND pid <> pg_backend_pid()",
+    )
+    .get_result::<Count>(&mut conn)
+    .await
+    .expect("read pg_stat_activity")
+    .n
+}
+
+/// The backends of the database at `url` in the `pg_stat_activity` state `state`.
+async fn backends_in_state(url: &str, state: &str) -> Vec<i32> {
+    #[derive(QueryableByName)]
+    struct Backend {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    diesel::sql_query(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND state = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind::<Text, _>(state)
+    .load::<Backend>(&mut conn)
+    .await
+    .expect("read pg_stat_activity")
+    .into_iter()
+    .map(|backend| backend.pid)
+    .collect()
+}
+
+/// Polls `check` every 10 ms until it holds; fails after ten seconds, to turn a hang into a
+/// failure.
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    for _ in 0..1000 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+/// A connection of the test that runs `sql` in a transaction it keeps open (its locks held)
+/// until the test commits it.
+async fn hold_open(url: &str, sql: &str) -> AsyncPgConnection {
+    let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
+    conn.batch_execute(&format!("BEGIN; {sql}"))
+        .await
+        .expect("the test's transaction");
+    conn
+}
+
+async fn commit(mut conn: AsyncPgConnection) {
+    conn.batch_execute("COMMIT").await.expect("commit");
+}
+
+async fn status(app: &TestApp, reservation_id: i64) -> String {
+    #[derive(QueryableByName)]
+    struct Status {
+        #[diesel(sql_type = Text)]
+        status: String,
+    }
+    diesel::sql_query("SELECT status FROM reservations WHERE id = $1")
+        .bind::<BigInt, _>(reservation_id)
+        .get_result::<Status>(&mut app.connect_db().await)
+        .await
+        .expect("the reservation")
+        .status
+}
+
+/// A schedule of 10 seats at 100 points whose performance begins at `starts_at`.
+async fn schedule_starting(app: &TestApp, starts_at: chrono::DateTime<Utc>) -> i64 {
+    let concert = app
+        .client()
+        .create_concert(pb::CreateConcertRequest {
+            title: "Starting soon".to_owned(),
+        })
+        .await
+        .expect("concert")
+        .into_inner();
+    app.client()
+        .create_schedule(pb::CreateScheduleRequest {
+            concert_id: concert.id,
+            starts_at: Some(prost_types::Timestamp {
+                seconds: starts_at.timestamp(),
+                nanos: i32::try_from(starts_at.timestamp_subsec_nanos()).unwrap_or(0),
+            }),
+            seat_count: 10,
+            seat_price: 100,
+        })
+        .await
+        .expect("schedule")
+        .into_inner()
+        .id
+}
+
+/// The reconciler of another replica, run by the test when it chooses.
+async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
+    let store = Store::open(app.db.pool("other-replica"))
+        .await
+        .expect("a store");
+    let locks = SeatLocks::connect(LockSettings {
+        redis_url: app.config.redis_url.clone(),
+        key_prefix: app.config.seat_lock_prefix.clone(),
+        ttl: app.config.seat_lock_ttl,
+        command_timeout: app.config.redis_command_timeout,
+        taken_memory: app.config.seat_taken_memory,
+    })
+    .await
+    .expect("locks");
+    let wallet =
+        Wallet::connect_lazy(&app.config.wallet_endpoint, Duration::from_secs(10)).expect("wallet");
+    Reservations::new(store, locks, wallet, app.config.seat_hold_ttl)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settle_that_began_before_the_performance_never_confirms_a_debit_refunded_after_it() {
+    // Replica 1 pays; its settle transaction begins before the performance and stalls (its
+    // first statement waits on a table lock, as behind an ALTER TABLE, then the process is
+    // frozen). Meanwhile the performance begins and replica 2's reconciler settles the same
+    // debit: too late to honour, it decides to refund it and asks the wallet. Then replica 1
+    // goes on. Had it decided with the time its transaction began, it would have confirmed a
+    // seat whose money is being given back.
+    let wallet = TestWallet::start().await;
+    let endpoint = wallet.endpoint();
+    let app = spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.reconcile_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let replica = ReplicaProcess::start(
+        &app.config,
+        &[("WALLET_TIMEOUT", "10s"), ("RECONCILE_INTERVAL", "1h")],
+    )
+    .await;
+    let starts_at = Utc::now() + chrono::Duration::seconds(4);
+    let schedule_id = schedule_starting(&app, starts_at).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 1).await.expect("hold");
+
+    // The pay's Use waits for the wallet's row; its settle will then wait for the table.
+    let wallet_row = hold_open(
+        wallet.db.url(),
+        "SELECT * FROM wallets WHERE user_id = 1 FOR UPDATE",
+    )
+    .await;
+    let mut client = replica.client().await;
+    let paying = tokio::spawn(async move {
+        client
+            .pay_reservation(pb::PayReservationRequest {
+                reservation_id: held.id,
+                user_id: 1,
+            })
+            .await
+    });
+    until("the use waits for the wallet row", || async {
+        waiting_for_a_lock(wallet.db.url()).await == 1
+    })
+    .await;
+    let table = hold_open(
+        app.db.url(),
+        "LOCK TABLE schedules IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    commit(wallet_row).await;
+    until("the settle waits for the table", || async {
+        waiting_for_a_lock(app.db.url()).await == 1
+    })
+    .await;
+    assert!(Utc::now() < starts_at, "the settle began before the start");
+    replica.pause();
+    commit(table).await;
+    // Its first statement done, the settle's transaction waits for the frozen process.
+    until("the settle's transaction is open", || async {
+        backends_in_state(app.db.url(), "idle in transaction")
+            .await
+            .len()
+            == 1
+    })
+    .await;
+    let settle = backends_in_state(app.db.url(), "idle in transaction").await[0];
+
+    // The performance begins. Replica 2's reconciler re-sends the Use (the wallet answers
+    // the debit again) and settles it, too late to honour: it decides to refund, and its
+    // refund waits for the wallet's row.
+    let wait = (starts_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    let seat_row = hold_open(
+        app.db.url(),
+        &format!(
+            "SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 FOR UPDATE"
+        ),
+    )
+    .await;
+    let other = another_replicas_reconciler(&app).await;
+    let reconciling = tokio::spawn(async move { other.reconcile(Duration::ZERO, 10).await });
+    until("replica 2's settle waits for the seat", || async {
+        waiting_for_a_lock(app.db.url()).await == 1
+    })
+    .await;
+    let wallet_row = hold_open(
+        wallet.db.url(),
+        "SELECT * FROM wallets WHERE user_id = 1 FOR UPDATE",
+    )
+    .await;
+    commit(seat_row).await;
+    until("replica 2's refund waits for the wallet row", || async {
+        waiting_for_a_lock(wallet.db.url()).await == 1
+    })
+    .await;
+
+    // Replica 1 goes on: it must not confirm (it decides to refund too, and waits).
+    replica.resume();
+    until("replica 1's settle has ended", || async {
+        backends_in_state(app.db.url(), "idle")
+            .await
+            .contains(&settle)
+    })
+    .await;
+    commit(wallet_row).await;
+    reconciling
+        .await
+        .expect("reconciler task")
+        .expect("reconciled");
+    let paid = paying.await.expect("pay task");
+
+    assert_invariants(&app, &wallet).await;
+    assert_eq!(status(&app, held.id).await, "EXPIRED");
+    assert_eq!(wallet.balance(1).await, 1_000, "the debit given back");
+    let refused = paid.expect_err("no seat for a debit after the start");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+/// An app on a Redis of the test's own, with a short command timeout and no memory of marks.
+async fn app_on(
+    redis: &RedisServer,
+    configure: impl FnOnce(&mut reservation_svc::config::Config),
+) -> TestApp {
+    let url = redis.url();
+    spawn_app_with(|config| {
+        config.redis_url = url;
+        config.redis_command_timeout = Duration::from_millis(300);
+        config.seat_taken_memory = Duration::ZERO;
+        configure(config);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lock_that_reaches_redis_after_its_hold_gave_up_writes_nothing() {
+    for _ in 0..3 {
+        let redis = RedisServer::start();
+        let app = app_on(&redis, |_| {}).await;
+        let schedule_id = app.schedule_with_seats(5).await;
+        // Connected, scripts loaded.
+        app.hold(9, schedule_id, 5)
+            .await
+            .expect("a hold with Redis up");
+        let written = app.rows_written().await;
+
+        redis.pause();
+        let refused = app.hold(1, schedule_id, 1).await.expect_err("Redis paused");
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        // Redis wakes up and runs the lock the hold gave up on: it must write nothing.
+        redis.resume();
+        let key = app.seat_key(schedule_id, 1);
+        let client = crate::helpers::redis(&redis.url()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let holder: Option<String> = fred::interfaces::KeysInterface::get(&client, &key)
+            .await
+            .expect("get");
+        assert_eq!(holder, None, "no lock nobody owns");
+        assert_eq!(app.rows_written().await, written, "nothing written");
+        app.hold(2, schedule_id, 1)
+            .await
+            .expect("the seat is free at once, not locked for SEAT_LOCK_TTL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_taken_mark_that_reaches_redis_late_never_outlives_its_hold() {
+    for _ in 0..3 {
+        let redis = RedisServer::start();
+        let app = app_on(&redis, |config| {
+            config.seat_hold_ttl = Duration::from_secs(2);
+        })
+        .await;
+        let schedule_id = app.schedule_with_seats(5).await;
+        app.hold(9, schedule_id, 5)
+            .await
+            .expect("a hold with Redis up");
+
+        // The hold takes its lock, then waits for the seat's row; Redis pauses meanwhile, so
+        // the mark that follows the commit waits in Redis past the command timeout.
+        let seat_row = hold_open(
+            app.db.url(),
+            &format!(
+                "SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 FOR UPDATE"
+            ),
+        )
+        .await;
+        let mut client = app.client();
+        let holding = tokio::spawn(async move {
+            client
+                .hold_seat(pb::HoldSeatRequest {
+                    user_id: 1,
+                    schedule_id,
+                    seat_no: 1,
+                })
+                .await
+        });
+        until("the hold waits for the seat's row", || async {
+            waiting_for_a_lock(app.db.url()).await == 1
+        })
+        .await;
+        redis.pause();
+        commit(seat_row).await;
+        let held = holding
+            .await
+            .expect("hold task")
+            .expect("held: the mark is only a filter")
+            .into_inner();
+        // Paused past the command timeout, well within the lock's TTL.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        redis.resume();
+
+        // Past the hold's expiry the seat is free, in Postgres and in Redis alike.
+        let expires_at = held.expires_at.expect("expiry");
+        let expires_at = chrono::DateTime::from_timestamp(
+            expires_at.seconds,
+            u32::try_from(expires_at.nanos).unwrap_or(0),
+        )
+        .expect("a time");
+        let wait = (expires_at - Utc::now()).to_std().unwrap_or_default();
+        tokio::time::sleep(wait + Duration::from_millis(50)).await;
+        assert_eq!(
+            app.seats(schedule_id).await[0].status(),
+            pb::SeatStatus::Available
+        );
+        app.hold(2, schedule_id, 1)
+            .await
+            .expect("a lapsed hold's seat is not refused by its mark");
+    }
+}
