@@ -113,7 +113,10 @@ async fn a_refund_waits_for_a_wallet_being_created_and_then_finds_its_use() {
             .await
             .expect("commit the other replica's movements");
         let answer = refund.await.expect("the refund task");
-        assert!(answer.is_ok(), "waited for the wallet, then refunded: {answer:?}");
+        assert!(
+            answer.is_ok(),
+            "waited for the wallet, then refunded: {answer:?}"
+        );
         assert_consistent(&app, answer).await;
     }
 }
