@@ -553,9 +553,11 @@ impl ReplicaProcess {
             .stdout(Stdio::null())
             .spawn()
             .expect("start reservation-svc");
+        // Stopped by its drop, whatever happens next.
+        let replica = Self { addr, child };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Self { addr, child };
+                return replica;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

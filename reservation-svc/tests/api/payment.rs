@@ -501,3 +501,81 @@ async fn a_cancellation_interrupted_after_its_refund_is_finished_by_the_reconcil
     assert_eq!(wallet.balance(1).await, 1_000, "refunded once");
     assert_money_matches_outcomes(&app, &wallet).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_deployment_sharing_the_wallet_never_replays_the_firsts_debits() {
+    // Two reservation databases (two deployments, or one recreated) number their
+    // reservations from 1 alike; the same reservation and attempt must still be two payments.
+    let wallet = TestWallet::start().await;
+    let first = app_paying_through(&wallet).await;
+    let second = app_paying_through(&wallet).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let mut held = Vec::new();
+    for app in [&first, &second] {
+        let schedule_id = app.schedule_with_seats(10).await;
+        let reservation = app.hold(1, schedule_id, 1).await.expect("hold");
+        held.push(reservation.id);
+        let paid = pay(app, reservation.id, 1).await.expect("pay");
+        assert_eq!(paid.status(), pb::ReservationStatus::Confirmed);
+    }
+    assert_eq!(
+        held[0], held[1],
+        "the same reservation id in both databases"
+    );
+    assert_ne!(first.key_namespace().await, second.key_namespace().await);
+
+    assert_eq!(wallet.balance(1).await, 800, "two seats, two debits");
+    assert_eq!(debits(&wallet, 1).await.len(), 2);
+    assert_money_matches_outcomes(&first, &wallet).await;
+    assert_money_matches_outcomes(&second, &wallet).await;
+}
+
+#[tokio::test]
+async fn a_database_that_took_payments_before_key_namespaces_keeps_its_keys() {
+    use diesel_migrations::MigrationHarness;
+
+    let db = shared::test_support::TestDatabase::create(
+        "reservation",
+        reservation_svc::startup::MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await;
+    // The database as it was before namespaces, with a payment under way.
+    let url = db.url().to_owned();
+    tokio::task::spawn_blocking(move || {
+        use diesel::Connection;
+        use diesel::connection::SimpleConnection;
+        let mut conn: diesel_async::async_connection_wrapper::AsyncConnectionWrapper<
+            diesel_async::AsyncPgConnection,
+        > = Connection::establish(&url).expect("connect");
+        conn.revert_last_migration(reservation_svc::startup::MIGRATIONS)
+            .expect("revert");
+        conn.batch_execute(
+            "WITH concert AS (INSERT INTO concerts (title) VALUES ('before') RETURNING id), \
+                  schedule AS (INSERT INTO schedules (concert_id, starts_at, seat_count, seat_price) \
+                               SELECT id, now() + interval '1 day', 1, 100 FROM concert \
+                               RETURNING id), \
+                  seat AS (INSERT INTO seats (schedule_id, seat_no, price, status) \
+                           SELECT id, 1, 100, 'HELD' FROM schedule) \
+             INSERT INTO reservations (user_id, schedule_id, seat_no, price, status, expires_at, \
+                                       pay_attempt) \
+             SELECT 1, id, 1, 100, 'PAYING', now() + interval '5 minutes', 1 FROM schedule",
+        )
+        .expect("a payment under way");
+    })
+    .await
+    .expect("the old database");
+
+    shared::db::run_migrations(db.url(), reservation_svc::startup::MIGRATIONS)
+        .await
+        .expect("migrate");
+    let namespace =
+        reservation_svc::store::Store::payment_key_namespace(&db.pool("namespace-test"))
+            .await
+            .expect("the namespace");
+    assert_eq!(namespace, "", "the payment under way keeps its key");
+    assert_eq!(
+        protocol::payment::use_key(&namespace, 1, 1),
+        "reservation-1-1"
+    );
+}
