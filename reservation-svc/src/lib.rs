@@ -9,6 +9,8 @@ mod error;
 pub mod grpc;
 pub mod lock;
 pub mod metrics;
+pub mod model;
+pub mod reconciler;
 pub mod startup;
 pub mod store;
 pub mod sweeper;

@@ -485,10 +485,6 @@ impl SeatLock {
     pub fn key(&self) -> &str {
         &self.key
     }
-
-    pub fn token(&self) -> &str {
-        &self.token
-    }
 }
 
 #[cfg(test)]

@@ -119,12 +119,12 @@ impl Application {
                 shared::metrics::record_pool(reservations.store().pool());
             }))
         });
-        let sweeper = tokio::spawn(crate::sweeper::run(
+        let sweeper = tokio::spawn(crate::sweeper::sweep_every(
             self.reservations.clone(),
             self.config.sweep_interval,
             self.config.sweep_batch_size,
         ));
-        let reconciler = tokio::spawn(crate::sweeper::reconcile(
+        let reconciler = tokio::spawn(crate::reconciler::reconcile_every(
             self.reservations.clone(),
             self.config.reconcile_interval,
             self.config.reconcile_grace,

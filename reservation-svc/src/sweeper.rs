@@ -1,7 +1,5 @@
-//! The background work of every replica. The expiry sweeper expires lapsed holds in batches and
-//! frees their seats (reads already treat a lapsed hold as expired; the sweeper makes the rows
-//! say so). The reconciler drives payments left `PAYING` (the wallet gave no answer, or the
-//! process died mid-payment) to an end by re-sending their attempt's idempotent `Use`.
+//! The expiry sweeper every replica runs: it expires lapsed holds in batches and frees their
+//! seats (reads already treat a lapsed hold as expired; the sweeper makes the rows say so).
 
 use std::time::Duration;
 
@@ -9,7 +7,7 @@ use crate::domain::Reservations;
 
 /// Sweeps every `interval` until the task is dropped. A full batch is followed at once by the
 /// next, so a backlog drains without waiting for the next tick.
-pub async fn run(reservations: Reservations, interval: Duration, batch_size: i64) {
+pub async fn sweep_every(reservations: Reservations, interval: Duration, batch_size: i64) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -31,24 +29,6 @@ pub async fn run(reservations: Reservations, interval: Duration, batch_size: i64
                     break;
                 }
             }
-        }
-    }
-}
-
-/// Reconciles stuck payments every `interval` until the task is dropped.
-pub async fn reconcile(
-    reservations: Reservations,
-    interval: Duration,
-    grace: Duration,
-    batch_size: i64,
-) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        if let Err(error) = reservations.reconcile(grace, batch_size).await {
-            crate::metrics::background_failure("reconcile");
-            tracing::warn!(%error, "reconciliation failed, retrying on the next tick");
         }
     }
 }

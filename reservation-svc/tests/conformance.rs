@@ -11,17 +11,20 @@ use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use protocol::payment::BeginPay;
 use protocol::payment::{self, UseReply};
+use protocol::reservation::CancelDecision;
 use protocol_model::key::Key;
 use protocol_model::store::{
     BeginOutcome, CancelOutcome, HoldOutcome, KEY_NAMESPACE, Row, SeatRows, SeatView,
     SettleOutcome, Status, StoreBugs,
 };
-use reservation_svc::domain::{
-    HoldRequest, OwnerRequest, ReservationId, ScheduleId, SeatNo, UserId,
+use reservation_svc::model::{
+    self as real, HoldRequest, OwnerRequest, PayAttempt, Refusal, ReservationId, ScheduleId,
+    SeatNo, UserId,
 };
 use reservation_svc::startup::MIGRATIONS;
-use reservation_svc::store::{self as real, Store};
+use reservation_svc::store::{Store, StoreError};
 use shared::db::PgPool;
 use shared::test_support::TestDatabase;
 
@@ -399,7 +402,7 @@ fn owner(reservation: i64, user_id: i64) -> OwnerRequest {
     }
 }
 
-fn failed<T>(error: real::StoreError) -> T {
+fn failed<T>(error: StoreError) -> T {
     panic!("store error: {error}")
 }
 
@@ -428,16 +431,17 @@ async fn run_both(
                 .unwrap_or_else(failed)
             {
                 real::HoldOutcome::Held(reservation) => {
+                    let held = reservation.id.get();
                     // The database numbers new rows itself: the model's new row takes its id.
                     if let (HoldOutcome::Held { id }, Some(new)) =
                         (expected, model.reservations.last_mut())
                         && new.id == id
                     {
-                        new.id = reservation.id;
-                        expected = HoldOutcome::Held { id: reservation.id };
+                        new.id = held;
+                        expected = HoldOutcome::Held { id: held };
                         model.reservations.sort_by_key(|row| row.id);
                     }
-                    HoldOutcome::Held { id: reservation.id }
+                    HoldOutcome::Held { id: held }
                 }
                 real::HoldOutcome::Taken => HoldOutcome::Taken,
                 other => panic!("unexpected hold outcome {other:?}"),
@@ -453,10 +457,16 @@ async fn run_both(
                 .await
                 .unwrap_or_else(failed)
             {
-                real::BeginOutcome::Pay { attempt, .. } => BeginOutcome::Pay { attempt },
+                real::BeginOutcome::Pay(payment) => BeginOutcome::Pay {
+                    attempt: payment.attempt.get(),
+                },
                 real::BeginOutcome::Confirmed(_) => BeginOutcome::Confirmed,
                 real::BeginOutcome::NotFound => BeginOutcome::NotFound,
-                real::BeginOutcome::Refused(refused) => BeginOutcome::Refused(refused),
+                real::BeginOutcome::Refused(refusal) => BeginOutcome::Refused(match refusal {
+                    Refusal::NotOwner => BeginPay::NotOwner,
+                    Refusal::HoldExpired => BeginPay::HoldExpired,
+                    Refusal::InvalidState => BeginPay::InvalidState,
+                }),
             };
             (expected, Answer::Begin(actual))
         }
@@ -468,7 +478,8 @@ async fn run_both(
         } => {
             let id = pick(&rows, target);
             let row = rows.row(id);
-            let attempt = row.map_or(1, |row| row.pay_attempt) - attempts_back;
+            // A settle is only ever about an attempt that began: the first is 1.
+            let attempt = (row.map_or(1, |row| row.pay_attempt) - attempts_back).max(1);
             let reply = match reply {
                 Reply::DebitedAsRecorded => UseReply::Debited {
                     transaction_id: row
@@ -484,7 +495,12 @@ async fn run_both(
             };
             let expected = Answer::Settle(model.settle(id, attempt, reply, *refunded, bugs));
             let actual = match store
-                .settle_attempt(id, attempt, reply, *refunded)
+                .settle_attempt(
+                    ReservationId::parse(id).expect("an id"),
+                    PayAttempt::parse(attempt).expect("an attempt"),
+                    reply,
+                    *refunded,
+                )
                 .await
                 .unwrap_or_else(failed)
             {
@@ -515,7 +531,11 @@ async fn run_both(
                 real::CancelOutcome::RefundFirst(paid) => CancelOutcome::RefundFirst {
                     use_key: paid.use_key.as_deref().map(Key::new),
                 },
-                real::CancelOutcome::Refused(decision) => CancelOutcome::Refused(decision),
+                real::CancelOutcome::Refused(refusal) => CancelOutcome::Refused(match refusal {
+                    Refusal::NotOwner => CancelDecision::NotOwner,
+                    Refusal::HoldExpired => CancelDecision::HoldExpired,
+                    Refusal::InvalidState => CancelDecision::InvalidState,
+                }),
             };
             (expected, Answer::Cancel(actual))
         }
@@ -540,7 +560,7 @@ async fn run_both(
                 .unwrap_or_else(failed);
             let mut actual: Vec<i64> = claimed
                 .iter()
-                .map(|stuck| stuck.id)
+                .map(|stuck| stuck.reservation.get())
                 .filter(|id| rows.row(*id).is_some())
                 .collect();
             actual.sort_unstable();
@@ -558,7 +578,7 @@ async fn run_both(
                 .unwrap_or_else(failed);
             let mut actual: Vec<i64> = claimed
                 .iter()
-                .map(|&(id, _)| id)
+                .map(|request| request.reservation_id.get())
                 .filter(|id| rows.row(*id).is_some())
                 .collect();
             actual.sort_unstable();

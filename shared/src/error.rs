@@ -163,16 +163,6 @@ impl PageRequest {
     }
 }
 
-/// Ids of the contract are positive.
-pub fn positive_id(violations: &mut FieldViolations, field: &str, value: i64) -> Option<i64> {
-    if value > 0 {
-        Some(value)
-    } else {
-        violations.add(field, "must be greater than 0");
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

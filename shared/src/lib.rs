@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod shutdown;
+pub mod task;
 pub mod telemetry;
 pub mod values;
 

@@ -104,9 +104,48 @@ impl PageCursor {
     }
 }
 
+/// Cuts one page from `rows`, a keyset listing of `owner`'s rows newest first that was asked
+/// for one row more than `size` (that extra row tells whether another page follows), and
+/// returns the page with the cursor of the next one. `id` names a row's keyset id.
+pub fn page<T>(
+    mut rows: Vec<T>,
+    size: PageSize,
+    owner: UserId,
+    id: impl Fn(&T) -> i64,
+) -> (Vec<T>, Option<PageCursor>) {
+    let size = usize::from(size.get());
+    let more = rows.len() > size;
+    rows.truncate(size);
+    let next = match rows.last() {
+        Some(last) if more => Some(PageCursor {
+            owner: owner.get(),
+            before_id: id(last),
+        }),
+        _ => None,
+    };
+    (rows, next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_says_where_the_next_starts_only_when_there_is_one() {
+        let owner = UserId::parse(7).expect("a user");
+        let size = PageSize::parse(2).expect("a size");
+        let (rows, next) = page(vec![9, 8, 7], size, owner, |id| *id);
+        assert_eq!(rows, [9, 8]);
+        assert_eq!(
+            next,
+            Some(PageCursor {
+                owner: 7,
+                before_id: 8
+            })
+        );
+        let (rows, next) = page(vec![9, 8], size, owner, |id| *id);
+        assert_eq!((rows.len(), next), (2, None));
+    }
 
     #[test]
     fn ids_are_positive() {

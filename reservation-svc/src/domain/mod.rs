@@ -1,44 +1,20 @@
-//! The reservation rules in terms of valid values. Decisions are made by
-//! [`protocol::reservation`]; this layer orders the steps: the Redis lock before Postgres, the
-//! release after the commit, and database work that runs to its end even if the caller leaves.
-
-mod types;
+//! The reservation rules in terms of the vocabulary ([`crate::model`]). Decisions are made by
+//! [`protocol`]; this layer orders the steps: the Redis lock before Postgres, the release after
+//! the commit, the wallet between a payment's transactions, and database work that runs to
+//! its end even if the caller leaves.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-pub use types::*;
-
-use protocol::payment::{BeginPay, UseReply};
-use protocol::reservation::CancelDecision;
+use protocol::payment::UseReply;
 
 use crate::lock::{LockError, SeatLocks};
-use crate::store::{
-    BeginOutcome, CancelOutcome, HoldOutcome, SettleOutcome, Store, StoreError, StuckPayment,
+use crate::model::{
+    CancelOutcome, Concert, ConcertId, HoldOutcome, HoldRequest, NewSchedule, OwnerRequest,
+    PageCursor, PageSize, PaymentAttempt, Refusal, Reservation, ReservationId, ReservationPage,
+    Schedule, ScheduleId, Seat, SettleOutcome, Title, UserId,
 };
+use crate::store::{Store, StoreError};
 use crate::wallet_client::{RefundError, Wallet};
-
-#[derive(Debug, Clone)]
-pub struct NewSchedule {
-    pub concert_id: ConcertId,
-    pub starts_at: DateTime<Utc>,
-    pub seat_count: SeatCount,
-    pub seat_price: Price,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct HoldRequest {
-    pub user_id: UserId,
-    pub schedule_id: ScheduleId,
-    pub seat_no: SeatNo,
-}
-
-/// A user acting on one of their reservations (paying it, cancelling it).
-#[derive(Debug, Clone, Copy)]
-pub struct OwnerRequest {
-    pub reservation_id: ReservationId,
-    pub user_id: UserId,
-}
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +68,16 @@ impl From<LockError> for ReservationError {
             LockError::Contended => Self::SeatLocked,
             LockError::Taken => Self::SeatTaken,
             LockError::Unavailable(detail) => Self::Unavailable(detail),
+        }
+    }
+}
+
+impl From<Refusal> for ReservationError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotOwner => Self::NotOwner,
+            Refusal::HoldExpired => Self::HoldExpired,
+            Refusal::InvalidState => Self::InvalidState,
         }
     }
 }
@@ -166,7 +152,7 @@ impl Reservations {
         );
         // One task from lock to release: a caller that goes away cancels neither the
         // transaction nor the release of the lock.
-        let holding = async move {
+        let outcome = shared::task::run_to_end(span, async move {
             let lock = locks
                 .acquire(request.schedule_id.get(), request.seat_no.get())
                 .await?;
@@ -180,16 +166,16 @@ impl Reservations {
                 Ok(HoldOutcome::Held(reservation)) => Some(reservation),
                 _ => None,
             };
-            let after =
-                protocol::reservation::after_hold(taken.map(|reservation| (reservation.id, left)));
+            let after = protocol::reservation::after_hold(
+                taken.map(|reservation| (reservation.id.get(), left)),
+            );
             locks
                 .finish(lock, after, taken.map(|reservation| reservation.expires_at))
                 .await;
             Ok::<_, ReservationError>(held?)
-        };
-        let outcome = tokio::spawn(tracing::Instrument::instrument(holding, span))
-            .await
-            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))??;
+        })
+        .await
+        .map_err(ReservationError::Internal)??;
         match outcome {
             HoldOutcome::Held(reservation) => Ok(reservation),
             HoldOutcome::ScheduleNotFound => Err(ReservationError::NotFound("schedule")),
@@ -206,72 +192,83 @@ impl Reservations {
     /// no outcome, for a retry or the reconciler to finish.
     pub async fn pay(&self, request: OwnerRequest) -> Result<Reservation, ReservationError> {
         let service = self.clone();
-        let id = request.reservation_id.get();
         let span = tracing::info_span!(
             "pay_reservation",
-            reservation_id = id,
+            reservation_id = request.reservation_id.get(),
             user_id = request.user_id.get(),
             schedule_id = tracing::field::Empty,
             seat_no = tracing::field::Empty,
             attempt = tracing::field::Empty,
         );
-        let paying = async move {
-            let (attempt, price, user_id) = match service
+        // In a task of its own: a caller that goes away does not cut the saga short.
+        shared::task::run_to_end(span, async move {
+            let payment = match service
                 .store
                 .begin_pay(request.reservation_id, request.user_id)
                 .await?
             {
-                BeginOutcome::Pay {
-                    attempt,
-                    price,
-                    user_id,
-                    schedule_id,
-                    seat_no,
-                } => {
-                    let span = tracing::Span::current();
-                    span.record("schedule_id", schedule_id);
-                    span.record("seat_no", seat_no);
-                    span.record("attempt", attempt);
-                    (attempt, price, user_id)
+                crate::model::BeginOutcome::Pay(payment) => payment,
+                crate::model::BeginOutcome::Confirmed(reservation) => return Ok(reservation),
+                crate::model::BeginOutcome::NotFound => {
+                    return Err(ReservationError::NotFound("reservation"));
                 }
-                BeginOutcome::Confirmed(reservation) => return Ok(reservation),
-                BeginOutcome::NotFound => return Err(ReservationError::NotFound("reservation")),
-                BeginOutcome::Refused(refused) => return Err(refused_pay(refused)),
+                crate::model::BeginOutcome::Refused(refusal) => return Err(refusal.into()),
             };
-            service.drive_payment(id, attempt, user_id, price).await
-        };
-        // In a task of its own: a caller that goes away does not cut the saga short.
-        tokio::spawn(tracing::Instrument::instrument(paying, span))
-            .await
-            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))?
+            let span = tracing::Span::current();
+            span.record("schedule_id", payment.schedule_id.get());
+            span.record("seat_no", payment.seat_no.get());
+            span.record("attempt", payment.attempt.get());
+            service.drive_payment(payment).await
+        })
+        .await
+        .map_err(ReservationError::Internal)?
     }
 
-    /// Sends attempt `attempt`'s `Use` (or, for a free seat, nothing) and applies the reply.
+    /// Sends the attempt's `Use` (or, for a free seat, nothing) and applies the reply.
     async fn drive_payment(
         &self,
-        id: i64,
-        attempt: i32,
-        user_id: i64,
-        price: i64,
+        payment: PaymentAttempt,
     ) -> Result<Reservation, ReservationError> {
-        let reply = if protocol::payment::needs_wallet(price) {
-            let key = protocol::payment::use_key(self.store.key_namespace(), id, attempt);
+        let PaymentAttempt {
+            reservation,
+            attempt,
+            payer,
+            price,
+            ..
+        } = payment;
+        let namespace = self.store.key_namespace();
+        let needs_wallet = protocol::payment::needs_wallet(price.get());
+        let reply = if needs_wallet {
+            let key = protocol::payment::use_key(namespace, reservation.get(), attempt.get());
             self.wallet
-                .use_points(user_id, price, &key, &format!("reservation-{id}"))
+                .use_points(
+                    payer.get(),
+                    price.get(),
+                    &key,
+                    &format!("reservation-{reservation}"),
+                )
                 .await
         } else {
             UseReply::Debited { transaction_id: 0 }
         };
-        let mut settled = self.store.settle_attempt(id, attempt, reply, false).await?;
-        if let SettleOutcome::Refund { user_id, use_key } = &settled {
+        let mut settled = self
+            .store
+            .settle_attempt(reservation, attempt, reply, false)
+            .await?;
+        if let SettleOutcome::Refund { payer, use_key } = &settled {
             // Give the money back first: until the refund is done the reservation stays as it
             // is, so a failed refund is retried by the next pay or reconciliation. A free seat
             // took no money.
-            if protocol::payment::needs_wallet(price) {
-                let refund_key = protocol::payment::refund_key(self.store.key_namespace(), id);
-                self.wallet.refund(*user_id, &refund_key, use_key).await?;
+            if needs_wallet {
+                let refund_key = protocol::payment::refund_key(namespace, reservation.get());
+                self.wallet
+                    .refund(payer.get(), &refund_key, use_key)
+                    .await?;
             }
-            settled = self.store.settle_attempt(id, attempt, reply, true).await?;
+            settled = self
+                .store
+                .settle_attempt(reservation, attempt, reply, true)
+                .await?;
         }
         match settled {
             SettleOutcome::Confirmed(reservation) => Ok(reservation),
@@ -299,20 +296,15 @@ impl Reservations {
         batch_size: i64,
     ) -> Result<usize, ReservationError> {
         let stuck = self.store.claim_stuck_payments(grace, batch_size).await?;
-        for &StuckPayment {
-            id,
-            pay_attempt: attempt,
-            user_id,
-            price,
-        } in &stuck
-        {
-            let span =
-                tracing::info_span!("reconcile_payment", reservation_id = id, user_id, attempt);
-            let driven = tracing::Instrument::instrument(
-                self.drive_payment(id, attempt, user_id, price),
-                span,
-            )
-            .await;
+        for &payment in &stuck {
+            let id = payment.reservation.get();
+            let span = tracing::info_span!(
+                "reconcile_payment",
+                reservation_id = id,
+                user_id = payment.payer.get(),
+                attempt = payment.attempt.get()
+            );
+            let driven = tracing::Instrument::instrument(self.drive_payment(payment), span).await;
             match driven {
                 Ok(_) => {
                     crate::metrics::payment_reconciled("confirmed");
@@ -332,14 +324,9 @@ impl Reservations {
             .store
             .claim_unfinished_cancellations(grace, batch_size)
             .await?;
-        for &(id, user_id) in &cancelling {
+        for &request in &cancelling {
+            let id = request.reservation_id.get();
             // The same cancellation again, as its owner: the refund is idempotent by its key.
-            let request = OwnerRequest {
-                reservation_id: ReservationId::parse(id)
-                    .map_err(|error| ReservationError::Internal(error.to_string()))?,
-                user_id: UserId::parse(user_id)
-                    .map_err(|error| ReservationError::Internal(error.to_string()))?,
-            };
             match self.cancel(request).await {
                 Ok(_) => {
                     crate::metrics::cancellation_reconciled("finished");
@@ -363,43 +350,48 @@ impl Reservations {
             reservation_id = request.reservation_id.get(),
             user_id = request.user_id.get(),
         );
-        let cancelling = async move {
-            let mut outcome = service.store.cancel(request, false).await?;
-            if let CancelOutcome::RefundFirst(paid) = &outcome {
-                if let (true, Some(use_key)) = (
-                    protocol::payment::needs_wallet(paid.price),
-                    paid.use_key.as_deref(),
-                ) {
-                    let refund_key = protocol::payment::refund_key(
-                        service.store.key_namespace(),
-                        request.reservation_id.get(),
-                    );
-                    service
-                        .wallet
-                        .refund(paid.user_id, &refund_key, use_key)
-                        .await?;
+        shared::task::run_to_end(span, async move {
+            let outcome = match service.store.cancel(request, false).await? {
+                CancelOutcome::RefundFirst(paid) => {
+                    if let (true, Some(use_key)) = (
+                        protocol::payment::needs_wallet(paid.price.get()),
+                        paid.use_key.as_deref(),
+                    ) {
+                        let refund_key = protocol::payment::refund_key(
+                            service.store.key_namespace(),
+                            request.reservation_id.get(),
+                        );
+                        service
+                            .wallet
+                            .refund(paid.payer.get(), &refund_key, use_key)
+                            .await?;
+                    }
+                    service.store.cancel(request, true).await?
                 }
-                outcome = service.store.cancel(request, true).await?;
-            }
+                outcome => outcome,
+            };
             match outcome {
                 CancelOutcome::Cancelled(reservation) => {
                     // The seat is free again: later holds must not find its taken mark.
                     service
                         .locks
-                        .clear_taken(reservation.schedule_id, reservation.seat_no, reservation.id)
+                        .clear_taken(
+                            reservation.schedule_id.get(),
+                            reservation.seat_no.get(),
+                            reservation.id.get(),
+                        )
                         .await;
                     Ok(reservation)
                 }
                 CancelOutcome::NotFound => Err(ReservationError::NotFound("reservation")),
-                CancelOutcome::Refused(decision) => Err(refused_cancel(decision)),
+                CancelOutcome::Refused(refusal) => Err(refusal.into()),
                 CancelOutcome::RefundFirst(_) => Err(ReservationError::Internal(
                     "a refunded reservation still asks for its refund".to_owned(),
                 )),
             }
-        };
-        tokio::spawn(tracing::Instrument::instrument(cancelling, span))
-            .await
-            .map_err(|join_error| ReservationError::Internal(join_error.to_string()))?
+        })
+        .await
+        .map_err(ReservationError::Internal)?
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Reservation, ReservationError> {
@@ -423,39 +415,11 @@ impl Reservations {
         Ok(self.store.expire_lapsed_holds(batch_size).await?)
     }
 
-    pub fn wallet(&self) -> &Wallet {
-        &self.wallet
-    }
-
     pub fn locks(&self) -> &SeatLocks {
         &self.locks
     }
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-}
-
-fn refused_pay(refused: BeginPay) -> ReservationError {
-    match refused {
-        BeginPay::NotOwner => ReservationError::NotOwner,
-        BeginPay::HoldExpired => ReservationError::HoldExpired,
-        BeginPay::InvalidState => ReservationError::InvalidState,
-        BeginPay::Begin { .. } | BeginPay::Resume { .. } | BeginPay::AlreadyConfirmed => {
-            ReservationError::Internal(format!("{refused:?} reported as refused"))
-        }
-    }
-}
-
-fn refused_cancel(refused: CancelDecision) -> ReservationError {
-    match refused {
-        CancelDecision::NotOwner => ReservationError::NotOwner,
-        CancelDecision::HoldExpired => ReservationError::HoldExpired,
-        CancelDecision::InvalidState => ReservationError::InvalidState,
-        CancelDecision::Release
-        | CancelDecision::AlreadyCancelled
-        | CancelDecision::RefundThenRelease => {
-            ReservationError::Internal(format!("{refused:?} reported as refused"))
-        }
     }
 }

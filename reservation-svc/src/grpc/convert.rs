@@ -9,7 +9,7 @@ use shared::proto::timestamp;
 use shared::values::InvalidValue;
 use tonic::Status;
 
-use crate::domain::{
+use crate::model::{
     Concert, ConcertId, HoldRequest, NewSchedule, OwnerRequest, Price, RESERVATIONS_LISTING,
     Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat, SeatCount, SeatNo,
     SeatView, Status as ReservationStatus, Title, UserId,
@@ -136,7 +136,7 @@ impl TryFrom<pb::CancelReservationRequest> for OwnerRequest {
 impl From<Concert> for pb::Concert {
     fn from(concert: Concert) -> Self {
         Self {
-            id: concert.id,
+            id: concert.id.get(),
             title: concert.title,
         }
     }
@@ -145,11 +145,11 @@ impl From<Concert> for pb::Concert {
 impl From<Schedule> for pb::Schedule {
     fn from(schedule: Schedule) -> Self {
         Self {
-            id: schedule.id,
-            concert_id: schedule.concert_id,
+            id: schedule.id.get(),
+            concert_id: schedule.concert_id.get(),
             starts_at: Some(timestamp(schedule.starts_at)),
-            seat_count: schedule.seat_count,
-            seat_price: schedule.seat_price,
+            seat_count: schedule.seat_count.get(),
+            seat_price: schedule.seat_price.get(),
             available_seats: schedule.available_seats,
         }
     }
@@ -166,8 +166,8 @@ fn seat_status(view: SeatView) -> pb::SeatStatus {
 impl From<Seat> for pb::Seat {
     fn from(seat: Seat) -> Self {
         Self {
-            seat_no: seat.seat_no,
-            price: seat.price,
+            seat_no: seat.seat_no.get(),
+            price: seat.price.get(),
             status: seat_status(seat.status).into(),
         }
     }
@@ -186,11 +186,11 @@ fn reservation_status(status: ReservationStatus) -> pb::ReservationStatus {
 impl From<Reservation> for pb::Reservation {
     fn from(reservation: Reservation) -> Self {
         Self {
-            id: reservation.id,
-            user_id: reservation.user_id,
-            schedule_id: reservation.schedule_id,
-            seat_no: reservation.seat_no,
-            price: reservation.price,
+            id: reservation.id.get(),
+            user_id: reservation.user_id.get(),
+            schedule_id: reservation.schedule_id.get(),
+            seat_no: reservation.seat_no.get(),
+            price: reservation.price.get(),
             status: reservation_status(reservation.status).into(),
             expires_at: Some(timestamp(reservation.expires_at)),
             payment_transaction_id: reservation.payment_transaction_id.unwrap_or_default(),

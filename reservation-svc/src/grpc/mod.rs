@@ -6,7 +6,8 @@ use shared::proto::reservation::v1 as pb;
 use shared::proto::reservation::v1::reservation_service_server::ReservationService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{RESERVATIONS_LISTING, Reservations};
+use crate::domain::Reservations;
+use crate::model::RESERVATIONS_LISTING;
 use convert::ById;
 use shared::error::PageRequest;
 

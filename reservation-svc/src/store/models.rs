@@ -8,7 +8,16 @@ use protocol::reservation::{ReservationState, Status};
 
 use super::StoreError;
 use super::schema::{concerts, reservations};
-use crate::domain::{Concert, Reservation, Schedule};
+use crate::model::{
+    Concert, ConcertId, InvalidValue, Price, Reservation, ReservationId, Schedule, ScheduleId,
+    Seat, SeatCount, SeatNo, SeatView, UserId,
+};
+
+/// A value read back from a column whose constraints make it valid; one that is not means the
+/// database was changed behind the service's back.
+pub fn stored<T>(column: &str, parsed: Result<T, InvalidValue>) -> Result<T, StoreError> {
+    parsed.map_err(|error| StoreError::Internal(format!("stored {column}: {error}")))
+}
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = concerts, check_for_backend(diesel::pg::Pg))]
@@ -17,12 +26,14 @@ pub struct ConcertRow {
     pub title: String,
 }
 
-impl From<ConcertRow> for Concert {
-    fn from(row: ConcertRow) -> Self {
-        Self {
-            id: row.id,
+impl TryFrom<ConcertRow> for Concert {
+    type Error = StoreError;
+
+    fn try_from(row: ConcertRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: stored("concert id", ConcertId::parse(row.id))?,
             title: row.title,
-        }
+        })
     }
 }
 
@@ -42,16 +53,18 @@ pub struct ScheduleRow {
     pub available_seats: i32,
 }
 
-impl From<ScheduleRow> for Schedule {
-    fn from(row: ScheduleRow) -> Self {
-        Self {
-            id: row.id,
-            concert_id: row.concert_id,
+impl TryFrom<ScheduleRow> for Schedule {
+    type Error = StoreError;
+
+    fn try_from(row: ScheduleRow) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: stored("schedule id", ScheduleId::parse(row.id))?,
+            concert_id: stored("concert id", ConcertId::parse(row.concert_id))?,
             starts_at: row.starts_at,
-            seat_count: row.seat_count,
-            seat_price: row.seat_price,
+            seat_count: stored("seat count", SeatCount::parse(row.seat_count))?,
+            seat_price: stored("seat price", Price::parse(row.seat_price))?,
             available_seats: row.available_seats,
-        }
+        })
     }
 }
 
@@ -73,6 +86,33 @@ pub struct SeatRow {
     /// The database's clock at the read.
     #[diesel(sql_type = Timestamptz)]
     pub now: DateTime<Utc>,
+}
+
+impl SeatRow {
+    /// The seat as it reads at the time of the read.
+    pub fn into_seat(self) -> Result<Seat, StoreError> {
+        let active = match (
+            self.reservation_id,
+            self.user_id,
+            self.status,
+            self.expires_at,
+        ) {
+            (Some(id), Some(user_id), Some(status), Some(expires_at)) => {
+                Some(protocol::reservation::ReservationState {
+                    id,
+                    user_id,
+                    status: parse_status(&status)?,
+                    expires_at: expires_at.timestamp_micros(),
+                })
+            }
+            _ => None,
+        };
+        Ok(Seat {
+            seat_no: stored("seat number", SeatNo::parse(self.seat_no))?,
+            price: stored("seat price", Price::parse(self.price))?,
+            status: protocol::reservation::seat_view(active.as_ref(), self.now.timestamp_micros()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, QueryableByName)]
@@ -117,15 +157,35 @@ impl ReservationRow {
         })
     }
 
+    pub fn reservation_id(&self) -> Result<ReservationId, StoreError> {
+        stored("reservation id", ReservationId::parse(self.id))
+    }
+
+    pub fn owner(&self) -> Result<UserId, StoreError> {
+        stored("user id", UserId::parse(self.user_id))
+    }
+
+    pub fn price(&self) -> Result<Price, StoreError> {
+        stored("price", Price::parse(self.price))
+    }
+
+    pub fn schedule_id(&self) -> Result<ScheduleId, StoreError> {
+        stored("schedule id", ScheduleId::parse(self.schedule_id))
+    }
+
+    pub fn seat_no(&self) -> Result<SeatNo, StoreError> {
+        stored("seat number", SeatNo::parse(self.seat_no))
+    }
+
     /// The reservation as of `now` (a lapsed hold reads as expired).
     pub fn into_reservation(self, now: DateTime<Utc>) -> Result<Reservation, StoreError> {
         let status = protocol::reservation::status_at(&self.state()?, now.timestamp_micros());
         Ok(Reservation {
-            id: self.id,
-            user_id: self.user_id,
-            schedule_id: self.schedule_id,
-            seat_no: self.seat_no,
-            price: self.price,
+            id: self.reservation_id()?,
+            user_id: self.owner()?,
+            schedule_id: self.schedule_id()?,
+            seat_no: self.seat_no()?,
+            price: self.price()?,
             status,
             expires_at: self.expires_at,
             payment_transaction_id: self.payment_transaction_id,
@@ -148,4 +208,48 @@ pub struct NewReservation {
     pub price: i64,
     pub status: &'static str,
     pub expires_at: DateTime<Utc>,
+}
+
+/// The reservation states that own their seat (`Status::is_active`), as the partial unique
+/// index names them.
+pub const ACTIVE_STATUSES: [&str; 3] = [
+    Status::Held.as_str(),
+    Status::Paying.as_str(),
+    Status::Confirmed.as_str(),
+];
+
+/// [`ACTIVE_STATUSES`] as an SQL list, for statements written out in full.
+pub const ACTIVE_STATUSES_SQL: &str = "('HELD', 'PAYING', 'CONFIRMED')";
+
+/// The seats column's name of a seat state.
+pub const fn seat_status(view: SeatView) -> &'static str {
+    match view {
+        SeatView::Available => "AVAILABLE",
+        SeatView::Held => "HELD",
+        SeatView::Sold => "SOLD",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_active_statuses_are_the_protocols() {
+        let all = [
+            Status::Held,
+            Status::Paying,
+            Status::Confirmed,
+            Status::Cancelled,
+            Status::Expired,
+        ];
+        let active: Vec<&str> = all
+            .iter()
+            .filter(|status| status.is_active())
+            .map(|status| status.as_str())
+            .collect();
+        assert_eq!(active, ACTIVE_STATUSES);
+        let quoted: Vec<String> = active.iter().map(|name| format!("'{name}'")).collect();
+        assert_eq!(ACTIVE_STATUSES_SQL, format!("({})", quoted.join(", ")));
+    }
 }

@@ -136,9 +136,9 @@ impl Wallets {
                 // even if the caller cancels its call; a dropped future would leave that to the
                 // pool.
                 let applying = async move { store.apply_movement(&movement).await };
-                tokio::spawn(tracing::Instrument::instrument(applying, span))
+                shared::task::run_to_end(span, applying)
                     .await
-                    .map_err(|join_error| WalletError::Internal(join_error.to_string()))??
+                    .map_err(WalletError::Internal)??
             }
         };
         match outcome {

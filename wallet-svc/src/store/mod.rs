@@ -120,16 +120,9 @@ impl Store {
         if let Some(cursor) = cursor {
             query = query.filter(wallet_transactions::id.lt(cursor.before_id));
         }
-        let mut rows = query.load(&mut conn).await?;
-        let more = rows.len() > usize::from(page_size.get());
-        rows.truncate(usize::from(page_size.get()));
-        let next = match rows.last() {
-            Some(last) if more => Some(PageCursor {
-                owner: user_id.get(),
-                before_id: last.id,
-            }),
-            _ => None,
-        };
+        let rows = query.load(&mut conn).await?;
+        let (rows, next) =
+            shared::values::page(rows, page_size, user_id, |row: &TransactionRow| row.id);
         let transactions = rows
             .into_iter()
             .map(Transaction::try_from)

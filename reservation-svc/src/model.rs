@@ -1,5 +1,7 @@
-//! Values that are valid by construction: a handler parses a request into these once, and
-//! nothing past that point checks them again.
+//! The service's vocabulary, at the bottom of its layers: ids and values that are valid by
+//! construction (a handler parses a request into these once, and nothing past that point
+//! checks them again), the requests, the entities, and the outcomes of each step. `grpc`,
+//! `domain` and `store` all speak it; it imports none of them.
 
 use chrono::{DateTime, Utc};
 pub use protocol::reservation::{SeatView, Status};
@@ -86,6 +88,25 @@ impl Price {
     }
 }
 
+/// A payment attempt of a reservation, counted from 1: each `HELD -> PAYING` begins the next,
+/// and its wallet key names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PayAttempt(i32);
+
+impl PayAttempt {
+    pub fn parse(value: i32) -> Result<Self, InvalidValue> {
+        if value >= 1 {
+            Ok(Self(value))
+        } else {
+            Err(InvalidValue("must be at least 1"))
+        }
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
 /// A seat number, at least 1; whether it exists depends on its schedule's seat count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeatNo(i32);
@@ -106,37 +127,61 @@ impl SeatNo {
     }
 }
 
+/// A new schedule of a concert, with its seats `1..=seat_count`.
+#[derive(Debug, Clone)]
+pub struct NewSchedule {
+    pub concert_id: ConcertId,
+    pub starts_at: DateTime<Utc>,
+    pub seat_count: SeatCount,
+    pub seat_price: Price,
+}
+
+/// A user asking for a seat of a schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct HoldRequest {
+    pub user_id: UserId,
+    pub schedule_id: ScheduleId,
+    pub seat_no: SeatNo,
+}
+
+/// A user acting on one of their reservations (paying it, cancelling it).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerRequest {
+    pub reservation_id: ReservationId,
+    pub user_id: UserId,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Concert {
-    pub id: i64,
+    pub id: ConcertId,
     pub title: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schedule {
-    pub id: i64,
-    pub concert_id: i64,
+    pub id: ScheduleId,
+    pub concert_id: ConcertId,
     pub starts_at: DateTime<Utc>,
-    pub seat_count: i32,
-    pub seat_price: i64,
+    pub seat_count: SeatCount,
+    pub seat_price: Price,
     /// Seats neither held nor sold right now.
     pub available_seats: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seat {
-    pub seat_no: i32,
-    pub price: i64,
+    pub seat_no: SeatNo,
+    pub price: Price,
     pub status: SeatView,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
-    pub id: i64,
-    pub user_id: i64,
-    pub schedule_id: i64,
-    pub seat_no: i32,
-    pub price: i64,
+    pub id: ReservationId,
+    pub user_id: UserId,
+    pub schedule_id: ScheduleId,
+    pub seat_no: SeatNo,
+    pub price: Price,
     /// As of the read: a hold past its expiry reads as `Expired`, swept or not.
     pub status: Status,
     pub expires_at: DateTime<Utc>,
@@ -149,6 +194,82 @@ pub struct Reservation {
 pub struct ReservationPage {
     pub reservations: Vec<Reservation>,
     pub next: Option<PageCursor>,
+}
+
+/// One attempt to pay a reservation: its wallet `Use` debits `price` from `payer` under the
+/// attempt's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PaymentAttempt {
+    pub reservation: ReservationId,
+    pub attempt: PayAttempt,
+    pub payer: UserId,
+    pub price: Price,
+    pub schedule_id: ScheduleId,
+    pub seat_no: SeatNo,
+}
+
+/// How a hold ended.
+#[derive(Debug)]
+pub enum HoldOutcome {
+    Held(Reservation),
+    ScheduleNotFound,
+    SeatOutOfRange { seat_count: i32 },
+    Taken,
+}
+
+/// Why a payment or a cancellation is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotOwner,
+    HoldExpired,
+    /// Cancelled or expired (or, for a cancellation, paying).
+    InvalidState,
+}
+
+/// How the start of a payment ended.
+#[derive(Debug)]
+pub enum BeginOutcome {
+    /// Send this attempt's `Use`.
+    Pay(PaymentAttempt),
+    Confirmed(Reservation),
+    NotFound,
+    Refused(Refusal),
+}
+
+/// What the reply to an attempt's `Use` did.
+#[derive(Debug)]
+pub enum SettleOutcome {
+    Confirmed(Reservation),
+    /// Refused for insufficient balance: back to `HELD`, or `EXPIRED` if the hold ran out.
+    Refused,
+    StillPaying,
+    /// The reservation moved on without this debit, or can no longer be honoured: refund the
+    /// `Use` made under `use_key`.
+    Refund {
+        payer: UserId,
+        use_key: String,
+    },
+    /// The reservation moved on; nothing was debited.
+    Moved,
+}
+
+/// A paid reservation that a cancellation must refund first.
+#[derive(Debug)]
+pub struct PaidReservation {
+    pub payer: UserId,
+    pub price: Price,
+    /// The key of the `Use` that paid it (none for a free seat).
+    pub use_key: Option<String>,
+}
+
+/// How a cancellation ended.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    Cancelled(Reservation),
+    NotFound,
+    /// Paid: refund it, then cancel again with the refund done.
+    RefundFirst(PaidReservation),
+    Refused(Refusal),
 }
 
 #[cfg(test)]

@@ -1,0 +1,191 @@
+//! A payment: its start (`HELD -> PAYING`, a new attempt) and the effect of the wallet's reply
+//! to the attempt's `Use`, each one transaction under the seat's row lock.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use protocol::payment::{AfterUse, BeginPay, UseReply};
+use protocol::reservation::{SeatView, Status};
+
+use super::models::ReservationRow;
+use super::schema::reservations;
+use super::seat::{Locked, end_reservation, lock_reservation, move_seat};
+use super::{Store, StoreError, micros};
+use crate::model::{
+    BeginOutcome, PayAttempt, PaymentAttempt, Refusal, ReservationId, SettleOutcome, UserId,
+};
+
+impl Store {
+    /// Starts (or resumes) a payment: `HELD -> PAYING` with a new attempt, conditionally.
+    pub async fn begin_pay(
+        &self,
+        reservation_id: ReservationId,
+        user_id: UserId,
+    ) -> Result<BeginOutcome, StoreError> {
+        let mut conn = self.pool.get().await?;
+        conn.transaction(async |conn| begin_in_transaction(conn, reservation_id, user_id).await)
+            .await
+    }
+
+    /// Applies the reply to the attempt's `Use` as the protocol decides; `refunded` says that
+    /// the refund an earlier call asked for is done.
+    pub async fn settle_attempt(
+        &self,
+        reservation: ReservationId,
+        attempt: PayAttempt,
+        reply: UseReply,
+        refunded: bool,
+    ) -> Result<SettleOutcome, StoreError> {
+        let mut conn = self.pool.get().await?;
+        let namespace = &*self.key_namespace;
+        conn.transaction(async |conn| {
+            let attempt = Settling {
+                namespace,
+                reservation,
+                attempt,
+            };
+            settle_in_transaction(conn, attempt, reply, refunded).await
+        })
+        .await
+    }
+}
+
+async fn begin_in_transaction(
+    conn: &mut AsyncPgConnection,
+    reservation_id: ReservationId,
+    user_id: UserId,
+) -> Result<BeginOutcome, StoreError> {
+    let Some(locked) = lock_reservation(conn, reservation_id.get()).await? else {
+        return Ok(BeginOutcome::NotFound);
+    };
+    let state = locked.payment_state()?;
+    let Locked { row, now, .. } = locked;
+    let attempt = match protocol::payment::begin_pay(&state, user_id.get(), micros(now)) {
+        BeginPay::Begin { attempt } => {
+            let begun = diesel::update(
+                reservations::table
+                    .find(row.id)
+                    .filter(reservations::status.eq(Status::Held.as_str()))
+                    .filter(reservations::pay_attempt.eq(row.pay_attempt)),
+            )
+            .set((
+                reservations::status.eq(Status::Paying.as_str()),
+                reservations::pay_attempt.eq(attempt),
+                reservations::updated_at.eq(now),
+            ))
+            .execute(conn)
+            .await?;
+            debug_assert_eq!(begun, 1, "a held reservation under its seat's lock");
+            attempt
+        }
+        BeginPay::Resume { attempt } => attempt,
+        BeginPay::AlreadyConfirmed => {
+            return Ok(BeginOutcome::Confirmed(row.into_reservation(now)?));
+        }
+        BeginPay::NotOwner => return Ok(BeginOutcome::Refused(Refusal::NotOwner)),
+        BeginPay::HoldExpired => return Ok(BeginOutcome::Refused(Refusal::HoldExpired)),
+        BeginPay::InvalidState => return Ok(BeginOutcome::Refused(Refusal::InvalidState)),
+    };
+    Ok(BeginOutcome::Pay(PaymentAttempt {
+        reservation: row.reservation_id()?,
+        attempt: PayAttempt::parse(attempt)
+            .map_err(|error| StoreError::Internal(format!("attempt {attempt}: {error}")))?,
+        payer: row.owner()?,
+        price: row.price()?,
+        schedule_id: row.schedule_id()?,
+        seat_no: row.seat_no()?,
+    }))
+}
+
+/// The attempt a settle transaction is about.
+#[derive(Clone, Copy)]
+struct Settling<'a> {
+    namespace: &'a str,
+    reservation: ReservationId,
+    attempt: PayAttempt,
+}
+
+impl Settling<'_> {
+    /// The wallet key of the attempt's `Use`.
+    fn use_key(&self) -> String {
+        protocol::payment::use_key(self.namespace, self.reservation.get(), self.attempt.get())
+    }
+}
+
+async fn settle_in_transaction(
+    conn: &mut AsyncPgConnection,
+    settling: Settling<'_>,
+    reply: UseReply,
+    refunded: bool,
+) -> Result<SettleOutcome, StoreError> {
+    let id = settling.reservation.get();
+    let attempt = settling.attempt.get();
+    let Some(locked) = lock_reservation(conn, id).await? else {
+        return Ok(SettleOutcome::Moved);
+    };
+    let state = locked.payment_state()?;
+    let Locked { row, now, .. } = locked;
+    let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
+    // Every write below is conditional on this very attempt still paying.
+    let paying = reservations::table
+        .find(id)
+        .filter(reservations::status.eq(Status::Paying.as_str()))
+        .filter(reservations::pay_attempt.eq(attempt));
+    let decision =
+        protocol::payment::apply_use_reply(&state, attempt, reply, refunded, micros(now));
+    match decision {
+        AfterUse::Confirm { transaction_id } => {
+            let row = diesel::update(paying)
+                .set((
+                    reservations::status.eq(Status::Confirmed.as_str()),
+                    reservations::payment_transaction_id.eq(transaction_id),
+                    reservations::payment_idempotency_key.eq(settling.use_key()),
+                    reservations::updated_at.eq(now),
+                ))
+                .returning(ReservationRow::as_returning())
+                .get_result(conn)
+                .await?;
+            let sold =
+                move_seat(conn, schedule_id, seat_no, SeatView::Held, SeatView::Sold).await?;
+            debug_assert_eq!(sold, 1, "a paying reservation's seat reads HELD");
+            Ok(SettleOutcome::Confirmed(row.into_reservation(now)?))
+        }
+        AfterUse::BackToHeld => {
+            diesel::update(paying)
+                .set((
+                    reservations::status.eq(Status::Held.as_str()),
+                    reservations::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .await?;
+            Ok(SettleOutcome::Refused)
+        }
+        AfterUse::Expire => {
+            end_reservation(conn, &row, Status::Paying, Status::Expired, now).await?;
+            Ok(SettleOutcome::Refused)
+        }
+        AfterUse::ExpireRefunded => {
+            end_reservation(conn, &row, Status::Paying, Status::Expired, now).await?;
+            Ok(SettleOutcome::Moved)
+        }
+        AfterUse::StayPaying => Ok(SettleOutcome::StillPaying),
+        AfterUse::Settled => Ok(SettleOutcome::Confirmed(row.into_reservation(now)?)),
+        AfterUse::DecideRefund => {
+            // Recorded before the refund is asked for: from now on no settle of this attempt
+            // confirms it, whatever its clock reads.
+            diesel::update(paying)
+                .filter(reservations::refund_requested_at.is_null())
+                .set(reservations::refund_requested_at.eq(now))
+                .execute(conn)
+                .await?;
+            Ok(SettleOutcome::Refund {
+                payer: row.owner()?,
+                use_key: settling.use_key(),
+            })
+        }
+        AfterUse::Refund => Ok(SettleOutcome::Refund {
+            payer: row.owner()?,
+            use_key: settling.use_key(),
+        }),
+        AfterUse::Nothing => Ok(SettleOutcome::Moved),
+    }
+}
