@@ -6,5 +6,6 @@ pub mod config;
 pub mod domain;
 mod error;
 pub mod grpc;
+pub mod model;
 pub mod startup;
 pub mod store;

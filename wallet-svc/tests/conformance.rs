@@ -17,11 +17,12 @@ use protocol_model::key::Key;
 use protocol_model::wallet::{Outcome, Request, Wallets};
 use shared::db::PgPool;
 use shared::test_support::TestDatabase;
-use wallet_svc::domain::{
-    IdempotencyKey, MoneyMovement, MovementKind, Points, Reference, Refusal, UserId,
+use wallet_svc::model::{
+    IdempotencyKey, MoneyMovement, MovementKind, MovementOutcome, Points, Reference, Refusal,
+    UserId,
 };
 use wallet_svc::startup::MIGRATIONS;
-use wallet_svc::store::{MovementOutcome, Store};
+use wallet_svc::store::Store;
 
 /// Sequences run; each is a few movements on a wallet of its own.
 const CASES: u32 = 300;

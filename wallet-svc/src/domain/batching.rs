@@ -14,8 +14,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{Instrument, Span};
 
-use super::{MoneyMovement, UserId};
-use crate::store::{MovementOutcome, Store, StoreError};
+use crate::model::{MoneyMovement, MovementOutcome, UserId};
+use crate::store::{Store, StoreError};
 
 /// Sizes of the batches applied, as a histogram.
 pub const BATCH_SIZE: &str = "ticketing_wallet_batch_size";

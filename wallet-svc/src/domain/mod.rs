@@ -3,69 +3,14 @@
 //! database work running to its end even when the caller goes away.
 
 mod batching;
-mod types;
 
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-
-pub use protocol::wallet::Refusal;
-pub use types::*;
-
-use crate::store::{MovementOutcome, Store, StoreError};
-
-/// One requested change of a user's balance, under the caller's idempotency key.
-#[derive(Debug, Clone)]
-pub struct MoneyMovement {
-    pub user_id: UserId,
-    pub key: IdempotencyKey,
-    pub kind: MovementKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum MovementKind {
-    Charge {
-        amount: Points,
-    },
-    Use {
-        amount: Points,
-        reference: Reference,
-    },
-    /// Gives back the whole amount of the user's `Use` made under `use_key`.
-    Refund {
-        use_key: IdempotencyKey,
-    },
-}
-
-impl MoneyMovement {
-    /// SHA-256 of the request, so a replay (same key, same request) can be told from a reuse
-    /// of the key for something else. Fields are length-prefixed, so no two requests collide
-    /// by concatenation.
-    pub fn fingerprint(&self) -> Vec<u8> {
-        let mut hasher = Sha256::new();
-        let mut field = |bytes: &[u8]| {
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(bytes);
-        };
-        field(&self.user_id.get().to_be_bytes());
-        match &self.kind {
-            MovementKind::Charge { amount } => {
-                field(b"charge");
-                field(&amount.get().to_be_bytes());
-            }
-            MovementKind::Use { amount, reference } => {
-                field(b"use");
-                field(&amount.get().to_be_bytes());
-                field(reference.as_str().as_bytes());
-            }
-            MovementKind::Refund { use_key } => {
-                field(b"refund");
-                field(use_key.as_str().as_bytes());
-            }
-        }
-        hasher.finalize().to_vec()
-    }
-}
+use crate::model::{
+    MAX_BALANCE, MoneyMovement, MovementOutcome, PageCursor, PageSize, Refusal, Transaction,
+    TransactionPage, UserId,
+};
+use crate::store::{Store, StoreError};
 
 /// Why an operation did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use shared::proto::timestamp;
 use shared::proto::wallet::v1 as pb;
 use tonic::Status;
 
-use crate::domain::{
+use crate::model::{
     IdempotencyKey, MoneyMovement, MovementKind, Points, Reference, TRANSACTIONS_LISTING,
     Transaction, TransactionKind, TransactionPage, UserId,
 };

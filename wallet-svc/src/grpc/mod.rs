@@ -6,7 +6,8 @@ use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_server::WalletService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::{TRANSACTIONS_LISTING, Wallets};
+use crate::domain::Wallets;
+use crate::model::TRANSACTIONS_LISTING;
 use convert::BalanceQuery;
 use shared::error::PageRequest;
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use super::StoreError;
 use super::schema::{wallet_refusals, wallet_transactions};
-use crate::domain::{Transaction, TransactionKind};
+use crate::model::{Transaction, TransactionKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = wallet_transactions, check_for_backend(diesel::pg::Pg))]

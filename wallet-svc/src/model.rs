@@ -1,8 +1,12 @@
-//! Values that are valid by construction: a handler parses a request into these once, and
-//! nothing past that point checks them again.
+//! The wallet's vocabulary, at the bottom of its layers: values that are valid by construction
+//! (a handler parses a request into these once, and nothing past that point checks them
+//! again), the movements asked for, the ledger's rows, and how a movement ended. `grpc`,
+//! `domain` and `store` all speak it; it imports none of them.
 
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 
+pub use protocol::wallet::Refusal;
 pub use protocol::wallet::{MAX_AMOUNT, MAX_BALANCE};
 pub use shared::values::{InvalidValue, PageCursor, PageSize, UserId};
 
@@ -121,6 +125,70 @@ pub struct Transaction {
 pub struct TransactionPage {
     pub transactions: Vec<Transaction>,
     pub next: Option<PageCursor>,
+}
+
+/// One requested change of a user's balance, under the caller's idempotency key.
+#[derive(Debug, Clone)]
+pub struct MoneyMovement {
+    pub user_id: UserId,
+    pub key: IdempotencyKey,
+    pub kind: MovementKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum MovementKind {
+    Charge {
+        amount: Points,
+    },
+    Use {
+        amount: Points,
+        reference: Reference,
+    },
+    /// Gives back the whole amount of the user's `Use` made under `use_key`.
+    Refund {
+        use_key: IdempotencyKey,
+    },
+}
+
+impl MoneyMovement {
+    /// SHA-256 of the request, so a replay (same key, same request) can be told from a reuse
+    /// of the key for something else. Fields are length-prefixed, so no two requests collide
+    /// by concatenation.
+    pub fn fingerprint(&self) -> Vec<u8> {
+        let mut hasher = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        field(&self.user_id.get().to_be_bytes());
+        match &self.kind {
+            MovementKind::Charge { amount } => {
+                field(b"charge");
+                field(&amount.get().to_be_bytes());
+            }
+            MovementKind::Use { amount, reference } => {
+                field(b"use");
+                field(&amount.get().to_be_bytes());
+                field(reference.as_str().as_bytes());
+            }
+            MovementKind::Refund { use_key } => {
+                field(b"refund");
+                field(use_key.as_str().as_bytes());
+            }
+        }
+        hasher.finalize().to_vec()
+    }
+}
+
+/// How a movement ended.
+#[derive(Debug)]
+pub enum MovementOutcome {
+    Applied(Transaction),
+    /// The key's first outcome, answered again.
+    Replayed(Transaction),
+    Refused(Refusal),
+    KeyReused,
+    UnknownUse,
 }
 
 #[cfg(test)]

@@ -1,0 +1,229 @@
+//! One batch of a user's movements, in one transaction under the wallet's row lock: lock (or
+//! create and lock) the row, read the keys, decide each movement in turn, write the ledger
+//! rows, the refusals and the balance.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use protocol::wallet::{Decision, Movement, RefundTarget};
+
+use super::StoreError;
+use super::keys::{Answer, Keys, Ledger, NewRow, flush, load_keys, record_refusals};
+use super::schema::wallets;
+use crate::model::{MoneyMovement, MovementKind, MovementOutcome, TransactionKind};
+
+/// Why a batch's transaction rolls back.
+pub enum Abort {
+    /// Nothing to write: the batch is answered with these outcomes, and the wallet row the
+    /// transaction created to lock is not kept.
+    Answered(Vec<MovementOutcome>),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl From<diesel::result::Error> for Abort {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+/// Applies `batch` (movements of one user, in order, with their fingerprints) in one
+/// transaction: one lock of the wallet row, the keys read in a few queries, each movement decided
+/// in turn on the running balance (a later one sees what an earlier one did: its key, its
+/// debit), the new ledger rows written in one insert, the balance once.
+///
+/// Every batch holds the row lock before it reads a key, a first movement of a new user and a
+/// batch of refunds included: a key read without it could miss a movement that commits
+/// meanwhile and is then decided on a stale balance.
+pub async fn apply_batch(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    batch: &[(&MoneyMovement, Vec<u8>)],
+) -> Result<Vec<MovementOutcome>, Abort> {
+    let refunds_only = batch
+        .iter()
+        .all(|(movement, _)| matches!(movement.kind, MovementKind::Refund { .. }));
+    let Some(mut balance) = lock_wallet(conn, user_id, refunds_only).await? else {
+        // A wallet this transaction had to create holds no use: every refund names none.
+        let unknown = batch.iter().map(|_| MovementOutcome::UnknownUse).collect();
+        return Err(Abort::Answered(unknown));
+    };
+    let before = balance;
+    let mut keys = load_keys(conn, user_id, batch).await?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for (movement, fingerprint) in batch {
+        let answer = decide_one(
+            conn,
+            user_id,
+            &mut keys,
+            &mut balance,
+            movement,
+            fingerprint,
+        )
+        .await?;
+        answers.push(answer);
+    }
+    flush(conn, user_id, &mut keys).await?;
+    record_refusals(conn, user_id, &keys).await?;
+    if before != balance || !keys.pending.is_empty() {
+        let updated = SetBalance { user_id, balance }.execute(conn).await?;
+        if updated != 1 {
+            return Err(StoreError::Internal(format!("wallet {user_id} vanished")).into());
+        }
+    }
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            Answer::Ready(outcome) => Ok(outcome),
+            Answer::Applied(at) => Ok(MovementOutcome::Applied(keys.row(at)?.try_into()?)),
+            Answer::Replayed(at) => Ok(MovementOutcome::Replayed(keys.row(at)?.try_into()?)),
+        })
+        .collect::<Result<_, StoreError>>()
+        .map_err(Abort::Store)
+}
+
+/// Decides one movement of a batch against what the batch knows, and records what it writes.
+async fn decide_one(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    keys: &mut Keys,
+    balance: &mut i64,
+    movement: &MoneyMovement,
+    fingerprint: &[u8],
+) -> Result<Answer, StoreError> {
+    let (request, refund_of) = match &movement.kind {
+        MovementKind::Charge { amount } => (
+            Movement::Charge {
+                amount: amount.get(),
+            },
+            None,
+        ),
+        MovementKind::Use { amount, .. } => (
+            Movement::Use {
+                amount: amount.get(),
+            },
+            None,
+        ),
+        MovementKind::Refund { use_key } => {
+            if matches!(keys.by_key.get(use_key.as_str()), Some(Ledger::New(_))) {
+                // The Use was made by this batch: its id is needed to name it.
+                flush(conn, user_id, keys).await?;
+            }
+            match keys.use_of(use_key.as_str())? {
+                Some(used) => {
+                    let target = RefundTarget {
+                        amount: used.amount,
+                        refunded_by: keys.refunds.get(&used.id).copied(),
+                    };
+                    (
+                        Movement::Refund {
+                            target: Some(target),
+                        },
+                        Some(used.id),
+                    )
+                }
+                None => (Movement::Refund { target: None }, None),
+            }
+        }
+    };
+    let prior = keys.prior(movement.key.as_str())?;
+    Ok(
+        match protocol::wallet::decide(*balance, prior, fingerprint, request) {
+            Decision::Apply {
+                delta,
+                balance_after,
+            } => {
+                *balance = balance_after;
+                let (kind, reference) = match &movement.kind {
+                    MovementKind::Charge { .. } => (TransactionKind::Charge, ""),
+                    MovementKind::Use { reference, .. } => {
+                        (TransactionKind::Use, reference.as_str())
+                    }
+                    MovementKind::Refund { use_key } => (TransactionKind::Refund, use_key.as_str()),
+                };
+                let written = keys.write(
+                    NewRow {
+                        kind,
+                        amount: delta.abs(),
+                        balance_after,
+                        key: movement.key.as_str().to_owned(),
+                        fingerprint: fingerprint.to_vec(),
+                        reference: reference.to_owned(),
+                    },
+                    refund_of,
+                );
+                Answer::Applied(written)
+            }
+            Decision::Refuse(refusal) => {
+                // Written with the batch's other refusals, before it commits.
+                keys.refusals.insert(
+                    movement.key.as_str().to_owned(),
+                    (fingerprint.to_vec(), refusal),
+                );
+                keys.new_refusals.push(movement.key.as_str().to_owned());
+                Answer::Ready(MovementOutcome::Refused(refusal))
+            }
+            Decision::Replay(at) => Answer::Replayed(at),
+            Decision::ReplayRefusal(refusal) => Answer::Ready(MovementOutcome::Refused(refusal)),
+            Decision::KeyReused => Answer::Ready(MovementOutcome::KeyReused),
+            Decision::UnknownUse => Answer::Ready(MovementOutcome::UnknownUse),
+        },
+    )
+}
+
+/// Locks the user's wallet row until the transaction ends and returns its balance, creating
+/// the row first when it does not exist yet. `None` when `refunds_only` and this transaction
+/// created it: a new wallet has no use to refund, so the caller answers and rolls back.
+async fn lock_wallet(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    refunds_only: bool,
+) -> Result<Option<i64>, StoreError> {
+    let locked = || {
+        wallets::table
+            .find(user_id)
+            .select(wallets::balance)
+            .for_update()
+    };
+    if let Some(balance) = locked().first::<i64>(conn).await.optional()? {
+        return Ok(Some(balance));
+    }
+    // A concurrent first movement of the same user may be inserting it: the insert waits for
+    // that transaction to end and then does nothing, and the lock below sees its row. Either
+    // way, from here on this transaction holds the row's lock.
+    let created = diesel::insert_into(wallets::table)
+        .values(wallets::user_id.eq(user_id))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if created == 1 && refunds_only {
+        return Ok(None);
+    }
+    Ok(Some(locked().first::<i64>(conn).await?))
+}
+
+/// `UPDATE wallets SET balance = ..., updated_at = now() WHERE user_id = ...`, as a query type
+/// of its own: diesel's update statements are parsed anew each time, this one is prepared once
+/// per connection.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct SetBalance {
+    user_id: i64,
+    balance: i64,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for SetBalance {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("UPDATE wallets SET balance = ");
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.balance)?;
+        out.push_sql(", updated_at = now() WHERE user_id = ");
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.user_id)?;
+        Ok(())
+    }
+}
