@@ -1,6 +1,6 @@
 use clap::Parser;
-use reservation_svc::config::{Cli, Command};
-use reservation_svc::startup::{Application, migrate};
+use reservation_svc::config::Cli;
+use reservation_svc::startup::Application;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -9,13 +9,5 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let _telemetry = shared::telemetry::init("reservation-svc")?;
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Migrate => migrate(&cli.config).await,
-        Command::HealthCheck => shared::server::check_health(cli.config.listen_addr).await,
-        Command::Serve => {
-            let app = Application::build(cli.config).await?;
-            app.run_until_stopped(shared::shutdown::shutdown_signal())
-                .await
-        }
-    }
+    shared::service::run::<Application>(cli.command, cli.config).await
 }

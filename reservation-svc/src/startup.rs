@@ -12,6 +12,7 @@ use shared::proto::reservation::v1::reservation_service_server::{
     ReservationServiceServer, SERVICE_NAME,
 };
 use shared::server::GrpcRouter;
+use shared::service::{Foundation, FoundationSettings, Service};
 use tokio::net::TcpListener;
 use tonic_health::server::HealthReporter;
 
@@ -52,11 +53,22 @@ impl Application {
     /// Migrates the database, builds the pool and the Redis client, and binds the listeners of
     /// gRPC and of the metrics (port 0 picks a free one). Redis need not be up yet.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        migrate(&config).await?;
-        let pool = shared::db::build_pool(
-            &config.database_url,
-            &config.db.pool_settings("reservation-svc"),
-        )?;
+        let Foundation {
+            pool,
+            listener,
+            metrics,
+        } = Foundation::lay(FoundationSettings {
+            name: "reservation-svc",
+            database_url: &config.database_url,
+            migrations: MIGRATIONS,
+            db: &config.db,
+            listen_addr: config.listen_addr,
+            metrics_addr: config.metrics_addr,
+        })
+        .await?;
+        if metrics.is_some() {
+            crate::metrics::describe();
+        }
         let locks = SeatLocks::connect(LockSettings {
             redis_url: config.redis_url.clone(),
             key_prefix: config.seat_lock_prefix.clone(),
@@ -66,21 +78,9 @@ impl Application {
         })
         .await
         .context("invalid Redis configuration")?;
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-        let metrics = match config.metrics_addr {
-            Some(addr) => {
-                let endpoint = MetricsEndpoint::bind(addr).await?;
-                crate::metrics::describe();
-                Some(endpoint)
-            }
-            None => None,
-        };
 
         let wallet = Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout)
             .context("invalid WALLET_ENDPOINT")?;
-        shared::db::check_isolation(&pool).await?;
         let store = Store::open(pool)
             .await
             .context("cannot read the payment key namespace")?;
@@ -111,7 +111,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains and closes the pool and Redis.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, metrics = ?self.metrics_addr(), "reservation-svc serving");
         let metrics = self.metrics.map(|endpoint| {
             let reservations = self.reservations.clone();
@@ -181,4 +184,27 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     shared::db::run_migrations(&config.database_url, MIGRATIONS)
         .await
         .context("cannot migrate the reservation database")
+}
+
+impl Service for Application {
+    type Config = Config;
+
+    fn listen_addr(config: &Config) -> SocketAddr {
+        config.listen_addr
+    }
+
+    async fn migrate(config: &Config) -> anyhow::Result<()> {
+        migrate(config).await
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build(config).await
+    }
+
+    async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        self.run_until_stopped(shutdown).await
+    }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod service;
 pub mod shutdown;
 pub mod task;
 pub mod telemetry;

@@ -10,6 +10,7 @@ use shared::db::PgPool;
 use shared::metrics::MetricsEndpoint;
 use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
 use shared::server::GrpcRouter;
+use shared::service::{Foundation, FoundationSettings, Service};
 use tokio::net::TcpListener;
 use tonic_health::server::HealthReporter;
 
@@ -48,17 +49,19 @@ impl Application {
     /// Migrates the database, builds the pool and binds the listeners of gRPC and of the
     /// metrics (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        migrate(&config).await?;
-        let pool =
-            shared::db::build_pool(&config.database_url, &config.db.pool_settings("wallet-svc"))?;
-        shared::db::check_isolation(&pool).await?;
-        let listener = TcpListener::bind(config.listen_addr)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
-        let metrics = match config.metrics_addr {
-            Some(addr) => Some(MetricsEndpoint::bind(addr).await?),
-            None => None,
-        };
+        let Foundation {
+            pool,
+            listener,
+            metrics,
+        } = Foundation::lay(FoundationSettings {
+            name: "wallet-svc",
+            database_url: &config.database_url,
+            migrations: MIGRATIONS,
+            db: &config.db,
+            listen_addr: config.listen_addr,
+            metrics_addr: config.metrics_addr,
+        })
+        .await?;
 
         // A batch may wait for the row lock and then run its statements; past that, its callers
         // have had their answer from the RPC timeout anyway.
@@ -92,7 +95,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then drains and closes the pool.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr()?, metrics = ?self.metrics_addr(), "wallet-svc serving");
         let metrics = self.metrics.map(|endpoint| {
             let pool = self.pool.clone();
@@ -139,4 +145,27 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     shared::db::run_migrations(&config.database_url, MIGRATIONS)
         .await
         .context("cannot migrate the wallet database")
+}
+
+impl Service for Application {
+    type Config = Config;
+
+    fn listen_addr(config: &Config) -> SocketAddr {
+        config.listen_addr
+    }
+
+    async fn migrate(config: &Config) -> anyhow::Result<()> {
+        migrate(config).await
+    }
+
+    async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build(config).await
+    }
+
+    async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        self.run_until_stopped(shutdown).await
+    }
 }
