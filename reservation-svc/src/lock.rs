@@ -28,7 +28,7 @@ use fred::types::scripts::Script;
 use protocol::reservation::AfterHold;
 
 /// Deletes the key only while it still holds the caller's token (or the caller's taken mark).
-const RELEASE_SCRIPT: &str = r"
+pub const RELEASE_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
@@ -88,6 +88,13 @@ end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 0
 ";
+
+/// The Lua of the seat lock's acquisition as the service loads it (Redis's clock, then
+/// [`ACQUIRE_SCRIPT`]); its arguments are the token, the TTL in ms and the deadline in ms since
+/// the Unix epoch. For tools that run the same script (the benchmark's raw baseline).
+pub fn acquire_script() -> String {
+    format!("{NOW_MS}{ACQUIRE_SCRIPT}")
+}
 
 /// How a taken mark starts; lock tokens are hex digits, so the two never meet.
 const TAKEN_PREFIX: &str = "taken:";
@@ -188,7 +195,7 @@ impl SeatLocks {
         }
         Ok(Self {
             client,
-            acquire: Script::from_lua(format!("{NOW_MS}{ACQUIRE_SCRIPT}")),
+            acquire: Script::from_lua(acquire_script()),
             release: Script::from_lua(RELEASE_SCRIPT),
             mark: Script::from_lua(format!("{NOW_MS}{MARK_SCRIPT}")),
             clear: Script::from_lua(CLEAR_SCRIPT),

@@ -32,7 +32,7 @@ impl Store {
         schedule: &NewSchedule,
     ) -> Result<Option<Schedule>, StoreError> {
         let mut conn = self.pool.get().await?;
-        let row = diesel::sql_query(include_str!("create_schedule.sql"))
+        let row = diesel::sql_query(super::CREATE_SCHEDULE_SQL)
             .bind::<BigInt, _>(schedule.concert_id.get())
             .bind::<Timestamptz, _>(schedule.starts_at)
             .bind::<Integer, _>(schedule.seat_count.get())

@@ -25,6 +25,10 @@ pub use shared::db::StoreError;
 
 use schema::payment_key_namespace;
 
+/// The statement that creates a schedule with its seats (`$1` concert, `$2` starts_at, `$3`
+/// seat_count, `$4` seat_price), for tools that set up the same rows (the benchmark).
+pub const CREATE_SCHEDULE_SQL: &str = include_str!("create_schedule.sql");
+
 /// Reads this database's payments from, and writes them to, Postgres.
 #[derive(Clone)]
 pub struct Store {
