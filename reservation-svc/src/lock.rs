@@ -43,15 +43,15 @@ local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 ";
 
-/// `SET KEYS[1] ARGV[1] NX PX ARGV[2] GET`, unless Redis runs it after the deadline `ARGV[3]`:
-/// answers `late`, `acquired`, or `held:<value already there>`.
+/// `SET KEYS[1] ARGV[1] NX PX ARGV[2]`, unless Redis runs it after the deadline `ARGV[3]`:
+/// answers `late`, `acquired`, or `held:<ms it has left>:<value already there>`.
 const ACQUIRE_SCRIPT: &str = r"
 if now_ms > tonumber(ARGV[3]) then
     return 'late'
 end
 local holder = redis.call('GET', KEYS[1])
 if holder then
-    return 'held:' .. holder
+    return 'held:' .. redis.call('PTTL', KEYS[1]) .. ':' .. holder
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 'acquired'
@@ -114,6 +114,33 @@ pub enum LockError {
     /// Redis did not answer in time: the outcome is unknown, so the caller must not proceed.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Why [`SeatLocks::acquire_with_token`] took no lock.
+#[derive(Debug)]
+pub enum Acquire {
+    /// The key holds a taken mark that lives `left` longer.
+    Taken {
+        left: Duration,
+    },
+    Refused(LockError),
+}
+
+impl From<Acquire> for LockError {
+    fn from(refused: Acquire) -> Self {
+        match refused {
+            Acquire::Taken { .. } => Self::Taken,
+            Acquire::Refused(error) => error,
+        }
+    }
+}
+
+/// Reads the acquire script's `held:<ms left>:<holder>`.
+fn parse_held(answer: &str) -> Option<(Duration, &str)> {
+    let (left, holder) = answer.strip_prefix("held:")?.split_once(':')?;
+    // PTTL is -1 for a key without an expiry; no mark is written without one.
+    let left = u64::try_from(left.parse::<i64>().ok()?).unwrap_or(0);
+    Some((Duration::from_millis(left), holder))
 }
 
 /// How the seat locks talk to Redis.
@@ -231,23 +258,26 @@ impl SeatLocks {
                 seat: Some(seat),
                 ..lock
             }),
-            Err(LockError::Taken) => {
-                self.taken.remember(seat, asked, self.settings.taken_memory);
+            Err(Acquire::Taken { left }) => {
+                let remembered = left.min(self.settings.taken_memory);
+                self.taken.remember(seat, asked, remembered);
                 Err(LockError::Taken)
             }
-            Err(error) => Err(error),
+            Err(Acquire::Refused(error)) => Err(error),
         }
     }
 
     /// Takes `key` for `token`. The script answers the value already there, so a key that
     /// already holds this very token (a command applied twice) counts as taken by us. Should
     /// Redis run it only after the command timeout (a Redis paused or slow past it), when this
-    /// request has answered UNAVAILABLE, it writes nothing.
+    /// request has answered UNAVAILABLE, it writes nothing; and should Redis have run it in
+    /// time but its answer come too late, the compare-and-delete sent after it (on the same
+    /// connection, so run after it) takes the lock away again.
     pub async fn acquire_with_token(
         &self,
         key: String,
         token: String,
-    ) -> Result<SeatLock, LockError> {
+    ) -> Result<SeatLock, Acquire> {
         let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
         let answer: Result<String, _> = self
             .run(
@@ -256,28 +286,43 @@ impl SeatLocks {
                 vec![token.clone(), ttl_ms.to_string(), self.deadline_ms()],
             )
             .await;
-        let ours = |key, token| SeatLock {
-            seat: None,
-            key,
-            token,
-        };
         let acquired = match answer.as_deref() {
-            Ok("acquired") => Ok(ours(key, token)),
-            Ok(held) => match held.strip_prefix("held:") {
-                Some(holder) if holder == token => Ok(ours(key, token)),
-                Some(holder) if holder.starts_with(TAKEN_PREFIX) => Err(LockError::Taken),
-                Some(_) => Err(LockError::Contended),
-                None => Err(LockError::Unavailable(format!(
+            Ok("acquired") => Ok(SeatLock {
+                seat: None,
+                key,
+                token,
+            }),
+            Ok(held) => match parse_held(held) {
+                Some((_, holder)) if holder == token => Ok(SeatLock {
+                    seat: None,
+                    key,
+                    token,
+                }),
+                Some((left, holder)) if holder.starts_with(TAKEN_PREFIX) => {
+                    Err(Acquire::Taken { left })
+                }
+                Some(_) => Err(Acquire::Refused(LockError::Contended)),
+                None => Err(Acquire::Refused(LockError::Unavailable(format!(
                     "redis ran the lock too late ({held}): is its clock ahead of this host's?"
-                ))),
+                )))),
             },
-            Err(error) => Err(LockError::Unavailable(error.to_string())),
+            Err(error) => {
+                // No answer in time: the lock may have been taken all the same.
+                let locks = self.clone();
+                let lock = SeatLock {
+                    seat: None,
+                    key,
+                    token,
+                };
+                tokio::spawn(async move { locks.release(lock).await });
+                Err(Acquire::Refused(LockError::Unavailable(error.to_string())))
+            }
         };
         crate::metrics::seat_lock(match &acquired {
             Ok(_) => "acquired",
-            Err(LockError::Contended) => "contended",
-            Err(LockError::Taken) => "taken",
-            Err(LockError::Unavailable(_)) => "redis_unavailable",
+            Err(Acquire::Refused(LockError::Contended)) => "contended",
+            Err(Acquire::Taken { .. } | Acquire::Refused(LockError::Taken)) => "taken",
+            Err(Acquire::Refused(LockError::Unavailable(_))) => "redis_unavailable",
         });
         acquired
     }
@@ -497,6 +542,17 @@ impl SeatLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_key_says_how_long_it_has_left_and_who_holds_it() {
+        assert_eq!(
+            parse_held("held:1500:taken:42"),
+            Some((Duration::from_millis(1500), "taken:42"))
+        );
+        assert_eq!(parse_held("held:-1:abc"), Some((Duration::ZERO, "abc")));
+        assert_eq!(parse_held("late"), None);
+        assert_eq!(parse_held("held:x:abc"), None);
+    }
 
     #[test]
     fn a_mark_read_before_a_cancel_of_this_replica_is_not_remembered() {

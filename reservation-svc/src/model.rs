@@ -196,9 +196,41 @@ pub struct ReservationPage {
     pub next: Option<PageCursor>,
 }
 
+/// The wallet keys of one reservation's payments (`protocol::payment::use_key`): the reservation
+/// and its random nonce (none for a reservation made before nonces existed), so that no other
+/// reservation, in this database or another sharing the wallet, ever has the same keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentKeys {
+    reservation: i64,
+    nonce: Option<String>,
+}
+
+impl PaymentKeys {
+    pub fn new(reservation: i64, nonce: Option<&str>) -> Self {
+        Self {
+            reservation,
+            nonce: nonce.map(str::to_owned),
+        }
+    }
+
+    /// The key of the attempt's `Use`.
+    pub fn use_key(&self, attempt: PayAttempt) -> String {
+        protocol::payment::use_key(self.nonce(), self.reservation, attempt.get())
+    }
+
+    /// The key of the reservation's refund.
+    pub fn refund_key(&self) -> String {
+        protocol::payment::refund_key(self.nonce(), self.reservation)
+    }
+
+    fn nonce(&self) -> &str {
+        self.nonce.as_deref().unwrap_or_default()
+    }
+}
+
 /// One attempt to pay a reservation: its wallet `Use` debits `price` from `payer` under the
 /// attempt's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentAttempt {
     pub reservation: ReservationId,
     pub attempt: PayAttempt,
@@ -206,6 +238,7 @@ pub struct PaymentAttempt {
     pub price: Price,
     pub schedule_id: ScheduleId,
     pub seat_no: SeatNo,
+    pub keys: PaymentKeys,
 }
 
 /// How a hold ended.
@@ -260,6 +293,8 @@ pub struct PaidReservation {
     pub price: Price,
     /// The key of the `Use` that paid it (none for a free seat).
     pub use_key: Option<String>,
+    /// The key its refund is asked under.
+    pub refund_key: String,
 }
 
 /// How a cancellation ended.

@@ -81,10 +81,7 @@ impl Application {
 
         let wallet = Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout)
             .context("invalid WALLET_ENDPOINT")?;
-        let store = Store::open(pool)
-            .await
-            .context("cannot read the payment key namespace")?;
-        let reservations = Reservations::new(store, locks, wallet, config.seat_hold_ttl);
+        let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl);
         let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
         let router = router.add_service(ReservationServiceServer::new(ReservationGrpc::new(
             reservations.clone(),

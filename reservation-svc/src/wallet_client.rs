@@ -120,15 +120,26 @@ impl Wallet {
     }
 }
 
-/// The reason of a refusal that wallet-svc itself gave: the `ErrorInfo.reason` of this system's
-/// domain, or `INVALID_ARGUMENT` for a request its `BadRequest` names bad fields of. Such an
-/// answer is final for its key. Anything else (a bare status, which a proxy, a load balancer or
-/// another server on the address could send as well as the wallet) is no outcome: the call
-/// may have been applied or not, and is sent again under the same key.
+/// The reasons wallet-svc refuses a movement with, each final for its key.
+const FINAL_REASONS: [Reason; 4] = [
+    Reason::InsufficientBalance,
+    Reason::BalanceLimit,
+    Reason::IdempotencyKeyReused,
+    Reason::UnknownUse,
+];
+
+/// The reason of a refusal that wallet-svc itself gave: one of [`FINAL_REASONS`] in an
+/// `ErrorInfo` of this system's domain, or `INVALID_ARGUMENT` for a request its `BadRequest`
+/// names bad fields of. Such an answer is final for its key. Anything else (a bare status,
+/// which a proxy, a load balancer or another server on the address could send as well as the
+/// wallet, or a reason this client does not know) is no outcome: the call may have been
+/// applied or not, and is sent again under the same key.
 fn wallet_refusal(status: &tonic::Status) -> Option<String> {
     if let Some(info) = status.get_details_error_info()
         && info.domain == ERROR_DOMAIN
-        && !info.reason.is_empty()
+        && FINAL_REASONS
+            .iter()
+            .any(|reason| reason.as_str() == info.reason)
     {
         return Some(info.reason);
     }
@@ -138,6 +149,8 @@ fn wallet_refusal(status: &tonic::Status) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use shared::error::{invalid_field, status_with_reason};
     use tonic::Code;
@@ -176,12 +189,18 @@ mod tests {
         let foreign = tonic::Status::with_error_details(
             Code::FailedPrecondition,
             "no",
-            ErrorDetails::with_error_info(
-                "INSUFFICIENT_BALANCE",
-                "example.com",
-                std::collections::HashMap::new(),
-            ),
+            ErrorDetails::with_error_info("INSUFFICIENT_BALANCE", "example.com", HashMap::new()),
         );
         assert_eq!(wallet_refusal(&foreign), None, "another system's reason");
+        let unknown = tonic::Status::with_error_details(
+            Code::FailedPrecondition,
+            "no",
+            ErrorDetails::with_error_info("SOMETHING_NEW", ERROR_DOMAIN, HashMap::new()),
+        );
+        assert_eq!(
+            wallet_refusal(&unknown),
+            None,
+            "a reason this client does not know"
+        );
     }
 }

@@ -220,7 +220,7 @@ impl Fixture {
         Self {
             runtime,
             _db: db,
-            store: Store::new(pool.clone(), KEY_NAMESPACE),
+            store: Store::new(pool.clone()),
             pool,
         }
     }
@@ -289,9 +289,11 @@ async fn load(pool: &PgPool, case: i64, rows: &SeatRows) -> (i64, SeatRows) {
         sql.push_str(&format!(
             "INSERT INTO reservations (id, user_id, schedule_id, seat_no, price, status, \
                  expires_at, pay_attempt, payment_transaction_id, payment_idempotency_key, \
-                 cancel_requested_at, refund_requested_at, updated_at) OVERRIDING SYSTEM VALUE \
+                 cancel_requested_at, refund_requested_at, payment_key_nonce, updated_at) \
+             OVERRIDING SYSTEM VALUE \
              VALUES ({}, {}, {schedule}, 1, {PRICE}, '{}', now() {expires}, {}, {}, {}, \
-                 {cancel_requested}, {refund_requested}, now() - interval '1 minute');",
+                 {cancel_requested}, {refund_requested}, '{KEY_NAMESPACE}', \
+                 now() - interval '1 minute');",
             row.id,
             row.user_id,
             row.status.as_str(),

@@ -234,12 +234,12 @@ impl Reservations {
             attempt,
             payer,
             price,
+            keys,
             ..
         } = payment;
-        let namespace = self.store.key_namespace();
         let needs_wallet = protocol::payment::needs_wallet(price.get());
         let reply = if needs_wallet {
-            let key = protocol::payment::use_key(namespace, reservation.get(), attempt.get());
+            let key = keys.use_key(attempt);
             self.wallet
                 .use_points(
                     payer.get(),
@@ -260,9 +260,8 @@ impl Reservations {
             // is, so a failed refund is retried by the next pay or reconciliation. A free seat
             // took no money.
             if needs_wallet {
-                let refund_key = protocol::payment::refund_key(namespace, reservation.get());
                 self.wallet
-                    .refund(payer.get(), &refund_key, use_key)
+                    .refund(payer.get(), &keys.refund_key(), use_key)
                     .await?;
             }
             settled = self
@@ -296,7 +295,8 @@ impl Reservations {
         batch_size: i64,
     ) -> Result<usize, ReservationError> {
         let stuck = self.store.claim_stuck_payments(grace, batch_size).await?;
-        for &payment in &stuck {
+        let looked_at = stuck.len();
+        for payment in stuck {
             let id = payment.reservation.get();
             let span = tracing::info_span!(
                 "reconcile_payment",
@@ -338,7 +338,7 @@ impl Reservations {
                 }
             }
         }
-        Ok(stuck.len() + cancelling.len())
+        Ok(looked_at + cancelling.len())
     }
 
     /// Cancels a reservation: a hold is released at once; a paid one is refunded first (one
@@ -357,13 +357,9 @@ impl Reservations {
                         protocol::payment::needs_wallet(paid.price.get()),
                         paid.use_key.as_deref(),
                     ) {
-                        let refund_key = protocol::payment::refund_key(
-                            service.store.key_namespace(),
-                            request.reservation_id.get(),
-                        );
                         service
                             .wallet
-                            .refund(paid.payer.get(), &refund_key, use_key)
+                            .refund(paid.payer.get(), &paid.refund_key, use_key)
                             .await?;
                     }
                     service.store.cancel(request, true).await?

@@ -2,7 +2,7 @@
 //! only once its refund is done.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::reservation::{CancelDecision, Status};
 
 use super::schema::reservations;
@@ -19,7 +19,9 @@ impl Store {
         refunded: bool,
     ) -> Result<CancelOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| cancel_in_transaction(conn, request, refunded).await)
+        conn.build_transaction()
+            .read_committed()
+            .run(async |conn| cancel_in_transaction(conn, request, refunded).await)
             .await
     }
 }
@@ -48,6 +50,7 @@ async fn cancel_in_transaction(
             return Ok(CancelOutcome::RefundFirst(PaidReservation {
                 payer: row.owner()?,
                 price: row.price()?,
+                refund_key: row.payment_keys().refund_key(),
                 use_key: row.payment_idempotency_key,
             }));
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::reservation::{HoldDecision, SeatView, Status};
 
 use super::models::{ACTIVE_STATUSES, NewReservation, ReservationRow};
@@ -82,7 +82,9 @@ impl Store {
             Err(error) => return Err(error.into()),
         }
         let outcome = conn
-            .transaction::<_, HoldFailure, _>(async |conn| {
+            .build_transaction()
+            .read_committed()
+            .run::<_, HoldFailure, _>(async |conn| {
                 hold_in_transaction(conn, request, hold_ttl).await
             })
             .await;

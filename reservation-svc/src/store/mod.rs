@@ -18,70 +18,30 @@ mod seat;
 mod sweep;
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use shared::db::PgPool;
 pub use shared::db::StoreError;
-
-use schema::payment_key_namespace;
 
 /// The statement that creates a schedule with its seats (`$1` concert, `$2` starts_at, `$3`
 /// seat_count, `$4` seat_price), for tools that set up the same rows (the benchmark).
 pub const CREATE_SCHEDULE_SQL: &str = include_str!("create_schedule.sql");
 
-/// Reads this database's payments from, and writes them to, Postgres.
+/// Reads and writes the service's rows in Postgres.
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    /// The namespace of this database's wallet keys ([`Store::payment_key_namespace`]).
-    key_namespace: std::sync::Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("pool", &self.pool.status())
-            .field("key_namespace", &self.key_namespace)
             .finish()
     }
 }
 
 impl Store {
-    /// A store whose payments use the wallet keys of `key_namespace`, the one
-    /// [`Store::payment_key_namespace`] reads from the database.
-    pub fn new(pool: PgPool, key_namespace: &str) -> Self {
-        Self {
-            pool,
-            key_namespace: key_namespace.into(),
-        }
-    }
-
-    /// Opens a store on `pool` with the database's payment key namespace.
-    pub async fn open(pool: PgPool) -> Result<Self, StoreError> {
-        let namespace = Self::payment_key_namespace(&pool).await?;
-        Ok(Self::new(pool, &namespace))
-    }
-
-    /// The namespace of this database's wallet keys, given once, at random, by the first
-    /// service to ask (an empty one for a database that took payments before namespaces
-    /// existed; see the migration that made them).
-    pub async fn payment_key_namespace(pool: &PgPool) -> Result<String, StoreError> {
-        let mut conn = pool.get().await?;
-        let fresh = format!("{:016x}", rand::random::<u64>());
-        diesel::insert_into(payment_key_namespace::table)
-            .values(payment_key_namespace::namespace.eq(&fresh))
-            .on_conflict_do_nothing()
-            .execute(&mut conn)
-            .await?;
-        Ok(payment_key_namespace::table
-            .select(payment_key_namespace::namespace)
-            .first::<String>(&mut conn)
-            .await?)
-    }
-
-    /// The namespace of this store's wallet keys.
-    pub fn key_namespace(&self) -> &str {
-        &self.key_namespace
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -9,8 +9,8 @@ use protocol::reservation::{ReservationState, Status};
 use super::StoreError;
 use super::schema::{concerts, reservations};
 use crate::model::{
-    Concert, ConcertId, InvalidValue, Price, Reservation, ReservationId, Schedule, ScheduleId,
-    Seat, SeatCount, SeatNo, SeatView, UserId,
+    Concert, ConcertId, InvalidValue, PaymentKeys, Price, Reservation, ReservationId, Schedule,
+    ScheduleId, Seat, SeatCount, SeatNo, SeatView, UserId,
 };
 
 /// A value read back from a column whose constraints make it valid; one that is not means the
@@ -130,6 +130,7 @@ pub struct ReservationRow {
     pub payment_idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub refund_requested_at: Option<DateTime<Utc>>,
+    pub payment_key_nonce: Option<String>,
 }
 
 impl ReservationRow {
@@ -155,6 +156,11 @@ impl ReservationRow {
             status: parse_status(&self.status)?,
             expires_at: self.expires_at.timestamp_micros(),
         })
+    }
+
+    /// The wallet keys of this reservation's payments.
+    pub fn payment_keys(&self) -> PaymentKeys {
+        PaymentKeys::new(self.id, self.payment_key_nonce.as_deref())
     }
 
     pub fn reservation_id(&self) -> Result<ReservationId, StoreError> {

@@ -2,7 +2,7 @@
 //! to the attempt's `Use`, each one transaction under the seat's row lock.
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::payment::{AfterUse, BeginPay, UseReply};
 use protocol::reservation::{SeatView, Status};
 
@@ -22,7 +22,9 @@ impl Store {
         user_id: UserId,
     ) -> Result<BeginOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| begin_in_transaction(conn, reservation_id, user_id).await)
+        conn.build_transaction()
+            .read_committed()
+            .run(async |conn| begin_in_transaction(conn, reservation_id, user_id).await)
             .await
     }
 
@@ -36,16 +38,12 @@ impl Store {
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        let namespace = &*self.key_namespace;
-        conn.transaction(async |conn| {
-            let attempt = Settling {
-                namespace,
-                reservation,
-                attempt,
-            };
-            settle_in_transaction(conn, attempt, reply, refunded).await
-        })
-        .await
+        conn.build_transaction()
+            .read_committed()
+            .run(async |conn| {
+                settle_in_transaction(conn, reservation, attempt, reply, refunded).await
+            })
+            .await
     }
 }
 
@@ -93,37 +91,25 @@ async fn begin_in_transaction(
         price: row.price()?,
         schedule_id: row.schedule_id()?,
         seat_no: row.seat_no()?,
+        keys: row.payment_keys(),
     }))
-}
-
-/// The attempt a settle transaction is about.
-#[derive(Clone, Copy)]
-struct Settling<'a> {
-    namespace: &'a str,
-    reservation: ReservationId,
-    attempt: PayAttempt,
-}
-
-impl Settling<'_> {
-    /// The wallet key of the attempt's `Use`.
-    fn use_key(&self) -> String {
-        protocol::payment::use_key(self.namespace, self.reservation.get(), self.attempt.get())
-    }
 }
 
 async fn settle_in_transaction(
     conn: &mut AsyncPgConnection,
-    settling: Settling<'_>,
+    reservation: ReservationId,
+    pay_attempt: PayAttempt,
     reply: UseReply,
     refunded: bool,
 ) -> Result<SettleOutcome, StoreError> {
-    let id = settling.reservation.get();
-    let attempt = settling.attempt.get();
+    let id = reservation.get();
+    let attempt = pay_attempt.get();
     let Some(locked) = lock_reservation(conn, id).await? else {
         return Ok(SettleOutcome::Moved);
     };
     let state = locked.payment_state()?;
     let Locked { row, now, .. } = locked;
+    let use_key = row.payment_keys().use_key(pay_attempt);
     let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
     // Every write below is conditional on this very attempt still paying.
     let paying = reservations::table
@@ -138,7 +124,7 @@ async fn settle_in_transaction(
                 .set((
                     reservations::status.eq(Status::Confirmed.as_str()),
                     reservations::payment_transaction_id.eq(transaction_id),
-                    reservations::payment_idempotency_key.eq(settling.use_key()),
+                    reservations::payment_idempotency_key.eq(&use_key),
                     reservations::updated_at.eq(now),
                 ))
                 .returning(ReservationRow::as_returning())
@@ -179,12 +165,12 @@ async fn settle_in_transaction(
                 .await?;
             Ok(SettleOutcome::Refund {
                 payer: row.owner()?,
-                use_key: settling.use_key(),
+                use_key,
             })
         }
         AfterUse::Refund => Ok(SettleOutcome::Refund {
             payer: row.owner()?,
-            use_key: settling.use_key(),
+            use_key,
         }),
         AfterUse::Nothing => Ok(SettleOutcome::Moved),
     }

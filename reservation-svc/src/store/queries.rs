@@ -50,7 +50,7 @@ impl QueryFragment<Pg> for HoldAvailableSeat {
             " * interval '1 microsecond' FROM held \
              RETURNING id, user_id, schedule_id, seat_no, price, status, expires_at, \
              pay_attempt, payment_transaction_id, payment_idempotency_key, created_at, \
-             refund_requested_at) \
+             refund_requested_at, payment_key_nonce) \
              SELECT inserted.*, held.at FROM inserted, held",
         );
         Ok(())
@@ -72,6 +72,7 @@ impl Query for HoldAvailableSeat {
             Nullable<Text>,
             Timestamptz,
             Nullable<Timestamptz>,
+            Nullable<Text>,
         ),
         Timestamptz,
     );

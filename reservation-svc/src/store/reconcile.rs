@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Integer};
+use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel_async::RunQueryDsl;
 
 use super::models::stored;
 use super::{Store, StoreError};
 use crate::model::{
-    OwnerRequest, PayAttempt, PaymentAttempt, Price, ReservationId, ScheduleId, SeatNo, UserId,
+    OwnerRequest, PayAttempt, PaymentAttempt, PaymentKeys, Price, ReservationId, ScheduleId,
+    SeatNo, UserId,
 };
 
 /// A reservation a claim returned.
@@ -39,6 +40,8 @@ struct ClaimedPayment {
     schedule_id: i64,
     #[diesel(sql_type = Integer)]
     seat_no: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    payment_key_nonce: Option<String>,
 }
 
 impl TryFrom<ClaimedPayment> for PaymentAttempt {
@@ -52,6 +55,7 @@ impl TryFrom<ClaimedPayment> for PaymentAttempt {
             price: stored("price", Price::parse(row.price))?,
             schedule_id: stored("schedule id", ScheduleId::parse(row.schedule_id))?,
             seat_no: stored("seat number", SeatNo::parse(row.seat_no))?,
+            keys: PaymentKeys::new(row.id, row.payment_key_nonce.as_deref()),
         })
     }
 }
@@ -107,7 +111,8 @@ impl Store {
                  WHERE status = 'PAYING' \
                    AND updated_at < now() - make_interval(secs => $1 / 1000.0) \
                  ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED \
-             ) RETURNING id, pay_attempt, user_id, price, schedule_id, seat_no",
+             ) RETURNING id, pay_attempt, user_id, price, schedule_id, seat_no, \
+               payment_key_nonce",
         )
         .bind::<BigInt, _>(millis(grace))
         .bind::<BigInt, _>(batch_size)

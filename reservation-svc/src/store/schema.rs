@@ -24,14 +24,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         cancel_requested_at -> Nullable<Timestamptz>,
         refund_requested_at -> Nullable<Timestamptz>,
-    }
-}
-
-diesel::table! {
-    payment_key_namespace (only_row) {
-        only_row -> Bool,
-        namespace -> Text,
-        created_at -> Timestamptz,
+        payment_key_nonce -> Nullable<Text>,
     }
 }
 
@@ -58,10 +51,4 @@ diesel::table! {
 diesel::joinable!(schedules -> concerts (concert_id));
 diesel::joinable!(seats -> schedules (schedule_id));
 
-diesel::allow_tables_to_appear_in_same_query!(
-    concerts,
-    payment_key_namespace,
-    reservations,
-    schedules,
-    seats,
-);
+diesel::allow_tables_to_appear_in_same_query!(concerts, reservations, schedules, seats,);

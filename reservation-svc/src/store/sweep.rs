@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::models::parse_status;
 use super::{Store, StoreError, micros};
@@ -16,7 +16,9 @@ impl Store {
     /// waited for.
     pub async fn expire_lapsed_holds(&self, batch_size: i64) -> Result<usize, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.transaction(async |conn| expire_in_transaction(conn, batch_size).await)
+        conn.build_transaction()
+            .read_committed()
+            .run(async |conn| expire_in_transaction(conn, batch_size).await)
             .await
     }
 }

@@ -83,9 +83,7 @@ async fn two_sweepers_racing_expire_each_hold_once_and_never_a_payment() {
     tokio::time::sleep(SHORT_HOLD + Duration::from_millis(100)).await;
 
     let sweeper = || async {
-        let store = Store::open(app.db.pool("sweeper-test"))
-            .await
-            .expect("a store");
+        let store = Store::new(app.db.pool("sweeper-test"));
         let mut expired = 0;
         loop {
             let batch = store.expire_lapsed_holds(7).await.expect("sweep");

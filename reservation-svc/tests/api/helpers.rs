@@ -185,21 +185,26 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
-    /// The namespace of this database's wallet keys.
-    pub async fn key_namespace(&self) -> String {
-        reservation_svc::store::Store::payment_key_namespace(&self.db.pool("key-namespace"))
-            .await
-            .expect("the payment key namespace")
+    /// The random nonce of a reservation's wallet keys (`None` for a reservation made before
+    /// nonces existed).
+    pub async fn key_nonce(&self, reservation_id: i64) -> Option<String> {
+        key_nonce(&mut self.connect_db().await, reservation_id).await
     }
 
     /// The wallet key of a reservation's attempt, as the service names it.
     pub async fn use_key(&self, reservation_id: i64, attempt: i32) -> String {
-        protocol::payment::use_key(&self.key_namespace().await, reservation_id, attempt)
+        let nonce = self.key_nonce(reservation_id).await;
+        protocol::payment::use_key(
+            nonce.as_deref().unwrap_or_default(),
+            reservation_id,
+            attempt,
+        )
     }
 
     /// The wallet key of a reservation's refund, as the service names it.
     pub async fn refund_key(&self, reservation_id: i64) -> String {
-        protocol::payment::refund_key(&self.key_namespace().await, reservation_id)
+        let nonce = self.key_nonce(reservation_id).await;
+        protocol::payment::refund_key(nonce.as_deref().unwrap_or_default(), reservation_id)
     }
 
     /// The seat's Redis key, as the service names it.
@@ -366,10 +371,12 @@ pub async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
     let mut ledger = AsyncPgConnection::establish(wallet.db.url())
         .await
         .expect("wallet db");
-    let namespace = app.key_namespace().await;
     for row in rows {
+        let nonce = key_nonce(&mut reservations, row.id).await;
         let keys: Vec<String> = (1..=row.pay_attempt)
-            .map(|attempt| protocol::payment::use_key(&namespace, row.id, attempt))
+            .map(|attempt| {
+                protocol::payment::use_key(nonce.as_deref().unwrap_or_default(), row.id, attempt)
+            })
             .collect();
         let movements: Movements = diesel::sql_query(
             "SELECT COUNT(*) FILTER (WHERE kind = 'USE' AND idempotency_key = ANY($1)) AS uses, \
@@ -405,6 +412,21 @@ pub async fn assert_money_matches_outcomes(app: &TestApp, wallet: &TestWallet) {
     .await
     .expect("ledger invariant");
     assert_eq!(mismatches.n, 0, "every balance equals its ledger sum");
+}
+
+/// The nonce of a reservation's wallet keys, read from its row.
+pub async fn key_nonce(conn: &mut AsyncPgConnection, reservation_id: i64) -> Option<String> {
+    #[derive(QueryableByName)]
+    struct Nonce {
+        #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+        payment_key_nonce: Option<String>,
+    }
+    diesel::sql_query("SELECT payment_key_nonce FROM reservations WHERE id = $1")
+        .bind::<BigInt, _>(reservation_id)
+        .get_result::<Nonce>(conn)
+        .await
+        .expect("the reservation's nonce")
+        .payment_key_nonce
 }
 
 /// The guarantees, read straight from both databases once nothing runs: at most one active

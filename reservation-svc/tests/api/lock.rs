@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fred::interfaces::KeysInterface;
 use protocol::reservation::AfterHold;
-use reservation_svc::lock::{LockError, LockSettings, SeatLocks};
+use reservation_svc::lock::{Acquire, LockError, LockSettings, SeatLocks};
 
 fn settings(redis_url: &str) -> LockSettings {
     LockSettings {
@@ -83,7 +83,10 @@ async fn a_key_already_holding_this_requests_token_counts_as_acquired() {
     let refused = locks
         .acquire_with_token(key.clone(), "other-token".to_owned())
         .await;
-    assert!(matches!(refused, Err(LockError::Contended)));
+    assert!(matches!(
+        refused,
+        Err(Acquire::Refused(LockError::Contended))
+    ));
     locks.release(lock).await;
     assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
 }

@@ -522,7 +522,10 @@ async fn a_second_deployment_sharing_the_wallet_never_replays_the_firsts_debits(
         held[0], held[1],
         "the same reservation id in both databases"
     );
-    assert_ne!(first.key_namespace().await, second.key_namespace().await);
+    assert_ne!(
+        first.use_key(held[0], 1).await,
+        second.use_key(held[1], 1).await
+    );
 
     assert_eq!(wallet.balance(1).await, 800, "two seats, two debits");
     assert_eq!(debits(&wallet, 1).await.len(), 2);
@@ -531,7 +534,7 @@ async fn a_second_deployment_sharing_the_wallet_never_replays_the_firsts_debits(
 }
 
 #[tokio::test]
-async fn a_database_that_took_payments_before_key_namespaces_keeps_its_keys() {
+async fn reservations_made_before_key_nonces_keep_their_keys_and_new_ones_get_a_nonce() {
     use diesel_migrations::MigrationHarness;
 
     let db = shared::test_support::TestDatabase::create(
@@ -540,7 +543,7 @@ async fn a_database_that_took_payments_before_key_namespaces_keeps_its_keys() {
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
     )
     .await;
-    // The database as it was before namespaces, with a payment under way.
+    // The database as it was before nonces, with a payment under way.
     let url = db.url().to_owned();
     tokio::task::spawn_blocking(move || {
         use diesel::Connection;
@@ -569,13 +572,25 @@ async fn a_database_that_took_payments_before_key_namespaces_keeps_its_keys() {
     shared::db::run_migrations(db.url(), reservation_svc::startup::MIGRATIONS)
         .await
         .expect("migrate");
-    let namespace =
-        reservation_svc::store::Store::payment_key_namespace(&db.pool("namespace-test"))
+    let mut conn =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(db.url())
             .await
-            .expect("the namespace");
-    assert_eq!(namespace, "", "the payment under way keeps its key");
+            .expect("connect");
     assert_eq!(
-        protocol::payment::use_key(&namespace, 1, 1),
-        "reservation-1-1"
+        crate::helpers::key_nonce(&mut conn, 1).await,
+        None,
+        "the payment under way keeps its key"
     );
+    assert_eq!(protocol::payment::use_key("", 1, 1), "reservation-1-1");
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut conn,
+        "INSERT INTO reservations (user_id, schedule_id, seat_no, price, status, expires_at) \
+         SELECT 2, schedule_id, seat_no, price, 'EXPIRED', now() FROM reservations WHERE id = 1",
+    )
+    .await
+    .expect("a new reservation");
+    let nonce = crate::helpers::key_nonce(&mut conn, 2)
+        .await
+        .expect("a new reservation has a nonce");
+    assert_eq!(nonce.len(), 32);
 }

@@ -127,9 +127,7 @@ async fn schedule_starting(app: &TestApp, starts_at: chrono::DateTime<Utc>) -> i
 
 /// The reconciler of another replica, run by the test when it chooses.
 async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
-    let store = Store::open(app.db.pool("other-replica"))
-        .await
-        .expect("a store");
+    let store = Store::new(app.db.pool("other-replica"));
     let locks = SeatLocks::connect(LockSettings {
         redis_url: app.config.redis_url.clone(),
         key_prefix: app.config.seat_lock_prefix.clone(),

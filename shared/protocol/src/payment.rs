@@ -27,25 +27,25 @@ pub struct PaymentState {
     pub refunding: bool,
 }
 
-/// The wallet key of attempt `attempt` of reservation `id`, in the deployment's key namespace
-/// (a random name each reservation database is given once): reservation ids of a recreated
-/// database, or of another deployment sharing the wallet, start again at 1, and their keys
-/// must never meet the wallet's record of an earlier debit. The empty namespace (a database
-/// that took payments before namespaces existed) keeps the keys it always had.
-pub fn use_key(namespace: &str, reservation_id: i64, attempt: i32) -> String {
-    keyed(namespace, format!("reservation-{reservation_id}-{attempt}"))
+/// The wallet key of attempt `attempt` of reservation `id`, whose random `nonce` is part of
+/// every key of its payments: reservation ids start again at 1 in a recreated database, rewind
+/// with a restored backup and repeat in another deployment sharing the wallet, and a key must
+/// never meet the wallet's record of another reservation's debit. The empty nonce (a
+/// reservation made before nonces existed) keeps the keys it always had.
+pub fn use_key(nonce: &str, reservation_id: i64, attempt: i32) -> String {
+    keyed(nonce, format!("reservation-{reservation_id}-{attempt}"))
 }
 
 /// The wallet key of the refund of reservation `id`: one refund, however often it is asked.
-pub fn refund_key(namespace: &str, reservation_id: i64) -> String {
-    keyed(namespace, format!("reservation-{reservation_id}-refund"))
+pub fn refund_key(nonce: &str, reservation_id: i64) -> String {
+    keyed(nonce, format!("reservation-{reservation_id}-refund"))
 }
 
-fn keyed(namespace: &str, key: String) -> String {
-    if namespace.is_empty() {
+fn keyed(nonce: &str, key: String) -> String {
+    if nonce.is_empty() {
         key
     } else {
-        format!("{namespace}:{key}")
+        format!("{nonce}:{key}")
     }
 }
 
@@ -153,9 +153,12 @@ pub fn apply_use_reply(
         }
         (true, UseReply::Debited { .. }) if refunding => AfterUse::Refund,
         (true, UseReply::Debited { .. }) if started => AfterUse::DecideRefund,
+        // The debit is known to have happened: only its own answer (or the reconciler, which
+        // asks again) may end the attempt, never a refusal from somewhere else.
+        (true, UseReply::Insufficient | UseReply::Rejected) if refunding => AfterUse::StayPaying,
         (true, UseReply::Debited { transaction_id }) => AfterUse::Confirm { transaction_id },
         (true, UseReply::Insufficient | UseReply::Rejected)
-            if reservation.expires_at <= now || started || refunding =>
+            if reservation.expires_at <= now || started =>
         {
             AfterUse::Expire
         }
@@ -317,6 +320,11 @@ mod tests {
             AfterUse::ExpireRefunded
         );
         assert_eq!(begin_pay(&refunding, 1, NOW), BeginPay::InvalidState);
+        assert_eq!(
+            apply_use_reply(&refunding, 1, UseReply::Insufficient, false, NOW),
+            AfterUse::StayPaying,
+            "a debit being refunded is never ended by a refusal"
+        );
     }
 
     #[test]

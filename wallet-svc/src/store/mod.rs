@@ -8,7 +8,7 @@ mod models;
 pub mod schema;
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use shared::db::PgPool;
 pub use shared::db::StoreError;
 
@@ -82,7 +82,9 @@ impl Store {
             .collect();
         let mut conn = self.pool.get().await?;
         let applied = conn
-            .transaction(async |conn| apply_batch(conn, user_id.get(), &batch).await)
+            .build_transaction()
+            .read_committed()
+            .run(async |conn| apply_batch(conn, user_id.get(), &batch).await)
             .await;
         match applied {
             Ok(outcomes) | Err(Abort::Answered(outcomes)) => Ok(outcomes),

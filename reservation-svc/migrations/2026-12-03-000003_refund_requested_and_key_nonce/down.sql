@@ -1,2 +1,2 @@
-DROP TABLE payment_key_namespace;
+ALTER TABLE reservations DROP COLUMN payment_key_nonce;
 ALTER TABLE reservations DROP COLUMN refund_requested_at;
