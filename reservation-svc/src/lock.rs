@@ -1,18 +1,22 @@
-//! The seat lock: `SET <prefix>seat:{<schedule>}:<seat> <token> NX PX <ttl>` in Redis, released
-//! only by its owner (compare-and-delete in Lua). It is a filter that keeps a stampede of losers
-//! away from Postgres; Postgres still decides, so a lost lock costs speed, never correctness.
+//! The seat lock: the key `<prefix>seat:{<schedule>}:<seat>` set to a request's token if it is
+//! free (`SET NX PX <ttl>` inside a Lua script), released only by its owner (compare-and-delete
+//! in Lua). It is a filter that keeps a stampede of losers away from Postgres; Postgres still
+//! decides, so a lost lock costs speed, never correctness.
 //!
 //! A hold that takes its seat leaves a *taken mark* in the key instead of deleting it
-//! (`taken:<reservation id>`, for what is left of the hold; see
-//! `protocol::reservation::after_hold`): later holds of the seat find it with the same
-//! `SET NX GET` and are answered SEAT_TAKEN without reaching Postgres. Cancelling the
-//! reservation deletes the mark. Each replica also remembers the marks it has seen for a short
-//! while (`taken_memory`), so a stampede on a taken seat is answered without Redis; a seat
-//! cancelled through another replica is therefore refused here for at most that long.
+//! (`taken:<reservation id>`, expiring at the hold's `expires_at`; see
+//! `protocol::reservation::after_hold`): later holds of the seat find it with the same script
+//! and are answered SEAT_TAKEN without reaching Postgres. Cancelling the reservation deletes
+//! the mark. Each replica also remembers the marks it has seen for a short while
+//! (`taken_memory`, never longer than the mark lives), so a stampede on a taken seat is
+//! answered without Redis; a seat cancelled through another replica is therefore refused here
+//! for at most that long.
 //!
-//! fred is configured to fail fast: every command has a timeout, in-flight commands are never
-//! replayed after a reconnect (`max_command_attempts = 1`), commands are refused at once while
-//! the connection is down, and the client reconnects in the background forever.
+//! Every command has a timeout, in-flight commands are never replayed after a reconnect
+//! (`max_command_attempts = 1`), commands are refused at once while the connection is down,
+//! and the client reconnects in the background forever. A command that timed out may still
+//! run later: the lock and mark scripts carry the moment their caller gave up and do nothing
+//! when Redis's clock is past it, and a lock whose answer was lost is released after it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +26,7 @@ use chrono::{DateTime, Utc};
 
 use fred::clients::Client;
 use fred::interfaces::ClientLike;
-use fred::prelude::{Builder, Config, Options, ReconnectPolicy};
+use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::FromValue;
 use fred::types::scripts::Script;
 use protocol::reservation::AfterHold;
@@ -42,6 +46,9 @@ const NOW_MS: &str = r"
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 ";
+
+/// Redis's clock, in milliseconds since the Unix epoch.
+const CLOCK_SCRIPT: &str = "return now_ms";
 
 /// `SET KEYS[1] ARGV[1] NX PX ARGV[2]`, unless Redis runs it after the deadline `ARGV[3]`:
 /// answers `late`, `acquired`, or `held:<ms it has left>:<value already there>`.
@@ -163,6 +170,7 @@ pub struct LockSettings {
 pub struct SeatLocks {
     client: Client,
     acquire: Script,
+    clock: Script,
     release: Script,
     mark: Script,
     clear: Script,
@@ -223,6 +231,7 @@ impl SeatLocks {
         Ok(Self {
             client,
             acquire: Script::from_lua(acquire_script()),
+            clock: Script::from_lua(format!("{NOW_MS}{CLOCK_SCRIPT}")),
             release: Script::from_lua(RELEASE_SCRIPT),
             mark: Script::from_lua(format!("{NOW_MS}{MARK_SCRIPT}")),
             clear: Script::from_lua(CLEAR_SCRIPT),
@@ -410,13 +419,33 @@ impl SeatLocks {
         }
     }
 
-    /// Whether Redis answers a PING within the command timeout.
+    /// Whether holds can work: Redis answers within the command timeout, and its clock is
+    /// within half the command timeout of this host's. The lock and mark scripts compare
+    /// deadlines from this host with Redis's clock; one that runs ahead by more than the
+    /// timeout would find every lock late (holds UNAVAILABLE), so the replica reports
+    /// NOT_SERVING and says why rather than refuse holds unexplained.
     pub async fn ping(&self) -> bool {
-        self.client
-            .with_options(&self.fail_fast())
-            .ping::<String>(None)
-            .await
-            .is_ok()
+        let sent = SystemTime::now();
+        let redis_ms: Result<i64, _> = self.run(&self.clock, Vec::new(), Vec::new()).await;
+        let Ok(redis_ms) = redis_ms else {
+            return false;
+        };
+        let half_way = sent + sent.elapsed().unwrap_or_default() / 2;
+        let local_ms = half_way.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        });
+        let offset_ms = redis_ms.saturating_sub(local_ms);
+        let limit_ms =
+            i64::try_from((self.settings.command_timeout / 2).as_millis()).unwrap_or(i64::MAX);
+        if offset_ms.abs() > limit_ms {
+            tracing::warn!(
+                offset_ms,
+                limit_ms,
+                "redis's clock is off from this host's: seat locks would be judged late or last too long"
+            );
+            return false;
+        }
+        true
     }
 
     /// Closes the connection (and stops reconnecting).
@@ -459,16 +488,6 @@ impl SeatLocks {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis());
         ms.to_string()
-    }
-
-    /// Refuse at once while disconnected, never resend, and give up after the timeout.
-    fn fail_fast(&self) -> Options {
-        Options {
-            timeout: Some(self.settings.command_timeout),
-            max_attempts: Some(1),
-            fail_fast: true,
-            ..Default::default()
-        }
     }
 }
 
