@@ -371,3 +371,54 @@ async fn a_taken_mark_that_reaches_redis_late_never_outlives_its_hold() {
             .expect("a lapsed hold's seat is not refused by its mark");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
+    use reservation_svc::model::{BeginOutcome, ReservationId, UserId};
+
+    #[derive(QueryableByName)]
+    struct At {
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        at: chrono::DateTime<Utc>,
+    }
+    let app = crate::helpers::spawn_app().await;
+    let schedule_id = app.schedule_with_seats(3).await;
+    let held = app.hold(1, schedule_id, 1).await.expect("hold");
+    let mut seat_row = hold_open(
+        app.db.url(),
+        &format!(
+            "SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 FOR UPDATE"
+        ),
+    )
+    .await;
+    // A payment's start begins its transaction, then waits for the seat.
+    let store = Store::new(app.db.pool("clock-test"));
+    let reservation = ReservationId::parse(held.id).expect("an id");
+    let owner = UserId::parse(1).expect("a user");
+    let beginning = tokio::spawn(async move { store.begin_pay(reservation, owner).await });
+    until("the payment waits for the seat", || async {
+        waiting_for_a_lock(app.db.url()).await == 1
+    })
+    .await;
+    let released_at = diesel::sql_query("SELECT clock_timestamp() AS at")
+        .get_result::<At>(&mut seat_row)
+        .await
+        .expect("the clock")
+        .at;
+    commit(seat_row).await;
+    let begun = beginning.await.expect("task").expect("begun");
+    assert!(matches!(begun, BeginOutcome::Pay(_)), "{begun:?}");
+
+    // The decision's time (written as the reservation's updated_at) is not older than the
+    // release of the lock it waited for: its transaction began before, its clock was read after.
+    let decided_at = diesel::sql_query("SELECT updated_at AS at FROM reservations WHERE id = $1")
+        .bind::<BigInt, _>(held.id)
+        .get_result::<At>(&mut app.connect_db().await)
+        .await
+        .expect("the reservation")
+        .at;
+    assert!(
+        decided_at >= released_at,
+        "decided at {decided_at}, before the seat was released at {released_at}"
+    );
+}
