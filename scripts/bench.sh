@@ -3,7 +3,7 @@
 # databases of their own (bench_wallet, bench_reservation) and a Redis key prefix of their own,
 # runs every load scenario of the bench crate with its raw baseline (pgbench of the same SQL,
 # redis-benchmark of the same lock commands) in the same run, and prints the table. It writes
-# bench/results/latest.{md,json} and the table in README.md. Arguments go to `bench run`
+# bench/results/latest.{md,json} and the table in bench/README.md. Arguments go to `bench run`
 # (e.g. `--scale 0.2` for a quick look). Stops what it started, never the shared PostgreSQL
 # or Redis.
 set -euo pipefail
@@ -98,7 +98,7 @@ wait_serving wallet-svc "$WALLET_PORT" "$wallet_pid"
 wait_serving reservation-svc "$RESERVATION_PORT" "$reservation_pid"
 
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD -- . ':!bench/results' ':!README.md' 2>/dev/null || revision+="+changes"
+git diff --quiet HEAD -- . ':!bench/results' ':!bench/README.md' 2>/dev/null || revision+="+changes"
 
 log "running the scenarios and their baselines"
 target/release/bench run \
@@ -114,11 +114,11 @@ target/release/bench run \
     --redis-port "$REDIS_PORT" \
     --redis-prefix "$REDIS_PREFIX" \
     --out-dir bench/results \
-    --readme README.md \
+    --readme bench/README.md \
     --work-dir target/bench \
     --command-line "./scripts/bench.sh${*:+ $*}" \
     --revision "$revision" \
     "$@"
 
 stop_all
-log "done in $(($(date +%s) - run_started)) s: bench/results/latest.md, bench/results/latest.json, README.md"
+log "done in $(($(date +%s) - run_started)) s: bench/results/latest.md, bench/results/latest.json, bench/README.md"

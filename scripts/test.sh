@@ -17,6 +17,8 @@ log "compose file"
 "$REPO_ROOT/scripts/check-compose.sh"
 log "grafana dashboard"
 "$REPO_ROOT/scripts/check-dashboard.sh"
+log "documents: Try it, links"
+"$REPO_ROOT/scripts/check-docs.sh"
 log "protos: buf lint and breaking"
 ./scripts/check-protos.sh
 log "cargo clippy"

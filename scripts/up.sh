@@ -55,9 +55,11 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
-target/release/wallet-svc > >(sed -u 's/^/[wallet] /') 2>&1 &
+# The prefixing seds ignore Ctrl-C (it reaches the whole process group): they end when their
+# service closes its output, so the services' shutdown lines are still shown.
+target/release/wallet-svc > >(trap '' INT; exec sed -u 's/^/[wallet] /') 2>&1 &
 pids+=($!)
-target/release/reservation-svc > >(sed -u 's/^/[reservation] /') 2>&1 &
+target/release/reservation-svc > >(trap '' INT; exec sed -u 's/^/[reservation] /') 2>&1 &
 pids+=($!)
 
 # Waits until the server at $2 reports SERVING; $1 names it, $3 is its pid.
@@ -89,51 +91,21 @@ if ! "$GRPCURL" -plaintext "$RESERVATION" ticketing.reservation.v1.ReservationSe
     log "demo concert $concert_id created with a schedule of 100 seats"
 fi
 
+path_hint=""
+if ! command -v grpcurl >/dev/null; then
+    path_hint="export PATH=\"$(dirname "$GRPCURL"):\$PATH\"   # the grpcurl up.sh installed"
+fi
 cat <<EXAMPLES
 
   reservation-svc is serving on $RESERVATION and wallet-svc on $WALLET (Ctrl-C stops both).
-  Try, in another terminal:
+  Try, in another terminal (the README's "Try it"; paste the lines as they are, as often as
+  you like: each run makes a user and keys of its own):
 
-  # A seat from hold to payment to cancellation, for user 3 (paste these lines as they are):
-  grpcurl -plaintext $RESERVATION list
-  grpcurl -plaintext -d '{"concert_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSchedules
-  grpcurl -plaintext -d '{"user_id": 3, "amount": 500, "idempotency_key": "walkthrough-top-up"}' $WALLET ticketing.wallet.v1.WalletService/Charge
-  SEAT=\$(grpcurl -plaintext -d '{"schedule_id": 1}' $RESERVATION ticketing.reservation.v1.ReservationService/ListSeats | grep -B2 SEAT_STATUS_AVAILABLE | sed -n 's/.*"seatNo": \([0-9]*\).*/\1/p' | head -n 1)
-  RID=\$(grpcurl -plaintext -d "{\\"user_id\\": 3, \\"schedule_id\\": 1, \\"seat_no\\": \$SEAT}" $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat | sed -n 's/.*"id": "\([0-9]*\)".*/\1/p')
-  grpcurl -plaintext -d "{\\"user_id\\": 4, \\"schedule_id\\": 1, \\"seat_no\\": \$SEAT}" $RESERVATION ticketing.reservation.v1.ReservationService/HoldSeat   # ALREADY_EXISTS / SEAT_TAKEN
-  grpcurl -plaintext -d "{\\"reservation_id\\": \$RID, \\"user_id\\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/PayReservation
-  grpcurl -plaintext -d "{\\"reservation_id\\": \$RID}" $RESERVATION ticketing.reservation.v1.ReservationService/GetReservation
-  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # 100 points fewer
-  grpcurl -plaintext -d "{\\"reservation_id\\": \$RID, \\"user_id\\": 3}" $RESERVATION ticketing.reservation.v1.ReservationService/CancelReservation
-  grpcurl -plaintext -d '{"user_id": 3}' $WALLET ticketing.wallet.v1.WalletService/GetBalance                     # refunded
-  grpcurl -plaintext -d '{"user_id": 3}' $RESERVATION ticketing.reservation.v1.ReservationService/ListReservations
+${path_hint:+$path_hint
+}$(scripts/walkthrough.sh "$RESERVATION" "$WALLET")
 
-  # New concerts and schedules:
-  grpcurl -plaintext -d '{"title": "Spring tour"}' $RESERVATION ticketing.reservation.v1.ReservationService/CreateConcert
-  grpcurl -plaintext -d '{"concert_id": 1, "starts_at": "2027-03-01T19:00:00Z", "seat_count": 500, "seat_price": 120}' $RESERVATION ticketing.reservation.v1.ReservationService/CreateSchedule
-
-  # Wallet:
-  grpcurl -plaintext $WALLET list
-  grpcurl -plaintext $WALLET describe ticketing.wallet.v1.WalletService
-  grpcurl -plaintext -d '{"user_id": 1}' $WALLET ticketing.wallet.v1.WalletService/GetBalance
-
-  # Three concurrent uses of 30 points from a balance of 100 leave exactly 10:
-  grpcurl -plaintext -d '{"user_id": 2, "amount": 100, "idempotency_key": "top-up-1"}' $WALLET ticketing.wallet.v1.WalletService/Charge
-  for i in 1 2 3; do grpcurl -plaintext -d "{\"user_id\": 2, \"amount\": 30, \"idempotency_key\": \"use-\$i\", \"reference\": \"order-\$i\"}" $WALLET ticketing.wallet.v1.WalletService/Use & done; wait
-  grpcurl -plaintext -d '{"user_id": 2}' $WALLET ticketing.wallet.v1.WalletService/GetBalance
-  grpcurl -plaintext -d '{"user_id": 2, "page_size": 10}' $WALLET ticketing.wallet.v1.WalletService/ListTransactions
-
-  # A refund gives a Use back, once:
-  grpcurl -plaintext -d '{"user_id": 2, "idempotency_key": "refund-1", "use_idempotency_key": "use-1"}' $WALLET ticketing.wallet.v1.WalletService/Refund
-
-  # Prometheus metrics (calls by method and status, seat locks, the pool; see the README):
-  curl -s $RESERVATION_METRICS/metrics | grep '^ticketing_'
-
-  # Load (ghz reads the schema by reflection):
-  ghz --insecure --call ticketing.wallet.v1.WalletService/GetBalance -d '{"user_id": 1}' -c 50 -n 20000 $WALLET
-  ghz --insecure --call ticketing.reservation.v1.ReservationService/HoldSeat -d '{"user_id": 1, "schedule_id": 1, "seat_no": 42}' -c 1000 -n 10000 $RESERVATION
-
-  (grpcurl here is $GRPCURL)
+  Metrics: curl -s $RESERVATION_METRICS/metrics | grep '^ticketing_'
+  Load: bench/README.md has a ghz line for every RPC.
 
 EXAMPLES
 
