@@ -316,7 +316,7 @@ mod tests {
     #[test]
     fn a_redis_benchmark_row_is_read_from_the_right() {
         let output = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\",\"p50_latency_ms\",\"p95_latency_ms\",\"p99_latency_ms\",\"max_latency_ms\"\n\
-                      \"SET k:{0}:__rand_int__ t NX PX 3000 GET\",\"85470.09\",\"0.391\",\"0.104\",\"0.367\",\"0.599\",\"0.863\",\"2.215\"\n";
+                      \"EVALSHA d0850b93ee36992c6e65f49d5f5c16ee3634b705 1 k:{0}:__rand_int__ t 3000 4102444800000\",\"85470.09\",\"0.391\",\"0.104\",\"0.367\",\"0.599\",\"0.863\",\"2.215\"\n";
         assert_eq!(
             parse_redis_csv(output).expect("a row"),
             RedisSummary {

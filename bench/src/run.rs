@@ -5,19 +5,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+use reservation_svc::lock::{RELEASE_SCRIPT, acquire_script};
+use reservation_svc::store::CREATE_SCHEDULE_SQL;
+use tonic::transport::Channel;
+
 use crate::baseline::{self, Baseline, Pgbench, RedisBenchmark};
 use crate::load::{Measured, OK};
-use crate::probe::{self, Machine, RssSampler, Watched};
+use crate::probe::{self, Machine, RssSampler, Watched, Window};
 use crate::report::{Report, Scenario, Target, latency, mebibytes, micros, thousands};
 use crate::scenarios;
-
-/// The Lua release of reservation-svc's seat lock (reservation-svc/src/lock.rs).
-const RELEASE_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-";
 
 /// How long Postgres may keep an idle backend's statistics before it reports them
 /// (`PGSTAT_IDLE_INTERVAL`, 10 s), plus a margin.
@@ -29,6 +26,14 @@ const SPREAD_FIRST_USER: i64 = 1;
 const PAYMENT_FIRST_USER: i64 = 2_000_001;
 const RAW_HOT_USER: i64 = 900_000_001;
 const RAW_SPREAD_FIRST_USER: i64 = 900_100_001;
+
+/// The seat lock's TTL in the Redis baselines, in ms: reservation-svc's default
+/// (`SEAT_LOCK_TTL`, 3 s).
+const LOCK_TTL_MS: &str = "3000";
+/// The deadline the Redis baselines give the acquire script, in ms since the Unix epoch
+/// (2100-01-01): always ahead of Redis's clock, so the script writes as it does for a hold that
+/// is in time.
+const FAR_DEADLINE_MS: &str = "4102444800000";
 
 const WALLET: &str = "wallet-svc";
 const RESERVATION: &str = "reservation-svc";
@@ -134,300 +139,666 @@ pub fn run_id() -> String {
     chrono::Utc::now().format("%Y%m%d%H%M%S").to_string()
 }
 
+/// Sets up, runs every scenario with its raw baselines in order, and writes the report.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let load_before = probe::load_average();
-    let sizes = Sizes::scaled(args.scale);
-    let run_id = run_id();
-    let work_dir = args.work_dir.join(&run_id);
-    let machine =
-        Machine::describe(&args.admin_database_url, &args.redis_host, args.redis_port).await;
-    let wallet = scenarios::connect(std::slice::from_ref(&args.wallet), args.connections).await?;
-    let reservation =
-        scenarios::connect(std::slice::from_ref(&args.reservation), args.connections).await?;
-    let sampler = RssSampler::start(vec![
-        Watched {
-            name: WALLET,
-            pid: args.wallet_pid,
-        },
-        Watched {
-            name: RESERVATION,
-            pid: args.reservation_pid,
-        },
-    ]);
-    let reservation_db = database_name(&args.reservation_database_url);
-    let mut scenarios_done: Vec<Scenario> = Vec::new();
-    let mut baselines: Vec<Baseline> = Vec::new();
-    let mut targets: Vec<Target> = Vec::new();
-    let mut notes: Vec<String> = Vec::new();
-
-    // (e) The gRPC floor: the cheapest call, at the stampede's concurrency.
-    sampler.take();
-    let measured = scenarios::health(&reservation, sizes.health, STAMPEDE_CLIENTS).await?;
-    let mut health = Scenario::new(
-        "health",
-        "(e) health check RPC",
-        &measured,
-        STAMPEDE_CLIENTS,
-        args.connections,
-        None,
-        "req/s",
-        None,
-    );
-    health.observe(&sampler.take(), &[RESERVATION]);
-    health.note_outcomes();
-    let health_rate = health.rate;
-    scenarios_done.push(health);
+    let (bench, machine) = Bench::set_up(args).await?;
+    let health = bench.health().await?;
     // The reservation database sees only background work (sweeper, reconciler, health probes)
     // until the stampede: its rate tells how much of the stampede's count is background.
-    let background_from = (
-        Instant::now(),
-        probe::xact_commit(&args.admin_database_url, reservation_db).await?,
-    );
+    let background_from = bench.reservation_commits().await?;
+    let raw_schedule = bench.raw_fixtures().await?;
+    let hot = bench.hot_wallet().await?;
+    let spread = bench.spread_wallet().await?;
+    let stampede = bench
+        .stampede(health.scenario.rate, background_from)
+        .await?;
+    let distinct = bench.distinct_seats(&raw_schedule).await?;
+    let payments = bench.payments().await?;
+    let (service_peak_rss_kib, memory_targets) = bench.peak_rss();
+    let counts = bench.counts_note(&load_before);
 
-    // Raw fixtures: wallets of the pgbench runs, and a schedule of their own for the holds.
-    probe::psql_value(
-        &args.wallet_database_url,
-        &format!(
-            "INSERT INTO wallets (user_id, balance) \
-             SELECT user_id, 1000000000 FROM generate_series({RAW_HOT_USER}, {RAW_HOT_USER}) AS user_id \
-             UNION ALL \
-             SELECT user_id, 1000000000 FROM generate_series({RAW_SPREAD_FIRST_USER}, {}) AS user_id",
-            RAW_SPREAD_FIRST_USER + i64::try_from(sizes.spread_users)? - 1
-        ),
-    )
-    .await?;
-    let raw_schedule = probe::psql_value(
-        &args.reservation_database_url,
-        &format!(
-            "WITH concert AS (INSERT INTO concerts (title) VALUES ('Raw baseline') RETURNING id), \
-             schedule AS ( \
-                 INSERT INTO schedules (concert_id, starts_at, seat_count, seat_price) \
-                 SELECT id, now() + interval '30 days', {}, 0 FROM concert RETURNING * \
-             ), \
-             created_seats AS ( \
-                 INSERT INTO seats (schedule_id, seat_no, price) \
-                 SELECT schedule.id, seat_no, schedule.seat_price \
-                 FROM schedule, generate_series(1, schedule.seat_count) AS seat_no \
-             ) \
-             SELECT id FROM schedule",
-            sizes.seats
-        ),
-    )
-    .await?;
-
-    // (a) One hot wallet row.
-    let raw_hot = Pgbench {
-        key: "pgbench-wallet-hot",
-        name: "pgbench `Use` SQL, one row",
-        database_url: &args.wallet_database_url,
-        script_name: "wallet_use.sql",
-        script: baseline::WALLET_USE_SQL,
-        clients: PGBENCH_CLIENTS,
-        transactions_per_client: sizes.hot_uses.div_ceil(PGBENCH_CLIENTS as u64),
-        variables: vec![
-            ("first_user", RAW_HOT_USER.to_string()),
-            ("users", "1".to_owned()),
-        ],
-        work_dir: &work_dir,
-    }
-    .run()
-    .await?;
-    scenarios::charge_users(&wallet, HOT_USER, 1, 1_000_000_000, &run_id).await?;
-    sampler.take();
-    let measured = scenarios::wallet_uses(
-        "hot wallet",
-        &wallet,
-        sizes.hot_uses,
-        CLIENTS,
-        HOT_USER,
-        1,
-        &run_id,
-    )
-    .await?;
-    let mut hot = Scenario::new(
-        "hot-wallet",
-        "(a) hot wallet: `Use` 1 point, one user",
-        &measured,
-        CLIENTS,
-        args.connections,
-        Some(&[OK]),
-        "req/s",
-        None,
-    );
-    hot.observe(&sampler.take(), &[WALLET]);
-    hot.against(&raw_hot);
-    hot.note_outcomes();
-    targets.push(ratio_target(
-        "hot wallet `Use` vs raw pgbench, one row",
-        &hot,
-        &raw_hot,
-        5.0,
-    ));
-    scenarios_done.push(hot);
-    baselines.push(raw_hot);
-
-    // (b) The same over many users.
-    let raw_spread = Pgbench {
-        key: "pgbench-wallet-spread",
-        name: "pgbench `Use` SQL, 10,000 rows",
-        database_url: &args.wallet_database_url,
-        script_name: "wallet_use.sql",
-        script: baseline::WALLET_USE_SQL,
-        clients: PGBENCH_CLIENTS,
-        transactions_per_client: sizes.spread_uses.div_ceil(PGBENCH_CLIENTS as u64),
-        variables: vec![
-            ("first_user", RAW_SPREAD_FIRST_USER.to_string()),
-            ("users", sizes.spread_users.to_string()),
-        ],
-        work_dir: &work_dir,
-    }
-    .run()
-    .await?;
-    let per_user = i64::try_from(sizes.spread_uses.div_ceil(sizes.spread_users))? + 1;
-    scenarios::charge_users(
-        &wallet,
-        SPREAD_FIRST_USER,
-        sizes.spread_users,
-        per_user,
-        &run_id,
-    )
-    .await?;
-    sampler.take();
-    let measured = scenarios::wallet_uses(
-        "spread wallet",
-        &wallet,
-        sizes.spread_uses,
-        CLIENTS,
-        SPREAD_FIRST_USER,
-        sizes.spread_users,
-        &run_id,
-    )
-    .await?;
-    let mut spread = Scenario::new(
-        "spread-wallet",
-        "(b) spread wallet: `Use` 1 point, 10,000 users",
-        &measured,
-        CLIENTS,
-        args.connections,
-        Some(&[OK]),
-        "req/s",
-        None,
-    );
-    spread.observe(&sampler.take(), &[WALLET]);
-    spread.against(&raw_spread);
-    spread.note_outcomes();
-    scenarios_done.push(spread);
-    baselines.push(raw_spread);
-
-    // The Redis side of a hold: SET NX PX (with GET, as the service sends it) and the release.
-    let lock_key = format!("{}raw:seat:{{0}}:", args.redis_prefix);
-    let set_nx = |key: String| {
-        vec![
-            "SET".to_owned(),
-            key,
-            "bench-token".to_owned(),
-            "NX".to_owned(),
-            "PX".to_owned(),
-            "3000".to_owned(),
-            "GET".to_owned(),
-        ]
+    let mut report = Report {
+        generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        command: bench.args.command_line.clone(),
+        revision: bench.args.revision.clone(),
+        machine,
+        scale: bench.args.scale,
+        duration_s: started.elapsed().as_secs_f64(),
+        scenarios: Vec::new(),
+        baselines: Vec::new(),
+        service_peak_rss_kib,
+        targets: Vec::new(),
+        notes: Vec::new(),
     };
-    let raw_stampede = RedisBenchmark {
-        key: "redis-set-nx-one-key",
-        name: "redis-benchmark `SET NX PX GET`, one key",
-        host: &args.redis_host,
-        port: args.redis_port,
-        clients: STAMPEDE_CLIENTS,
-        requests: sizes.redis,
-        keyspace: None,
-        command: set_nx(format!("{lock_key}1")),
+    for result in [health, hot, spread, stampede, distinct, payments] {
+        report.scenarios.push(result.scenario);
+        report.baselines.extend(result.baselines);
+        report.targets.extend(result.targets);
+        report.notes.extend(result.notes);
     }
-    .run()
-    .await?;
-    let raw_lock = RedisBenchmark {
-        key: "redis-set-nx",
-        name: "redis-benchmark `SET NX PX GET`, distinct keys",
-        host: &args.redis_host,
-        port: args.redis_port,
-        clients: CLIENTS,
-        requests: sizes.redis,
-        keyspace: Some(1_000_000),
-        command: set_nx(format!("{lock_key}__rand_int__")),
+    report.targets.extend(memory_targets);
+    report.notes.push(counts);
+    report.write(&bench.args.out_dir)?;
+    if let Some(readme) = &bench.args.readme {
+        report.update_readme(readme)?;
     }
-    .run()
-    .await?;
-    let release_sha =
-        baseline::redis_script_load(&args.redis_host, args.redis_port, RELEASE_SCRIPT).await?;
-    let raw_release = RedisBenchmark {
-        key: "redis-release",
-        name: "redis-benchmark Lua release (`EVALSHA`)",
-        host: &args.redis_host,
-        port: args.redis_port,
-        clients: CLIENTS,
-        requests: sizes.redis,
-        keyspace: Some(1_000_000),
-        command: vec![
-            "EVALSHA".to_owned(),
-            release_sha,
-            "1".to_owned(),
-            format!("{lock_key}__rand_int__"),
-            "bench-token".to_owned(),
-        ],
-    }
-    .run()
-    .await?;
+    println!("{}", report.markdown());
+    Ok(())
+}
 
-    // (c) Stampede: one seat, many clients.
-    let background_to = (
-        Instant::now(),
-        probe::xact_commit(&args.admin_database_url, reservation_db).await?,
-    );
-    let background_per_s = (background_to.1.saturating_sub(background_from.1)) as f64
-        / background_to
-            .0
-            .duration_since(background_from.0)
-            .as_secs_f64()
-            .max(1.0);
-    let locks_before = seat_locks(&args.reservation_metrics).await?;
-    sampler.take();
-    let stampede_started = Instant::now();
-    let (measured, stampede_schedule) =
-        scenarios::stampede(&reservation, sizes.stampede, STAMPEDE_CLIENTS).await?;
-    let stampede_seen = sampler.take();
-    let locks_after = seat_locks(&args.reservation_metrics).await?;
-    // Idle backends report their counts up to 10 s late.
-    tokio::time::sleep(PG_STATS_DELAY).await;
-    let commits_after = probe::xact_commit(&args.admin_database_url, reservation_db).await?;
-    let stampede_window = stampede_started.elapsed().as_secs_f64();
-    let commits = commits_after.saturating_sub(background_to.1);
-    let reservations = probe::psql_value(
-        &args.reservation_database_url,
+/// What one scenario adds to the report: its measured figures, its raw baselines, the targets
+/// it is held to, and notes of the whole run.
+#[derive(Debug)]
+struct ScenarioResult {
+    scenario: Scenario,
+    baselines: Vec<Baseline>,
+    targets: Vec<Target>,
+    notes: Vec<String>,
+}
+
+impl ScenarioResult {
+    /// A scenario with no baseline, target or note of its own.
+    fn alone(scenario: Scenario) -> Self {
+        Self {
+            scenario,
+            baselines: Vec::new(),
+            targets: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// `xact_commit` of a database, and when it was read.
+#[derive(Debug, Clone, Copy)]
+struct Commits {
+    at: Instant,
+    count: u64,
+}
+
+/// What every scenario runs with: the arguments, the request counts, this run's id and
+/// scratch space, channels to both services, and the sampler of their memory and CPU.
+#[derive(Debug)]
+struct Bench {
+    args: RunArgs,
+    sizes: Sizes,
+    run_id: String,
+    work_dir: PathBuf,
+    wallet: Vec<Channel>,
+    reservation: Vec<Channel>,
+    sampler: RssSampler,
+}
+
+impl Bench {
+    /// Connects to both services and starts sampling them; also describes the machine.
+    async fn set_up(args: RunArgs) -> anyhow::Result<(Self, Machine)> {
+        let sizes = Sizes::scaled(args.scale);
+        let run_id = run_id();
+        let work_dir = args.work_dir.join(&run_id);
+        let machine =
+            Machine::describe(&args.admin_database_url, &args.redis_host, args.redis_port).await;
+        let wallet =
+            scenarios::connect(std::slice::from_ref(&args.wallet), args.connections).await?;
+        let reservation =
+            scenarios::connect(std::slice::from_ref(&args.reservation), args.connections).await?;
+        let sampler = RssSampler::start(vec![
+            Watched {
+                name: WALLET,
+                pid: args.wallet_pid,
+            },
+            Watched {
+                name: RESERVATION,
+                pid: args.reservation_pid,
+            },
+        ]);
+        let bench = Self {
+            args,
+            sizes,
+            run_id,
+            work_dir,
+            wallet,
+            reservation,
+            sampler,
+        };
+        Ok((bench, machine))
+    }
+
+    fn reservation_db(&self) -> &str {
+        database_name(&self.args.reservation_database_url)
+    }
+
+    /// `xact_commit` of the reservation database now.
+    async fn reservation_commits(&self) -> anyhow::Result<Commits> {
+        Ok(Commits {
+            at: Instant::now(),
+            count: probe::xact_commit(&self.args.admin_database_url, self.reservation_db()).await?,
+        })
+    }
+
+    /// Raw fixtures: wallets of the pgbench runs, and a schedule of their own for the holds,
+    /// whose id this returns.
+    async fn raw_fixtures(&self) -> anyhow::Result<String> {
+        probe::psql_value(
+            &self.args.wallet_database_url,
+            &format!(
+                "INSERT INTO wallets (user_id, balance) \
+                 SELECT user_id, 1000000000 FROM generate_series({RAW_HOT_USER}, {RAW_HOT_USER}) AS user_id \
+                 UNION ALL \
+                 SELECT user_id, 1000000000 FROM generate_series({RAW_SPREAD_FIRST_USER}, {}) AS user_id",
+                RAW_SPREAD_FIRST_USER + i64::try_from(self.sizes.spread_users)? - 1
+            ),
+        )
+        .await?;
+        create_raw_schedule(&self.args.reservation_database_url, self.sizes.seats).await
+    }
+
+    /// (e) The gRPC floor: the cheapest call, at the stampede's concurrency.
+    async fn health(&self) -> anyhow::Result<ScenarioResult> {
+        self.sampler.take();
+        let measured =
+            scenarios::health(&self.reservation, self.sizes.health, STAMPEDE_CLIENTS).await?;
+        let mut health = Scenario::new(
+            "health",
+            "(e) health check RPC",
+            &measured,
+            STAMPEDE_CLIENTS,
+            self.args.connections,
+            None,
+            "req/s",
+            None,
+        );
+        health.observe(&self.sampler.take(), &[RESERVATION]);
+        health.note_outcomes();
+        Ok(ScenarioResult::alone(health))
+    }
+
+    /// pgbench of wallet-svc's `Use` SQL: `uses` transactions in all, over the raw wallets
+    /// `first_user..first_user + users`.
+    async fn wallet_baseline(
+        &self,
+        key: &str,
+        name: &str,
+        uses: u64,
+        first_user: i64,
+        users: u64,
+    ) -> anyhow::Result<Baseline> {
+        Pgbench {
+            key,
+            name,
+            database_url: &self.args.wallet_database_url,
+            script_name: "wallet_use.sql",
+            script: baseline::WALLET_USE_SQL,
+            clients: PGBENCH_CLIENTS,
+            transactions_per_client: uses.div_ceil(PGBENCH_CLIENTS as u64),
+            variables: vec![
+                ("first_user", first_user.to_string()),
+                ("users", users.to_string()),
+            ],
+            work_dir: &self.work_dir,
+        }
+        .run()
+        .await
+    }
+
+    /// (a) One hot wallet row.
+    async fn hot_wallet(&self) -> anyhow::Result<ScenarioResult> {
+        let uses = self.sizes.hot_uses;
+        let raw_hot = self
+            .wallet_baseline(
+                "pgbench-wallet-hot",
+                "pgbench `Use` SQL, one row",
+                uses,
+                RAW_HOT_USER,
+                1,
+            )
+            .await?;
+        scenarios::charge_users(&self.wallet, HOT_USER, 1, 1_000_000_000, &self.run_id).await?;
+        self.sampler.take();
+        let measured = scenarios::wallet_uses(
+            "hot wallet",
+            &self.wallet,
+            uses,
+            CLIENTS,
+            HOT_USER,
+            1,
+            &self.run_id,
+        )
+        .await?;
+        let mut hot = Scenario::new(
+            "hot-wallet",
+            "(a) hot wallet: `Use` 1 point, one user",
+            &measured,
+            CLIENTS,
+            self.args.connections,
+            Some(&[OK]),
+            "req/s",
+            None,
+        );
+        hot.observe(&self.sampler.take(), &[WALLET]);
+        hot.against(&raw_hot);
+        hot.note_outcomes();
+        let target = ratio_target(
+            "hot wallet `Use` vs raw pgbench, one row",
+            &hot,
+            &raw_hot,
+            5.0,
+        );
+        Ok(ScenarioResult {
+            scenario: hot,
+            baselines: vec![raw_hot],
+            targets: vec![target],
+            notes: Vec::new(),
+        })
+    }
+
+    /// (b) The same over many users.
+    async fn spread_wallet(&self) -> anyhow::Result<ScenarioResult> {
+        let (uses, users) = (self.sizes.spread_uses, self.sizes.spread_users);
+        let raw_spread = self
+            .wallet_baseline(
+                "pgbench-wallet-spread",
+                "pgbench `Use` SQL, 10,000 rows",
+                uses,
+                RAW_SPREAD_FIRST_USER,
+                users,
+            )
+            .await?;
+        let per_user = i64::try_from(uses.div_ceil(users))? + 1;
+        scenarios::charge_users(
+            &self.wallet,
+            SPREAD_FIRST_USER,
+            users,
+            per_user,
+            &self.run_id,
+        )
+        .await?;
+        self.sampler.take();
+        let measured = scenarios::wallet_uses(
+            "spread wallet",
+            &self.wallet,
+            uses,
+            CLIENTS,
+            SPREAD_FIRST_USER,
+            users,
+            &self.run_id,
+        )
+        .await?;
+        let mut spread = Scenario::new(
+            "spread-wallet",
+            "(b) spread wallet: `Use` 1 point, 10,000 users",
+            &measured,
+            CLIENTS,
+            self.args.connections,
+            Some(&[OK]),
+            "req/s",
+            None,
+        );
+        spread.observe(&self.sampler.take(), &[WALLET]);
+        spread.against(&raw_spread);
+        spread.note_outcomes();
+        Ok(ScenarioResult {
+            scenario: spread,
+            baselines: vec![raw_spread],
+            targets: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// The Redis side of a hold, as reservation-svc runs it: its Lua acquire of the seat lock
+    /// (`EVALSHA` of `acquire_script()`, on one key and on distinct keys) and its Lua release.
+    async fn redis_baselines(&self) -> anyhow::Result<[Baseline; 3]> {
+        let (host, port) = (self.args.redis_host.as_str(), self.args.redis_port);
+        let lock_key = format!("{}raw:seat:{{0}}:", self.args.redis_prefix);
+        let acquire_sha = baseline::redis_script_load(host, port, &acquire_script()).await?;
+        // KEYS[1] the seat's key; ARGV the token, the TTL and the deadline.
+        let acquire = |key: String| {
+            vec![
+                "EVALSHA".to_owned(),
+                acquire_sha.clone(),
+                "1".to_owned(),
+                key,
+                "bench-token".to_owned(),
+                LOCK_TTL_MS.to_owned(),
+                FAR_DEADLINE_MS.to_owned(),
+            ]
+        };
+        let raw_stampede = RedisBenchmark {
+            key: "redis-acquire-one-key",
+            name: "redis-benchmark Lua acquire (`EVALSHA`), one key",
+            host,
+            port,
+            clients: STAMPEDE_CLIENTS,
+            requests: self.sizes.redis,
+            keyspace: None,
+            command: acquire(format!("{lock_key}1")),
+        }
+        .run()
+        .await?;
+        let raw_lock = RedisBenchmark {
+            key: "redis-acquire",
+            name: "redis-benchmark Lua acquire (`EVALSHA`), distinct keys",
+            host,
+            port,
+            clients: CLIENTS,
+            requests: self.sizes.redis,
+            keyspace: Some(1_000_000),
+            command: acquire(format!("{lock_key}__rand_int__")),
+        }
+        .run()
+        .await?;
+        let release_sha = baseline::redis_script_load(host, port, RELEASE_SCRIPT).await?;
+        let raw_release = RedisBenchmark {
+            key: "redis-release",
+            name: "redis-benchmark Lua release (`EVALSHA`)",
+            host,
+            port,
+            clients: CLIENTS,
+            requests: self.sizes.redis,
+            keyspace: Some(1_000_000),
+            command: vec![
+                "EVALSHA".to_owned(),
+                release_sha,
+                "1".to_owned(),
+                format!("{lock_key}__rand_int__"),
+                "bench-token".to_owned(),
+            ],
+        }
+        .run()
+        .await?;
+        Ok([raw_stampede, raw_lock, raw_release])
+    }
+
+    /// (c) Stampede: one seat, many clients, compared with the Redis side of a hold (run raw
+    /// first) and with the health check's `health_rate`. The reservation database's commits
+    /// from `background_from` until the stampede are background work, at a rate that tells how
+    /// much of the stampede's count is background too.
+    async fn stampede(
+        &self,
+        health_rate: f64,
+        background_from: Commits,
+    ) -> anyhow::Result<ScenarioResult> {
+        let raw = self.redis_baselines().await?;
+        let background_to = self.reservation_commits().await?;
+        let background_per_s = (background_to.count.saturating_sub(background_from.count)) as f64
+            / background_to
+                .at
+                .duration_since(background_from.at)
+                .as_secs_f64()
+                .max(1.0);
+        let run = self.run_stampede(background_to).await?;
+        let mut stampede = Scenario::new(
+            "stampede",
+            "(c) stampede: `HoldSeat` of one seat",
+            &run.measured,
+            STAMPEDE_CLIENTS,
+            self.args.connections,
+            None,
+            "req/s",
+            None,
+        );
+        stampede.observe(&run.seen, &[RESERVATION]);
+        stampede.against(&raw[0]);
+        let loser_latencies = run.measured.latencies(Some(&["ABORTED", "ALREADY_EXISTS"]));
+        let background = (background_per_s * run.window_s).round() as u64;
+        stampede.notes.push(stampede_note(
+            &run,
+            self.reservation_db(),
+            background,
+            background_per_s,
+        ));
+        let targets = stampede_targets(
+            &stampede,
+            &run,
+            background,
+            health_rate,
+            loser_latencies.value_at_quantile(0.99),
+        );
+        stampede
+            .notes
+            .push(stampede_latency_note(&stampede, &loser_latencies));
+        Ok(ScenarioResult {
+            scenario: stampede,
+            baselines: raw.into(),
+            targets,
+            notes: Vec::new(),
+        })
+    }
+
+    /// Runs the stampede, reads the seat lock counters around it and `xact_commit` once idle
+    /// backends have reported (counted from `background_to`), and the seat's reservations.
+    async fn run_stampede(&self, background_to: Commits) -> anyhow::Result<StampedeRun> {
+        let locks_before = seat_locks(&self.args.reservation_metrics).await?;
+        self.sampler.take();
+        let stampede_started = Instant::now();
+        let (measured, stampede_schedule) =
+            scenarios::stampede(&self.reservation, self.sizes.stampede, STAMPEDE_CLIENTS).await?;
+        let seen = self.sampler.take();
+        let locks_after = seat_locks(&self.args.reservation_metrics).await?;
+        // Idle backends report their counts up to 10 s late.
+        tokio::time::sleep(PG_STATS_DELAY).await;
+        let commits_after =
+            probe::xact_commit(&self.args.admin_database_url, self.reservation_db()).await?;
+        let window_s = stampede_started.elapsed().as_secs_f64();
+        let reservations = probe::psql_value(
+            &self.args.reservation_database_url,
+            &format!(
+                "SELECT count(*) || ' ' || coalesce(min(user_id), 0) FROM reservations \
+                 WHERE schedule_id = {stampede_schedule}"
+            ),
+        )
+        .await?;
+        let (reservation_count, winner) = reservations.split_once(' ').unwrap_or(("?", "?"));
+        Ok(StampedeRun {
+            measured,
+            seen,
+            locks: locks_before.until(locks_after),
+            commits: commits_after.saturating_sub(background_to.count),
+            window_s,
+            reservation_count: reservation_count.to_owned(),
+            winner: winner.to_owned(),
+        })
+    }
+
+    /// (d) Holds of distinct seats, against pgbench of the same statement on the raw schedule.
+    async fn distinct_seats(&self, raw_schedule: &str) -> anyhow::Result<ScenarioResult> {
+        let raw_holds = Pgbench {
+            key: "pgbench-hold",
+            name: "pgbench `HoldSeat` SQL, distinct seats",
+            database_url: &self.args.reservation_database_url,
+            script_name: "hold_seat.sql",
+            script: baseline::HOLD_SEAT_SQL,
+            clients: PGBENCH_CLIENTS,
+            transactions_per_client: self.sizes.distinct_holds / PGBENCH_CLIENTS as u64,
+            variables: vec![
+                ("schedule_id", raw_schedule.to_owned()),
+                ("seat_count", self.sizes.seats.to_string()),
+            ],
+            work_dir: &self.work_dir,
+        }
+        .run()
+        .await?;
+        let measured = scenarios::distinct_seats(
+            &self.reservation,
+            self.sizes.distinct_holds,
+            CLIENTS,
+            self.sizes.seats,
+            || drop(self.sampler.take()),
+        )
+        .await?;
+        let mut distinct = Scenario::new(
+            "distinct-seats",
+            "(d) distinct seats: `HoldSeat` over 100,000 seats",
+            &measured,
+            CLIENTS,
+            self.args.connections,
+            Some(&[OK]),
+            "req/s",
+            None,
+        );
+        distinct.observe(&self.sampler.take(), &[RESERVATION]);
+        distinct.against(&raw_holds);
+        distinct.note_outcomes();
+        let target = ratio_target(
+            "distinct-seat holds vs raw pgbench of the same SQL",
+            &distinct,
+            &raw_holds,
+            0.8,
+        );
+        let note = distinct_cpu_note(&distinct, &raw_holds);
+        Ok(ScenarioResult {
+            scenario: distinct,
+            baselines: vec![raw_holds],
+            targets: vec![target],
+            notes: vec![note],
+        })
+    }
+
+    /// (f) The whole payment flow.
+    async fn payments(&self) -> anyhow::Result<ScenarioResult> {
+        let measured: Measured = scenarios::payments(
+            &self.reservation,
+            &self.wallet,
+            self.sizes.payments,
+            CLIENTS,
+            PAYMENT_FIRST_USER,
+            self.sizes.payment_users,
+            &self.run_id,
+            || drop(self.sampler.take()),
+        )
+        .await?;
+        let mut payments = Scenario::new(
+            "payments",
+            "(f) payment flow: `HoldSeat` + `PayReservation`",
+            &measured,
+            CLIENTS,
+            self.args.connections,
+            Some(&[OK]),
+            "paid/s",
+            Some(&[OK]),
+        );
+        payments.observe(&self.sampler.take(), &[RESERVATION, WALLET]);
+        payments.note_outcomes();
+        let mut result = ScenarioResult::alone(payments);
+        result.notes = vec![
+            "(f) has no raw baseline: a payment is a hold, three reservation transactions and a \
+             wallet `Use` across two services; its latency is that of a hold + pay pair."
+                .to_owned(),
+            format!(
+                "Each service runs at most `DB_POOL_SIZE` (default 16) transactions at once and \
+                 queues the other calls for a connection; the pgbench baselines run \
+                 {PGBENCH_CLIENTS} connections, each with one transaction at a time."
+            ),
+        ];
+        Ok(result)
+    }
+
+    /// Memory: the high-water mark of each service over the whole run, and its target.
+    fn peak_rss(&self) -> (BTreeMap<String, u64>, Vec<Target>) {
+        let mut service_peak_rss_kib = BTreeMap::new();
+        let mut targets = Vec::new();
+        for (name, pid) in [
+            (WALLET, self.args.wallet_pid),
+            (RESERVATION, self.args.reservation_pid),
+        ] {
+            let peak = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0);
+            targets.push(Target {
+                what: format!("peak RSS of {name} (VmHWM)"),
+                goal: "≤ 64 MiB".to_owned(),
+                measured: mebibytes(peak),
+                met: peak > 0 && peak <= 64 * 1024,
+            });
+            service_peak_rss_kib.insert(name.to_owned(), peak);
+        }
+        (service_peak_rss_kib, targets)
+    }
+
+    /// The run's request counts, clients and connections, and the machine's load average
+    /// before (`load_before`) and now, at the run's end.
+    fn counts_note(&self, load_before: &str) -> String {
+        let sizes = &self.sizes;
+        format!(
+            "Request counts at scale {}: health {}, hot wallet {}, spread wallet {} (10,000 users \
+             charged first, not timed), stampede {}, distinct seats {} of a 100,000-seat schedule, \
+             payments {} (1,000 users charged first, not timed); clients {} (stampede and health \
+             {}), {} HTTP/2 connections to each service. Latencies are per call, in an HDR \
+             histogram of microseconds. The pgbench baselines use prepared statements, {} \
+             connections and 2 threads, and run the statements in bench/sql/. Load average of \
+             the machine: {} before the run, {} at its end.",
+            self.args.scale,
+            thousands(sizes.health),
+            thousands(sizes.hot_uses),
+            thousands(sizes.spread_uses),
+            thousands(sizes.stampede),
+            thousands(sizes.distinct_holds),
+            thousands(sizes.payments),
+            CLIENTS,
+            thousands(STAMPEDE_CLIENTS as u64),
+            self.args.connections,
+            PGBENCH_CLIENTS,
+            load_before,
+            probe::load_average(),
+        )
+    }
+}
+
+/// Creates the raw baseline's schedule of `seats` seats with reservation-svc's own statement
+/// (`CREATE_SCHEDULE_SQL`, prepared with the types the service binds), for a concert of its
+/// own, in one transaction; returns the schedule's id.
+async fn create_raw_schedule(database_url: &str, seats: i32) -> anyhow::Result<String> {
+    let statement = CREATE_SCHEDULE_SQL.trim_end().trim_end_matches(';');
+    // The `;` after the statement on a line of its own, should the statement end in a comment.
+    let row = probe::psql_value(
+        database_url,
         &format!(
-            "SELECT count(*) || ' ' || coalesce(min(user_id), 0) FROM reservations \
-             WHERE schedule_id = {stampede_schedule}"
+            "INSERT INTO concerts (title) VALUES ('Raw baseline'); \
+             PREPARE create_schedule (bigint, timestamptz, integer, bigint) AS {statement}\n; \
+             EXECUTE create_schedule(currval(pg_get_serial_sequence('concerts', 'id')), \
+             now() + interval '30 days', {seats}, 0)"
         ),
     )
     .await?;
-    let (reservation_count, winner) = reservations.split_once(' ').unwrap_or(("?", "?"));
-    let mut stampede = Scenario::new(
-        "stampede",
-        "(c) stampede: `HoldSeat` of one seat",
-        &measured,
-        STAMPEDE_CLIENTS,
-        args.connections,
-        None,
-        "req/s",
-        None,
+    // The statement returns the schedule's row, `id|concert_id|...` in psql's unaligned output.
+    let id = row.split('|').next().unwrap_or_default();
+    anyhow::ensure!(
+        !id.is_empty() && id.bytes().all(|byte| byte.is_ascii_digit()),
+        "the raw schedule: psql answered {row:?}"
     );
-    stampede.observe(&stampede_seen, &[RESERVATION]);
-    stampede.against(&raw_stampede);
+    Ok(id.to_owned())
+}
+
+/// What the stampede left besides its calls.
+#[derive(Debug)]
+struct StampedeRun {
+    measured: Measured,
+    /// The sampler's window over the stampede.
+    seen: Window,
+    /// The service's seat locks over the stampede: acquired, contended, taken marks read in
+    /// Redis, taken marks remembered.
+    locks: [u64; 4],
+    /// Growth of the reservation database's `xact_commit` over the stampede and the
+    /// [`PG_STATS_DELAY`] after it.
+    commits: u64,
+    /// Seconds from the stampede's start until that count.
+    window_s: f64,
+    /// Reservations of the stampede's seat, and the lowest user among them ("?" when unread).
+    reservation_count: String,
+    winner: String,
+}
+
+/// Who won the stampede, how its losers were answered, and what reached Postgres.
+fn stampede_note(
+    run: &StampedeRun,
+    reservation_db: &str,
+    background: u64,
+    background_per_s: f64,
+) -> String {
+    let measured = &run.measured;
+    let (winner, reservation_count) = (&run.winner, &run.reservation_count);
     let winners = measured.count(OK);
     let losers = measured.total() - winners;
-    let loser_latencies = measured.latencies(Some(&["ABORTED", "ALREADY_EXISTS"]));
-    let [acquired, contended, taken, taken_remembered] = locks_before.until(locks_after);
-    let background = (background_per_s * stampede_window).round() as u64;
-    stampede.notes.push(format!(
+    let [acquired, contended, taken, taken_remembered] = run.locks;
+    format!(
         "stampede: {} winner (user {winner}; the seat has {reservation_count} reservation), \
          {} losers: {} `ABORTED/SEAT_LOCKED` (a hold held the lock: answered from Redis) and \
          {} `ALREADY_EXISTS/SEAT_TAKEN` (the seat's taken mark, or Postgres for a loser that \
@@ -446,46 +817,71 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         thousands(contended),
         thousands(taken),
         thousands(taken_remembered),
-        thousands(commits),
+        thousands(run.commits),
         PG_STATS_DELAY.as_secs(),
         thousands(background),
         background_per_s,
-    ));
-    targets.push(Target {
-        what: "stampede: exactly one winner".to_owned(),
-        goal: "1".to_owned(),
-        measured: format!("{winners} OK, {reservation_count} reservation of the seat"),
-        met: winners == 1 && reservation_count == "1",
-    });
-    let losers_in_postgres = acquired.saturating_sub(winners);
-    targets.push(Target {
-        what: "stampede: losers never reach Postgres".to_owned(),
-        goal: "0 losers take the lock".to_owned(),
-        measured: format!(
-            "{} of {} losers took the lock after its release and ran a transaction \
-             (`xact_commit` +{} incl. ~{} background)",
-            thousands(losers_in_postgres),
-            thousands(losers),
-            thousands(commits),
-            thousands(background),
-        ),
-        met: losers_in_postgres == 0,
-    });
+    )
+}
+
+/// The stampede's targets: one winner, no loser in Postgres, the health check's throughput
+/// (`health_rate`) and a loser p99 of at most 10 ms.
+fn stampede_targets(
+    stampede: &Scenario,
+    run: &StampedeRun,
+    background: u64,
+    health_rate: f64,
+    loser_p99: u64,
+) -> Vec<Target> {
+    let winners = run.measured.count(OK);
+    let losers = run.measured.total() - winners;
+    let reservation_count = &run.reservation_count;
+    let losers_in_postgres = run.locks[0].saturating_sub(winners);
     let versus_health = stampede.rate / health_rate.max(f64::EPSILON);
-    targets.push(Target {
-        what: "stampede throughput vs health check RPC".to_owned(),
-        goal: "≥ 0.7×".to_owned(),
-        measured: format!(
-            "{versus_health:.2}× ({} vs {} req/s)",
-            thousands(stampede.rate.round() as u64),
-            thousands(health_rate.round() as u64)
-        ),
-        met: versus_health >= 0.7,
-    });
-    let loser_p99 = loser_latencies.value_at_quantile(0.99);
-    // A closed loop keeps every client's call in flight, so its mean latency is clients / rate
-    // (Little's law), whatever the server does with each call.
-    stampede.notes.push(format!(
+    vec![
+        Target {
+            what: "stampede: exactly one winner".to_owned(),
+            goal: "1".to_owned(),
+            measured: format!("{winners} OK, {reservation_count} reservation of the seat"),
+            met: winners == 1 && reservation_count == "1",
+        },
+        Target {
+            what: "stampede: losers never reach Postgres".to_owned(),
+            goal: "0 losers take the lock".to_owned(),
+            measured: format!(
+                "{} of {} losers took the lock after its release and ran a transaction \
+                 (`xact_commit` +{} incl. ~{} background)",
+                thousands(losers_in_postgres),
+                thousands(losers),
+                thousands(run.commits),
+                thousands(background),
+            ),
+            met: losers_in_postgres == 0,
+        },
+        Target {
+            what: "stampede throughput vs health check RPC".to_owned(),
+            goal: "≥ 0.7×".to_owned(),
+            measured: format!(
+                "{versus_health:.2}× ({} vs {} req/s)",
+                thousands(stampede.rate.round() as u64),
+                thousands(health_rate.round() as u64)
+            ),
+            met: versus_health >= 0.7,
+        },
+        Target {
+            what: "stampede: loser p99".to_owned(),
+            goal: "≤ 10 ms".to_owned(),
+            measured: latency(loser_p99),
+            met: loser_p99 <= 10_000,
+        },
+    ]
+}
+
+/// The stampede's latency read against its concurrency. A closed loop keeps every client's
+/// call in flight, so its mean latency is clients / rate (Little's law), whatever the server
+/// does with each call.
+fn stampede_latency_note(stampede: &Scenario, loser_latencies: &Histogram<u64>) -> String {
+    format!(
         "stampede latency: each of the {} clients always has a call in flight, so the mean \
          latency is clients / rate = {} (Little's law); a loser p99 of 10 ms at this \
          concurrency would take {} req/s. Loser p50 {}, p99 {}.",
@@ -493,65 +889,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         latency((STAMPEDE_CLIENTS as f64 / stampede.rate.max(f64::EPSILON) * 1e6).round() as u64),
         thousands(STAMPEDE_CLIENTS as u64 * 100),
         latency(loser_latencies.value_at_quantile(0.5)),
-        latency(loser_p99),
-    ));
-    targets.push(Target {
-        what: "stampede: loser p99".to_owned(),
-        goal: "≤ 10 ms".to_owned(),
-        measured: latency(loser_p99),
-        met: loser_p99 <= 10_000,
-    });
-    scenarios_done.push(stampede);
-    baselines.extend([raw_stampede, raw_lock, raw_release]);
-
-    // (d) Holds of distinct seats.
-    let raw_holds = Pgbench {
-        key: "pgbench-hold",
-        name: "pgbench `HoldSeat` SQL, distinct seats",
-        database_url: &args.reservation_database_url,
-        script_name: "hold_seat.sql",
-        script: baseline::HOLD_SEAT_SQL,
-        clients: PGBENCH_CLIENTS,
-        transactions_per_client: sizes.distinct_holds / PGBENCH_CLIENTS as u64,
-        variables: vec![
-            ("schedule_id", raw_schedule.clone()),
-            ("seat_count", sizes.seats.to_string()),
-        ],
-        work_dir: &work_dir,
-    }
-    .run()
-    .await?;
-    let measured = scenarios::distinct_seats(
-        &reservation,
-        sizes.distinct_holds,
-        CLIENTS,
-        sizes.seats,
-        || drop(sampler.take()),
+        latency(loser_latencies.value_at_quantile(0.99)),
     )
-    .await?;
-    let mut distinct = Scenario::new(
-        "distinct-seats",
-        "(d) distinct seats: `HoldSeat` over 100,000 seats",
-        &measured,
-        CLIENTS,
-        args.connections,
-        Some(&[OK]),
-        "req/s",
-        None,
-    );
-    distinct.observe(&sampler.take(), &[RESERVATION]);
-    distinct.against(&raw_holds);
-    distinct.note_outcomes();
-    targets.push(ratio_target(
-        "distinct-seat holds vs raw pgbench of the same SQL",
-        &distinct,
-        &raw_holds,
-        0.8,
-    ));
+}
+
+/// Where the CPU of a distinct-seat hold goes, through the service and in pgbench.
+fn distinct_cpu_note(distinct: &Scenario, raw_holds: &Baseline) -> String {
     let cpu = &distinct.cpu_per_request;
     let process_us = |name: &str| cpu.by_process_us.get(name).copied().unwrap_or(0.0);
     let (service_us, harness_us) = (process_us(RESERVATION), process_us(probe::HARNESS));
-    notes.push(format!(
+    format!(
         "distinct seats: every core busy, so the rate follows the CPU each hold costs the \
          machine: {} through the service against {} for pgbench's statement. Of the service's, \
          reservation-svc {} and the load generator {}; the other {} are Postgres, Redis and the \
@@ -563,103 +910,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         micros(harness_us),
         micros((cpu.machine_us - service_us - harness_us).max(0.0)),
         micros(raw_holds.machine_cpu_us),
-    ));
-    scenarios_done.push(distinct);
-    baselines.push(raw_holds);
-
-    // (f) The whole payment flow.
-    let measured: Measured = scenarios::payments(
-        &reservation,
-        &wallet,
-        sizes.payments,
-        CLIENTS,
-        PAYMENT_FIRST_USER,
-        sizes.payment_users,
-        &run_id,
-        || drop(sampler.take()),
     )
-    .await?;
-    let mut payments = Scenario::new(
-        "payments",
-        "(f) payment flow: `HoldSeat` + `PayReservation`",
-        &measured,
-        CLIENTS,
-        args.connections,
-        Some(&[OK]),
-        "paid/s",
-        Some(&[OK]),
-    );
-    payments.observe(&sampler.take(), &[RESERVATION, WALLET]);
-    payments.note_outcomes();
-    scenarios_done.push(payments);
-    notes.push(
-        "(f) has no raw baseline: a payment is a hold, three reservation transactions and a \
-         wallet `Use` across two services; its latency is that of a hold + pay pair."
-            .to_owned(),
-    );
-    notes.push(format!(
-        "Each service runs at most `DB_POOL_SIZE` (default 16) transactions at once and queues \
-         the other calls for a connection; the pgbench baselines run {PGBENCH_CLIENTS} \
-         connections, each with one transaction at a time."
-    ));
-
-    // Memory: the high-water mark of each service over the whole run.
-    let mut service_peak_rss_kib = BTreeMap::new();
-    for (name, pid) in [
-        (WALLET, args.wallet_pid),
-        (RESERVATION, args.reservation_pid),
-    ] {
-        let peak = probe::proc_status_kib(pid, "VmHWM").unwrap_or(0);
-        targets.push(Target {
-            what: format!("peak RSS of {name} (VmHWM)"),
-            goal: "≤ 64 MiB".to_owned(),
-            measured: mebibytes(peak),
-            met: peak > 0 && peak <= 64 * 1024,
-        });
-        service_peak_rss_kib.insert(name.to_owned(), peak);
-    }
-    notes.push(format!(
-        "Request counts at scale {}: health {}, hot wallet {}, spread wallet {} (10,000 users \
-         charged first, not timed), stampede {}, distinct seats {} of a 100,000-seat schedule, \
-         payments {} (1,000 users charged first, not timed); clients {} (stampede and health \
-         {}), {} HTTP/2 connections to each service. Latencies are per call, in an HDR \
-         histogram of microseconds. The pgbench baselines use prepared statements, {} \
-         connections and 2 threads, and run the statements in bench/sql/. Load average of \
-         the machine: {} before the run, {} at its end.",
-        args.scale,
-        thousands(sizes.health),
-        thousands(sizes.hot_uses),
-        thousands(sizes.spread_uses),
-        thousands(sizes.stampede),
-        thousands(sizes.distinct_holds),
-        thousands(sizes.payments),
-        CLIENTS,
-        thousands(STAMPEDE_CLIENTS as u64),
-        args.connections,
-        PGBENCH_CLIENTS,
-        load_before,
-        probe::load_average(),
-    ));
-
-    let report = Report {
-        generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-        command: args.command_line.clone(),
-        revision: args.revision.clone(),
-        machine,
-        scale: args.scale,
-        duration_s: started.elapsed().as_secs_f64(),
-        scenarios: scenarios_done,
-        baselines,
-        service_peak_rss_kib,
-        targets,
-        notes,
-    };
-    report.write(&args.out_dir)?;
-    if let Some(readme) = &args.readme {
-        report.update_readme(readme)?;
-    }
-    println!("{}", report.markdown());
-    Ok(())
 }
 
 /// The target that a scenario's rate is at least `factor` times its baseline's.
