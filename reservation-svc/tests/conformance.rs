@@ -16,8 +16,8 @@ use protocol::payment::{self, UseReply};
 use protocol::reservation::CancelDecision;
 use protocol_model::key::Key;
 use protocol_model::store::{
-    BeginOutcome, CancelOutcome, HoldOutcome, KEY_NAMESPACE, Row, SeatRows, SeatView,
-    SettleOutcome, Status, StoreBugs,
+    BeginOutcome, CancelOutcome, HoldOutcome, KEY_NONCE, Row, SeatRows, SeatView, SettleOutcome,
+    Status, StoreBugs,
 };
 use reservation_svc::model::{
     self as real, HoldRequest, OwnerRequest, PayAttempt, Refusal, ReservationId, ScheduleId,
@@ -240,7 +240,7 @@ async fn load(pool: &PgPool, case: i64, rows: &SeatRows) -> (i64, SeatRows) {
         row.id = first_id + at;
         if row.payment_transaction_id.is_some() {
             row.payment_idempotency_key = Some(Key::new(&payment::use_key(
-                KEY_NAMESPACE,
+                KEY_NONCE,
                 row.id,
                 row.pay_attempt,
             )));
@@ -292,7 +292,7 @@ async fn load(pool: &PgPool, case: i64, rows: &SeatRows) -> (i64, SeatRows) {
                  cancel_requested_at, refund_requested_at, payment_key_nonce, updated_at) \
              OVERRIDING SYSTEM VALUE \
              VALUES ({}, {}, {schedule}, 1, {PRICE}, '{}', now() {expires}, {}, {}, {}, \
-                 {cancel_requested}, {refund_requested}, '{KEY_NAMESPACE}', \
+                 {cancel_requested}, {refund_requested}, '{KEY_NONCE}', \
                  now() - interval '1 minute');",
             row.id,
             row.user_id,

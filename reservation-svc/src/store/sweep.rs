@@ -56,7 +56,9 @@ async fn expire_in_transaction(
     .bind::<BigInt, _>(batch_size)
     .load::<Lapsed>(conn)
     .await?;
-    let Some(now) = <[Lapsed]>::first(&candidates).map(|candidate| candidate.now) else {
+    // The outer query reads the clock as each locked row comes out, so the last reading is
+    // taken once every seat of the batch is locked: one clock for every decision below.
+    let Some(now) = candidates.iter().map(|candidate| candidate.now).max() else {
         return Ok(0);
     };
     let mut sweepable = Vec::with_capacity(candidates.len());
@@ -67,7 +69,7 @@ async fn expire_in_transaction(
             status: parse_status(&candidate.status)?,
             expires_at: micros(candidate.expires_at),
         };
-        if protocol::reservation::sweepable(&state, micros(candidate.now)) {
+        if protocol::reservation::sweepable(&state, micros(now)) {
             sweepable.push(candidate.id);
         }
     }

@@ -1,11 +1,15 @@
 //! Runs an exploration and reports what it found.
 
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use stateright::{Checker, HasDiscoveries, Model};
 
-use crate::config::Config;
+use crate::config::{Bug, Config};
 use crate::model::ProtocolModel;
+use crate::wallet_model::{WalletConfig, WalletModel};
 
 #[derive(Debug)]
 pub struct Report {
@@ -25,16 +29,54 @@ impl Report {
     }
 }
 
-/// Explores every state reachable under `config`, breadth first (so counterexamples are
-/// shortest), on every core; with `stop_at_first_failure`, until one property breaks.
+/// Explores every state of the protocol reachable under `config`, breadth first (so
+/// counterexamples are shortest), on every core; with `stop_at_first_failure`, until one
+/// property breaks.
 pub fn check(config: Config, stop_at_first_failure: bool) -> Report {
-    let model = ProtocolModel::new(config);
+    explore(
+        ProtocolModel::new(config),
+        stop_at_first_failure.then_some(HasDiscoveries::AnyFailures),
+    )
+}
+
+/// Explores the protocol under `config` until `property` is discovered (broken, or reached).
+pub fn check_until(config: Config, property: &'static str) -> Report {
+    explore(
+        ProtocolModel::new(config),
+        Some(HasDiscoveries::AnyOf(BTreeSet::from([property]))),
+    )
+}
+
+/// Explores wallet-svc's transactions under `config`, as [`check`] does the protocol.
+pub fn check_wallet(config: WalletConfig, stop_at_first_failure: bool) -> Report {
+    explore(
+        WalletModel::new(config),
+        stop_at_first_failure.then_some(HasDiscoveries::AnyFailures),
+    )
+}
+
+/// Explores the per-commit configuration of the model the bug belongs to, with `bug` seeded,
+/// until a property breaks.
+pub fn check_bug(bug: Bug) -> Report {
+    if bug.in_wallet_model() {
+        check_wallet(WalletConfig::per_commit().with_bug(bug), true)
+    } else {
+        check(Config::per_commit().with_bug(bug), true)
+    }
+}
+
+fn explore<M>(model: M, finish_when: Option<HasDiscoveries>) -> Report
+where
+    M: Model + Send + Sync + 'static,
+    M::State: Debug + Hash + Send + Sync + Clone + PartialEq + 'static,
+    M::Action: Debug + Clone + PartialEq,
+{
     let properties = model.properties();
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let started = Instant::now();
     let mut checker = model.checker().threads(threads);
-    if stop_at_first_failure {
-        checker = checker.finish_when(HasDiscoveries::AnyFailures);
+    if let Some(finish_when) = finish_when {
+        checker = checker.finish_when(finish_when);
     }
     let checker = checker.spawn_bfs().join();
     let elapsed = started.elapsed();

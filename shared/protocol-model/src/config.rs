@@ -34,6 +34,10 @@ pub struct Bugs {
     pub reconciler_fresh_keys: bool,
     /// The wallet leaves a refused key free instead of recording the refusal.
     pub wallet_forgets_refusals: bool,
+    /// Every deciding transaction of reservation-svc (hold, begin pay, settle, the first cancel
+    /// transaction) reads its clock in a step of its own before it locks the seat, as
+    /// Postgres `now()` (the transaction's start) did, and decides with that reading.
+    pub decide_with_transaction_start_clock: bool,
     pub store: StoreBugs,
 }
 
@@ -45,16 +49,31 @@ pub enum Bug {
     ReconcilerFreshKeys,
     WalletForgetsRefusals,
     BackToHeldAnyAttempt,
+    /// Decisions on the clock of the transaction's start: see
+    /// [`Bugs::decide_with_transaction_start_clock`].
+    DecideWithTransactionStartClock,
+    /// The wallet's old batch of refunds only for a user without a wallet row: see
+    /// [`crate::wallet_model::WalletBugs::refunds_without_lock`]. Seeded in the wallet model.
+    RefundsWithoutWalletLock,
 }
 
 impl Bug {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::HoldWithoutGuard,
         Self::SweeperExpiresPaying,
         Self::ReconcilerFreshKeys,
         Self::WalletForgetsRefusals,
         Self::BackToHeldAnyAttempt,
+        Self::DecideWithTransactionStartClock,
+        Self::RefundsWithoutWalletLock,
     ];
+
+    /// Whether the bug is one of wallet-svc's transactions, seeded in the wallet model
+    /// ([`crate::wallet_model::WalletConfig::with_bug`]) rather than the protocol's
+    /// ([`Config::with_bug`]).
+    pub const fn in_wallet_model(self) -> bool {
+        matches!(self, Self::RefundsWithoutWalletLock)
+    }
 }
 
 impl Config {
@@ -113,6 +132,11 @@ impl Config {
             Bug::ReconcilerFreshKeys => self.bugs.reconciler_fresh_keys = true,
             Bug::WalletForgetsRefusals => self.bugs.wallet_forgets_refusals = true,
             Bug::BackToHeldAnyAttempt => self.bugs.store.back_to_held_any_attempt = true,
+            Bug::DecideWithTransactionStartClock => {
+                self.bugs.decide_with_transaction_start_clock = true;
+            }
+            // Not a bug of this model's transactions: see `WalletConfig::with_bug`.
+            Bug::RefundsWithoutWalletLock => {}
         }
         self
     }

@@ -2,10 +2,22 @@
 //! the Redis lock, the wallet RPCs and every request are one state machine whose actions are
 //! the atomic steps of the real code, each deciding through the same `protocol` functions the
 //! services call; [stateright] explores every interleaving of them, with crashes, lost locks,
-//! lost messages and deadlines, and checks the properties in [`model`].
+//! lost messages and deadlines, a hold's time running out and the performance beginning at any
+//! moment, and checks the properties in [`model`]. Every deciding transaction of
+//! reservation-svc reads its clock under the seat's lock, in the step that decides: a seeded
+//! bug that reads it earlier (Postgres `now()`, the transaction's start) is caught.
 //!
-//! The model checks the design, not diesel or fred: [`store`] mirrors the SQL of
-//! reservation-svc's store, and conformance tests run both from the same rows.
+//! In that model a wallet call is one atomic transaction ([`wallet`]). [`wallet_model`] is a
+//! second, smaller model of wallet-svc's own transactions, statement by statement under
+//! Postgres row locks: wallet creation (a user starts without a wallet row), batches of one
+//! user's movements under one lock, two replicas, and clients that send uses, refunds (before
+//! their use, too) and charges concurrently. It checks the wallet's invariants and that every
+//! batch does exactly what [`wallet`] does for its movements one by one, which is what lets
+//! the protocol model take a wallet call as one step.
+//!
+//! The models check the design, not diesel or fred: [`store`] mirrors the SQL of
+//! reservation-svc's store, [`wallet`] and [`wallet_model`] wallet-svc's, and conformance tests
+//! run both from the same rows.
 
 pub mod check;
 pub mod config;
@@ -13,7 +25,9 @@ pub mod key;
 pub mod model;
 pub mod store;
 pub mod wallet;
+pub mod wallet_model;
 
-pub use check::{Report, check};
+pub use check::{Report, check, check_bug, check_until, check_wallet};
 pub use config::{Bug, Config};
 pub use model::ProtocolModel;
+pub use wallet_model::{WalletConfig, WalletModel};

@@ -1,25 +1,37 @@
-//! `protocol-model [per-commit|deep]`: explores the protocol under one of the configurations,
-//! prints the states explored and any counterexample, and fails if a property breaks.
+//! `protocol-model [per-commit|deep]`: explores the protocol, then wallet-svc's transactions,
+//! under one of the configurations, prints the states explored and any counterexample, and
+//! fails if a property breaks.
 
 use std::process::ExitCode;
 
-use protocol_model::{Config, check};
+use protocol_model::{Config, Report, WalletConfig, check, check_wallet};
 
 fn main() -> ExitCode {
     let depth = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "per-commit".to_owned());
-    let config = match depth.as_str() {
-        "per-commit" => Config::per_commit(),
-        "deep" => Config::deep(),
+    let (config, wallet) = match depth.as_str() {
+        "per-commit" => (Config::per_commit(), WalletConfig::per_commit()),
+        "deep" => (Config::deep(), WalletConfig::deep()),
         other => {
             eprintln!("unknown configuration {other:?}: use per-commit or deep");
             return ExitCode::FAILURE;
         }
     };
-    let report = check(config, false);
+    let protocol = check(config, false);
+    print_report(&format!("protocol model ({depth})"), &protocol);
+    let wallet = check_wallet(wallet, false);
+    print_report(&format!("wallet model ({depth})"), &wallet);
+    if protocol.is_clean() && wallet.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_report(name: &str, report: &Report) {
     println!(
-        "protocol model ({depth}): {} unique states ({} generated), depth {}, {:.1?}",
+        "{name}: {} unique states ({} generated), depth {}, {:.1?}",
         report.unique_states, report.states, report.max_depth, report.elapsed
     );
     for (property, trace) in &report.counterexamples {
@@ -27,10 +39,5 @@ fn main() -> ExitCode {
     }
     for property in &report.unreached {
         println!("never reached: \"{property}\"");
-    }
-    if report.is_clean() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }

@@ -1,13 +1,21 @@
 //! The whole system as one state machine: one seat's Postgres rows, the wallets, the seat's
-//! Redis key (a hold's lock, or the taken mark a hold leaves), the wallet calls in flight, and every request and reconciler run as a process with a
-//! program counter. One action is one atomic unit of the real code: a Postgres transaction, a
-//! Redis command, a wallet call delivered, or a fault.
+//! Redis key (a hold's lock, or the taken mark a hold leaves), the wallet calls in flight, and
+//! every request and reconciler run as a process with a program counter. One action is one
+//! atomic unit of the real code: a Postgres transaction, a Redis command, a wallet call
+//! delivered, or a fault. Time is abstract: a hold's time runs out (`Lapse`) and the
+//! performance begins (`PerformanceBegins`) at any moment, and every deciding transaction reads
+//! the clock under the seat's lock, in the very step that decides; a seeded bug reads it in a
+//! step of its own before that, as `now()` (the transaction's start) did.
 //!
 //! Two reductions keep the state space small without losing behaviour: a step that only
 //! changes a process's own state is folded into the next step that others can see (a wallet
 //! call goes out with the transaction that decided to send it; a reply is taken in with the
 //! transaction that acts on it), and a process is named by who started it and how many they
 //! started before, so the same requests interleaved differently meet in the same state.
+//!
+//! A wallet call is one transaction here, applied by [`crate::wallet`]: the wallet's own
+//! transactions, statement by statement (wallet creation, batches, two replicas), are
+//! explored by [`crate::wallet_model`], which checks that they serialize to exactly that.
 
 use protocol::payment::{self, UseReply};
 use protocol::reservation::{self as reservation, AfterHold, HoldDecision, Status};
@@ -16,7 +24,10 @@ use stateright::{Model, Property};
 
 use crate::config::Config;
 use crate::key::Key;
-use crate::store::{BeginOutcome, CancelOutcome, HoldOutcome, SeatRows, SeatView, SettleOutcome};
+use crate::store::{
+    BeginOutcome, CancelOutcome, Clock, ClockRead, HoldOutcome, KEY_NONCE, SeatRows, SeatView,
+    SettleOutcome,
+};
 use crate::wallet::{Outcome, Request, Wallets};
 
 /// A user, by index; their `user_id` is `index + 1`.
@@ -52,6 +63,57 @@ pub struct State {
     /// Reservations one of whose payment attempts was left with an unknown outcome
     /// (bookkeeping for a `sometimes` property; nothing decides on it).
     pub unknown_outcomes: Vec<i64>,
+    /// Decisions the clock forbids (bookkeeping for the clock properties; nothing decides on
+    /// it, and the correct protocol never sets any).
+    pub clock_breaches: ClockBreaches,
+}
+
+/// Decisions on the seat that broke the clock, as a set (one byte: it is in every state).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ClockBreaches(u8);
+
+impl ClockBreaches {
+    /// A decision took a clock older than one an earlier decision on the seat had taken.
+    pub const RAN_BACK: Self = Self(1);
+    /// A reservation was confirmed once the performance had begun.
+    pub const SOLD_AFTER_START: Self = Self(2);
+    /// A payment attempt began once the performance had begun, or on a hold whose time was up.
+    pub const PAYING_TOO_LATE: Self = Self(4);
+
+    pub const fn contains(self, breach: Self) -> bool {
+        self.0 & breach.0 != 0
+    }
+
+    fn insert(&mut self, breach: Self) {
+        self.0 |= breach.0;
+    }
+}
+
+impl std::fmt::Debug for ClockBreaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let named = [
+            (Self::RAN_BACK, "RAN_BACK"),
+            (Self::SOLD_AFTER_START, "SOLD_AFTER_START"),
+            (Self::PAYING_TOO_LATE, "PAYING_TOO_LATE"),
+        ];
+        f.debug_set()
+            .entries(
+                named
+                    .iter()
+                    .filter(|&&(breach, _)| self.contains(breach))
+                    .map(|&(_, name)| name),
+            )
+            .finish()
+    }
+}
+
+/// A clock read before the transaction's deciding step (the seeded bug of a decision on
+/// `now()`, the transaction's start): what it read, and whether another decision on the seat
+/// has since been taken with a later clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Reading {
+    pub clock: Clock,
+    pub overtaken: bool,
 }
 
 /// What the seat's Redis key holds.
@@ -119,6 +181,9 @@ pub enum HoldPc {
     Lock,
     /// Past the lock: the hold (`Store::hold_seat`) is next.
     Locked,
+    /// Its transaction has read the clock (a seeded bug): locking the seat and deciding is
+    /// next.
+    Clocked(Reading),
     /// A hold split in two (a seeded bug) has read and decided: the insert is next.
     Decided(HoldDecision),
     /// What `protocol::reservation::after_hold` decides is next: the taken mark of `held`, the
@@ -130,16 +195,34 @@ pub enum HoldPc {
 pub enum PayPc {
     /// `begin_pay` is next.
     Begin,
+    /// `begin_pay` has read the clock (a seeded bug): locking and deciding is next.
+    BeginClocked(Reading),
     /// The attempt's `Use` is out under `key`.
     AwaitUse { attempt: i32, key: Key },
     /// The refund of the attempt's debit is out; `reply` was the `Use`'s.
     AwaitRefund { attempt: i32, reply: UseReply },
+    /// `settle_attempt` has read the clock (a seeded bug): locking and deciding is next.
+    /// Boxed, so that the seeded bug does not make every process of the correct protocol
+    /// larger.
+    SettleClocked(Box<(Settling, Reading)>),
+}
+
+/// What a `settle_attempt` settles: attempt `attempt`'s reply, and whether the refund an
+/// earlier decision asked for is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Settling {
+    pub attempt: i32,
+    pub reply: UseReply,
+    pub refunded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CancelPc {
     /// The first cancel transaction is next.
     Start,
+    /// The first cancel transaction has read the clock (a seeded bug): locking and deciding is
+    /// next.
+    Clocked(Reading),
     /// The refund is out; the releasing cancel transaction follows its success.
     AwaitRefund,
     /// The reservation is cancelled: deleting its taken mark is next.
@@ -268,6 +351,7 @@ impl ProtocolModel {
             faults: config.faults,
             claims: 0,
             unknown_outcomes: Vec::new(),
+            clock_breaches: ClockBreaches::default(),
         }
     }
 
@@ -319,6 +403,11 @@ impl ProtocolModel {
     fn apply(&self, last: &State, action: Action) -> Option<State> {
         let mut state = last.clone();
         let config = &self.config;
+        // Actions that may run a transaction on the seat's rows.
+        let transacts = matches!(
+            action,
+            Action::Step(_) | Action::Deliver(_) | Action::WalletTimeout(_)
+        );
         match action {
             Action::Hold(user) => {
                 state.clients[user].left.holds -= 1;
@@ -371,14 +460,14 @@ impl ProtocolModel {
                     Task::Pay {
                         id: reservation,
                         pc: PayPc::AwaitUse { attempt, .. },
-                    } => self.settle_payment(
-                        &mut state,
-                        &proc,
-                        reservation,
-                        attempt,
-                        UseReply::Unknown,
-                        false,
-                    ),
+                    } => {
+                        let settling = Settling {
+                            attempt,
+                            reply: UseReply::Unknown,
+                            refunded: false,
+                        };
+                        self.settle_payment(&mut state, &proc, reservation, settling);
+                    }
                     _ => state.finish(id),
                 }
             }
@@ -409,6 +498,7 @@ impl ProtocolModel {
                 );
             }
             Action::Sweep => {
+                self.decided(&mut state, None);
                 state.seat.sweep(config.bugs.store);
             }
             Action::Lapse(id) => {
@@ -446,7 +536,37 @@ impl ProtocolModel {
                 state.clients[user].busy = None;
             }
         }
+        if transacts {
+            state.note_clock_breaches(&last.seat);
+        }
         Some(state)
+    }
+
+    /// The transaction of a process that reads its clock in a step of its own (a seeded bug)
+    /// does so now.
+    fn reads_clock_early(&self) -> bool {
+        self.config.bugs.decide_with_transaction_start_clock
+    }
+
+    /// A decision on the seat is taken, with the clock read `early` (before the decision's
+    /// step) or else now: an earlier reading its clock is later than is overtaken, and an
+    /// overtaken reading taken as the clock runs the seat's clock back.
+    fn decided(&self, state: &mut State, early: Option<Reading>) {
+        if !self.reads_clock_early() {
+            // Every decision reads the clock in its own step: none can be older.
+            return;
+        }
+        let clock = early.map_or_else(|| state.seat.clock(), |reading| reading.clock);
+        if early.is_some_and(|reading| reading.overtaken) {
+            state.clock_breaches.insert(ClockBreaches::RAN_BACK);
+        }
+        for proc in &mut state.procs {
+            if let Some(reading) = proc.reading_mut()
+                && clock.is_after(reading.clock)
+            {
+                reading.overtaken = true;
+            }
+        }
     }
 
     fn step(&self, state: &mut State, id: ProcId) -> Option<()> {
@@ -474,10 +594,21 @@ impl ProtocolModel {
                 if self.config.bugs.hold_without_guard {
                     let decision = state.seat.hold_read();
                     state.set_task(id, Task::Hold(HoldPc::Decided(decision)));
+                } else if self.reads_clock_early() {
+                    let reading = state.read_clock();
+                    state.set_task(id, Task::Hold(HoldPc::Clocked(reading)));
                 } else {
+                    self.decided(state, None);
                     let outcome = state.seat.hold_seat(user_id);
                     state.set_task(id, hold_released(outcome));
                 }
+            }
+            Task::Hold(HoldPc::Clocked(reading)) => {
+                self.decided(state, Some(reading));
+                let outcome = state
+                    .seat
+                    .hold_seat_at(user_id, ClockRead::Before(reading.clock));
+                state.set_task(id, hold_released(outcome));
             }
             Task::Hold(HoldPc::Decided(decision)) => {
                 let outcome = state.seat.hold_write_unguarded(decision, user_id);
@@ -506,34 +637,56 @@ impl ProtocolModel {
             Task::Pay {
                 id: reservation,
                 pc: PayPc::Begin,
-            } => match state.seat.begin_pay(reservation, user_id) {
-                BeginOutcome::Pay { attempt } => {
-                    self.send_use(state, &proc, reservation, attempt);
+            } => {
+                if self.reads_clock_early() {
+                    let reading = state.read_clock();
+                    state.set_task(
+                        id,
+                        Task::Pay {
+                            id: reservation,
+                            pc: PayPc::BeginClocked(reading),
+                        },
+                    );
+                } else {
+                    self.begin_pay(state, &proc, reservation, None);
                 }
-                _ => state.finish(id),
-            },
+            }
+            Task::Pay {
+                id: reservation,
+                pc: PayPc::BeginClocked(reading),
+            } => {
+                self.begin_pay(state, &proc, reservation, Some(reading));
+            }
+            Task::Pay {
+                id: reservation,
+                pc: PayPc::SettleClocked(ref clocked),
+            } => {
+                let (settling, reading) = **clocked;
+                self.settle_payment_at(state, &proc, reservation, settling, Some(reading));
+            }
             Task::Cancel {
                 id: reservation,
                 pc: CancelPc::Start,
-            } => match state.seat.cancel(reservation, user_id, false) {
-                CancelOutcome::RefundFirst {
-                    use_key: Some(use_key),
-                } => {
-                    state.send_refund(&proc, reservation, use_key);
+            } => {
+                if self.reads_clock_early() {
+                    let reading = state.read_clock();
                     state.set_task(
                         id,
                         Task::Cancel {
                             id: reservation,
-                            pc: CancelPc::AwaitRefund,
+                            pc: CancelPc::Clocked(reading),
                         },
                     );
+                } else {
+                    self.start_cancel(state, &proc, reservation, None);
                 }
-                CancelOutcome::RefundFirst { use_key: None } => {
-                    let outcome = state.seat.cancel(reservation, user_id, true);
-                    state.after_cancel(id, reservation, outcome);
-                }
-                outcome => state.after_cancel(id, reservation, outcome),
-            },
+            }
+            Task::Cancel {
+                id: reservation,
+                pc: CancelPc::Clocked(reading),
+            } => {
+                self.start_cancel(state, &proc, reservation, Some(reading));
+            }
             Task::Cancel {
                 id: reservation,
                 pc: CancelPc::ClearMark,
@@ -548,9 +701,56 @@ impl ProtocolModel {
         Some(())
     }
 
+    /// `begin_pay`, deciding with the clock read `early` or else now, then the attempt's
+    /// `Use`.
+    fn begin_pay(&self, state: &mut State, proc: &Proc, reservation: i64, early: Option<Reading>) {
+        self.decided(state, early);
+        match state
+            .seat
+            .begin_pay_at(reservation, user_id(proc.user), clock_read(early))
+        {
+            BeginOutcome::Pay { attempt } => self.send_use(state, proc, reservation, attempt),
+            _ => state.finish(proc.id),
+        }
+    }
+
+    /// The first cancel transaction, deciding with the clock read `early` or else now: a paid
+    /// reservation's refund goes out, or (paid without a `Use`) the releasing transaction
+    /// follows at once.
+    fn start_cancel(
+        &self,
+        state: &mut State,
+        proc: &Proc,
+        reservation: i64,
+        early: Option<Reading>,
+    ) {
+        self.decided(state, early);
+        let user_id = user_id(proc.user);
+        let read = clock_read(early);
+        match state.seat.cancel_at(reservation, user_id, false, read) {
+            CancelOutcome::RefundFirst {
+                use_key: Some(use_key),
+            } => {
+                state.send_refund(proc, reservation, use_key);
+                state.set_task(
+                    proc.id,
+                    Task::Cancel {
+                        id: reservation,
+                        pc: CancelPc::AwaitRefund,
+                    },
+                );
+            }
+            CancelOutcome::RefundFirst { use_key: None } => {
+                let outcome = state.seat.cancel_at(reservation, user_id, true, read);
+                state.after_cancel(proc.id, reservation, outcome);
+            }
+            outcome => state.after_cancel(proc.id, reservation, outcome),
+        }
+    }
+
     /// Sends attempt `attempt`'s `Use` for the process's reservation and waits for it.
     fn send_use(&self, state: &mut State, proc: &Proc, reservation: i64, attempt: i32) {
-        let mut key = payment::use_key(reservation, attempt);
+        let mut key = payment::use_key(KEY_NONCE, reservation, attempt);
         if self.config.bugs.reconciler_fresh_keys && proc.id.by == Starter::Reconciler {
             key = format!("{key}-retry-{}", proc.id.seq);
         }
@@ -573,20 +773,44 @@ impl ProtocolModel {
         );
     }
 
-    /// `settle_attempt` with the attempt's reply, then the refund it asks for, if any.
-    fn settle_payment(
+    /// `settle_attempt` with the attempt's reply, then the refund it asks for, if any; with
+    /// the seeded clock bug, its transaction only reads the clock in this step.
+    fn settle_payment(&self, state: &mut State, proc: &Proc, reservation: i64, settling: Settling) {
+        if self.reads_clock_early() {
+            let reading = state.read_clock();
+            state.set_task(
+                proc.id,
+                Task::Pay {
+                    id: reservation,
+                    pc: PayPc::SettleClocked(Box::new((settling, reading))),
+                },
+            );
+        } else {
+            self.settle_payment_at(state, proc, reservation, settling, None);
+        }
+    }
+
+    /// `settle_attempt`, deciding with the clock read `early` or else now, then the refund it
+    /// asks for, if any.
+    fn settle_payment_at(
         &self,
         state: &mut State,
         proc: &Proc,
         reservation: i64,
-        attempt: i32,
-        reply: UseReply,
-        refunded: bool,
+        settling: Settling,
+        early: Option<Reading>,
     ) {
+        let Settling {
+            attempt,
+            reply,
+            refunded,
+        } = settling;
+        self.decided(state, early);
         let bugs = self.config.bugs.store;
+        let read = clock_read(early);
         match state
             .seat
-            .settle(reservation, attempt, reply, refunded, bugs)
+            .settle_at(reservation, attempt, reply, refunded, bugs, read)
         {
             SettleOutcome::Refund { use_key } if !refunded => {
                 state.send_refund(proc, reservation, use_key);
@@ -641,15 +865,33 @@ impl ProtocolModel {
                     Task::Pay {
                         id,
                         pc: PayPc::AwaitUse { attempt, .. },
-                    } => self.settle_payment(state, &proc, id, attempt, outcome.use_reply(), false),
+                    } => {
+                        let settling = Settling {
+                            attempt,
+                            reply: outcome.use_reply(),
+                            refunded: false,
+                        };
+                        self.settle_payment(state, &proc, id, settling);
+                    }
                     Task::Pay {
                         id,
                         pc: PayPc::AwaitRefund { attempt, reply },
-                    } if refunded => self.settle_payment(state, &proc, id, attempt, reply, true),
+                    } if refunded => {
+                        let settling = Settling {
+                            attempt,
+                            reply,
+                            refunded: true,
+                        };
+                        self.settle_payment(state, &proc, id, settling);
+                    }
+                    // The releasing cancel of a paid reservation: its decision does not depend
+                    // on the clock (a CONFIRMED reservation never lapses), so it reads it in
+                    // its deciding step even with the seeded clock bug.
                     Task::Cancel {
                         id,
                         pc: CancelPc::AwaitRefund,
                     } if refunded => {
+                        self.decided(state, None);
                         let outcome = state.seat.cancel(id, user_id(proc.user), true);
                         state.after_cancel(to, id, outcome);
                     }
@@ -670,14 +912,34 @@ impl Proc {
             self.task,
             Task::Hold(_)
                 | Task::Pay {
-                    pc: PayPc::Begin,
+                    pc: PayPc::Begin | PayPc::BeginClocked(_) | PayPc::SettleClocked(_),
                     ..
                 }
                 | Task::Cancel {
-                    pc: CancelPc::Start | CancelPc::ClearMark,
+                    pc: CancelPc::Start | CancelPc::Clocked(_) | CancelPc::ClearMark,
                     ..
                 }
         )
+    }
+
+    /// The clock its transaction read before its deciding step, if it did (a seeded bug).
+    fn reading_mut(&mut self) -> Option<&mut Reading> {
+        match &mut self.task {
+            Task::Hold(HoldPc::Clocked(reading))
+            | Task::Pay {
+                pc: PayPc::BeginClocked(reading),
+                ..
+            }
+            | Task::Cancel {
+                pc: CancelPc::Clocked(reading),
+                ..
+            } => Some(reading),
+            Task::Pay {
+                pc: PayPc::SettleClocked(clocked),
+                ..
+            } => Some(&mut clocked.1),
+            _ => None,
+        }
     }
 
     fn awaits(&self, key: Key) -> bool {
@@ -693,15 +955,25 @@ impl Proc {
             | Task::Cancel {
                 id,
                 pc: CancelPc::AwaitRefund,
-            } => Key::new(&payment::refund_key(*id)) == key,
+            } => Key::new(&payment::refund_key(KEY_NONCE, *id)) == key,
             _ => false,
         }
     }
 
     /// A hold past the Redis lock that has not yet written.
     fn past_lock(&self) -> bool {
-        matches!(self.task, Task::Hold(HoldPc::Locked | HoldPc::Decided(_)))
+        matches!(
+            self.task,
+            Task::Hold(HoldPc::Locked | HoldPc::Clocked(_) | HoldPc::Decided(_))
+        )
     }
+}
+
+/// When a decision read its clock: `early` (a seeded bug), or under the seat's lock.
+fn clock_read(early: Option<Reading>) -> ClockRead {
+    early.map_or(ClockRead::UnderLock, |reading| {
+        ClockRead::Before(reading.clock)
+    })
 }
 
 /// A hold's next step once Postgres has answered: the end of its lock.
@@ -714,6 +986,39 @@ fn hold_released(outcome: HoldOutcome) -> Task {
 }
 
 impl State {
+    /// A transaction reads the clock now, to decide with later (a seeded bug).
+    fn read_clock(&self) -> Reading {
+        Reading {
+            clock: self.seat.clock(),
+            overtaken: false,
+        }
+    }
+
+    /// After a step that may have run a transaction on the seat (`before` is the seat's rows
+    /// before it): a confirmation or a new payment attempt the clock at its commit forbids
+    /// is recorded.
+    fn note_clock_breaches(&mut self, before: &SeatRows) {
+        let seat = &self.seat;
+        if !seat.started && !seat.reservations.iter().any(|row| row.lapsed) {
+            return;
+        }
+        for row in &seat.reservations {
+            let was = before.row(row.id);
+            let confirmed = row.status == Status::Confirmed
+                && was.is_none_or(|was| was.status != Status::Confirmed);
+            let begun = row.status == Status::Paying
+                && was.is_none_or(|was| {
+                    was.status != Status::Paying || was.pay_attempt != row.pay_attempt
+                });
+            if confirmed && seat.started {
+                self.clock_breaches.insert(ClockBreaches::SOLD_AFTER_START);
+            }
+            if begun && (seat.started || row.lapsed) {
+                self.clock_breaches.insert(ClockBreaches::PAYING_TOO_LATE);
+            }
+        }
+    }
+
     /// A cancel transaction answered: a cancelled reservation's taken mark is deleted next.
     fn after_cancel(&mut self, id: ProcId, reservation: i64, outcome: CancelOutcome) {
         if outcome == CancelOutcome::Cancelled {
@@ -802,7 +1107,7 @@ impl State {
         self.send(Message::Call {
             from: proc.id,
             user: proc.user,
-            key: Key::new(&payment::refund_key(reservation)),
+            key: Key::new(&payment::refund_key(KEY_NONCE, reservation)),
             call: WalletCall::Refund { use_key },
             reservation,
         });
@@ -972,6 +1277,26 @@ impl Model for ProtocolModel {
                 |_: &Self, state: &State| ledger_balances(&state.wallets),
             ),
             Property::always(
+                "the clock never runs backwards across the seat's decisions",
+                |_: &Self, state: &State| !state.clock_breaches.contains(ClockBreaches::RAN_BACK),
+            ),
+            Property::always(
+                "no seat is sold once the performance has begun",
+                |_: &Self, state: &State| {
+                    !state
+                        .clock_breaches
+                        .contains(ClockBreaches::SOLD_AFTER_START)
+                },
+            ),
+            Property::always(
+                "no payment begins once the performance has begun or the hold's time is up",
+                |_: &Self, state: &State| {
+                    !state
+                        .clock_breaches
+                        .contains(ClockBreaches::PAYING_TOO_LATE)
+                },
+            ),
+            Property::always(
                 "at rest, nothing is left paying and each reservation kept what it owes",
                 |model: &Self, state: &State| {
                     !state.is_quiescent()
@@ -1039,6 +1364,18 @@ impl Model for ProtocolModel {
                                     entry.reservation == Some(row.id) && entry.refund_of.is_some()
                                 })
                         })
+                },
+            ));
+            properties.push(Property::sometimes(
+                "a recorded refund decision is left for a later settle",
+                |_: &Self, state: &State| {
+                    state.seat.reservations.iter().any(|row| {
+                        row.status == Status::Paying
+                            && row.refunding
+                            && !state.procs.iter().any(
+                                |proc| matches!(proc.task, Task::Pay { id, .. } if id == row.id),
+                            )
+                    })
                 },
             ));
         }

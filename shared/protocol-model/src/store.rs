@@ -2,6 +2,12 @@
 //! one transaction of `reservation-svc/src/store`, statement for statement: it gathers the same
 //! facts, asks the same `protocol` function, and makes the same conditional writes. The
 //! conformance tests run these and the real SQL from the same rows and compare the results.
+//!
+//! Every deciding transaction reads the clock once it holds the seat's lock (`LockSeat`: the
+//! clock is read in an outer query over the locking one), so it decides on the facts of that
+//! moment ([`ClockRead::UnderLock`]). Its `_at` variant takes when the clock was read, which
+//! lets the model seed the bug of a clock read before the lock (Postgres `now()`, the
+//! transaction's start): [`ClockRead::Before`].
 
 use protocol::payment::{self, AfterUse, BeginPay, PaymentState, UseReply};
 
@@ -10,8 +16,63 @@ use protocol::reservation::{self, CancelDecision, HoldDecision, Micros, Reservat
 pub use protocol::reservation::{SeatView, Status};
 
 /// The clock of every transaction. Time is abstract: a hold has either lapsed or not, the
-/// performance has either begun or not.
+/// performance has either begun or not; a transaction decides with a [`Clock`] reading of those
+/// facts, which the store turns into timestamps around `NOW`.
 pub const NOW: Micros = 1_000_000;
+
+/// The random nonce of every reservation's wallet keys (`protocol::payment::use_key`).
+pub const KEY_NONCE: &str = "0123456789abcdef0123456789abcdef";
+
+/// When a deciding transaction read its clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClockRead {
+    /// In the deciding statement, under the seat's lock: it sees the facts of this very moment.
+    UnderLock,
+    /// Before the seat's lock (a seeded bug): it sees what it read then.
+    Before(Clock),
+}
+
+/// What a clock read, in abstract time: whether the performance had begun, and which
+/// reservations' holds had lapsed. Both only ever become true, so readings taken at different
+/// moments are ordered by inclusion. Only the model's seeded clock bug keeps one
+/// ([`SeatRows::clock`]), in the state of the process that read it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Clock {
+    pub started: bool,
+    /// Bit `id - 1` for each lapsed reservation `id`: small, as it is part of a process's
+    /// state. The model's configurations make a few reservations of their seat, far from 16
+    /// (an id past 16 reads as not lapsed).
+    lapsed: u16,
+}
+
+impl Clock {
+    fn bit(id: i64) -> u16 {
+        id.checked_sub(1)
+            .and_then(|at| u32::try_from(at).ok())
+            .and_then(|at| 1_u16.checked_shl(at))
+            .unwrap_or(0)
+    }
+
+    /// Whether reservation `id`'s hold had lapsed.
+    pub fn has_lapsed(self, id: i64) -> bool {
+        self.lapsed & Self::bit(id) != 0
+    }
+
+    /// Whether this reading is later than `earlier`: it saw something `earlier` had not.
+    pub fn is_after(self, earlier: Self) -> bool {
+        (self.started && !earlier.started) || self.lapsed & !earlier.lapsed != 0
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lapsed: Vec<i64> = (1..=16).filter(|&id| self.has_lapsed(id)).collect();
+        f.debug_struct("Clock")
+            .field("started", &self.started)
+            .field("lapsed", &lapsed)
+            .finish()
+    }
+}
 
 /// One reservation row, with the columns the protocol reads or writes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,31 +87,51 @@ pub struct Row {
     pub payment_idempotency_key: Option<Key>,
     /// `cancel_requested_at IS NOT NULL`.
     pub cancel_requested: bool,
+    /// `refund_requested_at IS NOT NULL`: the current attempt's debit is being given back.
+    pub refunding: bool,
 }
 
 impl Row {
-    fn expires_at(&self) -> Micros {
-        if self.lapsed { NOW } else { NOW + 1 }
+    /// `expires_at`, as a clock that reads `NOW` sees it: past once lapsed, as of `read`.
+    fn expires_at(&self, read: ClockRead) -> Micros {
+        let lapsed = match read {
+            ClockRead::UnderLock => self.lapsed,
+            ClockRead::Before(clock) => clock.has_lapsed(self.id),
+        };
+        if lapsed { NOW } else { NOW + 1 }
     }
 
+    /// The reservation's facts, as a clock read now sees them.
     pub fn state(&self) -> ReservationState {
+        self.state_at(ClockRead::UnderLock)
+    }
+
+    /// The reservation's facts as a transaction whose clock was read at `read` sees them.
+    fn state_at(&self, read: ClockRead) -> ReservationState {
         ReservationState {
             id: self.id,
             user_id: self.user_id,
             status: self.status,
-            expires_at: self.expires_at(),
+            expires_at: self.expires_at(read),
         }
     }
 
-    fn payment_state(&self, started: bool) -> PaymentState {
+    /// The payment's facts as a transaction whose clock was read at `read` sees them;
+    /// `started` is whether the performance has begun now.
+    fn payment_state(&self, read: ClockRead, started: bool) -> PaymentState {
+        let started = match read {
+            ClockRead::UnderLock => started,
+            ClockRead::Before(clock) => clock.started,
+        };
         PaymentState {
             id: self.id,
             user_id: self.user_id,
             status: self.status,
-            expires_at: self.expires_at(),
+            expires_at: self.expires_at(read),
             starts_at: if started { NOW } else { NOW + 100 },
             pay_attempt: self.pay_attempt,
             payment_transaction_id: self.payment_transaction_id,
+            refunding: self.refunding,
         }
     }
 }
@@ -118,6 +199,18 @@ impl SeatRows {
         }
     }
 
+    /// What a clock read now says: the facts of this very moment (within [`Clock`]'s bounds).
+    pub fn clock(&self) -> Clock {
+        Clock {
+            started: self.started,
+            lapsed: self
+                .reservations
+                .iter()
+                .filter(|row| row.lapsed)
+                .fold(0, |lapsed, row| lapsed | Clock::bit(row.id)),
+        }
+    }
+
     pub fn row(&self, id: i64) -> Option<&Row> {
         self.reservations.iter().find(|row| row.id == id)
     }
@@ -131,13 +224,19 @@ impl SeatRows {
         self.reservations.iter().find(|row| row.status.is_active())
     }
 
-    /// `hold_seat`: lock the seat, read its active reservation, decide, expire a lapsed hold,
-    /// move the seat `AVAILABLE -> HELD` (rolling back if it was not available), insert.
+    /// `hold_seat`: lock the seat, read the clock and its active reservation, decide, expire a
+    /// lapsed hold, move the seat `AVAILABLE -> HELD` (rolling back if it was not available),
+    /// insert.
     pub fn hold(&mut self, user_id: i64) -> HoldOutcome {
+        self.hold_at(user_id, ClockRead::UnderLock)
+    }
+
+    /// [`SeatRows::hold`], deciding with the clock read at `read`.
+    pub fn hold_at(&mut self, user_id: i64, read: ClockRead) -> HoldOutcome {
         let before = self.clone();
         let active = self.active().cloned();
-        let HoldDecision::Hold { expire_first } =
-            reservation::hold(active.as_ref().map(Row::state).as_ref(), NOW)
+        let active_state = active.as_ref().map(|row| row.state_at(read));
+        let HoldDecision::Hold { expire_first } = reservation::hold(active_state.as_ref(), NOW)
         else {
             return HoldOutcome::Taken;
         };
@@ -179,9 +278,14 @@ impl SeatRows {
     /// `Store::hold_seat` as one call: the one-statement hold of an available seat, else the
     /// full transaction.
     pub fn hold_seat(&mut self, user_id: i64) -> HoldOutcome {
+        self.hold_seat_at(user_id, ClockRead::UnderLock)
+    }
+
+    /// [`SeatRows::hold_seat`], the full transaction deciding with the clock read at `read`.
+    pub fn hold_seat_at(&mut self, user_id: i64, read: ClockRead) -> HoldOutcome {
         match self.hold_available(user_id) {
             Some(outcome) => outcome,
-            None => self.hold(user_id),
+            None => self.hold_at(user_id, read),
         }
     }
 
@@ -231,18 +335,24 @@ impl SeatRows {
             payment_transaction_id: None,
             payment_idempotency_key: None,
             cancel_requested: false,
+            refunding: false,
         });
         Some(id)
     }
 
-    /// `begin_pay`: lock the seat and the reservation, decide, `HELD -> PAYING` as a new
-    /// attempt (conditional on status and attempt).
+    /// `begin_pay`: lock the seat and the reservation, read the clock, decide, `HELD -> PAYING`
+    /// as a new attempt (conditional on status and attempt).
     pub fn begin_pay(&mut self, id: i64, user_id: i64) -> BeginOutcome {
+        self.begin_pay_at(id, user_id, ClockRead::UnderLock)
+    }
+
+    /// [`SeatRows::begin_pay`], deciding with the clock read at `read`.
+    pub fn begin_pay_at(&mut self, id: i64, user_id: i64, read: ClockRead) -> BeginOutcome {
         let started = self.started;
         let Some(row) = self.row_mut(id) else {
             return BeginOutcome::NotFound;
         };
-        match payment::begin_pay(&row.payment_state(started), user_id, NOW) {
+        match payment::begin_pay(&row.payment_state(read, started), user_id, NOW) {
             BeginPay::Begin { attempt } => {
                 if row.status == Status::Held {
                     row.status = Status::Paying;
@@ -256,8 +366,10 @@ impl SeatRows {
         }
     }
 
-    /// `settle_attempt`: lock, decide what the reply to `attempt` does, write it conditionally
-    /// on this very attempt still paying.
+    /// `settle_attempt`: lock, read the clock, decide what the reply to `attempt` does, write
+    /// it conditionally on this very attempt still paying. A debit that comes after the
+    /// performance began records the refund decision (`refund_requested_at`) before the refund
+    /// is asked for.
     pub fn settle(
         &mut self,
         id: i64,
@@ -266,11 +378,23 @@ impl SeatRows {
         refunded: bool,
         bugs: StoreBugs,
     ) -> SettleOutcome {
-        let started = self.started;
+        self.settle_at(id, attempt, reply, refunded, bugs, ClockRead::UnderLock)
+    }
+
+    /// [`SeatRows::settle`], deciding with the clock read at `read`.
+    pub fn settle_at(
+        &mut self,
+        id: i64,
+        attempt: i32,
+        reply: UseReply,
+        refunded: bool,
+        bugs: StoreBugs,
+        read: ClockRead,
+    ) -> SettleOutcome {
         let Some(row) = self.row(id).cloned() else {
             return SettleOutcome::Moved;
         };
-        let state = row.payment_state(started);
+        let state = row.payment_state(read, self.started);
         let mut decision = payment::apply_use_reply(&state, attempt, reply, refunded, NOW);
         let mut paying_attempt = attempt;
         if bugs.back_to_held_any_attempt
@@ -286,7 +410,8 @@ impl SeatRows {
                 if let Some(row) = self.row_mut(id).filter(|row| paying(row)) {
                     row.status = Status::Confirmed;
                     row.payment_transaction_id = Some(transaction_id);
-                    row.payment_idempotency_key = Some(Key::new(&payment::use_key(id, attempt)));
+                    row.payment_idempotency_key =
+                        Some(Key::new(&payment::use_key(KEY_NONCE, id, attempt)));
                 }
                 self.set_seat(SeatView::Held, SeatView::Sold);
                 SettleOutcome::Confirmed
@@ -307,20 +432,39 @@ impl SeatRows {
             }
             AfterUse::StayPaying => SettleOutcome::StillPaying,
             AfterUse::Settled => SettleOutcome::Confirmed,
+            AfterUse::DecideRefund => {
+                if let Some(row) = self.row_mut(id).filter(|row| paying(row)) {
+                    row.refunding = true;
+                }
+                SettleOutcome::Refund {
+                    use_key: Key::new(&payment::use_key(KEY_NONCE, id, attempt)),
+                }
+            }
             AfterUse::Refund => SettleOutcome::Refund {
-                use_key: Key::new(&payment::use_key(id, attempt)),
+                use_key: Key::new(&payment::use_key(KEY_NONCE, id, attempt)),
             },
             AfterUse::Nothing => SettleOutcome::Moved,
         }
     }
 
-    /// `cancel`: lock, decide; a paid reservation records the cancellation's start and asks
-    /// for its refund first, and is released only once `refunded`.
+    /// `cancel`: lock, read the clock, decide; a paid reservation records the cancellation's
+    /// start and asks for its refund first, and is released only once `refunded`.
     pub fn cancel(&mut self, id: i64, user_id: i64, refunded: bool) -> CancelOutcome {
+        self.cancel_at(id, user_id, refunded, ClockRead::UnderLock)
+    }
+
+    /// [`SeatRows::cancel`], deciding with the clock read at `read`.
+    pub fn cancel_at(
+        &mut self,
+        id: i64,
+        user_id: i64,
+        refunded: bool,
+        read: ClockRead,
+    ) -> CancelOutcome {
         let Some(row) = self.row(id).cloned() else {
             return CancelOutcome::NotFound;
         };
-        let released_from = match reservation::cancel(&row.state(), user_id, NOW) {
+        let released_from = match reservation::cancel(&row.state_at(read), user_id, NOW) {
             CancelDecision::Release => Status::Held,
             CancelDecision::RefundThenRelease if refunded => Status::Confirmed,
             CancelDecision::RefundThenRelease => {

@@ -1,5 +1,9 @@
-//! wallet-svc's rows (balances, ledger, recorded refusals) and its one transaction: lock the
-//! wallet, read what the key already holds, ask `protocol::wallet::decide`, write the answer.
+//! wallet-svc's rows (balances, ledger, recorded refusals) and one movement's transaction as
+//! one atomic step: lock the wallet, read what the key already holds, ask
+//! `protocol::wallet::decide`, write the answer. The protocol model applies every wallet call
+//! this way; [`crate::wallet_model`] explores the real transactions statement by statement
+//! (wallet creation, batches of several movements, two replicas) and checks that each one
+//! does exactly what this does for its movements, one after another.
 
 use protocol::wallet::{self, Decision, KeyRecord, Movement, Recorded, RefundTarget, Refusal};
 
@@ -35,7 +39,8 @@ pub enum Request {
 }
 
 impl Request {
-    fn fingerprint(&self) -> Key {
+    /// The request's fingerprint: what tells a replay of its key from a reuse.
+    pub fn fingerprint(&self) -> Key {
         Key::new(&match self {
             Self::Charge { amount } => format!("charge/{amount}"),
             Self::Use { amount } => format!("use/{amount}"),

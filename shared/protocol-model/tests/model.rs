@@ -1,7 +1,9 @@
-//! The protocol explored exhaustively, and each seeded bug caught. Run in release mode
-//! (`cargo test --release -p protocol-model -- --nocapture` prints the state counts).
+//! The protocol explored exhaustively, and each seeded bug caught (a bug of wallet-svc's
+//! transactions in the wallet model, see `tests/wallet_model.rs`). Run in release mode
+//! (`cargo test --release -p protocol-model -- --nocapture` prints the state counts and the
+//! counterexamples).
 
-use protocol_model::{Bug, Config, check};
+use protocol_model::{Bug, Config, Report, check, check_bug, check_until};
 
 /// Fewer unique states than this means the model stopped exploring what it used to.
 const PER_COMMIT_STATES_AT_LEAST: usize = 8_000_000;
@@ -37,22 +39,30 @@ fn every_interleaving_keeps_every_property() {
     );
 }
 
-/// Explores with `bug` seeded until a property breaks, and shows how.
+/// Explores with `bug` seeded (in the model it belongs to) until a property breaks, and shows
+/// how.
 fn assert_caught(bug: Bug) {
-    let report = check(Config::per_commit().with_bug(bug), true);
-    let Some((property, trace)) = report.counterexamples.first() else {
-        panic!(
-            "{bug:?} went unnoticed in {} unique states",
-            report.unique_states
-        );
-    };
-    let actions = trace
-        .lines()
-        .take_while(|line| !line.starts_with("last state"));
-    eprintln!(
-        "{bug:?} breaks \"{property}\":\n{}",
-        actions.collect::<Vec<_>>().join("\n")
+    show_counterexample(bug, &check_bug(bug));
+}
+
+/// Prints each property `bug` broke, with the trace that breaks it.
+fn show_counterexample(bug: Bug, report: &Report) {
+    assert!(
+        !report.counterexamples.is_empty(),
+        "{bug:?} went unnoticed in {} unique states",
+        report.unique_states
     );
+    for (property, trace) in &report.counterexamples {
+        let actions = trace
+            .lines()
+            .take_while(|line| !line.starts_with("last state"));
+        eprintln!(
+            "{bug:?} breaks \"{property}\" ({} unique states, {:.1?}):\n{}",
+            report.unique_states,
+            report.elapsed,
+            actions.collect::<Vec<_>>().join("\n")
+        );
+    }
 }
 
 #[test]
@@ -78,4 +88,46 @@ fn a_wallet_that_leaves_refused_keys_free_is_caught() {
 #[test]
 fn a_back_to_held_not_conditional_on_the_attempt_is_caught() {
     assert_caught(Bug::BackToHeldAnyAttempt);
+}
+
+#[test]
+fn a_decision_on_the_clock_of_the_transactions_start_is_caught() {
+    assert_caught(Bug::DecideWithTransactionStartClock);
+}
+
+/// The same bug where the performance may begin: a debit that arrives after the start is
+/// confirmed by a settle whose clock was read before it.
+#[test]
+fn a_decision_on_the_clock_of_the_transactions_start_sells_after_the_performance_began() {
+    let bug = Bug::DecideWithTransactionStartClock;
+    let property = "no seat is sold once the performance has begun";
+    let report = check_until(Config::deep().with_bug(bug), property);
+    assert!(
+        report
+            .counterexamples
+            .iter()
+            .any(|(broken, _)| *broken == property),
+        "{bug:?} never broke \"{property}\" in {} unique states",
+        report.unique_states
+    );
+    show_counterexample(bug, &report);
+}
+
+#[test]
+fn a_wallet_batch_of_refunds_without_the_row_lock_is_caught() {
+    assert_caught(Bug::RefundsWithoutWalletLock);
+}
+
+/// Every seeded bug, each in the model it belongs to, including any added to `Bug::ALL`
+/// without a test of its own.
+#[test]
+fn every_seeded_bug_is_caught() {
+    for bug in Bug::ALL {
+        let report = check_bug(bug);
+        assert!(
+            !report.counterexamples.is_empty(),
+            "{bug:?} went unnoticed in {} unique states",
+            report.unique_states
+        );
+    }
 }
