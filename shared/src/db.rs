@@ -295,21 +295,23 @@ mod tests {
         );
     }
 
+    /// A pool of one connection to `url`.
+    fn one_connection(url: &str) -> PgPool {
+        let settings = PoolSettings {
+            max_size: 1,
+            application_name: "isolation-test".to_owned(),
+            statement_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        };
+        build_pool(url, &settings).expect("a pool")
+    }
+
     #[tokio::test]
     async fn transactions_run_read_committed_whatever_the_database_default() {
         let admin = std::env::var("TEST_DATABASE_ADMIN_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let pool = build_pool(
-            &admin,
-            &PoolSettings {
-                max_size: 1,
-                application_name: "isolation-test".to_owned(),
-                statement_timeout: Duration::from_secs(5),
-                lock_timeout: Duration::from_secs(5),
-                acquire_timeout: Duration::from_secs(5),
-            },
-        )
-        .expect("a pool");
+        let pool = one_connection(&admin);
         {
             let mut conn = pool.get().await.expect("a connection");
             // What a database or role default of SERIALIZABLE looks like to the session.
@@ -325,17 +327,9 @@ mod tests {
         assert!(refused.to_string().contains("read committed"), "{refused}");
 
         // A database whose default is SERIALIZABLE: the pool's connections set their own.
-        let pool = build_pool(
-            &format!("{admin}?options=-c%20default_transaction_isolation%3Dserializable"),
-            &PoolSettings {
-                max_size: 1,
-                application_name: "isolation-test".to_owned(),
-                statement_timeout: Duration::from_secs(5),
-                lock_timeout: Duration::from_secs(5),
-                acquire_timeout: Duration::from_secs(5),
-            },
-        )
-        .expect("a pool");
+        let pool = one_connection(&format!(
+            "{admin}?options=-c%20default_transaction_isolation%3Dserializable"
+        ));
         check_isolation(&pool)
             .await
             .expect("read committed, set by the pool's own connections");
