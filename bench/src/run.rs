@@ -92,6 +92,22 @@ pub struct RunArgs {
     revision: String,
 }
 
+/// One wallet scenario and its raw baseline.
+struct WalletRun {
+    /// What the progress line calls it.
+    label: &'static str,
+    key: &'static str,
+    name: &'static str,
+    baseline_key: &'static str,
+    baseline_name: &'static str,
+    uses: u64,
+    users: u64,
+    first_user: i64,
+    raw_first_user: i64,
+    /// Points each user is charged with before the clock runs.
+    charge_each: i64,
+}
+
 /// Request counts at scale 1, sized to finish within a few minutes on two cores.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
@@ -343,41 +359,20 @@ impl Bench {
 
     /// (a) One hot wallet row.
     async fn hot_wallet(&self) -> anyhow::Result<ScenarioResult> {
-        let uses = self.sizes.hot_uses;
-        let raw_hot = self
-            .wallet_baseline(
-                "pgbench-wallet-hot",
-                "pgbench `Use` SQL, one row",
-                uses,
-                RAW_HOT_USER,
-                1,
-            )
+        let (hot, raw_hot) = self
+            .wallet_scenario(WalletRun {
+                label: "hot wallet",
+                key: "hot-wallet",
+                name: "(a) hot wallet: `Use` 1 point, one user",
+                baseline_key: "pgbench-wallet-hot",
+                baseline_name: "pgbench `Use` SQL, one row",
+                uses: self.sizes.hot_uses,
+                users: 1,
+                first_user: HOT_USER,
+                raw_first_user: RAW_HOT_USER,
+                charge_each: 1_000_000_000,
+            })
             .await?;
-        scenarios::charge_users(&self.wallet, HOT_USER, 1, 1_000_000_000, &self.run_id).await?;
-        self.sampler.take();
-        let measured = scenarios::wallet_uses(
-            "hot wallet",
-            &self.wallet,
-            uses,
-            CLIENTS,
-            HOT_USER,
-            1,
-            &self.run_id,
-        )
-        .await?;
-        let mut hot = Scenario::new(
-            "hot-wallet",
-            "(a) hot wallet: `Use` 1 point, one user",
-            &measured,
-            CLIENTS,
-            self.args.connections,
-            Some(&[OK]),
-            "req/s",
-            None,
-        );
-        hot.observe(&self.sampler.take(), &[WALLET]);
-        hot.against(&raw_hot);
-        hot.note_outcomes();
         let target = ratio_target(
             "hot wallet `Use` vs raw pgbench, one row",
             &hot,
@@ -395,38 +390,62 @@ impl Bench {
     /// (b) The same over many users.
     async fn spread_wallet(&self) -> anyhow::Result<ScenarioResult> {
         let (uses, users) = (self.sizes.spread_uses, self.sizes.spread_users);
-        let raw_spread = self
-            .wallet_baseline(
-                "pgbench-wallet-spread",
-                "pgbench `Use` SQL, 10,000 rows",
+        let (spread, raw_spread) = self
+            .wallet_scenario(WalletRun {
+                label: "spread wallet",
+                key: "spread-wallet",
+                name: "(b) spread wallet: `Use` 1 point, 10,000 users",
+                baseline_key: "pgbench-wallet-spread",
+                baseline_name: "pgbench `Use` SQL, 10,000 rows",
                 uses,
-                RAW_SPREAD_FIRST_USER,
                 users,
+                first_user: SPREAD_FIRST_USER,
+                raw_first_user: RAW_SPREAD_FIRST_USER,
+                charge_each: i64::try_from(uses.div_ceil(users))? + 1,
+            })
+            .await?;
+        Ok(ScenarioResult {
+            scenario: spread,
+            baselines: vec![raw_spread],
+            targets: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// A wallet scenario: its raw baseline first, then its users charged (not timed), then
+    /// `uses` uses of 1 point spread over them, measured.
+    async fn wallet_scenario(&self, run: WalletRun) -> anyhow::Result<(Scenario, Baseline)> {
+        let raw = self
+            .wallet_baseline(
+                run.baseline_key,
+                run.baseline_name,
+                run.uses,
+                run.raw_first_user,
+                run.users,
             )
             .await?;
-        let per_user = i64::try_from(uses.div_ceil(users))? + 1;
         scenarios::charge_users(
             &self.wallet,
-            SPREAD_FIRST_USER,
-            users,
-            per_user,
+            run.first_user,
+            run.users,
+            run.charge_each,
             &self.run_id,
         )
         .await?;
         self.sampler.take();
         let measured = scenarios::wallet_uses(
-            "spread wallet",
+            run.label,
             &self.wallet,
-            uses,
+            run.uses,
             CLIENTS,
-            SPREAD_FIRST_USER,
-            users,
+            run.first_user,
+            run.users,
             &self.run_id,
         )
         .await?;
-        let mut spread = Scenario::new(
-            "spread-wallet",
-            "(b) spread wallet: `Use` 1 point, 10,000 users",
+        let mut scenario = Scenario::new(
+            run.key,
+            run.name,
             &measured,
             CLIENTS,
             self.args.connections,
@@ -434,15 +453,10 @@ impl Bench {
             "req/s",
             None,
         );
-        spread.observe(&self.sampler.take(), &[WALLET]);
-        spread.against(&raw_spread);
-        spread.note_outcomes();
-        Ok(ScenarioResult {
-            scenario: spread,
-            baselines: vec![raw_spread],
-            targets: Vec::new(),
-            notes: Vec::new(),
-        })
+        scenario.observe(&self.sampler.take(), &[WALLET]);
+        scenario.against(&raw);
+        scenario.note_outcomes();
+        Ok((scenario, raw))
     }
 
     /// The Redis side of a hold, as reservation-svc runs it: its Lua acquire of the seat lock

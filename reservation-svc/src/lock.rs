@@ -295,18 +295,15 @@ impl SeatLocks {
                 vec![token.clone(), ttl_ms.to_string(), self.deadline_ms()],
             )
             .await;
+        let lock = SeatLock {
+            seat: None,
+            key,
+            token,
+        };
         let acquired = match answer.as_deref() {
-            Ok("acquired") => Ok(SeatLock {
-                seat: None,
-                key,
-                token,
-            }),
+            Ok("acquired") => Ok(lock),
             Ok(held) => match parse_held(held) {
-                Some((_, holder)) if holder == token => Ok(SeatLock {
-                    seat: None,
-                    key,
-                    token,
-                }),
+                Some((_, holder)) if holder == lock.token => Ok(lock),
                 Some((left, holder)) if holder.starts_with(TAKEN_PREFIX) => {
                     Err(Acquire::Taken { left })
                 }
@@ -318,11 +315,6 @@ impl SeatLocks {
             Err(error) => {
                 // No answer in time: the lock may have been taken all the same.
                 let locks = self.clone();
-                let lock = SeatLock {
-                    seat: None,
-                    key,
-                    token,
-                };
                 tokio::spawn(async move { locks.release(lock).await });
                 Err(Acquire::Refused(LockError::Unavailable(error.to_string())))
             }

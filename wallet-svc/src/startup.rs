@@ -46,9 +46,35 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, unless disabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
+            .as_ref()
+            .and_then(|metrics| metrics.local_addr().ok())
+    }
+}
+
+impl Service for Application {
+    type Config = Config;
+
+    fn listen_addr(config: &Config) -> SocketAddr {
+        config.listen_addr
+    }
+
+    /// Applies the embedded migrations to the configured database.
+    async fn migrate(config: &Config) -> anyhow::Result<()> {
+        shared::db::run_migrations(&config.database_url, MIGRATIONS)
+            .await
+            .context("cannot migrate the wallet database")
+    }
+
     /// Migrates the database, builds the pool and binds the listeners of gRPC and of the
     /// metrics (port 0 picks a free one).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    async fn build(config: Config) -> anyhow::Result<Self> {
         let Foundation {
             pool,
             listener,
@@ -83,19 +109,8 @@ impl Application {
         })
     }
 
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Where `/metrics` is served, unless disabled.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics
-            .as_ref()
-            .and_then(|metrics| metrics.local_addr().ok())
-    }
-
     /// Serves until `shutdown` completes, then drains and closes the pool.
-    pub async fn run_until_stopped(
+    async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
@@ -137,35 +152,5 @@ impl Application {
         }
         self.pool.close();
         served
-    }
-}
-
-/// Applies the embedded migrations to the configured database.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    shared::db::run_migrations(&config.database_url, MIGRATIONS)
-        .await
-        .context("cannot migrate the wallet database")
-}
-
-impl Service for Application {
-    type Config = Config;
-
-    fn listen_addr(config: &Config) -> SocketAddr {
-        config.listen_addr
-    }
-
-    async fn migrate(config: &Config) -> anyhow::Result<()> {
-        migrate(config).await
-    }
-
-    async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build(config).await
-    }
-
-    async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
-        self.run_until_stopped(shutdown).await
     }
 }

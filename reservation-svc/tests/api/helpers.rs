@@ -12,6 +12,7 @@ use reservation_svc::config::Config;
 use reservation_svc::startup::{Application, MIGRATIONS};
 use shared::proto::reservation::v1 as pb;
 use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
+use shared::service::Service;
 use shared::test_support::TestDatabase;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

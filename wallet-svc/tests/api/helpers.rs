@@ -7,6 +7,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
+use shared::service::Service;
 use shared::test_support::TestDatabase;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
