@@ -14,6 +14,8 @@ run_started=$(date +%s)
 WALLET_DB=${BENCH_WALLET_DB:-bench_wallet}
 RESERVATION_DB=${BENCH_RESERVATION_DB:-bench_reservation}
 PG_URL="postgres://postgres@$PG_HOST:$PG_PORT"
+# The plaintext run, without caller checks.
+export INSECURE=true
 
 ensure_rust
 ensure_postgres

@@ -59,6 +59,10 @@ if ! cmp -s "$init_sql" deploy/k8s/overlays/dev/init-databases.sql; then
     die "deploy/k8s/overlays/dev/init-databases.sql differs from $init_sql: copy $init_sql over it"
 fi
 
+# The dev overlay takes its certificates and JWKS from pki/, which scripts/dev-pki.sh makes
+# (kept when still valid; not committed).
+scripts/dev-pki.sh deploy/k8s/overlays/dev/pki >/dev/null
+
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
 validator_args=()
@@ -87,6 +91,9 @@ from referencing import Registry, Resource
 EXTERNAL = {
     "deploy/k8s/base": {
         ("Secret", "ticketing-db"): {"RESERVATION_DATABASE_URL", "WALLET_DATABASE_URL"},
+        ("Secret", "wallet-svc-tls"): {"tls.crt", "tls.key", "ca.crt"},
+        ("Secret", "reservation-svc-tls"): {"tls.crt", "tls.key", "ca.crt"},
+        ("ConfigMap", "ticketing-jwks"): {"jwks.json"},
     },
 }
 # Read by the services' telemetry set-up rather than by a clap argument.

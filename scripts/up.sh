@@ -2,16 +2,27 @@
 # Runs the system locally: PostgreSQL and Redis (started, or installed and started, when not
 # already running), the databases and their migrations, demo data, and the services in the
 # foreground with their logs. Prints grpcurl commands to try. Ctrl-C stops everything it started.
+#
+# Secure, as production runs: TLS on both services, mutual TLS from reservation-svc to
+# wallet-svc, and callers' tokens checked, with a development PKI and token key made by
+# scripts/dev-pki.sh in .tools/pki (kept across runs). `./scripts/up.sh --insecure` runs them
+# in plaintext without caller checks instead.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
+
+insecure=false
+case "${1:-}" in
+    --insecure) insecure=true ;;
+    "") ;;
+    *) die "usage: $0 [--insecure]" ;;
+esac
 
 export WALLET_LISTEN_ADDR=${WALLET_LISTEN_ADDR:-0.0.0.0:50052}
 export WALLET_DATABASE_URL=${WALLET_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/wallet}
 export RESERVATION_LISTEN_ADDR=${RESERVATION_LISTEN_ADDR:-0.0.0.0:50051}
 export RESERVATION_DATABASE_URL=${RESERVATION_DATABASE_URL:-postgres://postgres@$PG_HOST:$PG_PORT/reservation}
 export REDIS_URL=${REDIS_URL:-redis://$REDIS_HOST:$REDIS_PORT}
-export WALLET_ENDPOINT=${WALLET_ENDPOINT:-http://127.0.0.1:${WALLET_LISTEN_ADDR##*:}}
 # An empty metrics address (set, but empty) serves no /metrics.
 export WALLET_METRICS_ADDR=${WALLET_METRICS_ADDR-0.0.0.0:9092}
 export RESERVATION_METRICS_ADDR=${RESERVATION_METRICS_ADDR-0.0.0.0:9091}
@@ -55,18 +66,42 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
+PKI="$TOOLS_DIR/pki"
+if $insecure; then
+    export INSECURE=true
+    export WALLET_ENDPOINT=${WALLET_ENDPOINT:-http://127.0.0.1:$WALLET_PORT}
+    GRPC=("$GRPCURL" -plaintext)
+    AS_ADMIN=()
+else
+    scripts/dev-pki.sh "$PKI"
+    GRPC=("$GRPCURL" -cacert "$PKI/ca.pem" -cert "$PKI/admin.pem" -key "$PKI/admin-key.pem")
+    AS_ADMIN=(-H "authorization: Bearer $(scripts/dev-token.sh "$PKI" 1 admin)")
+fi
+
+# Runs service $1 with its development settings (secure) or as it is (--insecure).
+run_service() {
+    if ! $insecure; then
+        set -a
+        # shellcheck disable=SC1090
+        . "$PKI/${1%-svc}.env"
+        set +a
+        [ "$1" = reservation-svc ] && export WALLET_ENDPOINT=https://localhost:$WALLET_PORT
+    fi
+    exec "target/release/$1"
+}
+
 # The prefixing seds ignore Ctrl-C (it reaches the whole process group): they end when their
 # service closes its output, so the services' shutdown lines are still shown.
-target/release/wallet-svc > >(trap '' INT; exec sed -u 's/^/[wallet] /') 2>&1 &
+(run_service wallet-svc) > >(trap '' INT; exec sed -u 's/^/[wallet] /') 2>&1 &
 pids+=($!)
-target/release/reservation-svc > >(trap '' INT; exec sed -u 's/^/[reservation] /') 2>&1 &
+(run_service reservation-svc) > >(trap '' INT; exec sed -u 's/^/[reservation] /') 2>&1 &
 pids+=($!)
 
 # Waits until the server at $2 reports SERVING; $1 names it, $3 is its pid.
 wait_serving() {
     log "waiting for $1 to report SERVING"
     for _ in $(seq 1 150); do
-        if "$GRPCURL" -plaintext "$2" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
+        if "${GRPC[@]}" "$2" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
             return
         fi
         kill -0 "$3" 2>/dev/null || die "$1 exited; see its log above"
@@ -79,14 +114,14 @@ wait_serving reservation-svc "$RESERVATION" "${pids[1]}"
 
 # Demo data, made once: user 1 starts with 1000 points (the key makes a rerun a no-op), and a
 # concert with one schedule of 100 seats at 100 points.
-"$GRPCURL" -plaintext -d '{"user_id": 1, "amount": 1000, "idempotency_key": "demo-seed-user-1"}' \
+"${GRPC[@]}" "${AS_ADMIN[@]}" -d '{"user_id": 1, "amount": 1000, "idempotency_key": "demo-seed-user-1"}' \
     "$WALLET" ticketing.wallet.v1.WalletService/Charge >/dev/null
-if ! "$GRPCURL" -plaintext "$RESERVATION" ticketing.reservation.v1.ReservationService/ListConcerts |
+if ! "${GRPC[@]}" "${AS_ADMIN[@]}" "$RESERVATION" ticketing.reservation.v1.ReservationService/ListConcerts |
     grep -q '"id"'; then
-    concert_id=$("$GRPCURL" -plaintext -d '{"title": "Demo concert"}' "$RESERVATION" \
+    concert_id=$("${GRPC[@]}" "${AS_ADMIN[@]}" -d '{"title": "Demo concert"}' "$RESERVATION" \
         ticketing.reservation.v1.ReservationService/CreateConcert | sed -n 's/.*"id": "\([0-9]*\)".*/\1/p')
     starts_at=$(date -u -d '+30 days' +%Y-%m-%dT19:00:00Z)
-    "$GRPCURL" -plaintext -d "{\"concert_id\": $concert_id, \"starts_at\": \"$starts_at\", \"seat_count\": 100, \"seat_price\": 100}" \
+    "${GRPC[@]}" "${AS_ADMIN[@]}" -d "{\"concert_id\": $concert_id, \"starts_at\": \"$starts_at\", \"seat_count\": 100, \"seat_price\": 100}" \
         "$RESERVATION" ticketing.reservation.v1.ReservationService/CreateSchedule >/dev/null
     log "demo concert $concert_id created with a schedule of 100 seats"
 fi
@@ -102,7 +137,7 @@ cat <<EXAMPLES
   you like: each run makes a user and keys of its own):
 
 ${path_hint:+$path_hint
-}$(scripts/walkthrough.sh "$RESERVATION" "$WALLET")
+}$(if $insecure; then scripts/walkthrough.sh --insecure "$RESERVATION" "$WALLET"; else scripts/walkthrough.sh "$RESERVATION" "$WALLET" "$PKI"; fi)
 
   Metrics: curl -s $RESERVATION_METRICS/metrics | grep '^ticketing_'
   Load: bench/README.md has a ghz line for every RPC.

@@ -627,6 +627,10 @@ impl Bench {
             variables: vec![
                 ("schedule_id", raw_schedule.to_owned()),
                 ("seat_count", self.sizes.seats.to_string()),
+                (
+                    "users",
+                    scenarios::distinct_seat_users(self.sizes.distinct_holds).to_string(),
+                ),
             ],
             work_dir: &self.work_dir,
         }

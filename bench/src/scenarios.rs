@@ -17,6 +17,16 @@ use crate::load::{self, Measured, OK, outcome};
 /// not divide `seat_count`.
 pub const SEAT_STRIDE: i64 = 7919;
 
+/// Holds each user of the distinct-seat scenario makes: as many as one user may have on one
+/// schedule by default (`MAX_ACTIVE_HOLDS_PER_USER`), so that none is refused.
+pub const HOLDS_PER_USER: u64 = 4;
+
+/// The users of `requests` distinct-seat holds, [`HOLDS_PER_USER`] holds each: hold `index` is
+/// by user `index % users + 1`, so one user's holds come far apart.
+pub fn distinct_seat_users(requests: u64) -> u64 {
+    requests.div_ceil(HOLDS_PER_USER).max(1)
+}
+
 /// Opens `per_addr` HTTP/2 connections to each address.
 pub async fn connect(addrs: &[String], per_addr: usize) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::new();
@@ -215,6 +225,7 @@ pub async fn distinct_seats(
         .first()
         .ok_or_else(|| anyhow::anyhow!("no reservation-svc"))?;
     let schedule_id = create_schedule(first, "Distinct seats", seat_count, 0).await?;
+    let users = distinct_seat_users(requests);
     measuring();
     load::drive(
         "distinct seats",
@@ -223,7 +234,7 @@ pub async fn distinct_seats(
         reservation,
         move |channel, index, _| {
             let request = reservation_pb::HoldSeatRequest {
-                user_id: i64::try_from(index % 1000).unwrap_or(0) + 1,
+                user_id: i64::try_from(index % users).unwrap_or(0) + 1,
                 schedule_id,
                 seat_no: spread_seat(index, seat_count),
             };

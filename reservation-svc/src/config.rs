@@ -1,12 +1,15 @@
 //! Settings, each from a `--flag` or its environment variable; `--help` lists the defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
 pub use shared::cli::Command;
 use shared::db::DbArgs;
+use shared::security::SecurityArgs;
 use shared::server::ServerArgs;
+use shared::tls::ClientFiles;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,6 +50,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub server: ServerArgs,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
 
     /// Address of the Prometheus `/metrics` endpoint; empty for none.
     // `std::option::Option`, so that clap hands the value to the parser, empty included.
@@ -113,6 +119,18 @@ pub struct Config {
     )]
     pub wallet_endpoint: String,
 
+    /// PEM CA bundle that signs wallet-svc's certificate; needed for an `https://` endpoint.
+    #[arg(long, global = true, env = "WALLET_TLS_CA_FILE")]
+    pub wallet_tls_ca_file: Option<PathBuf>,
+
+    /// PEM certificate reservation-svc presents to wallet-svc: its identity there.
+    #[arg(long, global = true, env = "WALLET_TLS_CERT_FILE")]
+    pub wallet_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `WALLET_TLS_CERT_FILE`.
+    #[arg(long, global = true, env = "WALLET_TLS_KEY_FILE")]
+    pub wallet_tls_key_file: Option<PathBuf>,
+
     /// Deadline of each call to wallet-svc; past it the payment's outcome is unknown and the
     /// reservation stays PAYING for a retry or the reconciler.
     #[arg(long, global = true, env = "WALLET_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
@@ -129,9 +147,48 @@ pub struct Config {
     /// On SIGTERM, how long calls in flight may take to finish.
     #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Most reservations one user may have HELD or PAYING on one schedule at once; a hold
+    /// beyond them is FAILED_PRECONDITION / HOLD_LIMIT.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_ACTIVE_HOLDS_PER_USER",
+        default_value_t = crate::model::DEFAULT_MAX_ACTIVE_HOLDS_PER_USER
+    )]
+    pub max_active_holds_per_user: std::num::NonZeroU32,
 }
 
 impl Config {
+    /// How wallet-svc is reached: over TLS (with reservation-svc's certificate, if set) for an
+    /// `https://` endpoint, in plaintext for `http://` only when the service runs INSECURE.
+    pub fn wallet_tls(&self) -> anyhow::Result<Option<ClientFiles>> {
+        let https = self.wallet_endpoint.starts_with("https://");
+        let identity = match (&self.wallet_tls_cert_file, &self.wallet_tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("WALLET_TLS_CERT_FILE and WALLET_TLS_KEY_FILE go together"),
+        };
+        if !https {
+            anyhow::ensure!(
+                self.wallet_tls_ca_file.is_none() && identity.is_none(),
+                "WALLET_TLS_* are set but WALLET_ENDPOINT {} is not https://",
+                self.wallet_endpoint
+            );
+            anyhow::ensure!(
+                self.security.insecure,
+                "WALLET_ENDPOINT {} is plaintext: use https:// with WALLET_TLS_CA_FILE \
+                 (and WALLET_TLS_CERT_FILE, WALLET_TLS_KEY_FILE), or INSECURE=true",
+                self.wallet_endpoint
+            );
+            return Ok(None);
+        }
+        let Some(ca) = self.wallet_tls_ca_file.clone() else {
+            anyhow::bail!("WALLET_ENDPOINT is https:// but WALLET_TLS_CA_FILE is not set");
+        };
+        Ok(Some(ClientFiles { ca, identity }))
+    }
+
     /// The defaults, as `--help` shows them, with no flags or environment.
     pub fn defaults() -> Self {
         Cli::parse_from(["reservation-svc"]).config

@@ -17,7 +17,17 @@ impl From<ReservationError> for Status {
             ReservationError::SeatLocked => {
                 status_with_reason(Code::Aborted, Reason::SeatLocked, message)
             }
-            ReservationError::NotOwner => Status::permission_denied(message),
+            ReservationError::PerformanceStarted => status_with_reason(
+                Code::FailedPrecondition,
+                Reason::PerformanceStarted,
+                message,
+            ),
+            ReservationError::HoldLimit { .. } => {
+                status_with_reason(Code::FailedPrecondition, Reason::HoldLimit, message)
+            }
+            // Someone else's reservation is answered as one that does not exist, so that
+            // reservation ids reveal nothing.
+            ReservationError::NotOwner => Status::not_found("reservation not found"),
             ReservationError::HoldExpired => {
                 status_with_reason(Code::FailedPrecondition, Reason::HoldExpired, message)
             }

@@ -3,9 +3,13 @@
 //! checks them again), the requests, the entities, and the outcomes of each step. `grpc`,
 //! `domain` and `store` all speak it; it imports none of them.
 
+use std::num::NonZeroU32;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 pub use protocol::reservation::{SeatView, Status};
 pub use shared::values::{InvalidValue, PageCursor, PageSize, UserId};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 shared::positive_id!(
     /// A concert.
@@ -23,7 +27,8 @@ shared::positive_id!(
 /// Names the reservation listing in its page tokens.
 pub const RESERVATIONS_LISTING: &str = "rsv";
 
-/// A concert's title: 1 to 200 characters, not only whitespace.
+/// A concert's title: 1 to 200 characters, at least one of them visible ([`is_visible`]), and
+/// no NUL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Title(String);
 
@@ -31,8 +36,10 @@ impl Title {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(value: String) -> Result<Self, InvalidValue> {
-        if value.trim().is_empty() {
-            return Err(InvalidValue("must not be blank"));
+        if !value.chars().any(is_visible) {
+            return Err(InvalidValue(
+                "must not be blank: only whitespace or invisible characters",
+            ));
         }
         if value.chars().count() > Self::MAX_CHARS {
             return Err(InvalidValue("must be at most 200 characters"));
@@ -46,6 +53,20 @@ impl Title {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `c` shows as something: neither whitespace (Unicode `White_Space`) nor a control
+/// (`Cc`) or format (`Cf`) character. `Cf` holds the invisible ones a blank-looking title is
+/// made of: zero-width space, non-joiner and joiner (U+200B..U+200D), word joiner (U+2060),
+/// byte-order mark (U+FEFF), soft hyphen (U+00AD), bidirectional marks and the like. std has
+/// no general category, hence `unicode-properties` (unicode-rs, already built for Postgres's
+/// SASLprep). The rule is by category, not a list, so it follows Unicode as the crate does.
+fn is_visible(c: char) -> bool {
+    !c.is_whitespace()
+        && !matches!(
+            c.general_category(),
+            GeneralCategory::Control | GeneralCategory::Format
+        )
 }
 
 /// Seats of a schedule: `1 ..= 100_000`.
@@ -134,6 +155,22 @@ pub struct NewSchedule {
     pub starts_at: DateTime<Utc>,
     pub seat_count: SeatCount,
     pub seat_price: Price,
+}
+
+/// The default of [`HoldTerms::max_per_user`] (`MAX_ACTIVE_HOLDS_PER_USER`).
+pub const DEFAULT_MAX_ACTIVE_HOLDS_PER_USER: NonZeroU32 = match NonZeroU32::new(4) {
+    Some(max) => max,
+    None => unreachable!(),
+};
+
+/// What a hold is granted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldTerms {
+    /// How long it keeps its seat.
+    pub ttl: Duration,
+    /// The most reservations one user may have HELD (and not lapsed) or PAYING on one
+    /// schedule; a hold beyond them is refused.
+    pub max_per_user: NonZeroU32,
 }
 
 /// A user asking for a seat of a schedule.
@@ -246,8 +283,16 @@ pub struct PaymentAttempt {
 pub enum HoldOutcome {
     Held(Reservation),
     ScheduleNotFound,
-    SeatOutOfRange { seat_count: i32 },
+    SeatOutOfRange {
+        seat_count: i32,
+    },
     Taken,
+    /// The performance has begun.
+    PerformanceStarted,
+    /// The user already has `max` reservations of the schedule held or being paid for.
+    HoldLimit {
+        max: u32,
+    },
 }
 
 /// Why a payment or a cancellation is refused.
@@ -319,6 +364,25 @@ mod tests {
         assert!(Title::parse(String::new()).is_err());
         assert!(Title::parse(" \t ".into()).is_err());
         assert!(Title::parse("a\0b".into()).is_err());
+    }
+
+    #[test]
+    fn a_title_of_only_invisible_characters_is_blank() {
+        for blank in [
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}",
+            " \u{2060} \u{FEFF}\u{00AD}",
+            "\u{3000}\u{00A0}\u{2028}",
+            "\u{202E}\u{2066}\u{2069}",
+            "\u{7}\u{1b}\u{85}",
+            "\u{E0001}\u{E0041}",
+        ] {
+            assert!(Title::parse(blank.into()).is_err(), "{blank:?}");
+        }
+        // Visible characters with invisible ones around them are a title.
+        for title in ["\u{200B}BTS\u{200B}", "\u{FEFF}가", "👩\u{200D}🎤", "-"] {
+            assert!(Title::parse(title.into()).is_ok(), "{title:?}");
+        }
     }
 
     #[test]

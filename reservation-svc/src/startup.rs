@@ -11,6 +11,7 @@ use shared::metrics::MetricsEndpoint;
 use shared::proto::reservation::v1::reservation_service_server::{
     ReservationServiceServer, SERVICE_NAME,
 };
+use shared::security::{Security, SecurityArgs};
 use shared::server::GrpcRouter;
 use shared::service::{Foundation, FoundationSettings, Service};
 use tokio::net::TcpListener;
@@ -36,6 +37,7 @@ pub struct Application {
     health: HealthReporter,
     reservations: Reservations,
     metrics: Option<MetricsEndpoint>,
+    security: Security,
     config: Config,
 }
 
@@ -69,6 +71,10 @@ impl Service for Application {
         config.listen_addr
     }
 
+    fn security(config: &Config) -> &SecurityArgs {
+        &config.security
+    }
+
     /// Applies the embedded migrations to the configured database.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
         shared::db::run_migrations(&config.database_url, MIGRATIONS)
@@ -79,6 +85,7 @@ impl Service for Application {
     /// Migrates the database, builds the pool and the Redis client, and binds the listeners of
     /// gRPC and of the metrics (port 0 picks a free one). Redis need not be up yet.
     async fn build(config: Config) -> anyhow::Result<Self> {
+        let security = config.security.load("reservation-svc")?;
         let Foundation {
             pool,
             listener,
@@ -105,19 +112,30 @@ impl Service for Application {
         .await
         .context("invalid Redis configuration")?;
 
-        let wallet = Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout)
-            .context("invalid WALLET_ENDPOINT")?;
-        let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl);
+        let wallet_tls = match config.wallet_tls()? {
+            Some(files) => Some(
+                shared::tls::client_tls(&files, Some(config.security.reload_interval))
+                    .context("wallet-svc's TLS settings")?,
+            ),
+            None => None,
+        };
+        let wallet =
+            Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout, wallet_tls)
+                .context("invalid WALLET_ENDPOINT")?;
+        let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl)
+            .with_max_active_holds_per_user(config.max_active_holds_per_user);
         let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
-        let router = router.add_service(ReservationServiceServer::new(ReservationGrpc::new(
-            reservations.clone(),
-        )));
+        let router = router.add_service(ReservationServiceServer::with_interceptor(
+            ReservationGrpc::new(reservations.clone()),
+            security.authenticate(),
+        ));
         Ok(Self {
             listener,
             router,
             health,
             reservations,
             metrics,
+            security,
             config,
         })
     }
@@ -176,6 +194,7 @@ impl Service for Application {
         let served = shared::server::serve(
             self.router,
             self.listener,
+            &self.security,
             self.health,
             &[SERVICE_NAME],
             shutdown,

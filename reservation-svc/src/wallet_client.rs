@@ -7,6 +7,7 @@ use protocol::payment::UseReply;
 use shared::error::{ERROR_DOMAIN, Reason};
 use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
+use shared::tls::ClientTls;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
@@ -45,11 +46,19 @@ pub struct Wallet {
 impl Wallet {
     /// A client that connects on first use (and reconnects as needed), so reservation-svc
     /// starts and serves holds while wallet-svc is down.
-    pub fn connect_lazy(endpoint: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+    /// Over TLS with `tls` in force at each connection, when given.
+    pub fn connect_lazy(
+        endpoint: &str,
+        timeout: Duration,
+        tls: Option<ClientTls>,
+    ) -> anyhow::Result<Self> {
+        let channel = match tls {
+            Some(tls) => shared::tls::channel(endpoint, tls, timeout)?,
+            None => Endpoint::from_shared(endpoint.to_owned())?
+                .connect_timeout(timeout)
+                .timeout(timeout)
+                .connect_lazy(),
+        };
         let interceptor: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
             propagate_trace;
         Ok(Self {

@@ -4,6 +4,7 @@
 //! the model the checker explores and the SQL the service runs from drifting apart.
 
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use diesel::QueryableByName;
@@ -16,12 +17,12 @@ use protocol::payment::{self, UseReply};
 use protocol::reservation::CancelDecision;
 use protocol_model::key::Key;
 use protocol_model::store::{
-    BeginOutcome, CancelOutcome, HoldOutcome, KEY_NONCE, Row, SeatRows, SeatView, SettleOutcome,
-    Status, StoreBugs,
+    BeginOutcome, CancelOutcome, HoldOutcome, KEY_NONCE, NOW, Row, SeatRows, SeatView,
+    SettleOutcome, Status, StoreBugs, UserHolds,
 };
 use reservation_svc::model::{
-    self as real, HoldRequest, OwnerRequest, PayAttempt, Refusal, ReservationId, ScheduleId,
-    SeatNo, UserId,
+    self as real, HoldRequest, HoldTerms, OwnerRequest, PayAttempt, Refusal, ReservationId,
+    ScheduleId, SeatNo, UserId,
 };
 use reservation_svc::startup::MIGRATIONS;
 use reservation_svc::store::{Store, StoreError};
@@ -49,6 +50,11 @@ fn target() -> impl Strategy<Value = Target> {
 enum Transition {
     Hold {
         user_id: i64,
+        /// Reservations of the schedule's other seats, one seat each (the hold limit counts
+        /// the user's).
+        elsewhere: Vec<Row>,
+        /// The hold limit.
+        max_user_holds: u32,
     },
     BeginPay {
         target: Target,
@@ -156,8 +162,24 @@ fn transition() -> impl Strategy<Value = Transition> {
         Just(Reply::Rejected),
         Just(Reply::Unknown),
     ];
+    let any_status = prop_oneof![
+        Just(Status::Held),
+        Just(Status::Paying),
+        Just(Status::Confirmed),
+        Just(Status::Cancelled),
+        Just(Status::Expired),
+    ];
     prop_oneof![
-        (1..=2i64).prop_map(|user_id| Transition::Hold { user_id }),
+        (
+            1..=2i64,
+            prop::collection::vec(any_status.prop_flat_map(row), 0..=4),
+            1..=3u32
+        )
+            .prop_map(|(user_id, elsewhere, max_user_holds)| Transition::Hold {
+                user_id,
+                elsewhere,
+                max_user_holds,
+            }),
         (target(), 1..=2i64).prop_map(|(target, user_id)| Transition::BeginPay { target, user_id }),
         (
             target(),
@@ -308,6 +330,45 @@ async fn load(pool: &PgPool, case: i64, rows: &SeatRows) -> (i64, SeatRows) {
     (schedule, rows)
 }
 
+/// Adds `elsewhere` to the schedule: each reservation on a seat of its own (2, 3, ...), whose
+/// row reads as it makes it read.
+async fn load_elsewhere(pool: &PgPool, schedule: i64, elsewhere: &[Row]) {
+    if elsewhere.is_empty() {
+        return;
+    }
+    let mut conn = pool.get().await.expect("a connection");
+    let mut sql = format!(
+        "UPDATE schedules SET seat_count = {} WHERE id = {schedule};",
+        1 + elsewhere.len()
+    );
+    for (seat_no, row) in (2..).zip(elsewhere) {
+        let seat = match row.status {
+            Status::Held | Status::Paying => SeatView::Held,
+            Status::Confirmed => SeatView::Sold,
+            Status::Cancelled | Status::Expired => SeatView::Available,
+        };
+        let expires = if row.lapsed {
+            "- interval '1 minute'"
+        } else {
+            "+ interval '5 minutes'"
+        };
+        sql.push_str(&format!(
+            "INSERT INTO seats (schedule_id, seat_no, price, status) \
+             VALUES ({schedule}, {seat_no}, {PRICE}, '{}'); \
+             INSERT INTO reservations (user_id, schedule_id, seat_no, price, status, \
+                 expires_at, pay_attempt, payment_transaction_id) \
+             VALUES ({}, {schedule}, {seat_no}, {PRICE}, '{}', now() {expires}, {}, {});",
+            seat_status(seat),
+            row.user_id,
+            row.status.as_str(),
+            row.pay_attempt,
+            row.payment_transaction_id
+                .map_or("NULL".to_owned(), |id| id.to_string()),
+        ));
+    }
+    conn.batch_execute(&sql).await.expect("the other seats");
+}
+
 /// The seat's rows as they are now.
 async fn read(conn: &mut AsyncPgConnection, schedule: i64, rows: &SeatRows) -> SeatRows {
     #[derive(QueryableByName)]
@@ -341,13 +402,13 @@ async fn read(conn: &mut AsyncPgConnection, schedule: i64, rows: &SeatRows) -> S
              payment_transaction_id, payment_idempotency_key, \
              cancel_requested_at IS NOT NULL AS cancel_requested, \
              refund_requested_at IS NOT NULL AS refunding \
-         FROM reservations WHERE schedule_id = {schedule} ORDER BY id"
+         FROM reservations WHERE schedule_id = {schedule} AND seat_no = 1 ORDER BY id"
     ))
     .load::<Stored>(conn)
     .await
     .expect("the reservations");
     let seat = diesel::sql_query(format!(
-        "SELECT status FROM seats WHERE schedule_id = {schedule}"
+        "SELECT status FROM seats WHERE schedule_id = {schedule} AND seat_no = 1"
     ))
     .get_result::<SeatStatus>(conn)
     .await
@@ -420,18 +481,31 @@ async fn run_both(
     let mut model = rows.clone();
     let bugs = StoreBugs::default();
     let (expected, actual) = match transition {
-        Transition::Hold { user_id } => {
+        Transition::Hold {
+            user_id,
+            elsewhere,
+            max_user_holds,
+        } => {
+            load_elsewhere(pool, schedule, elsewhere).await;
             let request = HoldRequest {
                 user_id: UserId::parse(*user_id).expect("a user"),
                 schedule_id: ScheduleId::parse(schedule).expect("a schedule"),
                 seat_no: SeatNo::parse(1).expect("a seat"),
             };
-            let mut expected = model.hold(*user_id);
-            let actual = match store
-                .hold_seat(request, Duration::from_secs(300))
-                .await
-                .unwrap_or_else(failed)
-            {
+            let counted = elsewhere
+                .iter()
+                .filter(|row| row.user_id == *user_id && row.state().counts_toward_hold_limit(NOW))
+                .count();
+            let holds = UserHolds {
+                elsewhere: u32::try_from(counted).expect("a few"),
+                max: *max_user_holds,
+            };
+            let mut expected = model.hold(*user_id, holds);
+            let terms = HoldTerms {
+                ttl: Duration::from_secs(300),
+                max_per_user: NonZeroU32::new(*max_user_holds).expect("a positive limit"),
+            };
+            let actual = match store.hold_seat(request, terms).await.unwrap_or_else(failed) {
                 real::HoldOutcome::Held(reservation) => {
                     let held = reservation.id.get();
                     // The database numbers new rows itself: the model's new row takes its id.
@@ -446,6 +520,11 @@ async fn run_both(
                     HoldOutcome::Held { id: held }
                 }
                 real::HoldOutcome::Taken => HoldOutcome::Taken,
+                real::HoldOutcome::PerformanceStarted => HoldOutcome::PerformanceStarted,
+                real::HoldOutcome::HoldLimit { max } => {
+                    assert_eq!(max, *max_user_holds);
+                    HoldOutcome::HoldLimit
+                }
                 other => panic!("unexpected hold outcome {other:?}"),
             };
             (Answer::Hold(expected), Answer::Hold(actual))

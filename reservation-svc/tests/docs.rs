@@ -20,7 +20,12 @@ fn documented() -> BTreeMap<String, (String, String)> {
         .map(|line| {
             let cells: Vec<&str> = line.trim_matches('|').split('|').collect();
             assert!(cells.len() >= 4, "a row of four cells: {line}");
-            (unquote(cells[0]), (unquote(cells[1]), unquote(cells[2])))
+            // A setting with no default is "unset".
+            let default = match unquote(cells[2]).as_str() {
+                "unset" => String::new(),
+                default => default.to_owned(),
+            };
+            (unquote(cells[0]), (unquote(cells[1]), default))
         })
         .collect()
 }

@@ -14,11 +14,26 @@ pub enum Reason {
     SeatTaken,
     SeatLocked,
     HoldExpired,
+    HoldLimit,
+    PerformanceStarted,
     InvalidState,
     InsufficientBalance,
     BalanceLimit,
     IdempotencyKeyReused,
     UnknownUse,
+    /// No bearer token with a call that needs one.
+    TokenMissing,
+    /// A token that does not verify: malformed, unknown key, bad signature, wrong issuer or
+    /// audience, not yet valid.
+    TokenInvalid,
+    /// A token past its `exp`.
+    TokenExpired,
+    /// A call only an admin may make.
+    AdminOnly,
+    /// A call for a user other than the caller, by a caller who is not an admin.
+    OtherUser,
+    /// A `Use` or `Refund` from a caller that is not a payment service.
+    PaymentServiceOnly,
 }
 
 impl Reason {
@@ -27,11 +42,19 @@ impl Reason {
             Self::SeatTaken => "SEAT_TAKEN",
             Self::SeatLocked => "SEAT_LOCKED",
             Self::HoldExpired => "HOLD_EXPIRED",
+            Self::HoldLimit => "HOLD_LIMIT",
+            Self::PerformanceStarted => "PERFORMANCE_STARTED",
             Self::InvalidState => "INVALID_STATE",
             Self::InsufficientBalance => "INSUFFICIENT_BALANCE",
             Self::BalanceLimit => "BALANCE_LIMIT",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::UnknownUse => "UNKNOWN_USE",
+            Self::TokenMissing => "TOKEN_MISSING",
+            Self::TokenInvalid => "TOKEN_INVALID",
+            Self::TokenExpired => "TOKEN_EXPIRED",
+            Self::AdminOnly => "ADMIN_ONLY",
+            Self::OtherUser => "OTHER_USER",
+            Self::PaymentServiceOnly => "PAYMENT_SERVICE_ONLY",
         }
     }
 }

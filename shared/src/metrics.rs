@@ -37,6 +37,15 @@ pub const DB_POOL_CONNECTIONS: &str = "ticketing_db_pool_connections";
 pub const DB_POOL_WAITING: &str = "ticketing_db_pool_waiting";
 /// The most connections the Postgres pool opens.
 pub const DB_POOL_MAX_CONNECTIONS: &str = "ticketing_db_pool_max_connections";
+/// 1 when the server runs without TLS and caller checks (`INSECURE`), else 0.
+pub const INSECURE_MODE: &str = "ticketing_insecure_mode";
+/// TLS handshakes that failed or timed out, by connection.
+pub const TLS_HANDSHAKE_FAILURES: &str = "ticketing_tls_handshake_failures_total";
+/// Connections closed before their handshake because too many were running (from their
+/// address, or in all).
+pub const TLS_HANDSHAKES_REFUSED: &str = "ticketing_tls_handshakes_refused_total";
+/// Certificate, key and JWKS files read again after a change, by what and result.
+pub const RELOADS: &str = "ticketing_reloads_total";
 
 /// Upper bounds of the [`RPC_DURATION`] buckets, in seconds: from a cached read to the default
 /// RPC timeout.
@@ -118,6 +127,22 @@ fn describe() {
     metrics::describe_gauge!(
         DB_POOL_MAX_CONNECTIONS,
         "The most connections the Postgres pool opens"
+    );
+    metrics::describe_gauge!(
+        INSECURE_MODE,
+        "1 when the server runs INSECURE: plaintext, every caller believed"
+    );
+    metrics::describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed (no trusted client certificate, not TLS) or timed out"
+    );
+    metrics::describe_counter!(
+        TLS_HANDSHAKES_REFUSED,
+        "Connections closed before their handshake, too many running from their address or in all"
+    );
+    metrics::describe_counter!(
+        RELOADS,
+        "Certificate, key and JWKS files read again after a change, by what and result"
     );
 }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
@@ -25,6 +24,7 @@ use tower::{Layer, Service};
 
 use crate::metrics::RpcMetricsLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::security::{Security, SecurityArgs};
 
 /// The router type of [`router`], to which a service adds itself.
 pub type GrpcRouter = Router<
@@ -37,6 +37,9 @@ pub type GrpcRouter = Router<
 /// The health name that reports whether the process serves at all, whatever its dependencies
 /// do: what a liveness probe asks (restarting a replica does not bring a database back).
 pub const LIVENESS: &str = "liveness";
+
+/// Longest life of a client's connection; clients reconnect.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 
 /// The services every server offers next to its own.
 const STANDARD_SERVICES: [&str; 3] = [
@@ -102,6 +105,10 @@ pub fn router(
         &offered,
     )?;
     let router = Server::builder()
+        // A connection lives for at most this long (then it is asked to go away and its calls
+        // finish), so a client certificate that expired or is no longer trusted stops serving
+        // within it.
+        .max_connection_age(MAX_CONNECTION_AGE)
         .trace_fn(crate::telemetry::grpc_request_span)
         // Outermost first: the metrics see every answer, refused and timed-out calls included,
         // and a timed-out call gives its place back to the limit.
@@ -115,25 +122,60 @@ pub fn router(
     Ok((router, health_reporter))
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then reports `NOT_SERVING`, stops
-/// accepting, and waits up to `drain_deadline` for calls in flight.
+/// The health name that is SERVING when the server runs without TLS and caller checks.
+pub const INSECURE: &str = "insecure";
+
+/// Serves `router` on `listener` (over TLS unless `security` is insecure) until `shutdown`
+/// completes, then reports `NOT_SERVING`, stops accepting, and waits up to `drain_deadline`
+/// for calls in flight.
 pub async fn serve(
     router: GrpcRouter,
     listener: TcpListener,
+    security: &Security,
     health: HealthReporter,
     service_names: &[&str],
     shutdown: impl Future<Output = ()>,
     drain_deadline: Duration,
 ) -> anyhow::Result<()> {
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        let stream = stream?;
-        stream.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(stream)
-    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let stop = async {
         let _ = stop_rx.await;
-    }));
+    };
+    let mut server = match security {
+        Security::Secure { tls, .. } => tokio::spawn(
+            router.serve_with_incoming_shutdown(crate::tls::accept(listener, tls.clone()), stop),
+        ),
+        Security::Insecure => {
+            // A failed accept (out of file descriptors, say) is retried after a pause.
+            let incoming = futures::StreamExt::filter_map(
+                TcpListenerStream::new(listener),
+                |accepted| async {
+                    match accepted {
+                        Ok(stream) => {
+                            let _ = stream.set_nodelay(true);
+                            Some(Ok::<_, std::io::Error>(stream))
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            None
+                        }
+                    }
+                },
+            );
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+    };
+    metrics::gauge!(crate::metrics::INSECURE_MODE).set(if security.is_insecure() {
+        1.0
+    } else {
+        0.0
+    });
+    if security.is_insecure() {
+        health
+            .set_service_status(INSECURE, ServingStatus::Serving)
+            .await;
+    }
     set_status(&health, service_names, ServingStatus::Serving).await;
     health
         .set_service_status(LIVENESS, ServingStatus::Serving)
@@ -164,22 +206,37 @@ pub async fn serve(
     Ok(())
 }
 
-/// Asks the gRPC health service at `addr` about the whole server: `Ok(())` when it is SERVING.
-/// Container health checks run this through a service's `health-check` subcommand.
-pub async fn check_health(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+/// Asks the gRPC health service at `addr` about `service` (empty: the whole server): `Ok(())`
+/// when it is SERVING.
+/// Container health checks run this through a service's `health-check` subcommand. A server
+/// with TLS is asked over TLS, presenting the server's own certificate when clients must
+/// have one (the probe runs next to the server and does not verify it).
+pub async fn check_health(
+    addr: std::net::SocketAddr,
+    security: &SecurityArgs,
+    service: &str,
+) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus as Reported;
     let host = if addr.ip().is_unspecified() {
         std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
     } else {
         addr
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await?;
+    let timeout = Duration::from_secs(2);
+    let channel = match security.server_files() {
+        Some(files) if !security.insecure => {
+            let config = crate::tls::probe_config(&files)?;
+            crate::tls::channel(&format!("https://{host}"), config, timeout)?
+        }
+        _ => tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy(),
+    };
     let status = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest::default())
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
         .await?
         .into_inner()
         .status();

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::cli::Command;
 use crate::db::{DbArgs, PgPool};
 use crate::metrics::MetricsEndpoint;
+use crate::security::SecurityArgs;
 
 /// A service's application: built from its configuration, served until a shutdown signal.
 pub trait Service: Sized + Send {
@@ -19,6 +20,9 @@ pub trait Service: Sized + Send {
 
     /// The address `health-check` asks.
     fn listen_addr(config: &Self::Config) -> SocketAddr;
+
+    /// The server's security settings, which `health-check` follows.
+    fn security(config: &Self::Config) -> &SecurityArgs;
 
     /// Applies the database migrations (the `migrate` subcommand; `build` applies them too).
     fn migrate(config: &Self::Config) -> impl Future<Output = anyhow::Result<()>> + Send;
@@ -36,7 +40,10 @@ pub trait Service: Sized + Send {
 pub async fn run<S: Service>(command: Option<Command>, config: S::Config) -> anyhow::Result<()> {
     match command.unwrap_or(Command::Serve) {
         Command::Migrate => S::migrate(&config).await,
-        Command::HealthCheck => crate::server::check_health(S::listen_addr(&config)).await,
+        Command::HealthCheck { service } => {
+            let addr = S::listen_addr(&config);
+            crate::server::check_health(addr, S::security(&config), &service).await
+        }
         Command::Serve => {
             let app = S::build(config).await?;
             app.run_until_stopped(crate::shutdown::shutdown_signal())

@@ -3,6 +3,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 
 /// Why a value was rejected, worded for the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +44,25 @@ positive_id!(
     /// A user, as the caller's identity system numbers them.
     UserId
 );
+
+/// Parses a request's `google.protobuf.Timestamp`, the one way every request field of that type
+/// is read: `nanos` within `0..=999_999_999` (protobuf's own rule, negative seconds included:
+/// they count forward from a whole second; chrono would otherwise take `1e9..2e9` as a leap
+/// second) and `seconds` within the years 1 to 9999 (protobuf's range, which Postgres stores).
+pub fn parse_timestamp(value: &prost_types::Timestamp) -> Result<DateTime<Utc>, InvalidValue> {
+    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    const NANOS: std::ops::RangeInclusive<i32> = 0..=999_999_999;
+    if !NANOS.contains(&value.nanos) {
+        return Err(InvalidValue("nanos must be between 0 and 999999999"));
+    }
+    let out_of_range = InvalidValue("must be a timestamp between the years 1 and 9999");
+    if !SECONDS.contains(&value.seconds) {
+        return Err(out_of_range);
+    }
+    let nanos = u32::try_from(value.nanos).map_err(|_| out_of_range.clone())?;
+    DateTime::from_timestamp(value.seconds, nanos).ok_or(out_of_range)
+}
 
 /// Rows per page: `0` asks for the default of 50; at most 1000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +165,21 @@ mod tests {
         );
         let (rows, next) = page(vec![9, 8], size, owner, |id| *id);
         assert_eq!((rows.len(), next), (2, None));
+    }
+
+    #[test]
+    fn timestamps_take_nanos_within_one_second_and_years_1_to_9999() {
+        let at = |seconds, nanos| parse_timestamp(&prost_types::Timestamp { seconds, nanos });
+        assert_eq!(
+            at(1_900_000_000, 999_999_999).map(|at| at.timestamp_subsec_nanos()),
+            Ok(999_999_999)
+        );
+        assert!(at(-62_135_596_800, 0).is_ok() && at(253_402_300_799, 0).is_ok());
+        // A second whose last one a leap second would follow, as chrono reads 1e9..2e9.
+        for nanos in [1_000_000_000, 1_500_000_000, i32::MAX, -1, i32::MIN] {
+            assert!(at(1_900_000_019, nanos).is_err(), "{nanos}");
+        }
+        assert!(at(-62_135_596_801, 0).is_err() && at(253_402_300_800, 0).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 pub use shared::cli::Command;
 use shared::db::DbArgs;
+use shared::security::SecurityArgs;
 use shared::server::ServerArgs;
 
 #[derive(Debug, Parser)]
@@ -44,6 +45,21 @@ pub struct Config {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    #[command(flatten)]
+    pub security: SecurityArgs,
+
+    /// Certificate identities (URI subject alternative names, comma-separated) of the services
+    /// that may `Use` and `Refund` for any user.
+    #[arg(
+        long,
+        global = true,
+        env = "PAYMENT_SERVICE_IDENTITIES",
+        default_value = "spiffe://ticketing.local/reservation-svc",
+        value_delimiter = ',',
+        value_parser = identity
+    )]
+    pub payment_service_identities: Vec<String>,
+
     /// Address of the Prometheus `/metrics` endpoint; empty for none.
     // `std::option::Option`, so that clap hands the value to the parser, empty included.
     #[arg(
@@ -70,6 +86,21 @@ pub struct Config {
     /// On SIGTERM, how long calls in flight may take to finish.
     #[arg(long, global = true, env = "DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+}
+
+/// A certificate identity: a URI (`scheme://...`) without spaces.
+fn identity(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let uri = text
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| !scheme.is_empty() && !rest.is_empty());
+    if uri && !text.contains(char::is_whitespace) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is no certificate identity (a URI such as spiffe://domain/service)"
+        ))
+    }
 }
 
 impl Config {

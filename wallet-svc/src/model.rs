@@ -132,7 +132,50 @@ pub struct TransactionPage {
 pub struct MoneyMovement {
     pub user_id: UserId,
     pub key: IdempotencyKey,
+    /// Whose keys `key` (and a refund's `use_key`) are among.
+    pub scope: KeyScope,
     pub kind: MovementKind,
+}
+
+/// Whose idempotency keys a movement's are: each caller has keys of its own, so no caller can
+/// replay, pre-empt or refund another's. A key is stored as `<owner> <key>` (keys hold no
+/// space); keys written before callers were told apart, and those of unchecked (`INSECURE`)
+/// calls, are stored bare: the unscoped keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope {
+    owner: String,
+    /// Whether a key not found among the owner's is looked for among the unscoped keys: so for
+    /// payment services, whose payments in flight when scopes came must keep their keys.
+    sees_unscoped: bool,
+}
+
+impl KeyScope {
+    /// The keys of `owner` (empty: the unscoped keys).
+    pub fn of(owner: String, sees_unscoped: bool) -> Self {
+        Self {
+            owner,
+            sees_unscoped,
+        }
+    }
+
+    /// `key` as stored.
+    pub fn stored(&self, key: &IdempotencyKey) -> String {
+        if self.owner.is_empty() {
+            key.as_str().to_owned()
+        } else {
+            format!("{} {}", self.owner, key.as_str())
+        }
+    }
+
+    /// `key` among the unscoped keys, where this scope looks too.
+    pub fn unscoped(&self, key: &IdempotencyKey) -> Option<String> {
+        (self.sees_unscoped && !self.owner.is_empty()).then(|| key.as_str().to_owned())
+    }
+}
+
+/// A stored key as its caller sent it.
+pub fn shown_key(stored: &str) -> &str {
+    stored.rsplit_once(' ').map_or(stored, |(_, key)| key)
 }
 
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use shared::db::PgPool;
 use shared::metrics::MetricsEndpoint;
 use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
+use shared::security::{Security, SecurityArgs};
 use shared::server::GrpcRouter;
 use shared::service::{Foundation, FoundationSettings, Service};
 use tokio::net::TcpListener;
@@ -32,6 +33,7 @@ pub struct Application {
     health: HealthReporter,
     pool: PgPool,
     metrics: Option<MetricsEndpoint>,
+    security: Security,
     drain_timeout: Duration,
 }
 
@@ -65,6 +67,10 @@ impl Service for Application {
         config.listen_addr
     }
 
+    fn security(config: &Config) -> &SecurityArgs {
+        &config.security
+    }
+
     /// Applies the embedded migrations to the configured database.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
         shared::db::run_migrations(&config.database_url, MIGRATIONS)
@@ -75,6 +81,12 @@ impl Service for Application {
     /// Migrates the database, builds the pool and binds the listeners of gRPC and of the
     /// metrics (port 0 picks a free one).
     async fn build(config: Config) -> anyhow::Result<Self> {
+        let security = config.security.load("wallet-svc")?;
+        // Payments come from services known by their certificates.
+        anyhow::ensure!(
+            !matches!(security, Security::Secure { mutual: false, .. }),
+            "wallet-svc serves only with client certificates: set TLS_CLIENT_CA_FILE"
+        );
         let Foundation {
             pool,
             listener,
@@ -98,13 +110,19 @@ impl Service for Application {
             batch_deadline,
         );
         let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
-        let router = router.add_service(WalletServiceServer::new(WalletGrpc::new(wallets)));
+
+        let grpc = WalletGrpc::new(wallets, config.payment_service_identities.clone());
+        let router = router.add_service(WalletServiceServer::with_interceptor(
+            grpc,
+            security.authenticate(),
+        ));
         Ok(Self {
             listener,
             router,
             health,
             pool,
             metrics,
+            security,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -141,6 +159,7 @@ impl Service for Application {
         let served = shared::server::serve(
             self.router,
             self.listener,
+            &self.security,
             self.health,
             &[SERVICE_NAME],
             shutdown,

@@ -18,8 +18,8 @@ use protocol_model::wallet::{Outcome, Request, Wallets};
 use shared::db::PgPool;
 use shared::test_support::TestDatabase;
 use wallet_svc::model::{
-    IdempotencyKey, MoneyMovement, MovementKind, MovementOutcome, Points, Reference, Refusal,
-    UserId,
+    IdempotencyKey, KeyScope, MoneyMovement, MovementKind, MovementOutcome, Points, Reference,
+    Refusal, UserId, shown_key,
 };
 use wallet_svc::startup::MIGRATIONS;
 use wallet_svc::store::Store;
@@ -81,6 +81,9 @@ fn movement(user_id: i64, step: &Step) -> MoneyMovement {
     MoneyMovement {
         user_id: UserId::parse(user_id).expect("a user"),
         key: key(at),
+        // Every step is one caller's, whose keys are stored under its identity: the model's
+        // keys are those of one caller (a key of another caller is another key altogether).
+        scope: KeyScope::of("spiffe://ticketing.local/reservation-svc".to_owned(), true),
         kind,
     }
 }
@@ -180,15 +183,20 @@ async fn stored_rows(pool: &PgPool, user_id: i64) -> Rows {
     .await
     .expect("the balance")
     .balance;
+    // Keys are stored under their caller's identity; the model's are the caller's own.
+    let shown = |stored: String| shown_key(&stored).to_owned();
     Rows {
         balance,
         ledger: ledger
             .into_iter()
-            .map(|entry| (entry.idempotency_key, entry.delta, entry.refunds))
+            .map(|entry| {
+                let refunds = entry.refunds.map(shown);
+                (shown(entry.idempotency_key), entry.delta, refunds)
+            })
             .collect(),
         refusals: refusals
             .into_iter()
-            .map(|refused| (refused.idempotency_key, refused.reason))
+            .map(|refused| (shown(refused.idempotency_key), refused.reason))
             .collect(),
     }
 }

@@ -3,15 +3,17 @@
 //! the commit, the wallet between a payment's transactions, and database work that runs to
 //! its end even if the caller leaves.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use protocol::payment::UseReply;
 
 use crate::lock::{LockError, SeatLocks};
 use crate::model::{
-    CancelOutcome, Concert, ConcertId, HoldOutcome, HoldRequest, NewSchedule, OwnerRequest,
-    PageCursor, PageSize, PaymentAttempt, Refusal, Reservation, ReservationId, ReservationPage,
-    Schedule, ScheduleId, Seat, SettleOutcome, Title, UserId,
+    CancelOutcome, Concert, ConcertId, DEFAULT_MAX_ACTIVE_HOLDS_PER_USER, HoldOutcome, HoldRequest,
+    HoldTerms, NewSchedule, OwnerRequest, PageCursor, PageSize, PaymentAttempt, Refusal,
+    Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat, SettleOutcome, Title,
+    UserId,
 };
 use crate::store::{Store, StoreError};
 use crate::wallet_client::{RefundError, Wallet};
@@ -27,6 +29,12 @@ pub enum ReservationError {
     SeatTaken,
     #[error("the seat is being reserved by a concurrent request, retry")]
     SeatLocked,
+    #[error("the performance has begun")]
+    PerformanceStarted,
+    #[error(
+        "the user already holds or is paying for {max} seats of this schedule, the most allowed"
+    )]
+    HoldLimit { max: u32 },
     #[error("the reservation belongs to another user")]
     NotOwner,
     #[error("the hold has expired")]
@@ -88,17 +96,29 @@ pub struct Reservations {
     store: Store,
     locks: SeatLocks,
     wallet: Wallet,
-    hold_ttl: Duration,
+    hold_terms: HoldTerms,
 }
 
 impl Reservations {
+    /// The service, with holds of `hold_ttl` and at most
+    /// [`DEFAULT_MAX_ACTIVE_HOLDS_PER_USER`] per user and schedule (see
+    /// [`Reservations::with_max_active_holds_per_user`]).
     pub fn new(store: Store, locks: SeatLocks, wallet: Wallet, hold_ttl: Duration) -> Self {
         Self {
             store,
             locks,
             wallet,
-            hold_ttl,
+            hold_terms: HoldTerms {
+                ttl: hold_ttl,
+                max_per_user: DEFAULT_MAX_ACTIVE_HOLDS_PER_USER,
+            },
         }
+    }
+
+    /// Lets one user have at most `max` reservations HELD or PAYING on one schedule.
+    pub fn with_max_active_holds_per_user(mut self, max: NonZeroU32) -> Self {
+        self.hold_terms.max_per_user = max;
+        self
     }
 
     pub async fn create_concert(&self, title: Title) -> Result<Concert, ReservationError> {
@@ -143,7 +163,7 @@ impl Reservations {
     pub async fn hold(&self, request: HoldRequest) -> Result<Reservation, ReservationError> {
         let store = self.store.clone();
         let locks = self.locks.clone();
-        let hold_ttl = self.hold_ttl;
+        let terms = self.hold_terms;
         let span = tracing::info_span!(
             "hold_seat",
             user_id = request.user_id.get(),
@@ -159,8 +179,8 @@ impl Reservations {
             // Counted from before the transaction, whose clock starts the hold: no more than
             // the hold has left (the mark itself expires at the hold's `expires_at`).
             let started = std::time::Instant::now();
-            let held = store.hold_seat(request, hold_ttl).await;
-            let left = hold_ttl.saturating_sub(started.elapsed());
+            let held = store.hold_seat(request, terms).await;
+            let left = terms.ttl.saturating_sub(started.elapsed());
             let left = i64::try_from(left.as_micros()).unwrap_or(i64::MAX);
             let taken = match &held {
                 Ok(HoldOutcome::Held(reservation)) => Some(reservation),
@@ -183,6 +203,8 @@ impl Reservations {
                 Err(ReservationError::SeatOutOfRange { seat_count })
             }
             HoldOutcome::Taken => Err(ReservationError::SeatTaken),
+            HoldOutcome::PerformanceStarted => Err(ReservationError::PerformanceStarted),
+            HoldOutcome::HoldLimit { max } => Err(ReservationError::HoldLimit { max }),
         }
     }
 

@@ -6,7 +6,7 @@ use shared::all_valid;
 use shared::error::{FieldViolations, invalid_field};
 use shared::proto::reservation::v1 as pb;
 use shared::proto::timestamp;
-use shared::values::InvalidValue;
+use shared::values::{InvalidValue, parse_timestamp};
 use tonic::Status;
 
 use crate::model::{
@@ -55,18 +55,9 @@ impl TryFrom<pb::GetReservationRequest> for ById<ReservationId> {
     }
 }
 
-/// A performance's start: a valid timestamp within the years 1 to 9999 (protobuf's own range,
-/// and within what Postgres stores).
+/// A performance's start: required, and a timestamp as [`parse_timestamp`] reads every one.
 fn starts_at(value: Option<prost_types::Timestamp>) -> Result<DateTime<Utc>, InvalidValue> {
-    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
-    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
-    let invalid = InvalidValue("must be a valid timestamp between the years 1 and 9999");
-    let value = value.ok_or(InvalidValue("is required"))?;
-    if !RANGE.contains(&value.seconds) {
-        return Err(invalid);
-    }
-    let nanos = u32::try_from(value.nanos).map_err(|_| invalid.clone())?;
-    DateTime::from_timestamp(value.seconds, nanos).ok_or(invalid)
+    parse_timestamp(&value.ok_or(InvalidValue("is required"))?)
 }
 
 impl TryFrom<pb::CreateScheduleRequest> for NewSchedule {

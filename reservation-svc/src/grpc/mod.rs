@@ -2,11 +2,12 @@
 
 mod convert;
 
+use shared::auth::Caller;
 use shared::proto::reservation::v1 as pb;
 use shared::proto::reservation::v1::reservation_service_server::ReservationService;
 use tonic::{Request, Response, Status};
 
-use crate::domain::Reservations;
+use crate::domain::{ReservationError, Reservations};
 use crate::model::RESERVATIONS_LISTING;
 use convert::ById;
 use shared::error::PageRequest;
@@ -29,6 +30,7 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::CreateConcertRequest>,
     ) -> Result<Response<pb::Concert>, Status> {
+        Caller::of(&request)?.require_admin()?;
         let title = convert::title(request.into_inner())?;
         let concert = self.reservations.create_concert(title).await?;
         Ok(Response::new(concert.into()))
@@ -38,6 +40,7 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::Schedule>, Status> {
+        Caller::of(&request)?.require_admin()?;
         let schedule = request.into_inner().try_into()?;
         let created = self.reservations.create_schedule(schedule).await?;
         Ok(Response::new(created.into()))
@@ -79,7 +82,10 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::HoldSeatRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let hold = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.user_id = caller.acting_for(request.user_id)?;
+        let hold = request.try_into()?;
         let reservation = self.reservations.hold(hold).await?;
         Ok(Response::new(reservation.into()))
     }
@@ -88,7 +94,10 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::PayReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let pay = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.user_id = caller.acting_for(request.user_id)?;
+        let pay = request.try_into()?;
         let reservation = self.reservations.pay(pay).await?;
         Ok(Response::new(reservation.into()))
     }
@@ -97,7 +106,10 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::CancelReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
-        let cancel = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.user_id = caller.acting_for(request.user_id)?;
+        let cancel = request.try_into()?;
         let reservation = self.reservations.cancel(cancel).await?;
         Ok(Response::new(reservation.into()))
     }
@@ -106,8 +118,13 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::GetReservationRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
+        let caller = Caller::of(&request)?;
         let ById(reservation_id) = request.into_inner().try_into()?;
         let reservation = self.reservations.reservation(reservation_id).await?;
+        // Someone else's reservation is answered as one that does not exist.
+        if !caller.may_see(reservation.user_id.get()) {
+            return Err(ReservationError::NotFound("reservation").into());
+        }
         Ok(Response::new(reservation.into()))
     }
 
@@ -115,7 +132,9 @@ impl ReservationService for ReservationGrpc {
         &self,
         request: Request<pb::ListReservationsRequest>,
     ) -> Result<Response<pb::ListReservationsResponse>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.user_id = caller.acting_for(request.user_id)?;
         let PageRequest {
             user_id,
             page_size,

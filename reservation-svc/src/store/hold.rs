@@ -1,20 +1,30 @@
-//! A hold: an available seat in one statement ([`HoldAvailableSeat`]); any other seat in one
-//! transaction under its row lock, as `protocol::reservation::hold` decides.
-
-use std::time::Duration;
+//! A hold: an available seat in one pipelined transaction ([`HoldAvailableSeat`]); any other
+//! seat, or a refusal, in one transaction under its row lock, as `protocol::reservation::hold`
+//! decides. Both first take the lock of the user's holds on the schedule ([`LockUserHolds`]).
+//!
+//! Why the hold limit is exact, across replicas and however many holds race: every hold of a
+//! user on a schedule takes [`LockUserHolds`] in a statement of its own, before the statement
+//! that counts the user's holds, and keeps it until its transaction ends; a hold that counted
+//! below the limit inserts its reservation in that transaction. So the holds of one user on one
+//! schedule run their count-and-insert one after another, and each count begins after the
+//! lock is granted, that is after the previous holder committed or rolled back: in READ
+//! COMMITTED a statement sees what was committed before it began, so the count sees every
+//! reservation those holds inserted. Nothing else adds to the count (payments only move HELD to
+//! PAYING and back, cancellations, expiries and sales take from it), so a count below the limit
+//! stays below it until the insert commits.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use protocol::reservation::{HoldDecision, SeatView, Status};
+use protocol::reservation::{HoldDecision, HoldFacts, SeatView, Status};
 
 use super::models::{ACTIVE_STATUSES, NewReservation, ReservationRow};
-use super::queries::{HoldAvailableSeat, LockSeat};
+use super::queries::{Begin, Commit, HoldAvailableSeat, LockSeat, LockUserHolds};
 use super::schema::{reservations, schedules};
 use super::seat::{end_reservation, move_seat};
 use super::{Store, StoreError, micros};
-use crate::model::{HoldOutcome, HoldRequest};
+use crate::model::{HoldOutcome, HoldRequest, HoldTerms};
 
 /// The index that allows one active reservation per seat.
 const ONE_ACTIVE_RESERVATION_PER_SEAT: &str = "one_active_reservation_per_seat";
@@ -51,41 +61,68 @@ fn is_second_active_reservation(error: &DieselError) -> bool {
 }
 
 impl Store {
-    /// A seat that is available is held by one statement ([`HoldAvailableSeat`]); any other
-    /// seat by one transaction: lock the seat's row, let the protocol decide, expire a lapsed
-    /// hold if there is one, move the seat AVAILABLE -> HELD, insert the reservation.
+    /// Holds a seat under `terms`. A seat that is available is held by one pipelined
+    /// transaction (one round trip): the lock of the user's holds, then [`HoldAvailableSeat`],
+    /// which locks the seat's row and holds it unless the performance has begun or the user is
+    /// at the limit. Any other seat, and every refusal, by one transaction: the lock of the
+    /// user's holds, the seat's row lock and clock, its active reservation and the user's
+    /// holds, the protocol's decision, the expiry of a lapsed hold, the seat's move AVAILABLE
+    /// -> HELD and the insert.
     pub async fn hold_seat(
         &self,
         request: HoldRequest,
-        hold_ttl: Duration,
+        terms: HoldTerms,
     ) -> Result<HoldOutcome, StoreError> {
-        let hold_ttl = chrono::Duration::from_std(hold_ttl)
+        let hold_ttl = chrono::Duration::from_std(terms.ttl)
             .map_err(|error| StoreError::Internal(error.to_string()))?;
+        let max_user_holds = terms.max_per_user.get();
         let mut conn = self.pool.get().await?;
+        let user_id = request.user_id.get();
+        let schedule_id = request.schedule_id.get();
+        let seat_no = request.seat_no.get();
         let hold_available = HoldAvailableSeat {
-            user_id: request.user_id.get(),
-            schedule_id: request.schedule_id.get(),
-            seat_no: request.seat_no.get(),
+            user_id,
+            schedule_id,
+            seat_no,
             hold_ttl_micros: hold_ttl.num_microseconds().unwrap_or(i64::MAX),
+            max_user_holds: i64::from(max_user_holds),
         };
-        match hold_available
-            .get_result::<(ReservationRow, DateTime<Utc>)>(&mut conn)
-            .await
-            .optional()
-        {
-            Ok(Some((row, now))) => return Ok(HoldOutcome::Held(row.into_reservation(now)?)),
-            // Not an available seat (or no such seat): the transaction below tells which.
+        // Sent together and run by Postgres one after another, in this order (requests go out
+        // in the order they are first polled, and `join!` polls in order). `join!`, not
+        // `try_join!`: every statement, `COMMIT` included, is sent whatever the others answer,
+        // so the connection always leaves the transaction. Outside diesel's transaction
+        // manager, which would send `BEGIN` and `COMMIT` each as a round trip of its own.
+        let (begun, user_locked, held, committed) = {
+            let conn = &*conn;
+            futures::join!(
+                Begin.execute(&mut &*conn),
+                LockUserHolds::new(user_id, schedule_id).execute(&mut &*conn),
+                hold_available.get_result::<(ReservationRow, DateTime<Utc>)>(&mut &*conn),
+                Commit.execute(&mut &*conn),
+            )
+        };
+        // The first error is the cause; the statements after it failed for it.
+        begun?;
+        user_locked?;
+        match held.optional() {
+            Ok(Some((row, now))) => {
+                committed?;
+                return Ok(HoldOutcome::Held(row.into_reservation(now)?));
+            }
+            // Not an available seat (or no such seat), the performance begun, or the user at
+            // the limit: the transaction below tells which.
             Ok(None) => {}
             // An active reservation of a seat whose row reads AVAILABLE: the two disagree, so
             // the transaction below decides from the reservation, as the protocol says.
             Err(error) if is_second_active_reservation(&error) => {}
             Err(error) => return Err(error.into()),
         }
+        committed?;
         let outcome = conn
             .build_transaction()
             .read_committed()
             .run::<_, HoldFailure, _>(async |conn| {
-                hold_in_transaction(conn, request, hold_ttl).await
+                hold_in_transaction(conn, request, hold_ttl, max_user_holds).await
             })
             .await;
         match outcome {
@@ -100,16 +137,22 @@ async fn hold_in_transaction(
     conn: &mut AsyncPgConnection,
     request: HoldRequest,
     hold_ttl: chrono::Duration,
+    max_user_holds: u32,
 ) -> Result<HoldOutcome, HoldFailure> {
+    let user_id = request.user_id.get();
     let schedule_id = request.schedule_id.get();
     let seat_no = request.seat_no.get();
-    let seat_count = schedules::table
-        .find(schedule_id)
-        .select(schedules::seat_count)
-        .first::<i32>(conn)
-        .await
-        .optional()?;
-    let Some(seat_count) = seat_count else {
+    // The lock of the user's holds in a statement of its own, before the one that counts them
+    // (see the module's documentation); the schedule's row is read beside it.
+    let (user_locked, schedule) = futures::join!(
+        LockUserHolds::new(user_id, schedule_id).execute(&mut &*conn),
+        schedules::table
+            .find(schedule_id)
+            .select((schedules::seat_count, schedules::starts_at))
+            .first::<(i32, DateTime<Utc>)>(&mut &*conn),
+    );
+    user_locked?;
+    let Some((seat_count, starts_at)) = schedule.optional()? else {
         return Ok(HoldOutcome::ScheduleNotFound);
     };
     if seat_no > seat_count {
@@ -122,20 +165,47 @@ async fn hold_in_transaction(
     }
     .get_result::<(i64, DateTime<Utc>)>(conn)
     .await?;
-    let active = reservations::table
-        .filter(reservations::schedule_id.eq(schedule_id))
-        .filter(reservations::seat_no.eq(seat_no))
-        .filter(reservations::status.eq_any(ACTIVE_STATUSES))
-        .select(ReservationRow::as_select())
-        .first(conn)
-        .await
-        .optional()?;
+    let (active, user_holds) = futures::join!(
+        reservations::table
+            .filter(reservations::schedule_id.eq(schedule_id))
+            .filter(reservations::seat_no.eq(seat_no))
+            .filter(reservations::status.eq_any(ACTIVE_STATUSES))
+            .select(ReservationRow::as_select())
+            .first(&mut &*conn),
+        // `ReservationState::counts_toward_hold_limit`, at the decision's clock.
+        reservations::table
+            .filter(reservations::user_id.eq(user_id))
+            .filter(reservations::schedule_id.eq(schedule_id))
+            .filter(
+                reservations::status
+                    .eq(Status::Paying.as_str())
+                    .or(reservations::status
+                        .eq(Status::Held.as_str())
+                        .and(reservations::expires_at.gt(now))),
+            )
+            .count()
+            .get_result::<i64>(&mut &*conn),
+    );
+    let active = active.optional()?;
     let state = active.as_ref().map(ReservationRow::state).transpose()?;
-
-    let HoldDecision::Hold { expire_first } =
-        protocol::reservation::hold(state.as_ref(), micros(now))
-    else {
-        return Ok(HoldOutcome::Taken);
+    let decision = protocol::reservation::hold(
+        &HoldFacts {
+            active: state.as_ref(),
+            starts_at: micros(starts_at),
+            user_holds: u32::try_from(user_holds?).unwrap_or(u32::MAX),
+            max_user_holds,
+        },
+        micros(now),
+    );
+    let expire_first = match decision {
+        HoldDecision::Hold { expire_first } => expire_first,
+        HoldDecision::Taken => return Ok(HoldOutcome::Taken),
+        HoldDecision::PerformanceStarted => return Ok(HoldOutcome::PerformanceStarted),
+        HoldDecision::HoldLimit => {
+            return Ok(HoldOutcome::HoldLimit {
+                max: max_user_holds,
+            });
+        }
     };
     if let (Some(lapsed), Some(row)) = (expire_first, &active)
         && lapsed == row.id
@@ -156,7 +226,7 @@ async fn hold_in_transaction(
     }
     let row = diesel::insert_into(reservations::table)
         .values(NewReservation {
-            user_id: request.user_id.get(),
+            user_id,
             schedule_id,
             seat_no,
             price,

@@ -1,22 +1,95 @@
 //! The statements diesel would otherwise parse anew each time, as query types of their own
-//! that it prepares once per connection: the hold of an available seat, the seat's lock with
-//! its clock, and a seat's move from one status to another.
+//! that it prepares once per connection: the hold of an available seat and the statements
+//! around it (the transaction's bounds, the lock of a user's holds on a schedule), the seat's
+//! lock with its clock, and a seat's move from one status to another.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
 
-/// The hold of an available seat in one statement, run outside an explicit transaction (so
-/// one round trip, where the full transaction takes seven): the seat moves AVAILABLE -> HELD
-/// and the reservation is inserted, or, when the seat's row does not read AVAILABLE, nothing
-/// happens and no row comes back.
+/// `BEGIN ISOLATION LEVEL READ COMMITTED`, as a query type of its own: prepared once per
+/// connection, it can be pipelined with the statements that follow it (diesel's transaction
+/// manager sends its `BEGIN` alone, a round trip of its own).
+#[derive(Debug, Clone, Copy, QueryId)]
+pub struct Begin;
+
+impl QueryFragment<Pg> for Begin {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("BEGIN ISOLATION LEVEL READ COMMITTED");
+        Ok(())
+    }
+}
+
+/// `COMMIT`, pipelined like [`Begin`]. In a transaction a statement has failed, Postgres
+/// answers it by rolling back: either way the connection leaves the transaction.
+#[derive(Debug, Clone, Copy, QueryId)]
+pub struct Commit;
+
+impl QueryFragment<Pg> for Commit {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("COMMIT");
+        Ok(())
+    }
+}
+
+/// Serializes the holds of one user on one schedule, in every replica: a transaction-scoped
+/// advisory lock, `pg_advisory_xact_lock(<schedule>, <user>)` (the two-key space, apart from
+/// the migrations' one-key lock; `pg_locks` shows the pair as `classid`, `objid`), held until
+/// the hold's transaction ends. Each id is folded to 32 bits (the low half xor the high one):
+/// two pairs that fold alike only share a lock, which costs waiting, never exactness. Every
+/// replica must fold alike: a change of this key is deployed with all replicas stopped.
+///
+/// A hold takes it before its seat's lock, and nothing else takes it, so no lock cycle can
+/// form with the writers that lock seats only.
+#[derive(Debug, Clone, Copy, QueryId)]
+pub struct LockUserHolds {
+    schedule_key: i32,
+    user_key: i32,
+}
+
+impl LockUserHolds {
+    pub fn new(user_id: i64, schedule_id: i64) -> Self {
+        Self {
+            schedule_key: Self::fold(schedule_id),
+            user_key: Self::fold(user_id),
+        }
+    }
+
+    fn fold(id: i64) -> i32 {
+        // The low 32 bits of the xor, reinterpreted: a truncation on purpose.
+        (id ^ (id >> 32)) as i32
+    }
+}
+
+impl QueryFragment<Pg> for LockUserHolds {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT pg_advisory_xact_lock(");
+        out.push_bind_param::<Integer, _>(&self.schedule_key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&self.user_key)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// The hold of an available seat in one statement: it locks the seat's row, reads the clock,
+/// and the seat moves AVAILABLE -> HELD and the reservation is inserted when the performance
+/// has not begun and the user has fewer than `max_user_holds` reservations of the schedule
+/// HELD (and not lapsed) or PAYING; otherwise nothing happens and no row comes back.
+/// `Store::hold_seat` runs it in a transaction right after [`LockUserHolds`], a statement of
+/// its own (so this statement's count sees every hold committed before it got that lock), the
+/// four statements pipelined: one round trip.
 ///
 /// It decides nothing the protocol would not: every writer keeps a seat's row and its active
 /// reservation in step under the seat's row lock, so a row that reads AVAILABLE has no active
-/// reservation, and for that `protocol::reservation::hold` takes the seat with nothing to
-/// expire. The `UPDATE` takes the row lock and re-reads the status after waiting for it; the
-/// partial unique index still refuses a second active reservation should the two ever
+/// reservation, and for that, before the start and below the limit,
+/// `protocol::reservation::hold` takes the seat with nothing to expire (its counting rule is
+/// `ReservationState::counts_toward_hold_limit`). The clock is read once, as [`LockSeat`]
+/// reads it: by an outer query over the one that locks the seat's row, so after the lock, and
+/// it is both the decision's time and the hold's. The `UPDATE` then re-reads the row as its
+/// last writer committed it (its own snapshot may be older than the lock). The partial unique
+/// index still refuses a second active reservation should the row and the reservations ever
 /// disagree. A query type of its own (not `sql_query`) so that diesel prepares it once per
 /// connection.
 #[derive(Debug, Clone, Copy, QueryId)]
@@ -25,20 +98,40 @@ pub struct HoldAvailableSeat {
     pub schedule_id: i64,
     pub seat_no: i32,
     pub hold_ttl_micros: i64,
+    pub max_user_holds: i64,
 }
 
 impl QueryFragment<Pg> for HoldAvailableSeat {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
-            "WITH held AS (UPDATE seats SET status = 'HELD' WHERE status = 'AVAILABLE' \
-             AND schedule_id = ",
+            "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS at FROM \
+             (SELECT 1 FROM seats WHERE schedule_id = ",
         );
         out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
         out.push_sql(" AND seat_no = ");
         out.push_bind_param::<Integer, _>(&self.seat_no)?;
-        // The clock is read in RETURNING, after the UPDATE has the seat's row lock.
         out.push_sql(
-            " RETURNING schedule_id, seat_no, price, clock_timestamp() AS at), \
+            " FOR UPDATE) AS locked), \
+             held AS (UPDATE seats SET status = 'HELD' FROM clock \
+             WHERE seats.status = 'AVAILABLE' AND seats.schedule_id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
+        out.push_sql(" AND seats.seat_no = ");
+        out.push_bind_param::<Integer, _>(&self.seat_no)?;
+        out.push_sql(" AND clock.at < (SELECT starts_at FROM schedules WHERE id = ");
+        out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
+        // The user's holds as `counts_toward_hold_limit` counts them, at the decision's clock.
+        out.push_sql(") AND (SELECT count(*) FROM reservations AS mine WHERE mine.user_id = ");
+        out.push_bind_param::<BigInt, _>(&self.user_id)?;
+        out.push_sql(" AND mine.schedule_id = ");
+        out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
+        out.push_sql(
+            " AND (mine.status = 'PAYING' \
+               OR (mine.status = 'HELD' AND mine.expires_at > clock.at))) < ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.max_user_holds)?;
+        out.push_sql(
+            " RETURNING seats.schedule_id, seats.seat_no, seats.price, clock.at), \
              inserted AS (INSERT INTO reservations \
                  (user_id, schedule_id, seat_no, price, status, expires_at) \
              SELECT ",

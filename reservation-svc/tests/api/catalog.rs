@@ -152,7 +152,11 @@ async fn unknown_concerts_schedules_and_reservations_are_not_found() {
 
 #[tokio::test]
 async fn reservations_list_newest_first_in_pages() {
-    let app = spawn_app().await;
+    // Five holds of one user on one schedule: one more than the default hold limit lets in.
+    let app = crate::helpers::spawn_app_with(|config| {
+        config.max_active_holds_per_user = std::num::NonZeroU32::new(5).expect("positive");
+    })
+    .await;
     let schedule_id = app.schedule_with_seats(10).await;
     let mut held = Vec::new();
     for seat_no in 1..=5 {

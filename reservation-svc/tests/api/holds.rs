@@ -312,3 +312,180 @@ async fn a_taken_mark_lapses_no_later_than_its_hold() {
     let again = again.expect("held again once the first hold lapsed");
     assert_ne!(again.id, held.id);
 }
+
+/// A user's reservations of a schedule that count against the hold limit, read from the table.
+async fn active_holds_of(app: &TestApp, user_id: i64, schedule_id: i64) -> i64 {
+    use diesel::QueryableByName;
+    use diesel::sql_types::BigInt;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(
+        "SELECT COUNT(*) AS n FROM reservations WHERE user_id = $1 AND schedule_id = $2 \
+         AND (status = 'PAYING' OR (status = 'HELD' AND expires_at > now()))",
+    )
+    .bind::<BigInt, _>(user_id)
+    .bind::<BigInt, _>(schedule_id)
+    .get_result::<Count>(&mut app.connect_db().await)
+    .await
+    .expect("count the user's holds")
+    .n
+}
+
+/// Counts the answers of holds by one user: (held, refused at the hold limit); anything else
+/// fails.
+fn tally_limit(answers: &[Result<pb::Reservation, tonic::Status>]) -> (usize, usize) {
+    let mut counts = (0, 0);
+    for answer in answers {
+        match answer {
+            Ok(_) => counts.0 += 1,
+            Err(status)
+                if status.code() == Code::FailedPrecondition && reason(status) == "HOLD_LIMIT" =>
+            {
+                counts.1 += 1;
+            }
+            Err(status) => panic!("unexpected answer: {status:?}"),
+        }
+    }
+    counts
+}
+
+/// `requests` concurrent holds by `user_id` of seats `1..=requests`, spread over `clients`.
+async fn holds_of_distinct_seats(
+    clients: &[Client],
+    user_id: i64,
+    schedule_id: i64,
+    requests: i32,
+) -> Vec<Result<pb::Reservation, tonic::Status>> {
+    let holds = (1..=requests).map(|seat_no| {
+        let client = clients[usize::try_from(seat_no).expect("small") % clients.len()].clone();
+        hold_via(client, user_id, schedule_id, seat_no)
+    });
+    join_all(holds).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_holds_of_one_user_take_exactly_the_limit_of_four() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(110).await;
+    let other_schedule = app.schedule_with_seats(10).await;
+
+    let answers = holds_of_distinct_seats(&[app.client()], 1, schedule_id, 100).await;
+
+    assert_eq!(tally_limit(&answers), (4, 96));
+    assert_eq!(active_holds_of(&app, 1, schedule_id).await, 4);
+    assert_eq!(app.schedule_reservations_in(schedule_id, "HELD").await, 4);
+    let refused = answers
+        .iter()
+        .find_map(|answer| answer.as_ref().err())
+        .expect("a refusal");
+    assert!(refused.message().contains('4'), "{refused:?}");
+    // Neither another user nor another schedule is limited by it.
+    app.hold(2, schedule_id, 101)
+        .await
+        .expect("another user's hold");
+    app.hold(1, other_schedule, 1)
+        .await
+        .expect("a hold of another schedule");
+
+    // A cancelled hold frees its place: one more, and no more.
+    let held: Vec<&pb::Reservation> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    app.cancel(held[0].id, 1).await.expect("cancel");
+    app.hold(1, schedule_id, 102).await.expect("one more");
+    let refused = app
+        .hold(1, schedule_id, 103)
+        .await
+        .expect_err("at the limit");
+    assert_eq!(
+        (refused.code(), reason(&refused).as_str()),
+        (Code::FailedPrecondition, "HOLD_LIMIT")
+    );
+
+    // So does a lapsed hold, swept or not.
+    app.execute(&format!(
+        "UPDATE reservations SET expires_at = now() - interval '1 second' WHERE id = {}",
+        held[1].id
+    ))
+    .await;
+    app.hold(1, schedule_id, 103).await.expect("one more again");
+    assert_eq!(active_holds_of(&app, 1, schedule_id).await, 4);
+    app.hold(1, schedule_id, 104)
+        .await
+        .expect_err("at the limit again");
+    assert_eq!(active_holds_of(&app, 1, schedule_id).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_sharing_the_database_let_one_user_hold_exactly_four_seats() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(100).await;
+    let (second_addr, _stop_second, _second) = start(app.config.clone()).await;
+    let clients = [app.client(), Client::new(channel(second_addr).await)];
+
+    let answers = holds_of_distinct_seats(&clients, 7, schedule_id, 100).await;
+
+    assert_eq!(tally_limit(&answers), (4, 96));
+    assert_eq!(active_holds_of(&app, 7, schedule_id).await, 4);
+    assert_eq!(app.schedule_reservations_in(schedule_id, "HELD").await, 4);
+}
+
+#[tokio::test]
+async fn payments_under_way_count_toward_the_limit_and_sales_do_not() {
+    let app = crate::helpers::spawn_app_with(|config| {
+        config.max_active_holds_per_user = std::num::NonZeroU32::new(2).expect("positive");
+    })
+    .await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    let first = app.hold(1, schedule_id, 1).await.expect("hold");
+    app.hold(1, schedule_id, 2).await.expect("hold");
+    // The first one's payment is under way: it still counts.
+    app.execute(&format!(
+        "UPDATE reservations SET status = 'PAYING', pay_attempt = 1 WHERE id = {}",
+        first.id
+    ))
+    .await;
+    let refused = app.hold(1, schedule_id, 3).await.expect_err("at the limit");
+    assert_eq!(reason(&refused), "HOLD_LIMIT");
+    // Sold, it no longer does.
+    app.execute(&format!(
+        "UPDATE reservations SET status = 'CONFIRMED', payment_transaction_id = 1 WHERE id = {}; \
+         UPDATE seats SET status = 'SOLD' WHERE schedule_id = {schedule_id} AND seat_no = 1",
+        first.id
+    ))
+    .await;
+    app.hold(1, schedule_id, 3)
+        .await
+        .expect("below the limit again");
+}
+
+#[tokio::test]
+async fn a_performance_that_has_begun_takes_no_hold_and_nothing_is_written() {
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    // A hold of seat 3 that has lapsed, left unswept: its seat's row still reads HELD, so a
+    // hold of it goes through the full transaction.
+    app.execute(&format!(
+        "UPDATE schedules SET starts_at = now() - interval '1 minute' WHERE id = {schedule_id}; \
+         UPDATE seats SET status = 'HELD' WHERE schedule_id = {schedule_id} AND seat_no = 3; \
+         INSERT INTO reservations (user_id, schedule_id, seat_no, price, status, expires_at) \
+         VALUES (9, {schedule_id}, 3, 100, 'HELD', now() - interval '1 minute')"
+    ))
+    .await;
+    let written = app.rows_written().await;
+
+    for seat_no in [1, 3] {
+        let refused = app.hold(1, schedule_id, seat_no).await.expect_err("begun");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        assert_eq!(reason(&refused), "PERFORMANCE_STARTED", "seat {seat_no}");
+    }
+
+    assert_eq!(app.rows_written().await, written, "nothing written");
+    assert_eq!(app.reservations_in(schedule_id, 1, "HELD").await, 0);
+    // The lapsed hold was not even expired.
+    assert_eq!(app.reservations_in(schedule_id, 3, "HELD").await, 1);
+    assert_eq!(app.reservations_in(schedule_id, 3, "EXPIRED").await, 0);
+}

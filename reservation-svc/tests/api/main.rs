@@ -9,6 +9,7 @@ mod lock;
 mod metrics;
 mod payment;
 mod redis_down;
+mod security;
 mod server;
 mod stalls;
 mod validation;

@@ -137,8 +137,8 @@ async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
     })
     .await
     .expect("locks");
-    let wallet =
-        Wallet::connect_lazy(&app.config.wallet_endpoint, Duration::from_secs(10)).expect("wallet");
+    let wallet = Wallet::connect_lazy(&app.config.wallet_endpoint, Duration::from_secs(10), None)
+        .expect("wallet");
     Reservations::new(store, locks, wallet, app.config.seat_hold_ttl)
 }
 

@@ -228,3 +228,77 @@ async fn every_bad_input_is_invalid_argument_naming_its_fields_and_writes_nothin
         "bad requests wrote nothing"
     );
 }
+
+#[tokio::test]
+async fn invisible_titles_and_timestamps_with_nanos_past_a_second_are_refused_and_write_nothing() {
+    let app = spawn_app().await;
+    // A real concert, so that a start let through would write a schedule.
+    app.schedule_with_seats(1).await;
+    let concert_id = app
+        .client()
+        .list_concerts(pb::ListConcertsRequest {})
+        .await
+        .expect("concerts")
+        .into_inner()
+        .concerts[0]
+        .id;
+    let written = app.rows_written().await;
+
+    for title in [
+        "\u{200B}",
+        "\u{200B}\u{200C}\u{200D}",
+        " \u{2060}\u{FEFF} ",
+        "\u{00AD}\t\u{3000}",
+        "\u{202E}\u{0007}",
+    ] {
+        let status = send(
+            app.client(),
+            Call::Concert(pb::CreateConcertRequest {
+                title: title.to_owned(),
+            }),
+        )
+        .await
+        .expect_err(title);
+        assert_eq!(status.code(), Code::InvalidArgument, "{title:?}");
+        assert_eq!(violated_fields(&status), ["title"], "{title:?}");
+    }
+    // 2030-03-02T19:00:59Z: a second after which chrono would read 1e9..2e9 nanos as a leap
+    // second.
+    for nanos in [
+        1_000_000_000,
+        1_500_000_000,
+        i32::MAX,
+        -1,
+        -999_999_999,
+        i32::MIN,
+    ] {
+        let status = send(
+            app.client(),
+            Call::Schedule(pb::CreateScheduleRequest {
+                concert_id,
+                starts_at: at(1_898_708_459, nanos),
+                seat_count: 10,
+                seat_price: 100,
+            }),
+        )
+        .await
+        .expect_err("nanos past a second");
+        assert_eq!(status.code(), Code::InvalidArgument, "{nanos}");
+        assert_eq!(violated_fields(&status), ["starts_at"], "{nanos}");
+        assert!(status.message().contains("nanos"), "{status:?}");
+    }
+
+    assert_eq!(app.rows_written().await, written, "nothing written");
+    // The same second with nanos in range is a start.
+    send(
+        app.client(),
+        Call::Schedule(pb::CreateScheduleRequest {
+            concert_id,
+            starts_at: at(1_898_708_459, 999_999_999),
+            seat_count: 1,
+            seat_price: 100,
+        }),
+    )
+    .await
+    .expect("a valid start");
+}

@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::key::Key;
 use crate::store::{
     BeginOutcome, CancelOutcome, Clock, ClockRead, HoldOutcome, KEY_NONCE, SeatRows, SeatView,
-    SettleOutcome,
+    SettleOutcome, UserHolds,
 };
 use crate::wallet::{Outcome, Request, Wallets};
 
@@ -79,6 +79,8 @@ impl ClockBreaches {
     pub const SOLD_AFTER_START: Self = Self(2);
     /// A payment attempt began once the performance had begun, or on a hold whose time was up.
     pub const PAYING_TOO_LATE: Self = Self(4);
+    /// A seat was held once the performance had begun.
+    pub const HELD_AFTER_START: Self = Self(8);
 
     pub const fn contains(self, breach: Self) -> bool {
         self.0 & breach.0 != 0
@@ -95,6 +97,7 @@ impl std::fmt::Debug for ClockBreaches {
             (Self::RAN_BACK, "RAN_BACK"),
             (Self::SOLD_AFTER_START, "SOLD_AFTER_START"),
             (Self::PAYING_TOO_LATE, "PAYING_TOO_LATE"),
+            (Self::HELD_AFTER_START, "HELD_AFTER_START"),
         ];
         f.debug_set()
             .entries(
@@ -585,29 +588,32 @@ impl ProtocolModel {
                 // SEAT_LOCKED, or SEAT_TAKEN from the mark: refused without Postgres.
                 Some(LockKey::Token(_) | LockKey::Taken(_)) => state.finish(id),
             },
-            // The one-statement hold and, when it finds the seat not available, the full
-            // transaction, as one step: the statement writes nothing when it finds nothing,
-            // and whenever it would succeed the full transaction does the same (the seat row
-            // reads AVAILABLE only without an active reservation: "seat reads as its
-            // reservation" holds in every state), so a step in between changes no outcome.
+            // The hold of an available seat and, when it finds the seat not available (or the
+            // performance begun, or the user at the limit), the full transaction, as one step:
+            // the first writes nothing when it holds nothing, and whenever it would hold the
+            // full transaction does the same (the seat row reads AVAILABLE only without an
+            // active reservation: "seat reads as its reservation" holds in every state), so a
+            // step in between changes no outcome. The model's seat is its schedule's only one.
             Task::Hold(HoldPc::Locked) => {
                 if self.config.bugs.hold_without_guard {
-                    let decision = state.seat.hold_read();
+                    let decision = state.seat.hold_read(user_id, UserHolds::ONE_SEAT);
                     state.set_task(id, Task::Hold(HoldPc::Decided(decision)));
                 } else if self.reads_clock_early() {
                     let reading = state.read_clock();
                     state.set_task(id, Task::Hold(HoldPc::Clocked(reading)));
                 } else {
                     self.decided(state, None);
-                    let outcome = state.seat.hold_seat(user_id);
+                    let outcome = state.seat.hold_seat(user_id, UserHolds::ONE_SEAT);
                     state.set_task(id, hold_released(outcome));
                 }
             }
             Task::Hold(HoldPc::Clocked(reading)) => {
                 self.decided(state, Some(reading));
-                let outcome = state
-                    .seat
-                    .hold_seat_at(user_id, ClockRead::Before(reading.clock));
+                let outcome = state.seat.hold_seat_at(
+                    user_id,
+                    ClockRead::Before(reading.clock),
+                    UserHolds::ONE_SEAT,
+                );
                 state.set_task(id, hold_released(outcome));
             }
             Task::Hold(HoldPc::Decided(decision)) => {
@@ -980,7 +986,7 @@ fn clock_read(early: Option<Reading>) -> ClockRead {
 fn hold_released(outcome: HoldOutcome) -> Task {
     let held = match outcome {
         HoldOutcome::Held { id } => Some(id),
-        HoldOutcome::Taken => None,
+        HoldOutcome::Taken | HoldOutcome::PerformanceStarted | HoldOutcome::HoldLimit => None,
     };
     Task::Hold(HoldPc::Release { held })
 }
@@ -995,8 +1001,8 @@ impl State {
     }
 
     /// After a step that may have run a transaction on the seat (`before` is the seat's rows
-    /// before it): a confirmation or a new payment attempt the clock at its commit forbids
-    /// is recorded.
+    /// before it): a new hold, a confirmation or a new payment attempt the clock at its commit
+    /// forbids is recorded.
     fn note_clock_breaches(&mut self, before: &SeatRows) {
         let seat = &self.seat;
         if !seat.started && !seat.reservations.iter().any(|row| row.lapsed) {
@@ -1015,6 +1021,9 @@ impl State {
             }
             if begun && (seat.started || row.lapsed) {
                 self.clock_breaches.insert(ClockBreaches::PAYING_TOO_LATE);
+            }
+            if was.is_none() && seat.started {
+                self.clock_breaches.insert(ClockBreaches::HELD_AFTER_START);
             }
         }
     }
@@ -1286,6 +1295,14 @@ impl Model for ProtocolModel {
                     !state
                         .clock_breaches
                         .contains(ClockBreaches::SOLD_AFTER_START)
+                },
+            ),
+            Property::always(
+                "no seat is held once the performance has begun",
+                |_: &Self, state: &State| {
+                    !state
+                        .clock_breaches
+                        .contains(ClockBreaches::HELD_AFTER_START)
                 },
             ),
             Property::always(

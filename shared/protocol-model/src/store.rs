@@ -12,7 +12,9 @@
 use protocol::payment::{self, AfterUse, BeginPay, PaymentState, UseReply};
 
 use crate::key::Key;
-use protocol::reservation::{self, CancelDecision, HoldDecision, Micros, ReservationState};
+use protocol::reservation::{
+    self, CancelDecision, HoldDecision, HoldFacts, Micros, ReservationState,
+};
 pub use protocol::reservation::{SeatView, Status};
 
 /// The clock of every transaction. Time is abstract: a hold has either lapsed or not, the
@@ -150,6 +152,37 @@ pub struct SeatRows {
 pub enum HoldOutcome {
     Held { id: i64 },
     Taken,
+    PerformanceStarted,
+    HoldLimit,
+}
+
+impl HoldOutcome {
+    /// The answer to a hold the protocol refused.
+    fn refused(decision: HoldDecision) -> Self {
+        match decision {
+            HoldDecision::PerformanceStarted => Self::PerformanceStarted,
+            HoldDecision::HoldLimit => Self::HoldLimit,
+            HoldDecision::Taken | HoldDecision::Hold { .. } => Self::Taken,
+        }
+    }
+}
+
+/// The hold limit as a transaction on one seat sees it: the requesting user's reservations of
+/// the schedule's other seats that count against it
+/// ([`ReservationState::counts_toward_hold_limit`]), and the limit. The user's reservations of
+/// this seat are counted from its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserHolds {
+    pub elsewhere: u32,
+    pub max: u32,
+}
+
+impl UserHolds {
+    /// The model's seat as its schedule's only one, under the service's default limit.
+    pub const ONE_SEAT: Self = Self {
+        elsewhere: 0,
+        max: 4,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -224,21 +257,62 @@ impl SeatRows {
         self.reservations.iter().find(|row| row.status.is_active())
     }
 
-    /// `hold_seat`: lock the seat, read the clock and its active reservation, decide, expire a
+    /// Whether the performance had begun, as a clock read at `read` saw it.
+    fn started_at(&self, read: ClockRead) -> bool {
+        match read {
+            ClockRead::UnderLock => self.started,
+            ClockRead::Before(clock) => clock.started,
+        }
+    }
+
+    /// The requesting user's reservations that count against the hold limit, as a clock read
+    /// at `read` sees them: those elsewhere and theirs of this seat.
+    fn user_holds(&self, user_id: i64, read: ClockRead, holds: UserHolds) -> u32 {
+        let here = self
+            .reservations
+            .iter()
+            .filter(|row| {
+                row.user_id == user_id && row.state_at(read).counts_toward_hold_limit(NOW)
+            })
+            .count();
+        holds
+            .elsewhere
+            .saturating_add(u32::try_from(here).unwrap_or(u32::MAX))
+    }
+
+    /// The protocol's hold decision on the rows, as a clock read at `read` sees them.
+    fn decide_hold(&self, user_id: i64, read: ClockRead, holds: UserHolds) -> HoldDecision {
+        let active = self.active().map(|row| row.state_at(read));
+        reservation::hold(
+            &HoldFacts {
+                active: active.as_ref(),
+                starts_at: if self.started_at(read) {
+                    NOW
+                } else {
+                    NOW + 100
+                },
+                user_holds: self.user_holds(user_id, read, holds),
+                max_user_holds: holds.max,
+            },
+            NOW,
+        )
+    }
+
+    /// `hold_seat`'s full transaction: lock the user's holds of the schedule, then the seat,
+    /// read the clock, the seat's active reservation and the user's holds, decide, expire a
     /// lapsed hold, move the seat `AVAILABLE -> HELD` (rolling back if it was not available),
     /// insert.
-    pub fn hold(&mut self, user_id: i64) -> HoldOutcome {
-        self.hold_at(user_id, ClockRead::UnderLock)
+    pub fn hold(&mut self, user_id: i64, holds: UserHolds) -> HoldOutcome {
+        self.hold_at(user_id, ClockRead::UnderLock, holds)
     }
 
     /// [`SeatRows::hold`], deciding with the clock read at `read`.
-    pub fn hold_at(&mut self, user_id: i64, read: ClockRead) -> HoldOutcome {
+    pub fn hold_at(&mut self, user_id: i64, read: ClockRead, holds: UserHolds) -> HoldOutcome {
         let before = self.clone();
         let active = self.active().cloned();
-        let active_state = active.as_ref().map(|row| row.state_at(read));
-        let HoldDecision::Hold { expire_first } = reservation::hold(active_state.as_ref(), NOW)
-        else {
-            return HoldOutcome::Taken;
+        let expire_first = match self.decide_hold(user_id, read, holds) {
+            HoldDecision::Hold { expire_first } => expire_first,
+            refused => return HoldOutcome::refused(refused),
         };
         if let (Some(lapsed), Some(row)) = (expire_first, &active)
             && lapsed == row.id
@@ -258,10 +332,20 @@ impl SeatRows {
         }
     }
 
-    /// `HoldAvailableSeat`: one statement that moves the seat `AVAILABLE -> HELD` and inserts
-    /// the reservation, or does nothing (`None`) when the seat's row does not read AVAILABLE
-    /// or the partial unique index refuses; the caller then runs [`SeatRows::hold`].
-    pub fn hold_available(&mut self, user_id: i64) -> Option<HoldOutcome> {
+    /// `HoldAvailableSeat` in its transaction, after the lock of the user's holds: one
+    /// statement that locks the seat, reads the clock, moves the seat `AVAILABLE -> HELD` and
+    /// inserts the reservation when the performance has not begun and the user is below the
+    /// limit, or does nothing (`None`) when any of that is not so or the partial unique index
+    /// refuses; the caller then runs [`SeatRows::hold`].
+    pub fn hold_available(
+        &mut self,
+        user_id: i64,
+        read: ClockRead,
+        holds: UserHolds,
+    ) -> Option<HoldOutcome> {
+        if self.started_at(read) || self.user_holds(user_id, read, holds) >= holds.max {
+            return None;
+        }
         let before = self.clone();
         if !self.set_seat(SeatView::Available, SeatView::Held) {
             return None;
@@ -275,31 +359,31 @@ impl SeatRows {
         }
     }
 
-    /// `Store::hold_seat` as one call: the one-statement hold of an available seat, else the
-    /// full transaction.
-    pub fn hold_seat(&mut self, user_id: i64) -> HoldOutcome {
-        self.hold_seat_at(user_id, ClockRead::UnderLock)
+    /// `Store::hold_seat` as one call: the hold of an available seat, else the full
+    /// transaction.
+    pub fn hold_seat(&mut self, user_id: i64, holds: UserHolds) -> HoldOutcome {
+        self.hold_seat_at(user_id, ClockRead::UnderLock, holds)
     }
 
-    /// [`SeatRows::hold_seat`], the full transaction deciding with the clock read at `read`.
-    pub fn hold_seat_at(&mut self, user_id: i64, read: ClockRead) -> HoldOutcome {
-        match self.hold_available(user_id) {
+    /// [`SeatRows::hold_seat`], both transactions deciding with the clock read at `read`.
+    pub fn hold_seat_at(&mut self, user_id: i64, read: ClockRead, holds: UserHolds) -> HoldOutcome {
+        match self.hold_available(user_id, read, holds) {
             Some(outcome) => outcome,
-            None => self.hold_at(user_id, read),
+            None => self.hold_at(user_id, read, holds),
         }
     }
 
     /// The first half of a hold written as a plain `SELECT` and decision, without the seat's
     /// row lock: what a hold that trusts its Redis lock alone would do.
-    pub fn hold_read(&self) -> HoldDecision {
-        reservation::hold(self.active().map(Row::state).as_ref(), NOW)
+    pub fn hold_read(&self, user_id: i64, holds: UserHolds) -> HoldDecision {
+        self.decide_hold(user_id, ClockRead::UnderLock, holds)
     }
 
     /// The second half of that hold: an unconditional insert (no partial unique index, no
     /// conditional seat update).
     pub fn hold_write_unguarded(&mut self, decision: HoldDecision, user_id: i64) -> HoldOutcome {
         let HoldDecision::Hold { expire_first } = decision else {
-            return HoldOutcome::Taken;
+            return HoldOutcome::refused(decision);
         };
         if let Some(lapsed) = expire_first
             && let Some(row) = self.row_mut(lapsed)

@@ -134,7 +134,7 @@ impl Wallets {
             }
             Decision::Replay(entry) => Outcome::Applied { entry },
             Decision::ReplayRefusal(refusal) => Outcome::Refused(refusal),
-            Decision::KeyReused | Decision::UnknownUse => Outcome::Rejected,
+            Decision::KeyReused | Decision::UnknownUse | Decision::Overflow => Outcome::Rejected,
         }
     }
 

@@ -554,7 +554,7 @@ impl Keys {
             }
             Decision::Replay(at) => Outcome::Applied { entry: at },
             Decision::ReplayRefusal(refusal) => Outcome::Refused(refusal),
-            Decision::KeyReused | Decision::UnknownUse => Outcome::Rejected,
+            Decision::KeyReused | Decision::UnknownUse | Decision::Overflow => Outcome::Rejected,
         }
     }
 }

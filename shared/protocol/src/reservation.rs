@@ -1,5 +1,6 @@
-//! The seat-hold lifecycle: who may take a seat, what a seat reads as, and which holds the
-//! sweeper may expire. Times are microseconds since the Unix epoch, always passed in.
+//! The seat-hold lifecycle: who may take a seat (and how many seats of a schedule one user may
+//! hold at once), what a seat reads as, and which holds the sweeper may expire. Times are
+//! microseconds since the Unix epoch, always passed in.
 
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
@@ -70,6 +71,13 @@ impl ReservationState {
     pub const fn holds_seat(&self, now: Micros) -> bool {
         self.status.is_active() && !self.is_lapsed(now)
     }
+
+    /// Whether it counts against its user's hold limit on its schedule at `now`: a hold whose
+    /// time is not up, or a payment under way (past its hold's time too: its money may be on
+    /// its way). A sale, a cancellation, an expiry or a lapsed hold does not.
+    pub const fn counts_toward_hold_limit(&self, now: Micros) -> bool {
+        matches!(self.status, Status::Held | Status::Paying) && self.holds_seat(now)
+    }
 }
 
 /// How a seat reads at `now`, given its active reservation (if any). A lapsed hold reads as
@@ -84,6 +92,21 @@ pub fn seat_view(active: Option<&ReservationState>, now: Micros) -> SeatView {
     }
 }
 
+/// What a hold is decided on, gathered under the seat's row lock and the lock of the user's
+/// holds on the schedule, with the clock read once both are held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HoldFacts<'a> {
+    /// The seat's active reservation, if it has one.
+    pub active: Option<&'a ReservationState>,
+    /// When the schedule's performance begins.
+    pub starts_at: Micros,
+    /// The requesting user's reservations of the schedule that count against the limit at
+    /// `now` ([`ReservationState::counts_toward_hold_limit`]).
+    pub user_holds: u32,
+    /// The most such reservations one user may have on one schedule.
+    pub max_user_holds: u32,
+}
+
 /// What a hold does, decided under the seat's row lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HoldDecision {
@@ -92,16 +115,27 @@ pub enum HoldDecision {
     Hold { expire_first: Option<i64> },
     /// Another reservation owns the seat.
     Taken,
+    /// The performance has begun: nothing of it is held any more.
+    PerformanceStarted,
+    /// The user already has as many holds and payments under way on the schedule as they may.
+    HoldLimit,
 }
 
-/// Decides a hold of a seat whose active reservation (if any) is `active`.
-pub fn hold(active: Option<&ReservationState>, now: Micros) -> HoldDecision {
-    match active {
-        None => HoldDecision::Hold { expire_first: None },
-        Some(reservation) if reservation.is_lapsed(now) => HoldDecision::Hold {
-            expire_first: Some(reservation.id),
-        },
-        Some(_) => HoldDecision::Taken,
+/// Decides a hold at `now`. A refusal writes nothing (not even the expiry of a lapsed hold).
+/// A seat owned by another reservation is `Taken` whatever else holds, as Redis's taken mark
+/// answers before Postgres is asked; then the performance's start; then the user's limit.
+pub fn hold(facts: &HoldFacts<'_>, now: Micros) -> HoldDecision {
+    let expire_first = match facts.active {
+        None => None,
+        Some(reservation) if reservation.is_lapsed(now) => Some(reservation.id),
+        Some(_) => return HoldDecision::Taken,
+    };
+    if facts.starts_at <= now {
+        HoldDecision::PerformanceStarted
+    } else if facts.user_holds >= facts.max_user_holds {
+        HoldDecision::HoldLimit
+    } else {
+        HoldDecision::Hold { expire_first }
     }
 }
 
@@ -193,16 +227,30 @@ mod tests {
         }
     }
 
+    /// A hold of a seat whose active reservation is `active`, before the performance, by a
+    /// user with no other hold.
+    fn facts(active: Option<&ReservationState>) -> HoldFacts<'_> {
+        HoldFacts {
+            active,
+            starts_at: NOW + 1,
+            user_holds: 0,
+            max_user_holds: 4,
+        }
+    }
+
     #[test]
     fn a_free_seat_is_held() {
-        assert_eq!(hold(None, NOW), HoldDecision::Hold { expire_first: None });
+        assert_eq!(
+            hold(&facts(None), NOW),
+            HoldDecision::Hold { expire_first: None }
+        );
     }
 
     #[test]
     fn a_lapsed_hold_is_expired_and_the_seat_taken_over() {
         let lapsed = reservation(Status::Held, NOW);
         assert_eq!(
-            hold(Some(&lapsed), NOW),
+            hold(&facts(Some(&lapsed)), NOW),
             HoldDecision::Hold {
                 expire_first: Some(7)
             }
@@ -214,12 +262,77 @@ mod tests {
     fn a_live_hold_a_payment_or_a_sale_keeps_the_seat() {
         for status in [Status::Held, Status::Paying, Status::Confirmed] {
             let owner = reservation(status, NOW + 1);
-            assert_eq!(hold(Some(&owner), NOW), HoldDecision::Taken, "{status:?}");
+            assert_eq!(
+                hold(&facts(Some(&owner)), NOW),
+                HoldDecision::Taken,
+                "{status:?}"
+            );
         }
         // Paying and confirmed reservations keep the seat past the hold's expiry.
         for status in [Status::Paying, Status::Confirmed] {
             let owner = reservation(status, NOW - 1);
-            assert_eq!(hold(Some(&owner), NOW), HoldDecision::Taken, "{status:?}");
+            assert_eq!(
+                hold(&facts(Some(&owner)), NOW),
+                HoldDecision::Taken,
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_is_held_once_the_performance_has_begun() {
+        let lapsed = reservation(Status::Held, NOW);
+        for active in [None, Some(&lapsed)] {
+            let started = HoldFacts {
+                starts_at: NOW,
+                ..facts(active)
+            };
+            assert_eq!(hold(&started, NOW), HoldDecision::PerformanceStarted);
+        }
+        // A seat that is taken reads as taken, as Redis's mark answers it.
+        let owner = reservation(Status::Held, NOW + 1);
+        let started = HoldFacts {
+            starts_at: NOW - 1,
+            ..facts(Some(&owner))
+        };
+        assert_eq!(hold(&started, NOW), HoldDecision::Taken);
+    }
+
+    #[test]
+    fn a_user_at_the_limit_holds_nothing_more_of_the_schedule() {
+        let lapsed = reservation(Status::Held, NOW);
+        for active in [None, Some(&lapsed)] {
+            let below = HoldFacts {
+                user_holds: 3,
+                ..facts(active)
+            };
+            assert!(matches!(hold(&below, NOW), HoldDecision::Hold { .. }));
+            let at = HoldFacts {
+                user_holds: 4,
+                ..facts(active)
+            };
+            assert_eq!(hold(&at, NOW), HoldDecision::HoldLimit);
+            // The start comes first: past it the limit no longer matters.
+            let started = HoldFacts {
+                starts_at: NOW,
+                ..at
+            };
+            assert_eq!(hold(&started, NOW), HoldDecision::PerformanceStarted);
+        }
+    }
+
+    #[test]
+    fn live_holds_and_payments_count_toward_the_limit() {
+        assert!(reservation(Status::Held, NOW + 1).counts_toward_hold_limit(NOW));
+        assert!(reservation(Status::Paying, NOW + 1).counts_toward_hold_limit(NOW));
+        // A payment under way counts past its hold's time too.
+        assert!(reservation(Status::Paying, NOW).counts_toward_hold_limit(NOW));
+        assert!(!reservation(Status::Held, NOW).counts_toward_hold_limit(NOW));
+        for status in [Status::Confirmed, Status::Cancelled, Status::Expired] {
+            assert!(
+                !reservation(status, NOW + 1).counts_toward_hold_limit(NOW),
+                "{status:?}"
+            );
         }
     }
 

@@ -7,12 +7,14 @@ pub const MAX_AMOUNT: i64 = 1_000_000_000;
 pub const MAX_BALANCE: i64 = 1_000_000_000_000;
 
 /// A business rule that refuses a movement. Refusals are final: recorded under their key, so a
-/// replay of the key is refused the same way even after the balance changed.
+/// replay of the key is refused the same way even after the balance changed. A refund is never
+/// refused: it gives back points the balance already counted, so the cap, which guards
+/// charges, does not apply to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// A `Use` of more than the balance.
     InsufficientBalance,
-    /// A `Charge` or `Refund` that would take the balance past [`MAX_BALANCE`].
+    /// A `Charge` that would take the balance past [`MAX_BALANCE`].
     BalanceLimit,
 }
 
@@ -70,6 +72,9 @@ pub enum Decision<T> {
     KeyReused,
     /// The refund names no `Use` of this user; write nothing.
     UnknownUse,
+    /// The balance cannot represent the result (a refund past `i64::MAX`, after ages of uses,
+    /// charges and refunds); write and record nothing.
+    Overflow,
 }
 
 /// Decides one movement. `balance` is the wallet's balance (0 for a wallet not yet created),
@@ -84,10 +89,14 @@ pub fn decide<T>(
         if prior.request_fingerprint != request_fingerprint {
             return Decision::KeyReused;
         }
-        return match prior.outcome {
-            Recorded::Applied(earlier) => Decision::Replay(earlier),
-            Recorded::Refused(refusal) => Decision::ReplayRefusal(refusal),
-        };
+        match prior.outcome {
+            Recorded::Applied(earlier) => return Decision::Replay(earlier),
+            // Refunds were once refused at the cap; such a record was never a final answer
+            // for a refund, which is decided again.
+            Recorded::Refused(Refusal::BalanceLimit)
+                if matches!(movement, Movement::Refund { .. }) => {}
+            Recorded::Refused(refusal) => return Decision::ReplayRefusal(refusal),
+        }
     }
     match movement {
         Movement::Charge { amount } => credit(balance, amount),
@@ -115,7 +124,13 @@ pub fn decide<T>(
                     amount,
                     refunded_by: None,
                 }),
-        } => credit(balance, amount),
+        } => match balance.checked_add(amount) {
+            Some(balance_after) => Decision::Apply {
+                delta: amount,
+                balance_after,
+            },
+            None => Decision::Overflow,
+        },
     }
 }
 
@@ -248,6 +263,42 @@ mod tests {
             },
         );
         assert_eq!(again, Decision::Replay(9));
+    }
+
+    #[test]
+    fn a_refund_passes_the_cap_and_an_old_refusal_of_it_at_the_cap_is_decided_again() {
+        let target = || {
+            Some(RefundTarget::<u32> {
+                amount: 30,
+                refunded_by: None,
+            })
+        };
+        let decision = decide(MAX_BALANCE, None, FP, Movement::Refund { target: target() });
+        assert_eq!(
+            decision,
+            Decision::Apply {
+                delta: 30,
+                balance_after: MAX_BALANCE + 30
+            }
+        );
+        let refused_at_the_cap = Some(KeyRecord::<u32> {
+            request_fingerprint: FP.to_vec(),
+            outcome: Recorded::Refused(Refusal::BalanceLimit),
+        });
+        let again = decide(
+            MAX_BALANCE,
+            refused_at_the_cap,
+            FP,
+            Movement::Refund { target: target() },
+        );
+        assert!(matches!(again, Decision::Apply { .. }));
+        let overflow = decide(
+            i64::MAX - 1,
+            None,
+            FP,
+            Movement::Refund { target: target() },
+        );
+        assert_eq!(overflow, Decision::Overflow);
     }
 
     #[test]

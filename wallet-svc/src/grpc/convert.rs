@@ -8,7 +8,7 @@ use shared::proto::wallet::v1 as pb;
 use tonic::Status;
 
 use crate::model::{
-    IdempotencyKey, MoneyMovement, MovementKind, Points, Reference, TRANSACTIONS_LISTING,
+    IdempotencyKey, KeyScope, MoneyMovement, MovementKind, Points, Reference, TRANSACTIONS_LISTING,
     Transaction, TransactionKind, TransactionPage, UserId,
 };
 
@@ -41,6 +41,7 @@ impl TryFrom<pb::ChargeRequest> for MoneyMovement {
         Ok(Self {
             user_id,
             key,
+            scope: KeyScope::default(),
             kind: MovementKind::Charge { amount },
         })
     }
@@ -63,6 +64,7 @@ impl TryFrom<pb::UseRequest> for MoneyMovement {
         Ok(Self {
             user_id,
             key,
+            scope: KeyScope::default(),
             kind: MovementKind::Use { amount, reference },
         })
     }
@@ -86,6 +88,7 @@ impl TryFrom<pb::RefundRequest> for MoneyMovement {
         Ok(Self {
             user_id,
             key,
+            scope: KeyScope::default(),
             kind: MovementKind::Refund { use_key },
         })
     }

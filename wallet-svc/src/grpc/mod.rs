@@ -4,10 +4,14 @@ mod convert;
 
 use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_server::WalletService;
-use tonic::{Request, Response, Status};
+use std::sync::Arc;
+
+use shared::auth::Caller;
+use shared::error::{Reason, status_with_reason};
+use tonic::{Code, Request, Response, Status};
 
 use crate::domain::Wallets;
-use crate::model::TRANSACTIONS_LISTING;
+use crate::model::{KeyScope, MoneyMovement, TRANSACTIONS_LISTING};
 use convert::BalanceQuery;
 use shared::error::PageRequest;
 
@@ -15,11 +19,51 @@ use shared::error::PageRequest;
 #[derive(Debug, Clone)]
 pub struct WalletGrpc {
     wallets: Wallets,
+    /// Certificate identities of the services that may `Use` and `Refund` for any user.
+    payment_services: Arc<[String]>,
 }
 
 impl WalletGrpc {
-    pub fn new(wallets: Wallets) -> Self {
-        Self { wallets }
+    pub fn new(wallets: Wallets, payment_services: Vec<String>) -> Self {
+        Self {
+            wallets,
+            payment_services: payment_services.into(),
+        }
+    }
+
+    /// Whose keys the caller's are. Each user's and each service's are their own; the payment
+    /// services share one key space (so that a payment retried under another certificate
+    /// identity, after a rename of the trust domain say, keeps its key) and, with unchecked
+    /// (`INSECURE`) calls, also find the keys written before keys had owners.
+    fn scope_of(&self, caller: &Caller) -> KeyScope {
+        match caller {
+            Caller::Unchecked => KeyScope::of("insecure".to_owned(), true),
+            _ if self.is_payment_service(caller) => {
+                KeyScope::of("payment-services".to_owned(), true)
+            }
+            Caller::User { id, .. } => KeyScope::of(format!("user:{id}"), false),
+            Caller::Service { identity } => KeyScope::of(format!("service:{identity}"), false),
+        }
+    }
+
+    fn is_payment_service(&self, caller: &Caller) -> bool {
+        matches!(caller, Caller::Service { identity }
+            if self.payment_services.iter().any(|allowed| allowed.as_str() == &**identity))
+    }
+
+    /// `Use` and `Refund` move a user's points for something bought: only a payment service
+    /// (by its certificate) or an admin makes them.
+    fn require_payment_service(&self, caller: &Caller) -> Result<(), Status> {
+        let allowed = matches!(caller, Caller::Unchecked | Caller::User { admin: true, .. });
+        if allowed || self.is_payment_service(caller) {
+            Ok(())
+        } else {
+            Err(status_with_reason(
+                Code::PermissionDenied,
+                Reason::PaymentServiceOnly,
+                "only a payment service or an admin may use or refund points",
+            ))
+        }
     }
 }
 
@@ -29,7 +73,10 @@ impl WalletService for WalletGrpc {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::Balance>, Status> {
-        let BalanceQuery { user_id } = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.user_id = caller.acting_for(request.user_id)?;
+        let BalanceQuery { user_id } = request.try_into()?;
         let balance = self.wallets.balance(user_id).await?;
         Ok(Response::new(pb::Balance {
             user_id: user_id.get(),
@@ -41,7 +88,10 @@ impl WalletService for WalletGrpc {
         &self,
         request: Request<pb::ChargeRequest>,
     ) -> Result<Response<pb::WalletTransaction>, Status> {
-        let movement = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        caller.require_admin()?;
+        let mut movement: MoneyMovement = request.into_inner().try_into()?;
+        movement.scope = self.scope_of(&caller);
         let transaction = self.wallets.apply(movement).await?;
         Ok(Response::new(transaction.into()))
     }
@@ -50,7 +100,10 @@ impl WalletService for WalletGrpc {
         &self,
         request: Request<pb::UseRequest>,
     ) -> Result<Response<pb::WalletTransaction>, Status> {
-        let movement = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        self.require_payment_service(&caller)?;
+        let mut movement: MoneyMovement = request.into_inner().try_into()?;
+        movement.scope = self.scope_of(&caller);
         let transaction = self.wallets.apply(movement).await?;
         Ok(Response::new(transaction.into()))
     }
@@ -59,7 +112,10 @@ impl WalletService for WalletGrpc {
         &self,
         request: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::WalletTransaction>, Status> {
-        let movement = request.into_inner().try_into()?;
+        let caller = Caller::of(&request)?;
+        self.require_payment_service(&caller)?;
+        let mut movement: MoneyMovement = request.into_inner().try_into()?;
+        movement.scope = self.scope_of(&caller);
         let transaction = self.wallets.apply(movement).await?;
         Ok(Response::new(transaction.into()))
     }
@@ -68,7 +124,9 @@ impl WalletService for WalletGrpc {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        let request = request.into_inner();
+        let caller = Caller::of(&request)?;
+        let mut request = request.into_inner();
+        request.user_id = caller.acting_for(request.user_id)?;
         let PageRequest {
             user_id,
             page_size,

@@ -109,11 +109,18 @@ async fn decide_one(
             None,
         ),
         MovementKind::Refund { use_key } => {
-            if matches!(keys.by_key.get(use_key.as_str()), Some(Ledger::New(_))) {
+            // The caller's own Use under that key, else (for a payment service) one made
+            // before keys had owners.
+            let scope = &movement.scope;
+            let use_key = std::iter::once(scope.stored(use_key))
+                .chain(scope.unscoped(use_key))
+                .find(|key| keys.by_key.contains_key(key))
+                .unwrap_or_else(|| scope.stored(use_key));
+            if matches!(keys.by_key.get(&use_key), Some(Ledger::New(_))) {
                 // The Use was made by this batch: its id is needed to name it.
                 flush(conn, user_id, keys).await?;
             }
-            match keys.use_of(use_key.as_str())? {
+            match keys.use_of(&use_key)? {
                 Some(used) => {
                     let target = RefundTarget {
                         amount: used.amount,
@@ -130,7 +137,14 @@ async fn decide_one(
             }
         }
     };
-    let prior = keys.prior(movement.key.as_str())?;
+    let key = movement.scope.stored(&movement.key);
+    let prior = match keys.prior(&key)? {
+        Some(prior) => Some(prior),
+        None => match movement.scope.unscoped(&movement.key) {
+            Some(unscoped) => keys.prior(&unscoped)?,
+            None => None,
+        },
+    };
     Ok(
         match protocol::wallet::decide(*balance, prior, fingerprint, request) {
             Decision::Apply {
@@ -150,7 +164,7 @@ async fn decide_one(
                         kind,
                         amount: delta.abs(),
                         balance_after,
-                        key: movement.key.as_str().to_owned(),
+                        key,
                         fingerprint: fingerprint.to_vec(),
                         reference: reference.to_owned(),
                     },
@@ -160,17 +174,20 @@ async fn decide_one(
             }
             Decision::Refuse(refusal) => {
                 // Written with the batch's other refusals, before it commits.
-                keys.refusals.insert(
-                    movement.key.as_str().to_owned(),
-                    (fingerprint.to_vec(), refusal),
-                );
-                keys.new_refusals.push(movement.key.as_str().to_owned());
+                keys.refusals
+                    .insert(key.clone(), (fingerprint.to_vec(), refusal));
+                keys.new_refusals.push(key);
                 Answer::Ready(MovementOutcome::Refused(refusal))
             }
             Decision::Replay(at) => Answer::Replayed(at),
             Decision::ReplayRefusal(refusal) => Answer::Ready(MovementOutcome::Refused(refusal)),
             Decision::KeyReused => Answer::Ready(MovementOutcome::KeyReused),
             Decision::UnknownUse => Answer::Ready(MovementOutcome::UnknownUse),
+            Decision::Overflow => {
+                return Err(StoreError::Internal(format!(
+                    "the balance of user {user_id} cannot hold the refund"
+                )));
+            }
         },
     )
 }

@@ -63,11 +63,14 @@ pub async fn load_keys(
     user_id: i64,
     batch: &[(&MoneyMovement, Vec<u8>)],
 ) -> Result<Keys, StoreError> {
-    let mut names: Vec<&str> = Vec::with_capacity(batch.len());
+    let mut names: Vec<String> = Vec::with_capacity(batch.len());
     for (movement, _) in batch {
-        names.push(movement.key.as_str());
+        let scope = &movement.scope;
+        names.push(scope.stored(&movement.key));
+        names.extend(scope.unscoped(&movement.key));
         if let MovementKind::Refund { use_key } = &movement.kind {
-            names.push(use_key.as_str());
+            names.push(scope.stored(use_key));
+            names.extend(scope.unscoped(use_key));
         }
     }
     let rows = wallet_transactions::table

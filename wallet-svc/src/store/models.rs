@@ -5,7 +5,7 @@ use diesel::prelude::*;
 
 use super::StoreError;
 use super::schema::{wallet_refusals, wallet_transactions};
-use crate::model::{Transaction, TransactionKind};
+use crate::model::{Transaction, TransactionKind, shown_key};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = wallet_transactions, check_for_backend(diesel::pg::Pg))]
@@ -34,7 +34,7 @@ impl TryFrom<TransactionRow> for Transaction {
             kind,
             amount: row.amount,
             balance_after: row.balance_after,
-            idempotency_key: row.idempotency_key,
+            idempotency_key: shown_key(&row.idempotency_key).to_owned(),
             reference: row.reference,
             created_at: row.created_at,
         })

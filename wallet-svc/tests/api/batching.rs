@@ -67,8 +67,10 @@ struct LedgerRow {
 async fn ledger_rows(app: &TestApp, user_id: i64) -> Vec<LedgerRow> {
     let mut conn = app.connect_db().await;
     diesel::sql_query(format!(
-        "SELECT id, idempotency_key, delta, balance_after FROM wallet_transactions \
-         WHERE user_id = {user_id} ORDER BY id"
+        // Keys are stored under their caller ('<owner> <key>'): read as the caller sent them.
+        "SELECT id, substring(idempotency_key FROM '[^ ]*$') AS idempotency_key, delta, \
+                balance_after \
+         FROM wallet_transactions WHERE user_id = {user_id} ORDER BY id"
     ))
     .load(&mut conn)
     .await
@@ -83,7 +85,8 @@ async fn refused_keys(app: &TestApp, user_id: i64) -> HashSet<String> {
     }
     let mut conn = app.connect_db().await;
     diesel::sql_query(format!(
-        "SELECT idempotency_key FROM wallet_refusals WHERE user_id = {user_id}"
+        "SELECT substring(idempotency_key FROM '[^ ]*$') AS idempotency_key \
+         FROM wallet_refusals WHERE user_id = {user_id}"
     ))
     .load::<Refused>(&mut conn)
     .await

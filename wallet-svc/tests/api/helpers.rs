@@ -39,9 +39,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::defaults();
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
     config.database_url = db.url().to_owned();
+    // These tests are of other things than security (tests/api/security.rs has those).
+    config.security.insecure = true;
     // Tests that look at metrics serve them on a port of their own.
     config.metrics_addr = None;
     configure(&mut config);
+    let insecure = config.security.insecure;
 
     let app = Application::build(config)
         .await
@@ -52,7 +55,16 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = stop_rx.await;
     }));
-    let client = WalletServiceClient::new(channel(addr).await);
+    // A secure server's tests make clients of their own (tests/api/security.rs).
+    let client = if insecure {
+        WalletServiceClient::new(channel(addr).await)
+    } else {
+        WalletServiceClient::new(
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_lazy(),
+        )
+    };
     TestApp {
         addr,
         metrics_addr,

@@ -9,6 +9,7 @@ mod limits;
 mod listing;
 mod metrics;
 mod refund;
+mod security;
 mod server;
 mod stalls;
 mod validation;

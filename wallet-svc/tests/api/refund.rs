@@ -86,3 +86,25 @@ async fn a_refund_names_a_use_of_the_same_user() {
     assert_eq!(other_user.code(), Code::NotFound);
     assert_eq!(app.balance(2).await, 100);
 }
+
+#[tokio::test]
+async fn a_refund_is_never_refused_at_the_balance_cap_it_gives_back_points_already_counted() {
+    let app = spawn_app().await;
+    let cap = protocol::wallet::MAX_BALANCE;
+    let max_amount = protocol::wallet::MAX_AMOUNT;
+    // Charges up to the cap, a use, and charges back up to the cap.
+    for at in 0..cap / max_amount {
+        app.charge(1, max_amount, &format!("fill-{at}"))
+            .await
+            .expect("charge");
+    }
+    app.use_points(1, 30, "use-1").await.expect("use");
+    app.charge(1, 30, "refill").await.expect("back at the cap");
+    let past = app.charge(1, 1, "past-the-cap").await.expect_err("the cap");
+    assert_eq!(past.code(), Code::FailedPrecondition);
+
+    let refund = app.refund(1, "refund-1", "use-1").await.expect("refunded");
+    assert_eq!(refund.balance_after, cap + 30);
+    assert_eq!(app.balance(1).await, cap + 30);
+    app.assert_ledger_matches_balance(1).await;
+}

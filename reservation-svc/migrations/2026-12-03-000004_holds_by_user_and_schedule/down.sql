@@ -1,0 +1,1 @@
+DROP INDEX holds_by_user_and_schedule;
