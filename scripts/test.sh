@@ -8,6 +8,8 @@ cd "$REPO_ROOT"
 ensure_rust
 ensure_postgres
 ensure_redis
+# The security tests make RSA keys and run scripts/dev-pki.sh, both with openssl.
+command -v openssl >/dev/null || apt_install openssl
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
