@@ -93,6 +93,7 @@ EXTERNAL = {
         ("Secret", "ticketing-db"): {"RESERVATION_DATABASE_URL", "WALLET_DATABASE_URL"},
         ("Secret", "wallet-svc-tls"): {"tls.crt", "tls.key", "ca.crt"},
         ("Secret", "reservation-svc-tls"): {"tls.crt", "tls.key", "ca.crt"},
+        ("Secret", "reservation-svc-client-tls"): {"tls.crt", "tls.key", "ca.crt"},
         ("ConfigMap", "ticketing-jwks"): {"jwks.json"},
     },
 }

@@ -3,8 +3,11 @@
 #   ca.pem, ca-key.pem                    a dev CA (EC P-256, 10 years), CN "ticketing dev CA"
 #   wallet.pem, wallet-key.pem            wallet-svc's certificate (server and client),
 #                                         URI SAN spiffe://ticketing.local/wallet-svc
-#   reservation.pem, reservation-key.pem  reservation-svc's certificate: its server certificate and
-#                                         its client certificate toward wallet-svc,
+#   reservation.pem, reservation-key.pem  reservation-svc's server certificate,
+#                                         URI SAN spiffe://ticketing.local/reservation-svc
+#   reservation-client.pem, -client-key.pem  reservation-svc's client certificate toward wallet-svc
+#                                         (client use only, so that whatever terminates
+#                                         reservation-svc's TLS cannot pay as it),
 #                                         URI SAN spiffe://ticketing.local/reservation-svc
 #   admin.pem, admin-key.pem              a client certificate for an operator's tools (grpcurl),
 #                                         URI SAN spiffe://ticketing.local/admin
@@ -28,9 +31,10 @@ WALLET_ENDPOINT=https://localhost:50052
 CA_DAYS=3650
 LEAF_DAYS=825
 RENEW_SECONDS=$((30 * 24 * 3600))
-LEAVES=(wallet reservation admin)
+LEAVES=(wallet reservation reservation-client admin)
 FILES=(ca.pem ca-key.pem wallet.pem wallet-key.pem reservation.pem reservation-key.pem
-    admin.pem admin-key.pem token-key.pem jwks.json wallet.env reservation.env)
+    reservation-client.pem reservation-client-key.pem admin.pem admin-key.pem token-key.pem
+    jwks.json wallet.env reservation.env)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'dev-pki.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -132,11 +136,13 @@ make_leaf() {
 }
 
 make_leaves() {
-    local svc
-    for svc in wallet reservation; do
-        make_leaf "$svc" "$svc-svc" "serverAuth, clientAuth" \
-            "DNS:localhost, IP:127.0.0.1, DNS:$svc-svc, URI:$(spiffe_id "$svc-svc")"
-    done
+    # wallet-svc's own certificate also serves as a client one: its health probe presents it
+    # to wallet-svc, which asks every client for a certificate.
+    make_leaf wallet wallet-svc "serverAuth, clientAuth" \
+        "DNS:localhost, IP:127.0.0.1, DNS:wallet-svc, URI:$(spiffe_id wallet-svc)"
+    make_leaf reservation reservation-svc serverAuth \
+        "DNS:localhost, IP:127.0.0.1, DNS:reservation-svc, URI:$(spiffe_id reservation-svc)"
+    make_leaf reservation-client reservation-svc clientAuth "URI:$(spiffe_id reservation-svc)"
     make_leaf admin admin clientAuth "URI:$(spiffe_id admin)"
 }
 
@@ -177,8 +183,8 @@ AUTH_ISSUER=$AUTH_ISSUER
 AUTH_AUDIENCE=$AUTH_AUDIENCE
 WALLET_ENDPOINT=$WALLET_ENDPOINT
 WALLET_TLS_CA_FILE=$DIR/ca.pem
-WALLET_TLS_CERT_FILE=$DIR/reservation.pem
-WALLET_TLS_KEY_FILE=$DIR/reservation-key.pem
+WALLET_TLS_CERT_FILE=$DIR/reservation-client.pem
+WALLET_TLS_KEY_FILE=$DIR/reservation-client-key.pem
 EOF
 }
 
@@ -189,8 +195,11 @@ verify_all() {
         out=$(openssl verify -CAfile "$WORK/ca.pem" "$WORK/$leaf.pem" 2>&1) ||
             die "$leaf.pem does not verify against ca.pem: $out"
         [ "$out" = "$WORK/$leaf.pem: OK" ] || die "$leaf.pem does not verify against ca.pem: $out"
-        purposes=sslclient
-        [ "$leaf" = admin ] || purposes="sslserver sslclient"
+        case $leaf in
+            wallet) purposes="sslserver sslclient" ;;
+            reservation) purposes=sslserver ;;
+            *) purposes=sslclient ;;
+        esac
         for purpose in $purposes; do
             out=$(openssl verify -x509_strict -purpose "$purpose" -CAfile "$WORK/ca.pem" "$WORK/$leaf.pem" 2>&1) ||
                 die "$leaf.pem does not verify as $purpose: $out"
@@ -204,7 +213,8 @@ verify_all() {
 install_files() {
     local f
     for f in "${FILES[@]}"; do mv -f "$WORK/$f" "$DIR/$f"; done
-    chmod 644 "$DIR/ca.pem" "$DIR/wallet.pem" "$DIR/reservation.pem" "$DIR/admin.pem" \
+    chmod 644 "$DIR/ca.pem" "$DIR/wallet.pem" "$DIR/reservation.pem" \
+        "$DIR/reservation-client.pem" "$DIR/admin.pem" \
         "$DIR/jwks.json" "$DIR/wallet.env" "$DIR/reservation.env"
 }
 
@@ -213,7 +223,7 @@ summary() {
 Development PKI in $DIR
   CA:          $DIR/ca.pem (CN "ticketing dev CA")
   identities:  $(spiffe_id wallet-svc)       wallet.pem (server, client)
-               $(spiffe_id reservation-svc)  reservation.pem (server, and client toward wallet-svc)
+               $(spiffe_id reservation-svc)  reservation.pem (server), reservation-client.pem (toward wallet-svc)
                $(spiffe_id admin)            admin.pem (client, for grpcurl)
   tokens:      signed with token-key.pem, verified with jwks.json (issuer $AUTH_ISSUER, audience $AUTH_AUDIENCE)
 Use:
