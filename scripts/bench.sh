@@ -6,16 +6,53 @@
 # bench/results/latest.{md,json} and the table in bench/README.md. Arguments go to `bench run`
 # (e.g. `--scale 0.2` for a quick look). Stops what it started, never the shared PostgreSQL
 # or Redis.
+#
+# The services run in plaintext without caller checks (INSECURE). `./scripts/bench.sh --secure`
+# runs them as production does instead (TLS, mutual TLS to the wallet, every call with a
+# token; the development PKI of scripts/dev-pki.sh in .tools/pki) and writes
+# bench/results/secure/latest.{md,json}, leaving bench/README.md as it is.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 run_started=$(date +%s)
 
+secure=false
+if [ "${1:-}" = --secure ]; then
+    secure=true
+    shift
+fi
+
 WALLET_DB=${BENCH_WALLET_DB:-bench_wallet}
 RESERVATION_DB=${BENCH_RESERVATION_DB:-bench_reservation}
 PG_URL="postgres://postgres@$PG_HOST:$PG_PORT"
-# The plaintext run, without caller checks.
-export INSECURE=true
+PKI="$TOOLS_DIR/pki"
+if $secure; then
+    scripts/dev-pki.sh "$PKI" >/dev/null
+    SCHEME=https HOST=localhost OUT_DIR=bench/results/secure
+    access=(--pki "$PKI" --token "$(scripts/dev-token.sh "$PKI" 1 admin)")
+    readme=()
+else
+    # The plaintext run, without caller checks.
+    export INSECURE=true
+    SCHEME=http HOST=127.0.0.1 OUT_DIR=bench/results
+    access=()
+    readme=(--readme bench/README.md)
+fi
+
+# Becomes service $1 with the rest as its arguments, with its development TLS and token
+# settings when secure: run it in a subshell (`&`, or parentheses), whose pid is then the
+# service's.
+service() {
+    local name=$1
+    shift
+    if $secure; then
+        set -a
+        # shellcheck disable=SC1090
+        . "$PKI/${name%-svc}.env"
+        set +a
+    fi
+    exec "target/release/$name" "$@"
+}
 
 ensure_rust
 ensure_postgres
@@ -67,20 +104,20 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 log "starting wallet-svc on 127.0.0.1:$WALLET_PORT and reservation-svc on 127.0.0.1:$RESERVATION_PORT"
-target/release/wallet-svc \
+service wallet-svc \
     --listen-addr "127.0.0.1:$WALLET_PORT" \
     --database-url "$PG_URL/$WALLET_DB" \
     --metrics-addr "127.0.0.1:$WALLET_METRICS_PORT" \
     >"$LOG_DIR/wallet-svc.log" 2>&1 &
 wallet_pid=$!
 pids+=("$wallet_pid")
-target/release/reservation-svc \
+service reservation-svc \
     --listen-addr "127.0.0.1:$RESERVATION_PORT" \
     --database-url "$PG_URL/$RESERVATION_DB" \
     --metrics-addr "127.0.0.1:$RESERVATION_METRICS_PORT" \
     --redis-url "redis://$REDIS_HOST:$REDIS_PORT" \
     --seat-lock-prefix "$REDIS_PREFIX" \
-    --wallet-endpoint "http://127.0.0.1:$WALLET_PORT" \
+    --wallet-endpoint "$SCHEME://$HOST:$WALLET_PORT" \
     >"$LOG_DIR/reservation-svc.log" 2>&1 &
 reservation_pid=$!
 pids+=("$reservation_pid")
@@ -89,7 +126,7 @@ pids+=("$reservation_pid")
 wait_serving() {
     local name=$1 port=$2 pid=$3
     for _ in $(seq 1 150); do
-        "target/release/$name" health-check --listen-addr "127.0.0.1:$port" >/dev/null 2>&1 && return
+        (service "$name" health-check --listen-addr "127.0.0.1:$port") >/dev/null 2>&1 && return
         kill -0 "$pid" 2>/dev/null || { cat "$LOG_DIR/$name.log" >&2; die "$name exited"; }
         sleep 0.2
     done
@@ -104,8 +141,8 @@ git diff --quiet HEAD -- . ':!bench/results' ':!bench/README.md' 2>/dev/null || 
 
 log "running the scenarios and their baselines"
 target/release/bench run \
-    --wallet "http://127.0.0.1:$WALLET_PORT" \
-    --reservation "http://127.0.0.1:$RESERVATION_PORT" \
+    --wallet "$SCHEME://$HOST:$WALLET_PORT" \
+    --reservation "$SCHEME://$HOST:$RESERVATION_PORT" \
     --reservation-metrics "127.0.0.1:$RESERVATION_METRICS_PORT" \
     --wallet-pid "$wallet_pid" \
     --reservation-pid "$reservation_pid" \
@@ -115,12 +152,17 @@ target/release/bench run \
     --redis-host "$REDIS_HOST" \
     --redis-port "$REDIS_PORT" \
     --redis-prefix "$REDIS_PREFIX" \
-    --out-dir bench/results \
-    --readme bench/README.md \
+    --out-dir "$OUT_DIR" \
+    "${readme[@]}" \
+    "${access[@]}" \
     --work-dir target/bench \
-    --command-line "./scripts/bench.sh${*:+ $*}" \
+    --command-line "./scripts/bench.sh$($secure && echo ' --secure')${*:+ $*}" \
     --revision "$revision" \
     "$@"
 
 stop_all
-log "done in $(($(date +%s) - run_started)) s: bench/results/latest.md, bench/results/latest.json, bench/README.md"
+if $secure; then
+    log "done in $(($(date +%s) - run_started)) s: $OUT_DIR/latest.md, $OUT_DIR/latest.json"
+else
+    log "done in $(($(date +%s) - run_started)) s: bench/results/latest.md, bench/results/latest.json, bench/README.md"
+fi

@@ -50,6 +50,8 @@ struct StampedeArgs {
     /// HTTP/2 connections per server.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    #[command(flatten)]
+    access: scenarios::Access,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,6 +71,8 @@ struct HoldsArgs {
     /// HTTP/2 connections per server.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    #[command(flatten)]
+    access: scenarios::Access,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +98,8 @@ struct PaymentsArgs {
     /// HTTP/2 connections per server.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    #[command(flatten)]
+    access: scenarios::Access,
 }
 
 #[tokio::main]
@@ -101,7 +107,8 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(args).await,
         Command::Stampede(args) => {
-            let reservation = scenarios::connect(&args.addrs, args.connections).await?;
+            let reservation =
+                scenarios::connect(&args.addrs, args.connections, &args.access).await?;
             let (measured, _) =
                 scenarios::stampede(&reservation, args.requests, args.concurrency).await?;
             print_summary(&Scenario::new(
@@ -117,7 +124,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Holds(args) => {
-            let reservation = scenarios::connect(&args.addrs, args.connections).await?;
+            let reservation =
+                scenarios::connect(&args.addrs, args.connections, &args.access).await?;
             let measured = scenarios::distinct_seats(
                 &reservation,
                 args.requests,
@@ -139,8 +147,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Payments(args) => {
-            let reservation = scenarios::connect(&args.addrs, args.connections).await?;
-            let wallet = scenarios::connect(&[args.wallet], args.connections).await?;
+            let reservation =
+                scenarios::connect(&args.addrs, args.connections, &args.access).await?;
+            let wallet = scenarios::connect(&[args.wallet], args.connections, &args.access).await?;
             let measured: Measured = scenarios::payments(
                 &reservation,
                 &wallet,

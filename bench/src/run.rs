@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use reservation_svc::lock::{RELEASE_SCRIPT, acquire_script};
 use reservation_svc::store::CREATE_SCHEDULE_SQL;
-use tonic::transport::Channel;
 
 use crate::baseline::{self, Baseline, Pgbench, RedisBenchmark};
 use crate::load::{Measured, OK};
@@ -90,6 +89,8 @@ pub struct RunArgs {
     /// The revision the report names.
     #[arg(long, default_value = "unknown")]
     revision: String,
+    #[command(flatten)]
+    access: scenarios::Access,
 }
 
 /// One wallet scenario and its raw baseline.
@@ -241,8 +242,8 @@ struct Bench {
     sizes: Sizes,
     run_id: String,
     work_dir: PathBuf,
-    wallet: Vec<Channel>,
-    reservation: Vec<Channel>,
+    wallet: Vec<scenarios::Conn>,
+    reservation: Vec<scenarios::Conn>,
     sampler: RssSampler,
 }
 
@@ -254,10 +255,18 @@ impl Bench {
         let work_dir = args.work_dir.join(&run_id);
         let machine =
             Machine::describe(&args.admin_database_url, &args.redis_host, args.redis_port).await;
-        let wallet =
-            scenarios::connect(std::slice::from_ref(&args.wallet), args.connections).await?;
-        let reservation =
-            scenarios::connect(std::slice::from_ref(&args.reservation), args.connections).await?;
+        let wallet = scenarios::connect(
+            std::slice::from_ref(&args.wallet),
+            args.connections,
+            &args.access,
+        )
+        .await?;
+        let reservation = scenarios::connect(
+            std::slice::from_ref(&args.reservation),
+            args.connections,
+            &args.access,
+        )
+        .await?;
         let sampler = RssSampler::start(vec![
             Watched {
                 name: WALLET,

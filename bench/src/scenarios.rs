@@ -6,6 +6,7 @@ use shared::proto::reservation::v1 as reservation_pb;
 use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use shared::proto::wallet::v1 as wallet_pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -27,29 +28,103 @@ pub fn distinct_seat_users(requests: u64) -> u64 {
     requests.div_ceil(HOLDS_PER_USER).max(1)
 }
 
-/// Opens `per_addr` HTTP/2 connections to each address.
-pub async fn connect(addrs: &[String], per_addr: usize) -> anyhow::Result<Vec<Channel>> {
+/// A connection to a service, with the caller's token on every call when there is one.
+pub type Conn = InterceptedService<Channel, Bearer>;
+
+/// Puts `authorization: Bearer <token>` on every call (none: calls go as they are).
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How the services are reached: in plaintext, or as production runs them, over TLS with a
+/// client certificate and a token (`--pki DIR --token TOKEN`: the development PKI of
+/// scripts/dev-pki.sh, its operator certificate, and an admin's token, which may act for every
+/// user the scenarios use).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Access {
+    /// The development PKI directory (scripts/dev-pki.sh): connect over TLS, trusting its CA
+    /// and presenting its operator certificate (admin.pem).
+    #[arg(long, global = true)]
+    pub pki: Option<std::path::PathBuf>,
+    /// The bearer token sent with every call (scripts/dev-token.sh DIR 1 admin).
+    #[arg(long, global = true)]
+    pub token: Option<String>,
+}
+
+impl Access {
+    fn bearer(&self) -> anyhow::Result<Bearer> {
+        let value = match &self.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("the token is not ASCII"))?,
+            ),
+            None => None,
+        };
+        Ok(Bearer(value))
+    }
+
+    fn tls(&self) -> anyhow::Result<Option<shared::tls::ClientTls>> {
+        let Some(dir) = &self.pki else {
+            return Ok(None);
+        };
+        let files = shared::tls::ClientFiles {
+            ca: dir.join("ca.pem"),
+            identity: Some((dir.join("admin.pem"), dir.join("admin-key.pem"))),
+        };
+        Ok(Some(shared::tls::client_tls(&files, None)?))
+    }
+}
+
+/// Opens `per_addr` HTTP/2 connections to each address (`https://` with `access.pki`).
+pub async fn connect(
+    addrs: &[String],
+    per_addr: usize,
+    access: &Access,
+) -> anyhow::Result<Vec<Conn>> {
+    let tls = access.tls()?;
+    let bearer = access.bearer()?;
     let mut channels = Vec::new();
     for addr in addrs {
         for _ in 0..per_addr.max(1) {
-            let channel = Channel::from_shared(addr.clone())?
-                .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?;
-            channels.push(channel);
+            let channel = match &tls {
+                Some(tls) => {
+                    let channel = shared::tls::channel(addr, tls.clone(), Duration::from_secs(30))?;
+                    // Connected now, as the plaintext ones are, not on the first measured call.
+                    HealthClient::new(channel.clone())
+                        .check(HealthCheckRequest::default())
+                        .await
+                        .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?;
+                    channel
+                }
+                None => Channel::from_shared(addr.clone())?
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?,
+            };
+            channels.push(InterceptedService::new(channel, bearer.clone()));
         }
     }
     Ok(channels)
 }
 
 /// `grpc.health.v1.Health/Check` of the whole server: the cheapest call a server answers.
-pub async fn health(
-    servers: &[Channel],
-    requests: u64,
-    clients: usize,
-) -> anyhow::Result<Measured> {
+pub async fn health(servers: &[Conn], requests: u64, clients: usize) -> anyhow::Result<Measured> {
     load::drive(
         "health check",
         requests,
@@ -70,7 +145,7 @@ pub async fn health(
 /// unless every charge is applied. Not a measurement: it makes the balances the measured
 /// `Use`s spend.
 pub async fn charge_users(
-    wallet: &[Channel],
+    wallet: &[Conn],
     first_user: i64,
     users: u64,
     amount: i64,
@@ -110,7 +185,7 @@ pub async fn charge_users(
 /// `Use` of 1 point, request `i` by user `first_user + i % users` under its own key.
 pub async fn wallet_uses(
     label: &str,
-    wallet: &[Channel],
+    wallet: &[Conn],
     requests: u64,
     clients: usize,
     first_user: i64,
@@ -138,7 +213,7 @@ pub async fn wallet_uses(
 
 /// A concert with one schedule of `seat_count` seats at `seat_price`, starting in 30 days.
 pub async fn create_schedule(
-    reservation: &Channel,
+    reservation: &Conn,
     title: &str,
     seat_count: i32,
     seat_price: i64,
@@ -169,7 +244,7 @@ pub async fn create_schedule(
 /// `requests` holds of seat 1 of a fresh one-seat schedule, client `c` as user `c + 1`.
 /// Returns the schedule's id with the measurements.
 pub async fn stampede(
-    reservation: &[Channel],
+    reservation: &[Conn],
     requests: u64,
     clients: usize,
 ) -> anyhow::Result<(Measured, i64)> {
@@ -211,7 +286,7 @@ pub fn spread_seat(index: u64, seat_count: i32) -> i32 {
 /// `requests` holds, each of a distinct seat of a fresh schedule of `seat_count` seats;
 /// `measuring` runs once the schedule exists, right before the first hold.
 pub async fn distinct_seats(
-    reservation: &[Channel],
+    reservation: &[Conn],
     requests: u64,
     clients: usize,
     seat_count: i32,
@@ -256,8 +331,8 @@ pub async fn distinct_seats(
 /// before the first hold.
 #[allow(clippy::too_many_arguments)]
 pub async fn payments(
-    reservation: &[Channel],
-    wallet: &[Channel],
+    reservation: &[Conn],
+    wallet: &[Conn],
     pairs: u64,
     clients: usize,
     first_user: i64,
