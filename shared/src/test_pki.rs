@@ -13,7 +13,6 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::auth::TokenSettings;
 use crate::security::SecurityArgs;
 use crate::tls::ClientFiles;
 
@@ -307,15 +306,6 @@ impl SecureSetup {
         ClientFiles {
             ca: self.ca_file.clone(),
             identity: identity.map(|identity| self.ca.client(identity).write(&self.dir, name)),
-        }
-    }
-
-    /// The token settings of this setup.
-    pub fn token_settings(&self) -> TokenSettings {
-        TokenSettings {
-            jwks_file: self.jwks_file.clone(),
-            issuer: ISSUER.to_owned(),
-            audience: AUDIENCE.to_owned(),
         }
     }
 }

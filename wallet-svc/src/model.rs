@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
+use shared::auth::Caller;
 
 pub use protocol::wallet::Refusal;
 pub use protocol::wallet::{MAX_AMOUNT, MAX_BALANCE};
@@ -155,6 +156,20 @@ impl KeyScope {
         Self {
             owner,
             sees_unscoped,
+        }
+    }
+
+    /// Whose keys `caller`'s are. Each user's and each service's are their own; the payment
+    /// services (`payment_service`: the caller is one) share one key space, so that a payment
+    /// retried under another certificate identity (after a rename of the trust domain, say)
+    /// keeps its key, and they, like unchecked (`INSECURE`) calls, also find the keys written
+    /// before keys had owners.
+    pub fn of_caller(caller: &Caller, payment_service: bool) -> Self {
+        match caller {
+            Caller::Unchecked => Self::of("insecure".to_owned(), true),
+            _ if payment_service => Self::of("payment-services".to_owned(), true),
+            Caller::User { id, .. } => Self::of(format!("user:{id}"), false),
+            Caller::Service { identity } => Self::of(format!("service:{identity}"), false),
         }
     }
 

@@ -34,32 +34,10 @@ struct System {
 
 async fn start_system() -> System {
     let setup = SecureSetup::new();
-    let wallet_db = TestDatabase::create(
-        "wallet",
-        wallet_svc::startup::MIGRATIONS,
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wallet-svc/migrations"),
-    )
-    .await;
     let mut wallet_config = wallet_svc::config::Config::defaults();
-    wallet_config.listen_addr = "127.0.0.1:0".parse().expect("address");
-    wallet_config.database_url = wallet_db.url().to_owned();
-    wallet_config.metrics_addr = None;
     wallet_config.security = setup.server("wallet", WALLET, true);
-    let wallet_app = wallet_svc::startup::Application::build(wallet_config)
-        .await
-        .expect("build wallet-svc");
-    let wallet = wallet_app.local_addr().expect("bound");
-    let (wallet_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(wallet_app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-
-    let db = TestDatabase::create(
-        "reservation",
-        reservation_svc::startup::MIGRATIONS,
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
-    )
-    .await;
+    let (wallet, wallet_stop, wallet_db) = start_wallet(wallet_config).await;
+    let db = reservation_database().await;
     let mut config = test_config(&db);
     config.security = setup.server("reservation", RESERVATION, false);
     let client_files = setup.client("reservation-client", Some(RESERVATION));
@@ -77,6 +55,69 @@ async fn start_system() -> System {
         _wallet_db: wallet_db,
         _stops: vec![wallet_stop, reservation_stop],
     }
+}
+
+/// Starts wallet-svc with `config` (its security, say) on a free port and a database of its
+/// own; it runs until the sender is dropped or fired.
+async fn start_wallet(
+    mut config: wallet_svc::config::Config,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, TestDatabase) {
+    let db = TestDatabase::create(
+        "wallet",
+        wallet_svc::startup::MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wallet-svc/migrations"),
+    )
+    .await;
+    config.listen_addr = "127.0.0.1:0".parse().expect("address");
+    config.database_url = db.url().to_owned();
+    config.metrics_addr = None;
+    let app = wallet_svc::startup::Application::build(config)
+        .await
+        .expect("build wallet-svc");
+    let addr = app.local_addr().expect("bound");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, db)
+}
+
+async fn reservation_database() -> TestDatabase {
+    TestDatabase::create(
+        "reservation",
+        reservation_svc::startup::MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await
+}
+
+/// A hold of `seat_no` by the bearer of `token`, for the caller (`user_id` 0).
+fn hold_as(token: &str, schedule_id: i64, seat_no: i32) -> tonic::Request<pb::HoldSeatRequest> {
+    with_token(
+        pb::HoldSeatRequest {
+            user_id: 0,
+            schedule_id,
+            seat_no,
+        },
+        token,
+    )
+}
+
+/// A charge of `amount` points to `user_id` by the admin of `admin`.
+fn top_up(
+    admin: &str,
+    user_id: i64,
+    amount: i64,
+    key: &str,
+) -> tonic::Request<wallet_pb::ChargeRequest> {
+    with_token(
+        wallet_pb::ChargeRequest {
+            user_id,
+            amount,
+            idempotency_key: key.to_owned(),
+        },
+        admin,
+    )
 }
 
 impl System {
@@ -222,27 +263,13 @@ async fn a_reservation_is_its_owners_and_a_payment_crosses_mutual_tls() {
     let bob = system.token(43);
     system
         .wallet()
-        .charge(with_token(
-            wallet_pb::ChargeRequest {
-                user_id: 42,
-                amount: 500,
-                idempotency_key: "top-up-42".to_owned(),
-            },
-            &system.admin(),
-        ))
+        .charge(top_up(&system.admin(), 42, 500, "top-up-42"))
         .await
         .expect("an admin tops alice up");
 
     // Alice holds as herself (0 is the caller); Bob may not hold in her name.
     let held = client
-        .hold_seat(with_token(
-            pb::HoldSeatRequest {
-                user_id: 0,
-                schedule_id: schedule,
-                seat_no: 1,
-            },
-            &alice,
-        ))
+        .hold_seat(hold_as(&alice, schedule, 1))
         .await
         .expect("alice holds")
         .into_inner();
@@ -410,39 +437,17 @@ async fn the_development_pki_and_tokens_run_both_services_securely() {
         .expect("dev-pki.sh runs");
     assert!(made.status.success(), "dev-pki.sh: {made:?}");
 
-    let wallet_db = TestDatabase::create(
-        "wallet",
-        wallet_svc::startup::MIGRATIONS,
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wallet-svc/migrations"),
-    )
-    .await;
     let mut wallet_args = vec!["wallet-svc".to_owned()];
     wallet_args.extend(flags_of(
         wallet_svc::config::Cli::command(),
         &dir.path().join("wallet.env"),
     ));
-    let mut wallet_config = wallet_svc::config::Cli::try_parse_from(&wallet_args)
+    let wallet_config = wallet_svc::config::Cli::try_parse_from(&wallet_args)
         .expect("wallet.env parses")
         .config;
-    wallet_config.listen_addr = "127.0.0.1:0".parse().expect("address");
-    wallet_config.database_url = wallet_db.url().to_owned();
-    wallet_config.metrics_addr = None;
     assert!(!wallet_config.security.insecure);
-    let wallet_app = wallet_svc::startup::Application::build(wallet_config)
-        .await
-        .expect("wallet-svc starts with wallet.env");
-    let wallet = wallet_app.local_addr().expect("bound");
-    let (_wallet_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(wallet_app.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
-
-    let db = TestDatabase::create(
-        "reservation",
-        reservation_svc::startup::MIGRATIONS,
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
-    )
-    .await;
+    let (wallet, _wallet_stop, _wallet_db) = start_wallet(wallet_config).await;
+    let db = reservation_database().await;
     let mut args = vec!["reservation-svc".to_owned()];
     args.extend(flags_of(
         reservation_svc::config::Cli::command(),
@@ -486,14 +491,7 @@ async fn the_development_pki_and_tokens_run_both_services_securely() {
     };
     let mut wallet_client = WalletServiceClient::new(tls_channel(wallet, &files(Some("admin"))));
     wallet_client
-        .charge(with_token(
-            wallet_pb::ChargeRequest {
-                user_id: 42,
-                amount: 300,
-                idempotency_key: "dev-top-up".to_owned(),
-            },
-            &admin,
-        ))
+        .charge(top_up(&admin, 42, 300, "dev-top-up"))
         .await
         .expect("the admin certificate and token charge");
     let mut client = Client::new(tls_channel(reservation, &files(None)));
@@ -524,14 +522,7 @@ async fn the_development_pki_and_tokens_run_both_services_securely() {
         .expect("schedule")
         .into_inner();
     let held = client
-        .hold_seat(with_token(
-            pb::HoldSeatRequest {
-                user_id: 0,
-                schedule_id: schedule.id,
-                seat_no: 1,
-            },
-            &user,
-        ))
+        .hold_seat(hold_as(&user, schedule.id, 1))
         .await
         .expect("hold")
         .into_inner();
@@ -559,25 +550,11 @@ async fn nobody_but_reservation_svc_pre_empts_or_refunds_a_reservations_payment(
     let bob = system.token(43);
     let admin = system.admin();
     wallet
-        .charge(with_token(
-            wallet_pb::ChargeRequest {
-                user_id: 42,
-                amount: 500,
-                idempotency_key: "top-up-42".to_owned(),
-            },
-            &admin,
-        ))
+        .charge(top_up(&admin, 42, 500, "top-up-42"))
         .await
         .expect("charged");
     let held = client
-        .hold_seat(with_token(
-            pb::HoldSeatRequest {
-                user_id: 0,
-                schedule_id: schedule,
-                seat_no: 1,
-            },
-            &alice,
-        ))
+        .hold_seat(hold_as(&alice, schedule, 1))
         .await
         .expect("alice holds")
         .into_inner();

@@ -31,19 +31,8 @@ impl WalletGrpc {
         }
     }
 
-    /// Whose keys the caller's are. Each user's and each service's are their own; the payment
-    /// services share one key space (so that a payment retried under another certificate
-    /// identity, after a rename of the trust domain say, keeps its key) and, with unchecked
-    /// (`INSECURE`) calls, also find the keys written before keys had owners.
     fn scope_of(&self, caller: &Caller) -> KeyScope {
-        match caller {
-            Caller::Unchecked => KeyScope::of("insecure".to_owned(), true),
-            _ if self.is_payment_service(caller) => {
-                KeyScope::of("payment-services".to_owned(), true)
-            }
-            Caller::User { id, .. } => KeyScope::of(format!("user:{id}"), false),
-            Caller::Service { identity } => KeyScope::of(format!("service:{identity}"), false),
-        }
+        KeyScope::of_caller(caller, self.is_payment_service(caller))
     }
 
     fn is_payment_service(&self, caller: &Caller) -> bool {
