@@ -30,8 +30,13 @@ pub const LEEWAY: Duration = Duration::from_secs(30);
 /// The role that may act for any user and call the admin RPCs.
 pub const ADMIN_ROLE: &str = "admin";
 
-/// Most verified tokens remembered at once.
-const REMEMBERED_TOKENS: u64 = 100_000;
+/// Bytes of verified tokens remembered at once (each token's length and
+/// [`REMEMBERED_OVERHEAD`]): about 40,000 tokens of a typical 400 bytes.
+const REMEMBERED_BYTES: u64 = 16 * 1024 * 1024;
+/// What remembering a token costs beside its bytes: the entry, its `Verified`, the table.
+const REMEMBERED_OVERHEAD: u64 = 96;
+/// How many tokens [`REMEMBERED_BYTES`] is sized for, to size the table up front.
+const REMEMBERED_TOKENS: usize = 40_000;
 
 /// Longest a verified token is remembered, whatever its `exp`.
 const REMEMBERED_FOR: Duration = Duration::from_secs(300);
@@ -55,7 +60,26 @@ struct KeySet {
     keys: Vec<VerifyingKey>,
     issuer: String,
     audience: String,
-    verified: moka::sync::Cache<String, Arc<Verified>>,
+    verified: quick_cache::sync::Cache<Box<str>, Remembered, TokenBytes>,
+}
+
+/// A verified token's claims, and until when (Unix seconds) they are taken without another
+/// signature check.
+#[derive(Debug, Clone)]
+struct Remembered {
+    verified: Arc<Verified>,
+    until: u64,
+}
+
+/// Weighs a remembered token by its size, so that long tokens (RS256's) take their share of
+/// [`REMEMBERED_BYTES`].
+#[derive(Debug, Clone, Copy)]
+struct TokenBytes;
+
+impl quick_cache::Weighter<Box<str>, Remembered> for TokenBytes {
+    fn weight(&self, token: &Box<str>, _: &Remembered) -> u64 {
+        token.len() as u64 + REMEMBERED_OVERHEAD
+    }
 }
 
 struct VerifyingKey {
@@ -108,15 +132,28 @@ impl TokenVerifier {
     pub fn verify(&self, token: &str) -> Result<Arc<Verified>, TokenError> {
         let keys = self.keys.current();
         let now = unix_now();
-        if let Some(verified) = keys.verified.get(token) {
-            return if now > verified.expires_at.saturating_add(LEEWAY.as_secs()) {
+        if let Some(remembered) = keys.verified.get(token)
+            && now <= remembered.until
+        {
+            return if now
+                > remembered
+                    .verified
+                    .expires_at
+                    .saturating_add(LEEWAY.as_secs())
+            {
                 Err(TokenError::Expired)
             } else {
-                Ok(verified)
+                Ok(remembered.verified)
             };
         }
         let verified = Arc::new(keys.verify(token)?);
-        keys.verified.insert(token.to_owned(), verified.clone());
+        keys.verified.insert(
+            token.into(),
+            Remembered {
+                verified: verified.clone(),
+                until: now.saturating_add(REMEMBERED_FOR.as_secs()),
+            },
+        );
         Ok(verified)
     }
 }
@@ -142,10 +179,11 @@ impl KeySet {
             !keys.is_empty(),
             "no key of the JWKS verifies EdDSA, ES256 or RS256 tokens"
         );
-        let verified = moka::sync::Cache::builder()
-            .max_capacity(REMEMBERED_TOKENS)
-            .time_to_live(REMEMBERED_FOR)
-            .build();
+        let verified = quick_cache::sync::Cache::with_weighter(
+            REMEMBERED_TOKENS,
+            REMEMBERED_BYTES,
+            TokenBytes,
+        );
         Ok(Self {
             keys,
             issuer: issuer.to_owned(),
