@@ -7,49 +7,33 @@
 # (e.g. `--scale 0.2` for a quick look). Stops what it started, never the shared PostgreSQL
 # or Redis.
 #
-# The services run in plaintext without caller checks (INSECURE). `./scripts/bench.sh --secure`
-# runs them as production does instead (TLS, mutual TLS to the wallet, every call with a
-# token; the development PKI of scripts/dev-pki.sh in .tools/pki) and writes
-# bench/results/secure/latest.{md,json}, leaving bench/README.md as it is.
+# The services run as production runs them: TLS, mutual TLS to the wallet, every call with a
+# token (each user's own; the development PKI of scripts/dev-pki.sh in .tools/pki). A second
+# pair of the same build runs with INSECURE (plaintext, no caller checks) on the same databases,
+# and the report compares the two on the same work, in the same run: the cost of TLS and tokens.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 run_started=$(date +%s)
 
-secure=false
-if [ "${1:-}" = --secure ]; then
-    secure=true
-    shift
-fi
-
 WALLET_DB=${BENCH_WALLET_DB:-bench_wallet}
 RESERVATION_DB=${BENCH_RESERVATION_DB:-bench_reservation}
 PG_URL="postgres://postgres@$PG_HOST:$PG_PORT"
 PKI="$TOOLS_DIR/pki"
-if $secure; then
-    scripts/dev-pki.sh "$PKI" >/dev/null
-    SCHEME=https HOST=localhost OUT_DIR=bench/results/secure
-    access=(--pki "$PKI" --token "$(scripts/dev-token.sh "$PKI" 1 admin)")
-    readme=()
-else
-    # The plaintext run, without caller checks.
-    export INSECURE=true
-    SCHEME=http HOST=127.0.0.1 OUT_DIR=bench/results
-    access=()
-    readme=(--readme bench/README.md)
-fi
 
-# Becomes service $1 with the rest as its arguments, with its development TLS and token
-# settings when secure: run it in a subshell (`&`, or parentheses), whose pid is then the
-# service's.
+# Becomes service $2 of pair $1 (production or plaintext) with the rest as its arguments:
+# production with the development TLS and token settings, plaintext with INSECURE. Run it in a
+# subshell (`&`, or parentheses), whose pid is then the service's.
 service() {
-    local name=$1
-    shift
-    if $secure; then
+    local pair=$1 name=$2
+    shift 2
+    if [ "$pair" = production ]; then
         set -a
         # shellcheck disable=SC1090
         . "$PKI/${name%-svc}.env"
         set +a
+    else
+        export INSECURE=true
     fi
     exec "target/release/$name" "$@"
 }
@@ -61,6 +45,8 @@ ensure_psql
 # pgbench: on Debian it ships with the server packages that postgresql-contrib pulls in.
 pgbench --version >/dev/null 2>&1 || apt_install postgresql-contrib
 command -v redis-benchmark >/dev/null || apt_install redis-tools
+command -v openssl >/dev/null || apt_install openssl
+scripts/dev-pki.sh "$PKI" >/dev/null
 
 log "building (release)"
 cargo build --release --locked -p wallet-svc -p reservation-svc -p bench
@@ -71,23 +57,20 @@ for db in "$WALLET_DB" "$RESERVATION_DB"; do
         -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" -c "CREATE DATABASE \"$db\""
 done
 
-# A port nothing listens on, not handed out before in this run.
+# Sets variable $1 to a port nothing listens on, not handed out before in this run.
 taken_ports=" "
 free_port() {
+    local -n chosen=$1
     local port
     while :; do
         port=$((20000 + RANDOM % 40000))
         if [[ "$taken_ports" != *" $port "* ]] && ! port_open 127.0.0.1 "$port"; then
             taken_ports+="$port "
-            echo "$port"
+            chosen=$port
             return
         fi
     done
 }
-WALLET_PORT=$(free_port)
-WALLET_METRICS_PORT=$(free_port)
-RESERVATION_PORT=$(free_port)
-RESERVATION_METRICS_PORT=$(free_port)
 LOG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ticketing-bench.XXXXXX")
 # Keys of this run only: the locks of the services and of the raw Redis baseline.
 REDIS_PREFIX="ticketing-bench:$run_started:"
@@ -103,66 +86,89 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
-log "starting wallet-svc on 127.0.0.1:$WALLET_PORT and reservation-svc on 127.0.0.1:$RESERVATION_PORT"
-service wallet-svc \
-    --listen-addr "127.0.0.1:$WALLET_PORT" \
-    --database-url "$PG_URL/$WALLET_DB" \
-    --metrics-addr "127.0.0.1:$WALLET_METRICS_PORT" \
-    >"$LOG_DIR/wallet-svc.log" 2>&1 &
-wallet_pid=$!
-pids+=("$wallet_pid")
-service reservation-svc \
-    --listen-addr "127.0.0.1:$RESERVATION_PORT" \
-    --database-url "$PG_URL/$RESERVATION_DB" \
-    --metrics-addr "127.0.0.1:$RESERVATION_METRICS_PORT" \
-    --redis-url "redis://$REDIS_HOST:$REDIS_PORT" \
-    --seat-lock-prefix "$REDIS_PREFIX" \
-    --wallet-endpoint "$SCHEME://$HOST:$WALLET_PORT" \
-    >"$LOG_DIR/reservation-svc.log" 2>&1 &
-reservation_pid=$!
-pids+=("$reservation_pid")
-
-# Waits until the service reports SERVING (its own health-check subcommand asks).
+# Waits until service $2 of pair $1 on port $3 (pid $4) reports SERVING (its own health-check
+# subcommand asks).
 wait_serving() {
-    local name=$1 port=$2 pid=$3
+    local pair=$1 name=$2 port=$3 pid=$4
     for _ in $(seq 1 150); do
-        (service "$name" health-check --listen-addr "127.0.0.1:$port") >/dev/null 2>&1 && return
-        kill -0 "$pid" 2>/dev/null || { cat "$LOG_DIR/$name.log" >&2; die "$name exited"; }
+        (service "$pair" "$name" health-check --listen-addr "127.0.0.1:$port") >/dev/null 2>&1 && return
+        kill -0 "$pid" 2>/dev/null || { cat "$LOG_DIR/$pair-$name.log" >&2; die "$name ($pair) exited"; }
         sleep 0.2
     done
-    cat "$LOG_DIR/$name.log" >&2
-    die "$name did not report SERVING"
+    cat "$LOG_DIR/$pair-$name.log" >&2
+    die "$name ($pair) did not report SERVING"
 }
-wait_serving wallet-svc "$WALLET_PORT" "$wallet_pid"
-wait_serving reservation-svc "$RESERVATION_PORT" "$reservation_pid"
+
+# Starts pair $1: a wallet-svc and the reservation-svc that pays through it, on free ports.
+# Sets ${1}_wallet_port, ${1}_reservation_port, ${1}_reservation_metrics_port and the pids.
+start_pair() {
+    local pair=$1 scheme=http host=127.0.0.1
+    if [ "$pair" = production ]; then
+        scheme=https host=localhost
+    fi
+    local wallet_port wallet_metrics reservation_port reservation_metrics
+    free_port wallet_port
+    free_port wallet_metrics
+    free_port reservation_port
+    free_port reservation_metrics
+    log "starting $pair wallet-svc on 127.0.0.1:$wallet_port and reservation-svc on 127.0.0.1:$reservation_port"
+    service "$pair" wallet-svc \
+        --listen-addr "127.0.0.1:$wallet_port" \
+        --database-url "$PG_URL/$WALLET_DB" \
+        --metrics-addr "127.0.0.1:$wallet_metrics" \
+        >"$LOG_DIR/$pair-wallet-svc.log" 2>&1 &
+    local wallet_pid=$!
+    pids+=("$wallet_pid")
+    service "$pair" reservation-svc \
+        --listen-addr "127.0.0.1:$reservation_port" \
+        --database-url "$PG_URL/$RESERVATION_DB" \
+        --metrics-addr "127.0.0.1:$reservation_metrics" \
+        --redis-url "redis://$REDIS_HOST:$REDIS_PORT" \
+        --seat-lock-prefix "$REDIS_PREFIX" \
+        --wallet-endpoint "$scheme://$host:$wallet_port" \
+        >"$LOG_DIR/$pair-reservation-svc.log" 2>&1 &
+    local reservation_pid=$!
+    pids+=("$reservation_pid")
+    wait_serving "$pair" wallet-svc "$wallet_port" "$wallet_pid"
+    wait_serving "$pair" reservation-svc "$reservation_port" "$reservation_pid"
+    printf -v "${pair}_wallet" '%s' "$scheme://$host:$wallet_port"
+    printf -v "${pair}_reservation" '%s' "$scheme://$host:$reservation_port"
+    printf -v "${pair}_reservation_metrics" '%s' "127.0.0.1:$reservation_metrics"
+    printf -v "${pair}_wallet_pid" '%s' "$wallet_pid"
+    printf -v "${pair}_reservation_pid" '%s' "$reservation_pid"
+}
+# The production pair first: it makes the databases' schema (migrations), the plaintext pair
+# then finds it made.
+start_pair production
+start_pair plaintext
 
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- . ':!bench/results' ':!bench/README.md' 2>/dev/null || revision+="+changes"
 
 log "running the scenarios and their baselines"
 target/release/bench run \
-    --wallet "$SCHEME://$HOST:$WALLET_PORT" \
-    --reservation "$SCHEME://$HOST:$RESERVATION_PORT" \
-    --reservation-metrics "127.0.0.1:$RESERVATION_METRICS_PORT" \
-    --wallet-pid "$wallet_pid" \
-    --reservation-pid "$reservation_pid" \
+    --wallet "$production_wallet" \
+    --reservation "$production_reservation" \
+    --reservation-metrics "$production_reservation_metrics" \
+    --wallet-pid "$production_wallet_pid" \
+    --reservation-pid "$production_reservation_pid" \
+    --pki "$PKI" \
+    --plaintext-wallet "$plaintext_wallet" \
+    --plaintext-reservation "$plaintext_reservation" \
+    --plaintext-wallet-pid "$plaintext_wallet_pid" \
+    --plaintext-reservation-pid "$plaintext_reservation_pid" \
     --wallet-database-url "$PG_URL/$WALLET_DB" \
     --reservation-database-url "$PG_URL/$RESERVATION_DB" \
     --admin-database-url "$PG_URL/postgres" \
     --redis-host "$REDIS_HOST" \
     --redis-port "$REDIS_PORT" \
     --redis-prefix "$REDIS_PREFIX" \
-    --out-dir "$OUT_DIR" \
-    "${readme[@]}" \
-    "${access[@]}" \
+    --out-dir bench/results \
+    --readme bench/README.md \
     --work-dir target/bench \
-    --command-line "./scripts/bench.sh$($secure && echo ' --secure')${*:+ $*}" \
+    --command-line "./scripts/bench.sh${*:+ $*}" \
     --revision "$revision" \
     "$@"
 
 stop_all
-if $secure; then
-    log "done in $(($(date +%s) - run_started)) s: $OUT_DIR/latest.md, $OUT_DIR/latest.json"
-else
-    log "done in $(($(date +%s) - run_started)) s: bench/results/latest.md, bench/results/latest.json, bench/README.md"
-fi
+log "done in $(($(date +%s) - run_started)) s: bench/results/latest.md, bench/results/latest.json, bench/README.md"

@@ -28,7 +28,7 @@ pub fn record(histogram: &mut Histogram<u64>, latency: Duration) {
 }
 
 /// What a run measured.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Measured {
     pub elapsed: Duration,
     /// Latencies by outcome: [`OK`], or the gRPC code's name of a failed call.

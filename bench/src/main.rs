@@ -3,15 +3,18 @@
 //! the report. `stampede`, `holds` and `payments` load running services by hand, over one replica or
 //! several.
 
+mod access;
 mod baseline;
 mod load;
 mod probe;
 mod report;
 mod run;
 mod scenarios;
+mod tls_cost;
 
 use clap::{Parser, Subcommand};
 
+use crate::access::Caller::Users;
 use crate::load::{Measured, OK};
 use crate::report::{Scenario, latency, thousands};
 
@@ -51,7 +54,7 @@ struct StampedeArgs {
     #[arg(long, default_value_t = 16)]
     connections: usize,
     #[command(flatten)]
-    access: scenarios::Access,
+    access: access::Access,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,7 +75,7 @@ struct HoldsArgs {
     #[arg(long, default_value_t = 16)]
     connections: usize,
     #[command(flatten)]
-    access: scenarios::Access,
+    access: access::Access,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,7 +102,7 @@ struct PaymentsArgs {
     #[arg(long, default_value_t = 16)]
     connections: usize,
     #[command(flatten)]
-    access: scenarios::Access,
+    access: access::Access,
 }
 
 #[tokio::main]
@@ -108,7 +111,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => run::run(args).await,
         Command::Stampede(args) => {
             let reservation =
-                scenarios::connect(&args.addrs, args.connections, &args.access).await?;
+                access::Service::connect(&args.addrs, args.connections, &args.access, Users)
+                    .await?;
             let (measured, _) =
                 scenarios::stampede(&reservation, args.requests, args.concurrency).await?;
             print_summary(&Scenario::new(
@@ -125,7 +129,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Holds(args) => {
             let reservation =
-                scenarios::connect(&args.addrs, args.connections, &args.access).await?;
+                access::Service::connect(&args.addrs, args.connections, &args.access, Users)
+                    .await?;
             let measured = scenarios::distinct_seats(
                 &reservation,
                 args.requests,
@@ -148,8 +153,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Payments(args) => {
             let reservation =
-                scenarios::connect(&args.addrs, args.connections, &args.access).await?;
-            let wallet = scenarios::connect(&[args.wallet], args.connections, &args.access).await?;
+                access::Service::connect(&args.addrs, args.connections, &args.access, Users)
+                    .await?;
+            let wallet =
+                access::Service::connect(&[args.wallet], args.connections, &args.access, Users)
+                    .await?;
             let measured: Measured = scenarios::payments(
                 &reservation,
                 &wallet,

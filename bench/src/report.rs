@@ -119,6 +119,29 @@ impl Scenario {
     }
 }
 
+/// One scenario through the production services against the same through a plaintext pair.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub key: String,
+    pub name: String,
+    /// Rounds of each side; each side's median round stands for it.
+    pub rounds: usize,
+    pub rate_unit: String,
+    pub production_rate: f64,
+    pub plaintext_rate: f64,
+    /// Production's rate over plaintext's.
+    pub ratio: f64,
+    pub production_cpu: CpuPerRequest,
+    pub plaintext_cpu: CpuPerRequest,
+}
+
+impl Comparison {
+    /// `(a) hot wallet` of `(a) hot wallet: ...`.
+    pub fn short_name(&self) -> &str {
+        self.name.split(':').next().unwrap_or(&self.name)
+    }
+}
+
 /// A goal of the issue, and whether this run met it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Target {
@@ -141,6 +164,8 @@ pub struct Report {
     pub duration_s: f64,
     pub scenarios: Vec<Scenario>,
     pub baselines: Vec<Baseline>,
+    /// Production against plaintext, scenario by scenario (empty without a plaintext pair).
+    pub tls_cost: Vec<Comparison>,
     /// `VmHWM` of each service at the end of the run, in KiB.
     pub service_peak_rss_kib: BTreeMap<String, u64>,
     pub targets: Vec<Target>,
@@ -236,6 +261,32 @@ impl Report {
             );
         }
 
+        if !self.tls_cost.is_empty() {
+            out.push_str(
+                "\nThe cost of TLS and tokens, in the same run: the scenarios above through the \
+                 production services (TLS, mutual TLS to the wallet, each user's own token), \
+                 against the same work through a second pair of the same build run with \
+                 `INSECURE` (plaintext, no caller checks) on the same databases; rounds \
+                 alternate, and each side's median round stands for it:\n\n\
+                 | scenario | rounds | plaintext | production | production vs plaintext | CPU per call, plaintext | CPU per call, production |\n\
+                 |---|--:|--:|--:|--:|---|---|\n",
+            );
+            for comparison in &self.tls_cost {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} {unit} | {} {unit} | {:.2}× | {} | {} |",
+                    comparison.short_name(),
+                    comparison.rounds,
+                    thousands(comparison.plaintext_rate.round() as u64),
+                    thousands(comparison.production_rate.round() as u64),
+                    comparison.ratio,
+                    cpu_breakdown(&comparison.plaintext_cpu),
+                    cpu_breakdown(&comparison.production_cpu),
+                    unit = comparison.rate_unit,
+                );
+            }
+        }
+
         out.push_str("\nTargets:\n\n| target | goal | measured | |\n|---|---|---|---|\n");
         for target in &self.targets {
             let _ = writeln!(
@@ -308,9 +359,10 @@ pub fn cpu_breakdown(cpu: &CpuPerRequest) -> String {
     format!("machine {} ({parts})", micros(cpu.machine_us))
 }
 
-/// A CPU time in whole microseconds.
+/// A CPU time in whole microseconds (`-3 µs` for a negative difference).
 pub fn micros(us: f64) -> String {
-    format!("{} µs", thousands(us.round() as u64))
+    let sign = if us.round() < 0.0 { "-" } else { "" };
+    format!("{sign}{} µs", thousands(us.abs().round() as u64))
 }
 
 pub fn thousands(value: u64) -> String {

@@ -9,11 +9,13 @@ use hdrhistogram::Histogram;
 use reservation_svc::lock::{RELEASE_SCRIPT, acquire_script};
 use reservation_svc::store::CREATE_SCHEDULE_SQL;
 
+use crate::access::{Access, Caller, Service};
 use crate::baseline::{self, Baseline, Pgbench, RedisBenchmark};
 use crate::load::{Measured, OK};
 use crate::probe::{self, Machine, RssSampler, Watched, Window};
-use crate::report::{Report, Scenario, Target, latency, mebibytes, micros, thousands};
+use crate::report::{Comparison, Report, Scenario, Target, latency, mebibytes, micros, thousands};
 use crate::scenarios;
+use crate::tls_cost::{self, Side};
 
 /// How long Postgres may keep an idle backend's statistics before it reports them
 /// (`PGSTAT_IDLE_INTERVAL`, 10 s), plus a margin.
@@ -36,15 +38,36 @@ const FAR_DEADLINE_MS: &str = "4102444800000";
 
 const WALLET: &str = "wallet-svc";
 const RESERVATION: &str = "reservation-svc";
+/// The plaintext pair, as the CPU breakdowns name them.
+const PLAINTEXT_WALLET: &str = "wallet-svc (plaintext)";
+const PLAINTEXT_RESERVATION: &str = "reservation-svc (plaintext)";
+
+/// Rounds of each side in the comparisons of production with plaintext: five for the
+/// scenarios that take a second or two, whose single runs swing with the machine's other work;
+/// one for those of ten seconds or more.
+const SHORT_SCENARIO_ROUNDS: usize = 5;
+const LONG_SCENARIO_ROUNDS: usize = 1;
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// wallet-svc, e.g. `http://127.0.0.1:50052`.
+    /// wallet-svc, e.g. `https://localhost:50052` (with `--pki`).
     #[arg(long)]
     wallet: String,
-    /// reservation-svc, e.g. `http://127.0.0.1:50051`.
+    /// reservation-svc, e.g. `https://localhost:50051` (with `--pki`).
     #[arg(long)]
     reservation: String,
+    /// A second wallet-svc of the same build, run with `INSECURE` on the same database, e.g.
+    /// `http://127.0.0.1:50062`: with `--plaintext-reservation`, the scenarios are compared
+    /// through both pairs.
+    #[arg(long, requires_all = ["plaintext_reservation", "plaintext_wallet_pid", "plaintext_reservation_pid"])]
+    plaintext_wallet: Option<String>,
+    /// The reservation-svc of the plaintext pair, calling the plaintext wallet-svc.
+    #[arg(long, requires = "plaintext_wallet")]
+    plaintext_reservation: Option<String>,
+    #[arg(long, requires = "plaintext_wallet")]
+    plaintext_wallet_pid: Option<u32>,
+    #[arg(long, requires = "plaintext_wallet")]
+    plaintext_reservation_pid: Option<u32>,
     /// reservation-svc's metrics address (`host:port`), for its seat lock counters.
     #[arg(long)]
     reservation_metrics: String,
@@ -90,7 +113,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "unknown")]
     revision: String,
     #[command(flatten)]
-    access: scenarios::Access,
+    access: Access,
 }
 
 /// One wallet scenario and its raw baseline.
@@ -167,12 +190,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let background_from = bench.reservation_commits().await?;
     let raw_schedule = bench.raw_fixtures().await?;
     let hot = bench.hot_wallet().await?;
+    let hot_cost = bench.hot_wallet_cost(&hot.scenario).await?;
     let spread = bench.spread_wallet().await?;
     let stampede = bench
         .stampede(health.scenario.rate, background_from)
         .await?;
+    let stampede_cost = bench.stampede_cost(&stampede.scenario).await?;
     let distinct = bench.distinct_seats(&raw_schedule).await?;
+    let distinct_cost = bench.distinct_seats_cost(&distinct.scenario).await?;
     let payments = bench.payments().await?;
+    let payments_cost = bench.payments_cost(&payments.scenario).await?;
     let (service_peak_rss_kib, memory_targets) = bench.peak_rss();
     let counts = bench.counts_note(&load_before);
 
@@ -185,6 +212,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         duration_s: started.elapsed().as_secs_f64(),
         scenarios: Vec::new(),
         baselines: Vec::new(),
+        tls_cost: Vec::new(),
         service_peak_rss_kib,
         targets: Vec::new(),
         notes: Vec::new(),
@@ -194,6 +222,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         report.baselines.extend(result.baselines);
         report.targets.extend(result.targets);
         report.notes.extend(result.notes);
+    }
+    for comparison in [hot_cost, stampede_cost, distinct_cost, payments_cost]
+        .into_iter()
+        .flatten()
+    {
+        report.targets.push(tls_cost::target(&comparison));
+        report.notes.push(tls_cost::note(&comparison));
+        report.tls_cost.push(comparison);
     }
     report.targets.extend(memory_targets);
     report.notes.push(counts);
@@ -234,16 +270,31 @@ struct Commits {
     count: u64,
 }
 
+/// A wallet-svc and the reservation-svc that pays through it, and the names the sampler knows
+/// them by.
+#[derive(Debug)]
+struct Pair {
+    /// wallet-svc for users and operators (charges).
+    wallet: Service,
+    /// wallet-svc as reservation-svc calls it, for the `Use`s.
+    payer: Service,
+    reservation: Service,
+    wallet_name: &'static str,
+    reservation_name: &'static str,
+}
+
 /// What every scenario runs with: the arguments, the request counts, this run's id and
-/// scratch space, channels to both services, and the sampler of their memory and CPU.
+/// scratch space, connections to the services, and the sampler of their memory and CPU.
 #[derive(Debug)]
 struct Bench {
     args: RunArgs,
     sizes: Sizes,
     run_id: String,
     work_dir: PathBuf,
-    wallet: Vec<scenarios::Conn>,
-    reservation: Vec<scenarios::Conn>,
+    /// The services the scenarios measure, as production runs them (or as `--pki` says).
+    production: Pair,
+    /// The pair run with `INSECURE` that the production pair is compared with, if any.
+    plaintext: Option<Pair>,
     sampler: RssSampler,
 }
 
@@ -255,19 +306,17 @@ impl Bench {
         let work_dir = args.work_dir.join(&run_id);
         let machine =
             Machine::describe(&args.admin_database_url, &args.redis_host, args.redis_port).await;
-        let wallet = scenarios::connect(
-            std::slice::from_ref(&args.wallet),
-            args.connections,
-            &args.access,
-        )
-        .await?;
-        let reservation = scenarios::connect(
-            std::slice::from_ref(&args.reservation),
-            args.connections,
-            &args.access,
-        )
-        .await?;
-        let sampler = RssSampler::start(vec![
+        let connect = async |addr: &String, access: &Access, caller: Caller| {
+            Service::connect(std::slice::from_ref(addr), args.connections, access, caller).await
+        };
+        let production = Pair {
+            wallet: connect(&args.wallet, &args.access, Caller::Users).await?,
+            payer: connect(&args.wallet, &args.access, Caller::PaymentService).await?,
+            reservation: connect(&args.reservation, &args.access, Caller::Users).await?,
+            wallet_name: WALLET,
+            reservation_name: RESERVATION,
+        };
+        let mut watched = vec![
             Watched {
                 name: WALLET,
                 pid: args.wallet_pid,
@@ -276,14 +325,38 @@ impl Bench {
                 name: RESERVATION,
                 pid: args.reservation_pid,
             },
-        ]);
+        ];
+        let plaintext = match (&args.plaintext_wallet, &args.plaintext_reservation) {
+            (Some(wallet), Some(reservation)) => {
+                watched.extend([
+                    Watched {
+                        name: PLAINTEXT_WALLET,
+                        pid: args.plaintext_wallet_pid.unwrap_or(0),
+                    },
+                    Watched {
+                        name: PLAINTEXT_RESERVATION,
+                        pid: args.plaintext_reservation_pid.unwrap_or(0),
+                    },
+                ]);
+                let plain = Access::default();
+                Some(Pair {
+                    wallet: connect(wallet, &plain, Caller::Users).await?,
+                    payer: connect(wallet, &plain, Caller::PaymentService).await?,
+                    reservation: connect(reservation, &plain, Caller::Users).await?,
+                    wallet_name: PLAINTEXT_WALLET,
+                    reservation_name: PLAINTEXT_RESERVATION,
+                })
+            }
+            _ => None,
+        };
+        let sampler = RssSampler::start(watched);
         let bench = Self {
             args,
             sizes,
             run_id,
             work_dir,
-            wallet,
-            reservation,
+            production,
+            plaintext,
             sampler,
         };
         Ok((bench, machine))
@@ -321,8 +394,12 @@ impl Bench {
     /// (e) The gRPC floor: the cheapest call, at the stampede's concurrency.
     async fn health(&self) -> anyhow::Result<ScenarioResult> {
         self.sampler.take();
-        let measured =
-            scenarios::health(&self.reservation, self.sizes.health, STAMPEDE_CLIENTS).await?;
+        let measured = scenarios::health(
+            &self.production.reservation,
+            self.sizes.health,
+            STAMPEDE_CLIENTS,
+        )
+        .await?;
         let mut health = Scenario::new(
             "health",
             "(e) health check RPC",
@@ -434,7 +511,7 @@ impl Bench {
             )
             .await?;
         scenarios::charge_users(
-            &self.wallet,
+            &self.production.wallet,
             run.first_user,
             run.users,
             run.charge_each,
@@ -444,7 +521,7 @@ impl Bench {
         self.sampler.take();
         let measured = scenarios::wallet_uses(
             run.label,
-            &self.wallet,
+            &self.production.payer,
             run.uses,
             CLIENTS,
             run.first_user,
@@ -594,8 +671,12 @@ impl Bench {
         let locks_before = seat_locks(&self.args.reservation_metrics).await?;
         self.sampler.take();
         let stampede_started = Instant::now();
-        let (measured, stampede_schedule) =
-            scenarios::stampede(&self.reservation, self.sizes.stampede, STAMPEDE_CLIENTS).await?;
+        let (measured, stampede_schedule) = scenarios::stampede(
+            &self.production.reservation,
+            self.sizes.stampede,
+            STAMPEDE_CLIENTS,
+        )
+        .await?;
         let seen = self.sampler.take();
         let locks_after = seat_locks(&self.args.reservation_metrics).await?;
         // Idle backends report their counts up to 10 s late.
@@ -646,7 +727,7 @@ impl Bench {
         .run()
         .await?;
         let measured = scenarios::distinct_seats(
-            &self.reservation,
+            &self.production.reservation,
             self.sizes.distinct_holds,
             CLIENTS,
             self.sizes.seats,
@@ -684,8 +765,8 @@ impl Bench {
     /// (f) The whole payment flow.
     async fn payments(&self) -> anyhow::Result<ScenarioResult> {
         let measured: Measured = scenarios::payments(
-            &self.reservation,
-            &self.wallet,
+            &self.production.reservation,
+            &self.production.wallet,
             self.sizes.payments,
             CLIENTS,
             PAYMENT_FIRST_USER,
@@ -718,6 +799,141 @@ impl Bench {
             ),
         ];
         Ok(result)
+    }
+
+    /// The pair of `side`.
+    fn pair(&self, side: Side) -> anyhow::Result<&Pair> {
+        match side {
+            Side::Production => Ok(&self.production),
+            Side::Plaintext => self
+                .plaintext
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no plaintext pair")),
+        }
+    }
+
+    /// `first` (a production run) against rounds of the same work through the plaintext pair,
+    /// `measure` running one round on the given pair; `None` without a plaintext pair. The
+    /// sampler's window starts before `measure` (which may start it again once its fixtures
+    /// are made) and covers `services` of the pair.
+    async fn tls_cost(
+        &self,
+        first: &Scenario,
+        rounds: usize,
+        rate_of: Option<&[&str]>,
+        services: fn(&Pair) -> Vec<&'static str>,
+        measure: impl AsyncFn(&Pair, Side, usize) -> anyhow::Result<Measured>,
+    ) -> anyhow::Result<Option<Comparison>> {
+        if self.plaintext.is_none() {
+            return Ok(None);
+        }
+        let comparison = tls_cost::compare(first, rounds, async |side, round| {
+            let pair = self.pair(side)?;
+            self.sampler.take();
+            let measured = measure(pair, side, round).await?;
+            let mut scenario = Scenario::new(
+                &first.key,
+                &first.name,
+                &measured,
+                first.clients,
+                first.connections,
+                rate_of,
+                &first.rate_unit,
+                None,
+            );
+            scenario.observe(&self.sampler.take(), &services(pair));
+            Ok(scenario)
+        })
+        .await?;
+        Ok(Some(comparison))
+    }
+
+    /// This run's id with the side and round, for the keys of a comparison's round.
+    fn round_id(&self, side: Side, round: usize) -> String {
+        format!("{}-{}-{round}", self.run_id, side.label())
+    }
+
+    /// (a) through both pairs: the same hot user, keys of each round's own.
+    async fn hot_wallet_cost(&self, hot: &Scenario) -> anyhow::Result<Option<Comparison>> {
+        let uses = self.sizes.hot_uses;
+        self.tls_cost(
+            hot,
+            SHORT_SCENARIO_ROUNDS,
+            Some(&[OK]),
+            |pair| vec![pair.wallet_name],
+            async |pair, side, round| {
+                let label = format!("hot wallet, {}", side.label());
+                let run_id = self.round_id(side, round);
+                scenarios::wallet_uses(&label, &pair.payer, uses, CLIENTS, HOT_USER, 1, &run_id)
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// (c) through both pairs, each round on a fresh one-seat schedule.
+    async fn stampede_cost(&self, stampede: &Scenario) -> anyhow::Result<Option<Comparison>> {
+        let requests = self.sizes.stampede;
+        self.tls_cost(
+            stampede,
+            SHORT_SCENARIO_ROUNDS,
+            None,
+            |pair| vec![pair.reservation_name],
+            async |pair, _, _| {
+                let (measured, _) =
+                    scenarios::stampede(&pair.reservation, requests, STAMPEDE_CLIENTS).await?;
+                Ok(measured)
+            },
+        )
+        .await
+    }
+
+    /// (d) through both pairs, each round on a fresh schedule.
+    async fn distinct_seats_cost(&self, distinct: &Scenario) -> anyhow::Result<Option<Comparison>> {
+        self.tls_cost(
+            distinct,
+            LONG_SCENARIO_ROUNDS,
+            Some(&[OK]),
+            |pair| vec![pair.reservation_name],
+            async |pair, _, _| {
+                scenarios::distinct_seats(
+                    &pair.reservation,
+                    self.sizes.distinct_holds,
+                    CLIENTS,
+                    self.sizes.seats,
+                    || drop(self.sampler.take()),
+                )
+                .await
+            },
+        )
+        .await
+    }
+
+    /// (f) through both pairs, each round by users of its own, charged through its pair.
+    async fn payments_cost(&self, payments: &Scenario) -> anyhow::Result<Option<Comparison>> {
+        self.tls_cost(
+            payments,
+            LONG_SCENARIO_ROUNDS,
+            Some(&[OK]),
+            |pair| vec![pair.reservation_name, pair.wallet_name],
+            async |pair, side, round| {
+                // Production's round 0 is the main run's, by PAYMENT_FIRST_USER's range.
+                let range = 2 * round + usize::from(side == Side::Plaintext);
+                let first_user = PAYMENT_FIRST_USER + 1_000_000 * i64::try_from(range)?;
+                scenarios::payments(
+                    &pair.reservation,
+                    &pair.wallet,
+                    self.sizes.payments,
+                    CLIENTS,
+                    first_user,
+                    self.sizes.payment_users,
+                    &self.round_id(side, round),
+                    || drop(self.sampler.take()),
+                )
+                .await
+            },
+        )
+        .await
     }
 
     /// Memory: the high-water mark of each service over the whole run, and its target.

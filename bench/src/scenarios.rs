@@ -1,16 +1,13 @@
 //! The gRPC scenarios, each a fixed number of requests from a fixed number of clients.
 
-use std::time::Duration;
-
 use shared::proto::reservation::v1 as reservation_pb;
 use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use shared::proto::wallet::v1 as wallet_pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::access::{Conn, Service, as_user};
 use crate::load::{self, Measured, OK, outcome};
 
 /// Seats of a distinct-seat schedule are visited in this stride, so consecutive holds land on
@@ -28,108 +25,13 @@ pub fn distinct_seat_users(requests: u64) -> u64 {
     requests.div_ceil(HOLDS_PER_USER).max(1)
 }
 
-/// A connection to a service, with the caller's token on every call when there is one.
-pub type Conn = InterceptedService<Channel, Bearer>;
-
-/// Puts `authorization: Bearer <token>` on every call (none: calls go as they are).
-#[derive(Debug, Clone, Default)]
-pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// How the services are reached: in plaintext, or as production runs them, over TLS with a
-/// client certificate and a token (`--pki DIR --token TOKEN`: the development PKI of
-/// scripts/dev-pki.sh, its operator certificate, and an admin's token, which may act for every
-/// user the scenarios use).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Access {
-    /// The development PKI directory (scripts/dev-pki.sh): connect over TLS, trusting its CA
-    /// and presenting its operator certificate (admin.pem).
-    #[arg(long, global = true)]
-    pub pki: Option<std::path::PathBuf>,
-    /// The bearer token sent with every call (scripts/dev-token.sh DIR 1 admin).
-    #[arg(long, global = true)]
-    pub token: Option<String>,
-}
-
-impl Access {
-    fn bearer(&self) -> anyhow::Result<Bearer> {
-        let value = match &self.token {
-            Some(token) => Some(
-                format!("Bearer {token}")
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("the token is not ASCII"))?,
-            ),
-            None => None,
-        };
-        Ok(Bearer(value))
-    }
-
-    fn tls(&self) -> anyhow::Result<Option<shared::tls::ClientTls>> {
-        let Some(dir) = &self.pki else {
-            return Ok(None);
-        };
-        let files = shared::tls::ClientFiles {
-            ca: dir.join("ca.pem"),
-            identity: Some((dir.join("admin.pem"), dir.join("admin-key.pem"))),
-        };
-        Ok(Some(shared::tls::client_tls(&files, None)?))
-    }
-}
-
-/// Opens `per_addr` HTTP/2 connections to each address (`https://` with `access.pki`).
-pub async fn connect(
-    addrs: &[String],
-    per_addr: usize,
-    access: &Access,
-) -> anyhow::Result<Vec<Conn>> {
-    let tls = access.tls()?;
-    let bearer = access.bearer()?;
-    let mut channels = Vec::new();
-    for addr in addrs {
-        for _ in 0..per_addr.max(1) {
-            let channel = match &tls {
-                Some(tls) => {
-                    let channel = shared::tls::channel(addr, tls.clone(), Duration::from_secs(30))?;
-                    // Connected now, as the plaintext ones are, not on the first measured call.
-                    HealthClient::new(channel.clone())
-                        .check(HealthCheckRequest::default())
-                        .await
-                        .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?;
-                    channel
-                }
-                None => Channel::from_shared(addr.clone())?
-                    .connect_timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|error| anyhow::anyhow!("connecting to {addr}: {error}"))?,
-            };
-            channels.push(InterceptedService::new(channel, bearer.clone()));
-        }
-    }
-    Ok(channels)
-}
-
 /// `grpc.health.v1.Health/Check` of the whole server: the cheapest call a server answers.
-pub async fn health(servers: &[Conn], requests: u64, clients: usize) -> anyhow::Result<Measured> {
+pub async fn health(service: &Service, requests: u64, clients: usize) -> anyhow::Result<Measured> {
     load::drive(
         "health check",
         requests,
         clients,
-        servers,
+        &service.conns,
         |channel, _, _| async move {
             outcome(
                 &HealthClient::new(channel)
@@ -145,7 +47,7 @@ pub async fn health(servers: &[Conn], requests: u64, clients: usize) -> anyhow::
 /// unless every charge is applied. Not a measurement: it makes the balances the measured
 /// `Use`s spend.
 pub async fn charge_users(
-    wallet: &[Conn],
+    wallet: &Service,
     first_user: i64,
     users: u64,
     amount: i64,
@@ -156,7 +58,7 @@ pub async fn charge_users(
         "charging users",
         users,
         64,
-        wallet,
+        &wallet.conns,
         move |channel, index, _| {
             let key = format!("bench-{run_id}-charge-{index}");
             async move {
@@ -182,10 +84,12 @@ pub async fn charge_users(
     Ok(())
 }
 
-/// `Use` of 1 point, request `i` by user `first_user + i % users` under its own key.
+/// `Use` of 1 point, request `i` for user `first_user + i % users` under its own key, as
+/// reservation-svc spends a user's points (`wallet` connects as
+/// [`Caller::PaymentService`](crate::access::Caller::PaymentService)).
 pub async fn wallet_uses(
     label: &str,
-    wallet: &[Conn],
+    wallet: &Service,
     requests: u64,
     clients: usize,
     first_user: i64,
@@ -197,7 +101,7 @@ pub async fn wallet_uses(
         label,
         requests,
         clients,
-        wallet,
+        &wallet.conns,
         move |channel, index, _| {
             let request = wallet_pb::UseRequest {
                 user_id: first_user + i64::try_from(index % users).unwrap_or(0),
@@ -244,29 +148,29 @@ pub async fn create_schedule(
 /// `requests` holds of seat 1 of a fresh one-seat schedule, client `c` as user `c + 1`.
 /// Returns the schedule's id with the measurements.
 pub async fn stampede(
-    reservation: &[Conn],
+    reservation: &Service,
     requests: u64,
     clients: usize,
 ) -> anyhow::Result<(Measured, i64)> {
-    let first = reservation
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("no reservation-svc"))?;
-    let schedule_id = create_schedule(first, "Stampede", 1, 0).await?;
+    let schedule_id = create_schedule(reservation.first()?, "Stampede", 1, 0).await?;
+    let user_of = |client: usize| i64::try_from(client).unwrap_or(0) + 1;
+    reservation.sign_tokens((0..clients).map(user_of))?;
     let measured = load::drive(
         "stampede",
         requests,
         clients,
-        reservation,
+        &reservation.conns,
         move |channel, _, client| {
+            let user_id = user_of(client);
             let request = reservation_pb::HoldSeatRequest {
-                user_id: i64::try_from(client).unwrap_or(0) + 1,
+                user_id,
                 schedule_id,
                 seat_no: 1,
             };
             async move {
                 outcome(
                     &ReservationServiceClient::new(channel)
-                        .hold_seat(request)
+                        .hold_seat(as_user(user_id, request))
                         .await,
                 )
             }
@@ -286,7 +190,7 @@ pub fn spread_seat(index: u64, seat_count: i32) -> i32 {
 /// `requests` holds, each of a distinct seat of a fresh schedule of `seat_count` seats;
 /// `measuring` runs once the schedule exists, right before the first hold.
 pub async fn distinct_seats(
-    reservation: &[Conn],
+    reservation: &Service,
     requests: u64,
     clients: usize,
     seat_count: i32,
@@ -296,27 +200,28 @@ pub async fn distinct_seats(
         requests <= u64::try_from(seat_count).unwrap_or(0),
         "{requests} distinct holds need as many seats, not {seat_count}"
     );
-    let first = reservation
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("no reservation-svc"))?;
-    let schedule_id = create_schedule(first, "Distinct seats", seat_count, 0).await?;
+    let schedule_id =
+        create_schedule(reservation.first()?, "Distinct seats", seat_count, 0).await?;
     let users = distinct_seat_users(requests);
+    let user_of = move |index: u64| i64::try_from(index % users).unwrap_or(0) + 1;
+    reservation.sign_tokens((0..users).map(user_of))?;
     measuring();
     load::drive(
         "distinct seats",
         requests,
         clients,
-        reservation,
+        &reservation.conns,
         move |channel, index, _| {
+            let user_id = user_of(index);
             let request = reservation_pb::HoldSeatRequest {
-                user_id: i64::try_from(index % users).unwrap_or(0) + 1,
+                user_id,
                 schedule_id,
                 seat_no: spread_seat(index, seat_count),
             };
             async move {
                 outcome(
                     &ReservationServiceClient::new(channel)
-                        .hold_seat(request)
+                        .hold_seat(as_user(user_id, request))
                         .await,
                 )
             }
@@ -331,8 +236,8 @@ pub async fn distinct_seats(
 /// before the first hold.
 #[allow(clippy::too_many_arguments)]
 pub async fn payments(
-    reservation: &[Conn],
-    wallet: &[Conn],
+    reservation: &Service,
+    wallet: &Service,
     pairs: u64,
     clients: usize,
     first_user: i64,
@@ -350,27 +255,29 @@ pub async fn payments(
         &format!("{run_id}-payments"),
     )
     .await?;
-    let first = reservation
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("no reservation-svc"))?;
-    let schedule_id = create_schedule(first, "Payments", seat_count, 1).await?;
+    let schedule_id = create_schedule(reservation.first()?, "Payments", seat_count, 1).await?;
+    let user_of = move |index: u64| first_user + i64::try_from(index % users).unwrap_or(0);
+    reservation.sign_tokens((0..users.min(pairs)).map(user_of))?;
     measuring();
     load::drive(
         "payments",
         pairs,
         clients,
-        reservation,
+        &reservation.conns,
         move |channel, index, _| {
-            let user_id = first_user + i64::try_from(index % users).unwrap_or(0);
+            let user_id = user_of(index);
             let seat_no = i32::try_from(index).unwrap_or(0) + 1;
             async move {
                 let mut client = ReservationServiceClient::new(channel);
                 let held = client
-                    .hold_seat(reservation_pb::HoldSeatRequest {
+                    .hold_seat(as_user(
                         user_id,
-                        schedule_id,
-                        seat_no,
-                    })
+                        reservation_pb::HoldSeatRequest {
+                            user_id,
+                            schedule_id,
+                            seat_no,
+                        },
+                    ))
                     .await;
                 let reservation_id = match held {
                     Ok(reservation) => reservation.into_inner().id,
@@ -378,10 +285,13 @@ pub async fn payments(
                 };
                 outcome(
                     &client
-                        .pay_reservation(reservation_pb::PayReservationRequest {
-                            reservation_id,
+                        .pay_reservation(as_user(
                             user_id,
-                        })
+                            reservation_pb::PayReservationRequest {
+                                reservation_id,
+                                user_id,
+                            },
+                        ))
                         .await,
                 )
             }
