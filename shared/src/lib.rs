@@ -4,6 +4,7 @@
 //! `test-support` feature, per-test databases.
 
 pub mod auth;
+pub mod calls;
 pub mod cli;
 pub mod db;
 pub mod error;

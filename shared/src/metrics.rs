@@ -31,6 +31,11 @@ use crate::db::PgPool;
 pub const RPC_REQUESTS: &str = "ticketing_rpc_requests_total";
 /// Time from a call's arrival to its answer, by `method` and `status`.
 pub const RPC_DURATION: &str = "ticketing_rpc_duration_seconds";
+/// Calls holding a place among the calls in flight (until their answer has been sent).
+pub const RPC_IN_FLIGHT: &str = "ticketing_rpc_in_flight";
+/// Calls answered without reaching their handler, or whose answer was dropped, by reason:
+/// `limit`, `too_large`, `slow_request`, `slow_reader`.
+pub const RPC_SHED: &str = "ticketing_rpc_shed_total";
 /// Connections of the Postgres pool, by `state`: `in_use` or `idle`.
 pub const DB_POOL_CONNECTIONS: &str = "ticketing_db_pool_connections";
 /// Calls waiting for a connection of the Postgres pool.
@@ -115,6 +120,15 @@ fn describe() {
         RPC_DURATION,
         Unit::Seconds,
         "Time from a gRPC call's arrival to its answer, by method and status code"
+    );
+    metrics::describe_gauge!(
+        RPC_IN_FLIGHT,
+        "gRPC calls holding a place among the calls in flight, until their answer is sent"
+    );
+    metrics::describe_counter!(
+        RPC_SHED,
+        "gRPC calls answered before their handler (limit, too_large, slow_request) or whose \
+         unsent answer was dropped at its deadline (slow_reader)"
     );
     metrics::describe_gauge!(
         DB_POOL_CONNECTIONS,

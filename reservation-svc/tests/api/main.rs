@@ -2,6 +2,7 @@
 
 mod cancel;
 mod catalog;
+mod edge;
 mod expiry;
 mod helpers;
 mod holds;

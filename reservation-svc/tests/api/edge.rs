@@ -1,0 +1,249 @@
+//! What one client can take from the server: requests received whole before they hold a place,
+//! places held until the answer is sent, and the codes of requests the server will not take.
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use http::uri::PathAndQuery;
+use shared::error::violated_fields;
+use shared::proto::reservation::v1 as pb;
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::helpers::{TestApp, channel, spawn_app, spawn_app_with};
+
+const CREATE_CONCERT: &str = "/ticketing.reservation.v1.ReservationService/CreateConcert";
+const LIST_SEATS: &str = "/ticketing.reservation.v1.ReservationService/ListSeats";
+
+/// Sends and receives message bytes as they are, to put bytes no client library would encode
+/// on the wire.
+#[derive(Debug, Clone, Copy, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+async fn raw_call(app: &TestApp, path: &'static str, message: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel(app.addr).await);
+    grpc.ready().await.expect("ready");
+    grpc.unary(
+        tonic::Request::new(message),
+        PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .expect_err("refused")
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_resource_exhausted_and_writes_nothing() {
+    let app = spawn_app().await;
+    let before = app.rows_written().await;
+    let status = app
+        .client()
+        .create_concert(pb::CreateConcertRequest {
+            title: "x".repeat(5 * 1024 * 1024),
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(app.rows_written().await, before);
+}
+
+#[tokio::test]
+async fn a_request_that_is_no_valid_message_is_invalid_argument_and_writes_nothing() {
+    let app = spawn_app().await;
+    let before = app.rows_written().await;
+    let cases: [(&str, Vec<u8>); 2] = [
+        // Field 1 (title), a string of two bytes that are not UTF-8.
+        ("a string that is not UTF-8", vec![0x0a, 0x02, 0xff, 0xfe]),
+        // Field 1 as a varint of eleven bytes: longer than any varint.
+        (
+            "a varint too long",
+            [vec![0x08], vec![0xff; 10], vec![0x01]].concat(),
+        ),
+    ];
+    for (case, message) in cases {
+        let status = raw_call(&app, CREATE_CONCERT, message).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert_eq!(violated_fields(&status), [""], "{case}: a BadRequest");
+    }
+    assert_eq!(app.rows_written().await, before);
+}
+
+/// An HTTP/2 connection of its own, for streams no gRPC client would send: `window` bytes of
+/// flow-control window for each answer.
+async fn h2_connection(app: &TestApp, window: u32) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(app.addr).await.expect("connect");
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    send
+}
+
+fn grpc_request(app: &TestApp, path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{}{path}", app.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("a request")
+}
+
+/// A gRPC message's frame: no compression, the length, the message.
+fn frame(message: &[u8]) -> bytes::Bytes {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+    framed.extend_from_slice(message);
+    framed.into()
+}
+
+fn code_of(response: &http::Response<h2::RecvStream>) -> Option<Code> {
+    tonic::Status::from_header_map(response.headers()).map(|status| status.code())
+}
+
+#[tokio::test]
+async fn streams_that_never_send_their_request_hold_no_place_and_end_at_the_receive_deadline() {
+    let app = spawn_app_with(|config| {
+        config.server.max_concurrent_rpcs = 4.try_into().expect("non-zero");
+        config.server.request_receive_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut h2 = h2_connection(&app, 65_535).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        h2 = h2.ready().await.expect("a stream");
+        let (response, body) = h2
+            .send_request(grpc_request(&app, CREATE_CONCERT), false)
+            .expect("headers sent");
+        // The body stream is kept, never written to nor ended.
+        stalled.push((response, body));
+    }
+
+    // Twenty streams wait for their bodies; the four places are free for everyone else.
+    let concert = app
+        .client()
+        .create_concert(pb::CreateConcertRequest {
+            title: "Well behaved".to_owned(),
+        })
+        .await
+        .expect("a well-behaved call is served");
+    assert!(concert.into_inner().id > 0);
+
+    for (response, _body) in stalled {
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered at the receive deadline")
+            .expect("a response");
+        assert_eq!(code_of(&response), Some(Code::DeadlineExceeded));
+    }
+}
+
+#[tokio::test]
+async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
+    let app = spawn_app_with(|config| {
+        config.server.max_concurrent_rpcs = 2.try_into().expect("non-zero");
+        config.server.rpc_timeout = Duration::from_secs(3);
+    })
+    .await;
+    // About 10 bytes a seat: several of the server's 16 KiB chunks, far more than the reader's
+    // 1 KiB window.
+    let schedule_id = app.schedule_with_seats(5_000).await;
+    let request = frame(&prost::Message::encode_to_vec(&pb::ListSeatsRequest {
+        schedule_id,
+    }));
+
+    let mut h2 = h2_connection(&app, 1_024).await;
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        h2 = h2.ready().await.expect("a stream");
+        let (response, mut body) = h2
+            .send_request(grpc_request(&app, LIST_SEATS), false)
+            .expect("headers sent");
+        body.send_data(request.clone(), true).expect("request sent");
+        let response = response.await.expect("the answer's headers");
+        assert_eq!(code_of(&response), None, "answering");
+        // Its body is never read: the server cannot send it past the window.
+        unread.push(response);
+    }
+
+    // Both places are held by answers not yet sent.
+    let status = app
+        .client()
+        .list_seats(pb::ListSeatsRequest { schedule_id })
+        .await
+        .map(|_| ())
+        .expect_err("no place left");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // At the call's deadline the unsent answers are dropped and their places come back.
+    let started = tokio::time::Instant::now();
+    loop {
+        match app
+            .client()
+            .list_seats(pb::ListSeatsRequest { schedule_id })
+            .await
+        {
+            Ok(seats) => {
+                assert_eq!(seats.into_inner().seats.len(), 5_000);
+                break;
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "the places never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    // Read now, past the deadline, an answer ends in a reset rather than in a full reply.
+    for response in unread {
+        let mut body = response.into_body();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(data) = body.data().await {
+                let data = data?;
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            Ok::<_, h2::Error>(())
+        })
+        .await
+        .expect("the answer ends");
+        assert!(read.is_err(), "a reset, not a full reply");
+    }
+}

@@ -1,0 +1,755 @@
+//! What happens to a call between its connection and its handler, in the order the router
+//! stacks it:
+//!
+//! 1. [`Receive`]: a unary call's request arrives whole, within `REQUEST_RECEIVE_TIMEOUT` of its
+//!    headers and within `MAX_REQUEST_BYTES`, before it takes anything else; a stream that sends
+//!    headers and never a body holds no place among the calls in flight.
+//! 2. [`CallLimit`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at once.
+//! 3. [`RpcTimeout`]: `RPC_TIMEOUT` for the whole call.
+//!
+//!    Both the place and the time are held until the answer's body has been sent (or the
+//!    client has gone): a client that does not read its answers keeps its calls counted, and
+//!    an answer still unsent at the deadline is dropped with its stream.
+//! 4. [`DecodeErrors`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
+//!    `BadRequest`, not tonic's `INTERNAL`.
+//! 5. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
+//!
+//! Health `Watch` and reflection stream by nature: they are neither received whole nor timed
+//! (health calls are never refused at the limit).
+
+use std::future::Future;
+use std::num::NonZeroUsize;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+use crate::metrics::{RPC_IN_FLIGHT, RPC_SHED};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Calls under this path are never refused at the concurrency limit, so that probes still
+/// see a busy server as alive.
+const HEALTH_PATH_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// The bytes of a gRPC message's frame before the message: a flag and a 4-byte length.
+const FRAME_PREFIX_BYTES: usize = 5;
+
+/// What tonic says of a request it cannot decode (its prost codec's `INTERNAL`).
+const TONIC_DECODE_FAILURE: &str = "failed to decode Protobuf message";
+
+/// Whether the call at `path` streams by nature: health `Watch` and reflection.
+fn is_streaming(path: &str) -> bool {
+    path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.")
+}
+
+/// Why a call was answered without reaching its handler, as `ticketing_rpc_shed_total` labels
+/// it.
+#[derive(Debug, Clone, Copy)]
+enum Shed {
+    /// Every place among the calls in flight was taken.
+    Limit,
+    /// The request was larger than `MAX_REQUEST_BYTES`.
+    TooLarge,
+    /// The request's body did not arrive within `REQUEST_RECEIVE_TIMEOUT`.
+    SlowRequest,
+    /// The answer's body was not taken within the call's time.
+    SlowReader,
+}
+
+impl Shed {
+    fn count(self, method: &str) {
+        let reason = match self {
+            Self::Limit => "limit",
+            Self::TooLarge => "too_large",
+            Self::SlowRequest => "slow_request",
+            Self::SlowReader => "slow_reader",
+        };
+        tracing::debug!(method, reason, "call shed");
+        metrics::counter!(RPC_SHED, "reason" => reason).increment(1);
+    }
+}
+
+/// Receives a unary call's request whole before passing it on: within `within` of its headers
+/// (else `DEADLINE_EXCEEDED`) and at most `max_message_bytes` of message (else
+/// `RESOURCE_EXHAUSTED`). Streaming calls pass as they are.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLayer {
+    within: Duration,
+    max_body_bytes: usize,
+}
+
+impl ReceiveLayer {
+    pub fn new(within: Duration, max_message_bytes: usize) -> Self {
+        Self {
+            within,
+            max_body_bytes: max_message_bytes.saturating_add(FRAME_PREFIX_BYTES),
+        }
+    }
+}
+
+impl<S> Layer<S> for ReceiveLayer {
+    type Service = Receive<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Receive {
+            inner,
+            layer: *self,
+        }
+    }
+}
+
+/// See [`ReceiveLayer`].
+#[derive(Debug, Clone)]
+pub struct Receive<S> {
+    inner: S,
+    layer: ReceiveLayer,
+}
+
+impl<S, ResBody> Service<http::Request<tonic::body::Body>> for Receive<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if is_streaming(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        // The service made ready by `poll_ready` goes with this call; a clone stays.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let ReceiveLayer {
+            within,
+            max_body_bytes,
+        } = self.layer;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let method = parts.uri.path().to_owned();
+            let received =
+                tokio::time::timeout(within, Limited::new(body, max_body_bytes).collect()).await;
+            let body = match received {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                    Shed::TooLarge.count(&method);
+                    return Ok(tonic::Status::resource_exhausted(format!(
+                        "the request is larger than the server takes ({} bytes of message)",
+                        max_body_bytes - FRAME_PREFIX_BYTES
+                    ))
+                    .into_http());
+                }
+                Ok(Err(_)) => {
+                    return Ok(
+                        tonic::Status::cancelled("the request's body was cut off").into_http()
+                    );
+                }
+                Err(_) => {
+                    Shed::SlowRequest.count(&method);
+                    return Ok(tonic::Status::deadline_exceeded(format!(
+                        "the request's body did not arrive within {within:?} of its headers"
+                    ))
+                    .into_http());
+                }
+            };
+            let body = tonic::body::Body::new(Full::<Bytes>::new(body));
+            inner.call(http::Request::from_parts(parts, body)).await
+        })
+    }
+}
+
+/// Answers a call beyond the limit of calls in flight with `RESOURCE_EXHAUSTED` at once,
+/// rather than queueing it behind calls that may be slow: a client can retry elsewhere, and a
+/// server under more load than it can take keeps answering the calls it took. Health checks
+/// pass whatever the load. The limit is the server's, shared by all its connections; a call
+/// holds its place until its answer's body has been sent or dropped, and at most for the
+/// call's time: a client that never reads its answer cannot keep a place past it, even while
+/// HTTP/2 waits on that client's window and leaves the answer's body unpolled.
+#[derive(Debug, Clone)]
+pub struct CallLimitLayer {
+    places: Arc<Semaphore>,
+    longest: Duration,
+}
+
+impl CallLimitLayer {
+    /// A limit of `max_in_flight` calls at once, for every connection of the server, each
+    /// holding its place for at most `longest`.
+    pub fn new(max_in_flight: NonZeroUsize, longest: Duration) -> Self {
+        Self {
+            places: Arc::new(Semaphore::new(
+                max_in_flight.get().min(Semaphore::MAX_PERMITS),
+            )),
+            longest,
+        }
+    }
+}
+
+impl<S> Layer<S> for CallLimitLayer {
+    type Service = CallLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallLimit {
+            inner,
+            places: self.places.clone(),
+            longest: self.longest,
+        }
+    }
+}
+
+/// See [`CallLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct CallLimit<S> {
+    inner: S,
+    places: Arc<Semaphore>,
+    longest: Duration,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CallLimit<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<Held<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if request.uri().path().starts_with(HEALTH_PATH_PREFIX) {
+            return Box::pin(
+                self.inner
+                    .call(request)
+                    .map(|answered| Ok(answered?.map(Held::wrap))),
+            );
+        }
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            Shed::Limit.count(request.uri().path());
+            let refused = tonic::Status::resource_exhausted(
+                "the server is at its limit of calls in flight, retry later",
+            );
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
+        };
+        let slot = Arc::new(Slot {
+            place: std::sync::Mutex::new(Some(Place::taken(place))),
+            until: Instant::now() + self.longest,
+            method: request.uri().path().to_owned(),
+        });
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await?;
+            Ok(answered.map(|body| {
+                let mut held = Held::wrap(body);
+                held.slot = Some(slot);
+                held
+            }))
+        })
+    }
+}
+
+/// A place among the calls in flight, counted in `ticketing_rpc_in_flight` while held.
+#[derive(Debug)]
+struct Place(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Place {
+    fn taken(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(RPC_IN_FLIGHT).increment(1.0);
+        Self(permit)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        metrics::gauge!(RPC_IN_FLIGHT).decrement(1.0);
+    }
+}
+
+/// A call's place, given back by its answer's body when sent or dropped, or by a watchdog at
+/// `until`, whichever comes first.
+#[derive(Debug)]
+struct Slot {
+    place: std::sync::Mutex<Option<Place>>,
+    until: Instant,
+    method: String,
+}
+
+impl Slot {
+    /// Gives the place back (once).
+    fn release(&self) -> bool {
+        self.place
+            .lock()
+            .map(|mut place| place.take().is_some())
+            .unwrap_or(false)
+    }
+
+    /// A task that gives the place back at `until` if the answer has not been sent by then.
+    fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let slot = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(slot.until).await;
+            if slot.release() {
+                Shed::SlowReader.count(&slot.method);
+            }
+        })
+    }
+}
+
+/// Answers a call still running after `timeout` with `DEADLINE_EXCEEDED` and drops it (tonic's
+/// own server timeout answers `CANCELLED`); an answer whose body is still unsent at that time
+/// is dropped, and its stream reset. The handlers run their database work in tasks of their
+/// own, so the work a dropped call started ends cleanly, as when a client goes away.
+/// Streaming calls (health `Watch`, reflection) are not timed.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcTimeoutLayer {
+    timeout: Duration,
+}
+
+impl RpcTimeoutLayer {
+    /// Calls may run for `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for RpcTimeoutLayer {
+    type Service = RpcTimeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcTimeout {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// See [`RpcTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct RpcTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcTimeout<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<Held<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        if is_streaming(&method) {
+            return Box::pin(
+                self.inner
+                    .call(request)
+                    .map(|answered| Ok(answered?.map(Held::wrap))),
+            );
+        }
+        let timeout = self.timeout;
+        let deadline = Instant::now() + timeout;
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, answer).await {
+                Ok(answered) => Ok(answered?.map(|body| {
+                    let mut held = Held::wrap(body);
+                    held.deadline = Some((Box::pin(tokio::time::sleep_until(deadline)), method));
+                    held
+                })),
+                Err(_elapsed) => {
+                    tracing::warn!(method, ?timeout, "call timed out");
+                    let timed_out = tonic::Status::deadline_exceeded(
+                        "the call took longer than the server allows",
+                    );
+                    Ok(timed_out.into_http())
+                }
+            }
+        })
+    }
+}
+
+/// The most bytes of an answer handed to HTTP/2 at once: one frame's worth (HTTP/2's default
+/// largest frame). HTTP/2 takes a chunk as soon as the stream may send a byte of it and keeps
+/// the rest until the client's window lets it out; in small chunks the body is only done, and
+/// its call's place and time only given back, once all but the last chunk are out, and a
+/// client that does not read leaves at most one chunk per stream in the server's memory.
+const ANSWER_CHUNK_BYTES: usize = 16 * 1024;
+
+/// An answer's body that keeps its call's place until it has been sent (or dropped, when the
+/// client goes), and ends in an error, which resets its stream, if it is not sent by its
+/// call's deadline. It hands its data on in chunks of [`ANSWER_CHUNK_BYTES`].
+#[derive(Debug, Default)]
+pub struct Held<B> {
+    inner: B,
+    /// What is left of a data frame larger than a chunk.
+    rest: Bytes,
+    /// The call's place ([`CallLimit`]), watched from the first chunk on.
+    slot: Option<Arc<Slot>>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// When the answer must have been sent, and the call's method ([`RpcTimeout`]).
+    deadline: Option<(Pin<Box<Sleep>>, String)>,
+}
+
+impl<B> Held<B> {
+    fn wrap(inner: B) -> Self {
+        Self {
+            inner,
+            rest: Bytes::new(),
+            slot: None,
+            watchdog: None,
+            deadline: None,
+        }
+    }
+
+    /// The next chunk of `data`, the rest kept for the next poll. From the first chunk on,
+    /// HTTP/2 may wait for the client's window without polling this body again, so a watchdog
+    /// keeps the place's time.
+    fn chunk(&mut self, mut data: Bytes) -> Frame<Bytes> {
+        if data.len() > ANSWER_CHUNK_BYTES {
+            self.rest = data.split_off(ANSWER_CHUNK_BYTES);
+        }
+        if self.watchdog.is_none()
+            && let Some(slot) = &self.slot
+        {
+            self.watchdog = Some(slot.watch());
+        }
+        Frame::data(data)
+    }
+
+    /// The call is over: its place and deadline go.
+    fn release(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.release();
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        self.deadline = None;
+    }
+}
+
+impl<B> Drop for Held<B> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl<B> Body for Held<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some((deadline, method)) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            Shed::SlowReader.count(method);
+            this.release();
+            return Poll::Ready(Some(Err(
+                "the answer was not taken within the call's time".into()
+            )));
+        }
+        if !this.rest.is_empty() {
+            let rest = std::mem::take(&mut this.rest);
+            return Poll::Ready(Some(Ok(this.chunk(rest))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(Ok(this.chunk(data)))),
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(Some(Err(error))) => {
+                this.release();
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        hint.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper.saturating_add(rest));
+        }
+        hint
+    }
+}
+
+/// Answers a request that tonic could not decode (not a valid message of the method's type:
+/// a bad varint, a string that is not UTF-8) with `INVALID_ARGUMENT` and a `BadRequest`, where
+/// tonic answers `INTERNAL`: the fault is the caller's, and nothing was run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DecodeErrorsLayer;
+
+impl<S> Layer<S> for DecodeErrorsLayer {
+    type Service = DecodeErrors<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DecodeErrors { inner }
+    }
+}
+
+/// See [`DecodeErrorsLayer`].
+#[derive(Debug, Clone)]
+pub struct DecodeErrors<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for DecodeErrors<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await?;
+            let Some(status) = tonic::Status::from_header_map(answered.headers()) else {
+                return Ok(answered);
+            };
+            match status.message().strip_prefix(TONIC_DECODE_FAILURE) {
+                Some(detail) if status.code() == tonic::Code::Internal => {
+                    let detail = detail.trim_start_matches(':').trim();
+                    Ok(crate::error::invalid_field(
+                        "",
+                        format!("not a valid message of this method's request type: {detail}"),
+                    )
+                    .into_http())
+                }
+                _ => Ok(answered),
+            }
+        })
+    }
+}
+
+/// Turns a panic in a handler into an `INTERNAL` answer for that call alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchPanicLayer;
+
+impl<S> Layer<S> for CatchPanicLayer {
+    type Service = CatchPanic<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CatchPanic { inner }
+    }
+}
+
+/// See [`CatchPanicLayer`].
+#[derive(Debug, Clone)]
+pub struct CatchPanic<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CatchPanic<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let call = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request)));
+        let future = match call {
+            Ok(future) => future,
+            Err(panic) => {
+                return Box::pin(std::future::ready(Ok(panic_response(&method, &*panic))));
+            }
+        };
+        Box::pin(
+            AssertUnwindSafe(future)
+                .catch_unwind()
+                .map(move |outcome| match outcome {
+                    Ok(result) => result,
+                    Err(panic) => Ok(panic_response(&method, &*panic)),
+                }),
+        )
+    }
+}
+
+fn panic_response<B: Default>(
+    method: &str,
+    panic: &(dyn std::any::Any + Send),
+) -> http::Response<B> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(method, panic = %message, "handler panicked");
+    tonic::Status::internal("internal error").into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone)]
+    struct Panics;
+
+    impl Service<http::Request<()>> for Panics {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            Box::pin(async { panic!("boom") })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_internal() {
+        let mut service = CatchPanicLayer.layer(Panics);
+        let response = service
+            .call(http::Request::new(()))
+            .await
+            .unwrap_or_else(|never| match never {});
+        let status = tonic::Status::from_header_map(response.headers()).expect("grpc-status set");
+        assert_eq!(status.code(), tonic::Code::Internal);
+    }
+
+    /// Answers once `gate` gives it a permit.
+    #[derive(Clone)]
+    struct Waits {
+        gate: Arc<Semaphore>,
+    }
+
+    impl Service<http::Request<()>> for Waits {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            let gate = self.gate.clone();
+            Box::pin(async move {
+                let _passed = gate.acquire().await;
+                Ok(http::Response::new(tonic::body::Body::default()))
+            })
+        }
+    }
+
+    fn request(path: &str) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = path.parse().expect("a path");
+        request
+    }
+
+    fn code<B>(response: &http::Response<B>) -> tonic::Code {
+        tonic::Status::from_header_map(response.headers()).map_or(tonic::Code::Ok, |s| s.code())
+    }
+
+    #[tokio::test]
+    async fn a_call_beyond_the_limit_is_refused_at_once_but_a_health_check_passes() {
+        let gate = Arc::new(Semaphore::new(0));
+        let limit = CallLimitLayer::new(NonZeroUsize::MIN, Duration::from_secs(60));
+        let mut service = limit.layer(Waits { gate: gate.clone() });
+        let admitted = tokio::spawn(service.call(request("/pkg.Service/Slow")));
+
+        let refused = service
+            .call(request("/pkg.Service/Slow"))
+            .now_or_never()
+            .expect("answered without waiting")
+            .unwrap_or_else(|never| match never {});
+        assert_eq!(code(&refused), tonic::Code::ResourceExhausted);
+        let health = tokio::spawn(service.call(request("/grpc.health.v1.Health/Check")));
+
+        gate.add_permits(2);
+        let answered = admitted
+            .await
+            .expect("task")
+            .unwrap_or_else(|never| match never {});
+        assert_eq!(code(&answered), tonic::Code::Ok);
+        let checked = health
+            .await
+            .expect("task")
+            .unwrap_or_else(|never| match never {});
+        assert_eq!(code(&checked), tonic::Code::Ok);
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_timeout_answers_deadline_exceeded() {
+        let closed = Arc::new(Semaphore::new(0));
+        let mut service =
+            RpcTimeoutLayer::new(Duration::from_millis(20)).layer(Waits { gate: closed });
+        let response = service
+            .call(request("/pkg.Service/Slow"))
+            .await
+            .unwrap_or_else(|never| match never {});
+        assert_eq!(code(&response), tonic::Code::DeadlineExceeded);
+    }
+}
