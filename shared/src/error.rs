@@ -34,6 +34,8 @@ pub enum Reason {
     OtherUser,
     /// A `Use` or `Refund` from a caller that is not a payment service.
     PaymentServiceOnly,
+    /// Too many of one user's wallet requests are waiting; retry after the `RetryInfo` delay.
+    UserBusy,
 }
 
 impl Reason {
@@ -55,6 +57,7 @@ impl Reason {
             Self::AdminOnly => "ADMIN_ONLY",
             Self::OtherUser => "OTHER_USER",
             Self::PaymentServiceOnly => "PAYMENT_SERVICE_ONLY",
+            Self::UserBusy => "USER_BUSY",
         }
     }
 }
@@ -66,6 +69,22 @@ pub fn status_with_reason(code: Code, reason: Reason, message: impl Into<String>
         ERROR_DOMAIN,
         std::collections::HashMap::new(),
     );
+    Status::with_error_details(code, message, details)
+}
+
+/// A status with an `ErrorInfo` naming `reason` and a `RetryInfo` saying when to try again.
+pub fn status_with_retry(
+    code: Code,
+    reason: Reason,
+    message: impl Into<String>,
+    retry_after: std::time::Duration,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason.as_str(),
+        ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    details.set_retry_info(Some(retry_after));
     Status::with_error_details(code, message, details)
 }
 

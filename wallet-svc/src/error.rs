@@ -5,6 +5,10 @@ use tonic::{Code, Status};
 
 use crate::domain::WalletError;
 
+/// When a client told `USER_BUSY` should try again: about a batch's time, by when the user's
+/// queue has moved.
+const USER_BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl From<WalletError> for Status {
     fn from(error: WalletError) -> Self {
         let message = error.to_string();
@@ -23,6 +27,12 @@ impl From<WalletError> for Status {
             WalletError::UnknownUse => {
                 status_with_reason(Code::NotFound, Reason::UnknownUse, message)
             }
+            WalletError::UserBusy => shared::error::status_with_retry(
+                Code::ResourceExhausted,
+                Reason::UserBusy,
+                message,
+                USER_BUSY_RETRY,
+            ),
             WalletError::Unavailable(detail) => {
                 tracing::warn!(%detail, "database unavailable");
                 Status::unavailable("the database is unavailable, retry later")

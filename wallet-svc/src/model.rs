@@ -129,7 +129,7 @@ pub struct TransactionPage {
 }
 
 /// One requested change of a user's balance, under the caller's idempotency key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MoneyMovement {
     pub user_id: UserId,
     pub key: IdempotencyKey,
@@ -142,7 +142,7 @@ pub struct MoneyMovement {
 /// replay, pre-empt or refund another's. A key is stored as `<owner> <key>` (keys hold no
 /// space); keys written before callers were told apart, and those of unchecked (`INSECURE`)
 /// calls, are stored bare: the unscoped keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct KeyScope {
     owner: String,
     /// Whether a key not found among the owner's is looked for among the unscoped keys: so for
@@ -193,7 +193,7 @@ pub fn shown_key(stored: &str) -> &str {
     stored.rsplit_once(' ').map_or(stored, |(_, key)| key)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MovementKind {
     Charge {
         amount: Points,
@@ -239,7 +239,7 @@ impl MoneyMovement {
 }
 
 /// How a movement ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum MovementOutcome {
     Applied(Transaction),
     /// The key's first outcome, answered again.

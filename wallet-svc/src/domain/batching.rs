@@ -5,6 +5,10 @@
 //! each movement decided in turn with its own key, ledger row and answer. There is no waiting
 //! window: a lone request goes at once, and a batch is whatever arrived while the previous one
 //! ran. Replicas stay safe because the row lock still serializes their transactions.
+//!
+//! A request identical to one already queued or in flight (the same key of the same caller,
+//! the same movement) joins it and hears its answer, as a replay would, instead of taking a
+//! place of its own; a user with a full queue is answered `USER_BUSY` at once.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -14,17 +18,36 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tracing::{Instrument, Span};
 
-use crate::model::{MoneyMovement, MovementOutcome, UserId};
+use crate::domain::WalletError;
+use crate::model::{IdempotencyKey, KeyScope, MoneyMovement, MovementOutcome, UserId};
 use crate::store::{Store, StoreError};
 
 /// Sizes of the batches applied, as a histogram.
 pub const BATCH_SIZE: &str = "ticketing_wallet_batch_size";
 
 /// How many batches' worth of requests may queue behind a user's transaction before more are
-/// refused at once (the database is not keeping up; a client retries with its key).
+/// refused at once (`USER_BUSY`: the user's wallet is not keeping up; a client retries with its
+/// key).
 const QUEUED_BATCHES: usize = 4;
 
 type Outcome = Result<MovementOutcome, StoreError>;
+
+/// A key as its caller sent it: the same key of another caller is another key.
+type ScopedKey = (KeyScope, IdempotencyKey);
+
+/// One user's requests behind their transaction in flight.
+#[derive(Default)]
+struct UserQueue {
+    waiting: VecDeque<Waiting>,
+    /// The movements queued or in flight, by key, and the callers of identical requests that
+    /// joined them.
+    joined: HashMap<ScopedKey, Joined>,
+}
+
+struct Joined {
+    movement: MoneyMovement,
+    callers: Vec<oneshot::Sender<Outcome>>,
+}
 
 /// A request waiting for its batch.
 struct Waiting {
@@ -40,7 +63,7 @@ pub struct Batcher {
     /// Longest a batch's transaction may take; past it, its callers hear `UNAVAILABLE`.
     deadline: Duration,
     /// For each user with a transaction in flight, the requests queued behind it.
-    queues: Mutex<HashMap<i64, VecDeque<Waiting>>>,
+    queues: Mutex<HashMap<i64, UserQueue>>,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -68,10 +91,15 @@ impl Batcher {
     }
 
     /// Applies `movement` in the next transaction of its user: at once if none is in flight,
-    /// else after it, with whatever else queued.
-    pub async fn apply(self: &Arc<Self>, movement: MoneyMovement) -> Outcome {
+    /// else after it, with whatever else queued; or joins an identical movement queued or in
+    /// flight.
+    pub async fn apply(
+        self: &Arc<Self>,
+        movement: MoneyMovement,
+    ) -> Result<MovementOutcome, WalletError> {
         let user_id = movement.user_id;
         let (outcome_tx, outcome_rx) = oneshot::channel();
+        let key = (movement.scope.clone(), movement.key.clone());
         let waiting = Waiting {
             movement,
             outcome_tx,
@@ -79,16 +107,28 @@ impl Batcher {
         };
         let leads = match self.queues().entry(user_id.get()) {
             Entry::Occupied(mut queue) => {
-                if queue.get().len() >= self.max_batch * QUEUED_BATCHES {
-                    return Err(StoreError::Unavailable(
-                        "too many requests of this user are waiting for the database".to_owned(),
-                    ));
+                let queue = queue.get_mut();
+                match queue.joined.get_mut(&key) {
+                    Some(joined) if joined.movement == waiting.movement => {
+                        joined.callers.push(waiting.outcome_tx);
+                    }
+                    _ if queue.waiting.len() >= self.max_batch * QUEUED_BATCHES => {
+                        return Err(WalletError::UserBusy);
+                    }
+                    same_key => {
+                        // The same key for another movement is decided (KEY_REUSED) in turn.
+                        if same_key.is_none() {
+                            queue.joined.insert(key, Joined::new(&waiting.movement));
+                        }
+                        queue.waiting.push_back(waiting);
+                    }
                 }
-                queue.get_mut().push_back(waiting);
                 None
             }
             Entry::Vacant(slot) => {
-                slot.insert(VecDeque::new());
+                let mut queue = UserQueue::default();
+                queue.joined.insert(key, Joined::new(&waiting.movement));
+                slot.insert(queue);
                 Some(waiting)
             }
         };
@@ -103,15 +143,37 @@ impl Batcher {
             // caller staying.
             tokio::spawn(leading.drive(first));
         }
-        outcome_rx.await.unwrap_or_else(|_| {
+        let outcome = outcome_rx.await.unwrap_or_else(|_| {
             Err(StoreError::Internal(
                 "the batch ended without an answer".to_owned(),
             ))
-        })
+        });
+        Ok(outcome?)
     }
 
-    fn queues(&self) -> MutexGuard<'_, HashMap<i64, VecDeque<Waiting>>> {
+    fn queues(&self) -> MutexGuard<'_, HashMap<i64, UserQueue>> {
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Answers `waiting`'s caller with `outcome`, and those who joined it.
+    fn answer(&self, waiting: Waiting, outcome: Outcome) {
+        let joined = {
+            let mut queues = self.queues();
+            let key = (waiting.movement.scope.clone(), waiting.movement.key.clone());
+            queues
+                .get_mut(&waiting.movement.user_id.get())
+                .and_then(|queue| match queue.joined.get(&key) {
+                    Some(joined) if joined.movement == waiting.movement => {
+                        queue.joined.remove(&key)
+                    }
+                    _ => None,
+                })
+        };
+        for caller in joined.into_iter().flat_map(|joined| joined.callers) {
+            // A caller that left does not take its answer: nothing to do.
+            let _ = caller.send(outcome.clone());
+        }
+        let _ = waiting.outcome_tx.send(outcome);
     }
 
     /// Takes the next batch of `user_id` from its queue, leaving out callers that left (their
@@ -124,11 +186,24 @@ impl Batcher {
         };
         let mut batch = Vec::new();
         while batch.len() < self.max_batch {
-            match queue.pop_front() {
-                Some(waiting) if waiting.outcome_tx.is_closed() => {}
-                Some(waiting) => batch.push(waiting),
-                None => break,
+            let Some(waiting) = queue.waiting.pop_front() else {
+                break;
+            };
+            let key = (waiting.movement.scope.clone(), waiting.movement.key.clone());
+            let joined_by_others = queue.joined.get(&key).is_some_and(|joined| {
+                joined.movement == waiting.movement && !joined.callers.is_empty()
+            });
+            if waiting.outcome_tx.is_closed() && !joined_by_others {
+                if queue
+                    .joined
+                    .get(&key)
+                    .is_some_and(|joined| joined.movement == waiting.movement)
+                {
+                    queue.joined.remove(&key);
+                }
+                continue;
             }
+            batch.push(waiting);
         }
         if batch.is_empty() {
             queues.remove(&user_id);
@@ -176,16 +251,24 @@ impl Batcher {
         match outcomes {
             Ok(outcomes) => {
                 for (waiting, outcome) in batch.into_iter().zip(outcomes) {
-                    // A caller that left does not take its answer: nothing to do.
-                    let _ = waiting.outcome_tx.send(Ok(outcome));
+                    self.answer(waiting, Ok(outcome));
                 }
             }
             Err(error) => {
                 span.in_scope(|| tracing::warn!(%error, "batch failed"));
                 for waiting in batch {
-                    let _ = waiting.outcome_tx.send(Err(error.clone()));
+                    self.answer(waiting, Err(error.clone()));
                 }
             }
+        }
+    }
+}
+
+impl Joined {
+    fn new(movement: &MoneyMovement) -> Self {
+        Self {
+            movement: movement.clone(),
+            callers: Vec::new(),
         }
     }
 }

@@ -23,6 +23,8 @@ pub enum WalletError {
     KeyReused,
     #[error("the user has no use with that idempotency key")]
     UnknownUse,
+    #[error("too many requests of this user are waiting, retry later")]
+    UserBusy,
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]

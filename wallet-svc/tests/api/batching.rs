@@ -8,6 +8,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::future::join_all;
+use shared::proto::wallet::v1::{UseRequest, WalletTransaction};
 use tonic::Code;
 
 use crate::helpers::{TestApp, reason, spawn_app_with};
@@ -253,5 +254,103 @@ async fn a_batch_that_fails_answers_every_request_unavailable_and_writes_nothing
         .await
         .expect("the same key, now applied");
     assert_eq!(app.balance(1).await, 90);
+    app.assert_ledger_matches_balance(1).await;
+}
+
+/// A `Use` of `amount` points of user 1 under `key`, in a task of its own.
+fn spawn_use(
+    app: &TestApp,
+    amount: i64,
+    key: &str,
+) -> tokio::task::JoinHandle<Result<WalletTransaction, tonic::Status>> {
+    let mut client = app.client();
+    let request = UseRequest {
+        user_id: 1,
+        amount,
+        idempotency_key: key.to_owned(),
+        reference: String::new(),
+    };
+    tokio::spawn(async move { client.r#use(request).await.map(tonic::Response::into_inner) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hundred_concurrent_replays_of_one_key_join_it_and_all_hear_its_answer() {
+    let app = spawn_app_with(|_| {}).await;
+    app.charge(1, 100, "start").await.expect("charge");
+
+    // The first request waits on the row lock; the 499 identical ones join it in the process.
+    let mut blocker = app.lock_wallet(1).await;
+    let replays: Vec<_> = (0..500).map(|_| spawn_use(&app, 10, "one-key")).collect();
+    app.until_waiting_for_a_lock(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.batch_execute("COMMIT").await.expect("release");
+
+    let mut transactions = HashSet::new();
+    for replay in replays {
+        let answer = replay.await.expect("task").expect("every replay succeeds");
+        transactions.insert(answer.id);
+    }
+    assert_eq!(transactions.len(), 1, "one transaction, heard by all");
+    assert_eq!(app.balance(1).await, 90, "spent once");
+    app.assert_ledger_matches_balance(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_user_busy_with_retry_info_and_writes_nothing_of_those() {
+    // A queue of at most 2 × 4 = 8 requests behind the user's transaction in flight.
+    let app = spawn_app_with(|config| config.max_batch = 2).await;
+    app.charge(1, 100, "start").await.expect("charge");
+
+    let mut blocker = app.lock_wallet(1).await;
+    let first = spawn_use(&app, 1, "busy-first");
+    app.until_waiting_for_a_lock(1).await;
+    // Thirteen more while the first waits: eight queue, five find the queue full and are
+    // answered at once.
+    let mut calls: Vec<_> = (0..13)
+        .map(|i| spawn_use(&app, 1, &format!("busy-{i}")))
+        .collect();
+    let mut refused = Vec::new();
+    for _ in 0..1000 {
+        let (done, waiting): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .partition(tokio::task::JoinHandle::is_finished);
+        calls = waiting;
+        for call in done {
+            refused.push(
+                call.await
+                    .expect("task")
+                    .expect_err("only the refused answer now"),
+            );
+        }
+        if refused.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The queued ones still wait for the lock.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(refused.len(), 5, "{refused:?}");
+    assert!(calls.iter().all(|call| !call.is_finished()), "eight wait");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(reason(status), "USER_BUSY");
+        let retry = tonic_types::StatusExt::get_details_retry_info(status).expect("RetryInfo");
+        assert!(
+            retry
+                .retry_delay
+                .is_some_and(|delay| delay > Duration::ZERO)
+        );
+    }
+
+    blocker.batch_execute("COMMIT").await.expect("release");
+    first.await.expect("task").expect("the first applies");
+    for call in calls {
+        call.await.expect("task").expect("a queued use applies");
+    }
+    assert_eq!(
+        app.balance(1).await,
+        100 - 9,
+        "the refused ones spent nothing"
+    );
     app.assert_ledger_matches_balance(1).await;
 }
