@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use shared::connection::Acceptor;
 use shared::metrics::MetricsEndpoint;
 use shared::proto::reservation::v1::reservation_service_server::{
     ReservationServiceServer, SERVICE_NAME,
@@ -191,9 +192,10 @@ impl Service for Application {
             sweeper.abort();
             reconciler.abort();
         };
+        let acceptor = Acceptor::new(self.listener, self.config.server.max_connections.get());
         let served = shared::server::serve(
             self.router,
-            self.listener,
+            acceptor,
             &self.security,
             self.health,
             &[SERVICE_NAME],

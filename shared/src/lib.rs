@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod calls;
 pub mod cli;
+pub mod connection;
 pub mod db;
 pub mod error;
 pub mod metrics;

@@ -36,6 +36,10 @@ pub const RPC_IN_FLIGHT: &str = "ticketing_rpc_in_flight";
 /// Calls answered without reaching their handler, or whose answer was dropped, by reason:
 /// `limit`, `too_large`, `slow_request`, `slow_reader`.
 pub const RPC_SHED: &str = "ticketing_rpc_shed_total";
+/// Client connections open (TLS handshakes included).
+pub const CONNECTIONS_OPEN: &str = "ticketing_connections_open";
+/// Client connections closed at once because `MAX_CONNECTIONS` were open.
+pub const CONNECTIONS_REFUSED: &str = "ticketing_connections_refused_total";
 /// Connections of the Postgres pool, by `state`: `in_use` or `idle`.
 pub const DB_POOL_CONNECTIONS: &str = "ticketing_db_pool_connections";
 /// Calls waiting for a connection of the Postgres pool.
@@ -129,6 +133,14 @@ fn describe() {
         RPC_SHED,
         "gRPC calls answered before their handler (limit, too_large, slow_request) or whose \
          unsent answer was dropped at its deadline (slow_reader)"
+    );
+    metrics::describe_gauge!(
+        CONNECTIONS_OPEN,
+        "Client connections open, TLS handshakes included"
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections closed at once because MAX_CONNECTIONS were open"
     );
     metrics::describe_gauge!(
         DB_POOL_CONNECTIONS,

@@ -7,8 +7,6 @@ use std::future::Future;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
@@ -18,6 +16,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::calls::{
     CallLimitLayer, CatchPanicLayer, DecodeErrorsLayer, ReceiveLayer, RpcTimeoutLayer,
 };
+use crate::connection::Acceptor;
 use crate::metrics::RpcMetricsLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::security::{Security, SecurityArgs};
@@ -85,6 +84,11 @@ pub struct ServerArgs {
         default_value = "100"
     )]
     pub max_concurrent_streams: NonZeroU32,
+
+    /// Most client connections open at once (TLS handshakes included); one beyond them is
+    /// closed at once.
+    #[arg(long, global = true, env = "MAX_CONNECTIONS", default_value = "1000")]
+    pub max_connections: NonZeroUsize,
 
     /// How often an HTTP/2 ping checks that a connection's peer is still there.
     #[arg(long, global = true, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -174,12 +178,12 @@ pub fn router(
 /// The health name that is SERVING when the server runs without TLS and caller checks.
 pub const INSECURE: &str = "insecure";
 
-/// Serves `router` on `listener` (over TLS unless `security` is insecure) until `shutdown`
+/// Serves `router` on the connections of `acceptor` (over TLS unless `security` is insecure) until `shutdown`
 /// completes, then reports `NOT_SERVING`, stops accepting, and waits up to `drain_deadline`
 /// for calls in flight.
 pub async fn serve(
     router: GrpcRouter,
-    listener: TcpListener,
+    acceptor: Acceptor,
     security: &Security,
     health: HealthReporter,
     service_names: &[&str],
@@ -192,27 +196,10 @@ pub async fn serve(
     };
     let mut server = match security {
         Security::Secure { tls, .. } => tokio::spawn(
-            router.serve_with_incoming_shutdown(crate::tls::accept(listener, tls.clone()), stop),
+            router.serve_with_incoming_shutdown(crate::tls::accept(acceptor, tls.clone()), stop),
         ),
         Security::Insecure => {
-            // A failed accept (out of file descriptors, say) is retried after a pause.
-            let incoming = futures::StreamExt::filter_map(
-                TcpListenerStream::new(listener),
-                |accepted| async {
-                    match accepted {
-                        Ok(stream) => {
-                            let _ = stream.set_nodelay(true);
-                            Some(Ok::<_, std::io::Error>(stream))
-                        }
-                        Err(error) => {
-                            tracing::debug!(%error, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            None
-                        }
-                    }
-                },
-            );
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+            tokio::spawn(router.serve_with_incoming_shutdown(acceptor.plaintext(), stop))
         }
     };
     metrics::gauge!(crate::metrics::INSECURE_MODE).set(if security.is_insecure() {

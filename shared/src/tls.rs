@@ -13,9 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -28,11 +26,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tonic::transport::server::Connected;
 
+use crate::connection::{Acceptor, Connection, ConnectionSlot};
 use crate::reload::Reloading;
 
 /// Longest a client may take over its TLS handshake before its connection is closed.
@@ -282,59 +279,7 @@ pub struct Peer {
 }
 
 /// A server's accepted TLS connection, with what its calls learn of it.
-#[derive(Debug)]
-pub struct TlsConnection {
-    stream: tokio_rustls::server::TlsStream<TcpStream>,
-    peer: Peer,
-}
-
-impl Connected for TlsConnection {
-    type ConnectInfo = Peer;
-
-    fn connect_info(&self) -> Peer {
-        self.peer.clone()
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
+pub type TlsConnection = Connection<tokio_rustls::server::TlsStream<TcpStream>, Peer>;
 
 /// The TLS connections of `listener`. Accepting never waits for a handshake: each runs in a
 /// task of its own within [`HANDSHAKE_TIMEOUT`], with the settings in force when the connection
@@ -342,10 +287,10 @@ impl AsyncWrite for TlsConnection {
 /// one address (loopback, where the health probe comes from, is not counted per address): a
 /// connection beyond either is closed at once, so clients that open connections and never
 /// finish a handshake cannot keep others out. A connection whose handshake fails (no trusted
-/// client certificate, not TLS, too slow) is closed without reaching the server. A failed
-/// accept (out of file descriptors, say) is retried after a pause rather than at once.
+/// client certificate, not TLS, too slow) is closed without reaching the server. Connections
+/// are accepted by `acceptor`, within its limit of open ones.
 pub fn accept(
-    listener: TcpListener,
+    acceptor: Acceptor,
     tls: ServerTls,
 ) -> impl Stream<Item = Result<TlsConnection, io::Error>> {
     let (done, connections) = tokio::sync::mpsc::channel(MAX_HANDSHAKES);
@@ -353,15 +298,8 @@ pub fn accept(
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let per_peer = PeerCounts::default();
         loop {
-            let (stream, addr) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::debug!(%error, "accept failed");
-                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                        continue;
-                    }
-                },
+            let (stream, addr, open) = tokio::select! {
+                accepted = acceptor.next() => accepted,
                 () = done.closed() => return,
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -380,7 +318,7 @@ pub fn accept(
             let acceptor = TlsAcceptor::from(tls.current().as_ref().clone());
             let done = done.clone();
             tokio::spawn(async move {
-                let connection = handshake(stream, addr, acceptor).await;
+                let connection = handshake(stream, addr, acceptor, open).await;
                 drop((slot, peer));
                 if let Some(connection) = connection {
                     let _ = done.send(Ok(connection)).await;
@@ -390,9 +328,6 @@ pub fn accept(
     });
     tokio_stream::wrappers::ReceiverStream::new(connections)
 }
-
-/// Longest pause after a failed accept.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 /// Most handshakes running at once from one address.
 const MAX_HANDSHAKES_PER_PEER: usize = 16;
@@ -443,8 +378,8 @@ async fn handshake(
     stream: TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
+    open: ConnectionSlot,
 ) -> Option<TlsConnection> {
-    let _ = stream.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -465,13 +400,11 @@ async fn handshake(
         .and_then(|chain| chain.first())
         .and_then(|cert| identity_of(cert))
         .map(Arc::from);
-    Some(TlsConnection {
-        stream,
-        peer: Peer {
-            addr: Some(addr),
-            identity,
-        },
-    })
+    let peer = Peer {
+        addr: Some(addr),
+        identity,
+    };
+    Some(Connection::new(stream, peer, open))
 }
 
 /// A channel to `endpoint` (`https://host:port`) over TLS with the settings in force at each

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use shared::connection::Acceptor;
 use shared::db::PgPool;
 use shared::metrics::MetricsEndpoint;
 use shared::proto::wallet::v1::wallet_service_server::{SERVICE_NAME, WalletServiceServer};
@@ -35,6 +36,7 @@ pub struct Application {
     metrics: Option<MetricsEndpoint>,
     security: Security,
     drain_timeout: Duration,
+    max_connections: usize,
 }
 
 impl std::fmt::Debug for Application {
@@ -124,6 +126,7 @@ impl Service for Application {
             metrics,
             security,
             drain_timeout: config.drain_timeout,
+            max_connections: config.server.max_connections.get(),
         })
     }
 
@@ -156,9 +159,10 @@ impl Service for Application {
             shutdown.await;
             health_watch.abort();
         };
+        let acceptor = Acceptor::new(self.listener, self.max_connections);
         let served = shared::server::serve(
             self.router,
-            self.listener,
+            acceptor,
             &self.security,
             self.health,
             &[SERVICE_NAME],

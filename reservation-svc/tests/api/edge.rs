@@ -247,3 +247,53 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
         assert!(read.is_err(), "a reset, not a full reply");
     }
 }
+
+#[tokio::test]
+async fn a_connection_beyond_the_limit_is_closed_at_once_and_its_place_comes_back() {
+    // The test's own client holds one of the three.
+    let app = spawn_app_with(|config| {
+        config.server.max_connections = 3.try_into().expect("non-zero");
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(TcpStream::connect(app.addr).await.expect("connect"));
+    }
+    // Let the server take them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    assert!(
+        !served_on_a_new_connection(&app).await,
+        "a fourth connection is closed"
+    );
+    // The connections within the limit are served.
+    app.client()
+        .list_concerts(pb::ListConcertsRequest::default())
+        .await
+        .expect("served");
+
+    drop(held.pop());
+    let started = tokio::time::Instant::now();
+    while !served_on_a_new_connection(&app).await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the closed connection's place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a call on a connection of its own is answered.
+async fn served_on_a_new_connection(app: &TestApp) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .expect("endpoint")
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    crate::helpers::Client::new(channel)
+        .list_concerts(pb::ListConcertsRequest::default())
+        .await
+        .is_ok()
+}

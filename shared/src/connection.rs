@@ -1,0 +1,175 @@
+//! A server's connections: accepted up to a limit of open ones, each counted until it closes,
+//! and accept errors (out of file descriptors, say) met with a growing pause instead of a spin.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::metrics::{CONNECTIONS_OPEN, CONNECTIONS_REFUSED};
+
+/// The first pause after a failed accept; it doubles while accepts keep failing.
+const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+/// The longest pause after a failed accept.
+const LONGEST_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Accepts the connections of a listener, at most `max_open` open at once: a connection beyond
+/// them is closed at once (counted in `ticketing_connections_refused_total`), so that one client
+/// opening connections cannot use up the process's file descriptors. A failed accept pauses,
+/// from 10 ms doubling to 1 s while accepts keep failing; the first failure of a run is logged
+/// as a warning, and so is the accept that ends it.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    open: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener, max_open: usize) -> Self {
+        Self {
+            listener,
+            open: Arc::new(Semaphore::new(max_open.clamp(1, Semaphore::MAX_PERMITS))),
+        }
+    }
+
+    /// The next connection within the limit, with its place among the open ones.
+    pub async fn next(&self) -> (TcpStream, SocketAddr, ConnectionSlot) {
+        let mut pause = FIRST_ACCEPT_PAUSE;
+        let mut failing = false;
+        loop {
+            let (stream, addr) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, "accepting connections fails; pausing between tries");
+                        failing = true;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LONGEST_ACCEPT_PAUSE);
+                    continue;
+                }
+            };
+            if failing {
+                tracing::warn!("accepting connections works again");
+                failing = false;
+                pause = FIRST_ACCEPT_PAUSE;
+            }
+            match self.open.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let _ = stream.set_nodelay(true);
+                    return (stream, addr, ConnectionSlot::taken(permit));
+                }
+                Err(_) => {
+                    tracing::debug!(?addr, "connection refused at the limit");
+                    metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+                }
+            }
+        }
+    }
+
+    /// The plaintext connections, as the server takes them.
+    pub fn plaintext(
+        self,
+    ) -> impl futures::Stream<Item = Result<Connection<TcpStream, TcpConnectInfo>, io::Error>> {
+        futures::stream::unfold(self, |acceptor| async move {
+            let (stream, _, slot) = acceptor.next().await;
+            let info = stream.connect_info();
+            Some((Ok(Connection::new(stream, info, slot)), acceptor))
+        })
+    }
+}
+
+/// A connection's place among the open ones, counted in `ticketing_connections_open` until it
+/// is dropped with its connection.
+#[derive(Debug)]
+pub struct ConnectionSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl ConnectionSlot {
+    fn taken(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        Self(permit)
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// An accepted connection (TCP, or TLS over it) holding its place until it closes, with what
+/// its calls learn of it (`info`, in each request's extensions).
+#[derive(Debug)]
+pub struct Connection<IO, Info> {
+    io: IO,
+    info: Info,
+    _slot: ConnectionSlot,
+}
+
+impl<IO, Info> Connection<IO, Info> {
+    pub fn new(io: IO, info: Info, slot: ConnectionSlot) -> Self {
+        Self {
+            io,
+            info,
+            _slot: slot,
+        }
+    }
+}
+
+impl<IO, Info> Connected for Connection<IO, Info>
+where
+    Info: Clone + Send + Sync + 'static,
+{
+    type ConnectInfo = Info;
+
+    fn connect_info(&self) -> Info {
+        self.info.clone()
+    }
+}
+
+impl<IO: AsyncRead + Unpin, Info: Unpin> AsyncRead for Connection<IO, Info> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin, Info: Unpin> AsyncWrite for Connection<IO, Info> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
