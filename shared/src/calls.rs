@@ -4,7 +4,8 @@
 //! 1. [`Receive`]: a unary call's request arrives whole, within `REQUEST_RECEIVE_TIMEOUT` of its
 //!    headers and within `MAX_REQUEST_BYTES`, before it takes anything else; a stream that sends
 //!    headers and never a body holds no place among the calls in flight.
-//! 2. [`CallLimit`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at once.
+//! 2. [`CallLimit`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at once;
+//!    streaming calls take a place among the open streams instead ([`StreamLimit`]).
 //! 3. [`RpcTimeout`]: `RPC_TIMEOUT` for the whole call.
 //!
 //!    Both the place and the time are held until the answer's body has been sent (or the
@@ -14,14 +15,17 @@
 //!    `BadRequest`, not tonic's `INTERNAL`.
 //! 5. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
 //!
-//! Health `Watch` and reflection stream by nature: they are neither received whole nor timed
-//! (health calls are never refused at the limit).
+//! Health `Watch` and reflection stream by nature: they are neither received whole nor timed,
+//! and are limited in number per connection and per server instead (health checks are never
+//! refused at the limit).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +37,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::metrics::{RPC_IN_FLIGHT, RPC_SHED};
+use crate::metrics::{RPC_IN_FLIGHT, RPC_SHED, STREAMS_OPEN};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,6 +69,8 @@ enum Shed {
     SlowRequest,
     /// The answer's body was not taken within the call's time.
     SlowReader,
+    /// Too many streaming calls were open, on the connection or in all.
+    Streams,
 }
 
 impl Shed {
@@ -74,6 +80,7 @@ impl Shed {
             Self::TooLarge => "too_large",
             Self::SlowRequest => "slow_request",
             Self::SlowReader => "slow_reader",
+            Self::Streams => "streams",
         };
         tracing::debug!(method, reason, "call shed");
         metrics::counter!(RPC_SHED, "reason" => reason).increment(1);
@@ -319,6 +326,150 @@ impl Slot {
     }
 }
 
+/// Limits the streaming calls (health `Watch`, reflection) open at once: `per_server` in all and
+/// `per_connection` on one connection (told apart by the client's address and port). A stream
+/// beyond either is answered `RESOURCE_EXHAUSTED` at once; an open one keeps its place until
+/// its answer ends (the client closes it, or goes).
+#[derive(Debug, Clone)]
+pub struct StreamLimitLayer {
+    server: Arc<Semaphore>,
+    connections: StreamsByConnection,
+    per_connection: usize,
+}
+
+/// Open streams by connection.
+type StreamsByConnection = Arc<std::sync::Mutex<HashMap<SocketAddr, usize>>>;
+
+impl StreamLimitLayer {
+    pub fn new(per_server: NonZeroUsize, per_connection: NonZeroUsize) -> Self {
+        Self {
+            server: Arc::new(Semaphore::new(per_server.get().min(Semaphore::MAX_PERMITS))),
+            connections: StreamsByConnection::default(),
+            per_connection: per_connection.get(),
+        }
+    }
+
+    /// A place for a stream of the connection from `peer`, if both limits allow one.
+    fn take(&self, peer: Option<SocketAddr>) -> Option<StreamPlace> {
+        let server = self.server.clone().try_acquire_owned().ok()?;
+        let connection = match peer {
+            Some(peer) => {
+                let mut open = self
+                    .connections
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let count = open.entry(peer).or_default();
+                if *count >= self.per_connection {
+                    return None;
+                }
+                *count += 1;
+                Some((self.connections.clone(), peer))
+            }
+            None => None,
+        };
+        metrics::gauge!(STREAMS_OPEN).increment(1.0);
+        Some(StreamPlace {
+            _server: server,
+            connection,
+        })
+    }
+}
+
+impl<S> Layer<S> for StreamLimitLayer {
+    type Service = StreamLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        StreamLimit {
+            inner,
+            limits: self.clone(),
+        }
+    }
+}
+
+/// See [`StreamLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct StreamLimit<S> {
+    inner: S,
+    limits: StreamLimitLayer,
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for StreamLimit<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<Held<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        if !is_streaming(request.uri().path()) {
+            return Box::pin(
+                self.inner
+                    .call(request)
+                    .map(|answered| Ok(answered?.map(Held::wrap))),
+            );
+        }
+        let Some(place) = self.limits.take(peer_of(&request)) else {
+            Shed::Streams.count(request.uri().path());
+            let refused = tonic::Status::resource_exhausted(
+                "too many streaming calls are open, on this connection or in all",
+            );
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await?;
+            Ok(answered.map(|body| {
+                let mut held = Held::wrap(body);
+                held.stream = Some(place);
+                held
+            }))
+        })
+    }
+}
+
+/// The client's address and port: its connection's, over TLS or not.
+fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    extensions
+        .get::<crate::tls::Peer>()
+        .and_then(|peer| peer.addr)
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        })
+}
+
+/// A streaming call's place, in all and on its connection, given back when dropped.
+#[derive(Debug)]
+struct StreamPlace {
+    _server: OwnedSemaphorePermit,
+    connection: Option<(StreamsByConnection, SocketAddr)>,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        metrics::gauge!(STREAMS_OPEN).decrement(1.0);
+        if let Some((connections, peer)) = &self.connection {
+            let mut open = connections.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(count) = open.get_mut(peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(peer);
+                }
+            }
+        }
+    }
+}
+
 /// Answers a call still running after `timeout` with `DEADLINE_EXCEEDED` and drops it (tonic's
 /// own server timeout answers `CANCELLED`); an answer whose body is still unsent at that time
 /// is dropped, and its stream reset. The handlers run their database work in tasks of their
@@ -417,6 +568,8 @@ pub struct Held<B> {
     rest: Bytes,
     /// The call's place ([`CallLimit`]), watched from the first chunk on.
     slot: Option<Arc<Slot>>,
+    /// A streaming call's place ([`StreamLimit`]).
+    stream: Option<StreamPlace>,
     watchdog: Option<tokio::task::JoinHandle<()>>,
     /// When the answer must have been sent, and the call's method ([`RpcTimeout`]).
     deadline: Option<(Pin<Box<Sleep>>, String)>,
@@ -428,6 +581,7 @@ impl<B> Held<B> {
             inner,
             rest: Bytes::new(),
             slot: None,
+            stream: None,
             watchdog: None,
             deadline: None,
         }
@@ -456,6 +610,7 @@ impl<B> Held<B> {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }
+        self.stream = None;
         self.deadline = None;
     }
 }

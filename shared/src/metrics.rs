@@ -34,8 +34,10 @@ pub const RPC_DURATION: &str = "ticketing_rpc_duration_seconds";
 /// Calls holding a place among the calls in flight (until their answer has been sent).
 pub const RPC_IN_FLIGHT: &str = "ticketing_rpc_in_flight";
 /// Calls answered without reaching their handler, or whose answer was dropped, by reason:
-/// `limit`, `too_large`, `slow_request`, `slow_reader`.
+/// `limit`, `too_large`, `slow_request`, `slow_reader`, `streams`.
 pub const RPC_SHED: &str = "ticketing_rpc_shed_total";
+/// Streaming calls (health `Watch`, reflection) open.
+pub const STREAMS_OPEN: &str = "ticketing_streams_open";
 /// Client connections open (TLS handshakes included).
 pub const CONNECTIONS_OPEN: &str = "ticketing_connections_open";
 /// Client connections closed at once because `MAX_CONNECTIONS` were open.
@@ -131,8 +133,12 @@ fn describe() {
     );
     metrics::describe_counter!(
         RPC_SHED,
-        "gRPC calls answered before their handler (limit, too_large, slow_request) or whose \
-         unsent answer was dropped at its deadline (slow_reader)"
+        "gRPC calls answered before their handler (limit, too_large, slow_request, streams) \
+         or whose unsent answer was dropped at its deadline (slow_reader)"
+    );
+    metrics::describe_gauge!(
+        STREAMS_OPEN,
+        "Streaming calls open (health Watch, reflection)"
     );
     metrics::describe_gauge!(
         CONNECTIONS_OPEN,

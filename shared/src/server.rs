@@ -15,6 +15,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::calls::{
     CallLimitLayer, CatchPanicLayer, DecodeErrorsLayer, ReceiveLayer, RpcTimeoutLayer,
+    StreamLimitLayer,
 };
 use crate::connection::Acceptor;
 use crate::metrics::RpcMetricsLayer;
@@ -29,7 +30,10 @@ pub type GrpcRouter = Router<
             DecodeErrorsLayer,
             Stack<
                 RpcTimeoutLayer,
-                Stack<CallLimitLayer, Stack<ReceiveLayer, Stack<RpcMetricsLayer, Identity>>>,
+                Stack<
+                    StreamLimitLayer,
+                    Stack<CallLimitLayer, Stack<ReceiveLayer, Stack<RpcMetricsLayer, Identity>>>,
+                >,
             >,
         >,
     >,
@@ -89,6 +93,28 @@ pub struct ServerArgs {
     /// closed at once.
     #[arg(long, global = true, env = "MAX_CONNECTIONS", default_value = "1000")]
     pub max_connections: NonZeroUsize,
+
+    /// Most streaming calls (health Watch, reflection) open at once on the whole server.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_STREAMING_CALLS",
+        default_value = "100"
+    )]
+    pub max_streaming_calls: NonZeroUsize,
+
+    /// Most streaming calls open at once on one connection.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_STREAMING_CALLS_PER_CONNECTION",
+        default_value = "4"
+    )]
+    pub max_streaming_calls_per_connection: NonZeroUsize,
+
+    /// Whether the server offers gRPC reflection (what grpcurl's list and describe use).
+    #[arg(long, global = true, env = "REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
 
     /// How often an HTTP/2 ping checks that a connection's peer is still there.
     #[arg(long, global = true, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -166,12 +192,26 @@ pub fn router(
             limits.max_concurrent_rpcs,
             limits.rpc_timeout,
         ))
+        .layer(StreamLimitLayer::new(
+            limits.max_streaming_calls,
+            limits.max_streaming_calls_per_connection,
+        ))
         .layer(RpcTimeoutLayer::new(limits.rpc_timeout))
         .layer(DecodeErrorsLayer)
         .layer(CatchPanicLayer)
         .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
+        .add_optional_service(
+            limits
+                .reflection
+                .then(|| reflection().build_v1())
+                .transpose()?,
+        )
+        .add_optional_service(
+            limits
+                .reflection
+                .then(|| reflection().build_v1alpha())
+                .transpose()?,
+        );
     Ok((router, health_reporter))
 }
 

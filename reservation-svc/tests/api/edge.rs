@@ -297,3 +297,96 @@ async fn served_on_a_new_connection(app: &TestApp) -> bool {
         .await
         .is_ok()
 }
+
+#[tokio::test]
+async fn streaming_calls_are_limited_per_connection_and_per_server_and_their_places_come_back() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let app = spawn_app_with(|config| {
+        config.server.max_streaming_calls = 6.try_into().expect("non-zero");
+        config.server.max_streaming_calls_per_connection = 4.try_into().expect("non-zero");
+    })
+    .await;
+    let watch = |channel: tonic::transport::Channel| async move {
+        HealthClient::new(channel)
+            .watch(HealthCheckRequest::default())
+            .await
+            .map(tonic::Response::into_inner)
+    };
+
+    let first = channel(app.addr).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(
+            watch(first.clone())
+                .await
+                .expect("a watch within the limits"),
+        );
+    }
+    let status = watch(first.clone())
+        .await
+        .expect_err("a fifth on one connection");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    let second = channel(app.addr).await;
+    for _ in 0..2 {
+        open.push(watch(second.clone()).await.expect("on another connection"));
+    }
+    let status = watch(second.clone())
+        .await
+        .expect_err("a seventh on the server");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Unary calls are not held up by open streams.
+    app.client()
+        .list_concerts(pb::ListConcertsRequest::default())
+        .await
+        .expect("served");
+
+    // A closed stream gives its place back.
+    drop(open.pop());
+    let started = tokio::time::Instant::now();
+    loop {
+        match watch(second.clone()).await {
+            Ok(stream) => {
+                open.push(stream);
+                break;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "never given back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn reflection_can_be_switched_off() {
+    let app = spawn_app_with(|config| config.server.reflection = false).await;
+    let mut client =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            channel(app.addr).await,
+        );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let answered = async {
+        let mut replies = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await?
+            .into_inner();
+        replies.message().await
+    }
+    .await;
+    let status = answered.expect_err("no reflection");
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
