@@ -1,9 +1,9 @@
 //! What happens to a call between its connection and its handler, in the order the router
 //! stacks it:
 //!
-//! 1. [`Receive`]: a unary call's request arrives whole, within `REQUEST_RECEIVE_TIMEOUT` of its
-//!    headers and within `MAX_REQUEST_BYTES`, before it takes anything else; a stream that sends
-//!    headers and never a body holds no place among the calls in flight.
+//! 1. [`Receive`]: a call's request (one message: every call but reflection's) arrives whole,
+//!    within `REQUEST_RECEIVE_TIMEOUT` of its headers and within `MAX_REQUEST_BYTES`, before it
+//!    takes anything else; a stream that sends headers and never a body holds no place.
 //! 2. [`CallLimit`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at once;
 //!    streaming calls take a place among the open streams instead ([`StreamLimit`]).
 //! 3. [`RpcTimeout`]: `RPC_TIMEOUT` for the whole call.
@@ -54,7 +54,13 @@ const TONIC_DECODE_FAILURE: &str = "failed to decode Protobuf message";
 
 /// Whether the call at `path` streams by nature: health `Watch` and reflection.
 fn is_streaming(path: &str) -> bool {
-    path == "/grpc.health.v1.Health/Watch" || path.starts_with("/grpc.reflection.")
+    path == "/grpc.health.v1.Health/Watch" || sends_a_stream(path)
+}
+
+/// Whether the client of the call at `path` sends a stream of messages (reflection): every
+/// other call's request is one message, received whole before it goes on.
+fn sends_a_stream(path: &str) -> bool {
+    path.starts_with("/grpc.reflection.")
 }
 
 /// Why a call was answered without reaching its handler, as `ticketing_rpc_shed_total` labels
@@ -87,9 +93,9 @@ impl Shed {
     }
 }
 
-/// Receives a unary call's request whole before passing it on: within `within` of its headers
-/// (else `DEADLINE_EXCEEDED`) and at most `max_message_bytes` of message (else
-/// `RESOURCE_EXHAUSTED`). Streaming calls pass as they are.
+/// Receives a call's request whole before passing it on: within `within` of its headers (else
+/// `DEADLINE_EXCEEDED`) and at most `max_message_bytes` of message (else `RESOURCE_EXHAUSTED`).
+/// Only reflection, whose client sends a stream, passes as it is.
 #[derive(Debug, Clone, Copy)]
 pub struct ReceiveLayer {
     within: Duration,
@@ -142,7 +148,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if is_streaming(request.uri().path()) {
+        if sends_a_stream(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
         // The service made ready by `poll_ready` goes with this call; a clone stays.
@@ -248,7 +254,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if request.uri().path().starts_with(HEALTH_PATH_PREFIX) {
+        let path = request.uri().path();
+        if path.starts_with(HEALTH_PATH_PREFIX) || is_streaming(path) {
             return Box::pin(
                 self.inner
                     .call(request)
@@ -536,7 +543,11 @@ where
             match tokio::time::timeout_at(deadline, answer).await {
                 Ok(answered) => Ok(answered?.map(|body| {
                     let mut held = Held::wrap(body);
-                    held.deadline = Some((Box::pin(tokio::time::sleep_until(deadline)), method));
+                    held.deadline = Some(Deadline {
+                        at: deadline,
+                        timer: None,
+                        method,
+                    });
                     held
                 })),
                 Err(_elapsed) => {
@@ -571,8 +582,29 @@ pub struct Held<B> {
     /// A streaming call's place ([`StreamLimit`]).
     stream: Option<StreamPlace>,
     watchdog: Option<tokio::task::JoinHandle<()>>,
-    /// When the answer must have been sent, and the call's method ([`RpcTimeout`]).
-    deadline: Option<(Pin<Box<Sleep>>, String)>,
+    /// When the answer must have been sent ([`RpcTimeout`]).
+    deadline: Option<Deadline>,
+}
+
+/// When an answer must have been sent, and the call's method. Its timer is set only once the
+/// body has to wait: most answers are sent whole in their first polls, without a timer.
+#[derive(Debug)]
+struct Deadline {
+    at: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+    method: String,
+}
+
+impl Deadline {
+    /// Whether the deadline has passed; when not, wakes the task at it.
+    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let at = self.at;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
 }
 
 impl<B> Held<B> {
@@ -600,6 +632,19 @@ impl<B> Held<B> {
             self.watchdog = Some(slot.watch());
         }
         Frame::data(data)
+    }
+
+    /// The answer was not sent by its deadline: its stream is reset.
+    fn expire(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Counted once per call: by the watchdog of its place when it has one.
+        if let Some(deadline) = &self.deadline
+            && self.slot.is_none()
+        {
+            Shed::SlowReader.count(&deadline.method);
+        }
+        self.release();
+        // A reset with CANCEL: the client hears its call was cancelled, not an internal error.
+        Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))))
     }
 
     /// The call is over: its place and deadline go.
@@ -634,14 +679,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        if let Some((deadline, method)) = &mut this.deadline
-            && deadline.as_mut().poll(cx).is_ready()
+        if this
+            .deadline
+            .as_ref()
+            .is_some_and(|deadline| Instant::now() >= deadline.at)
         {
-            Shed::SlowReader.count(method);
-            this.release();
-            return Poll::Ready(Some(Err(
-                "the answer was not taken within the call's time".into()
-            )));
+            return this.expire();
         }
         if !this.rest.is_empty() {
             let rest = std::mem::take(&mut this.rest);
@@ -660,7 +703,17 @@ where
                 this.release();
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|deadline| deadline.passed(cx))
+                {
+                    this.expire()
+                } else {
+                    Poll::Pending
+                }
+            }
         }
     }
 
@@ -718,6 +771,14 @@ where
         let answer = self.inner.call(request);
         Box::pin(async move {
             let answered = answer.await?;
+            // INTERNAL (13) only: every other answer passes without its status being parsed.
+            if answered
+                .headers()
+                .get("grpc-status")
+                .is_none_or(|code| code.as_bytes() != b"13")
+            {
+                return Ok(answered);
+            }
             let Some(status) = tonic::Status::from_header_map(answered.headers()) else {
                 return Ok(answered);
             };

@@ -20,15 +20,25 @@ const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 /// The longest pause after a failed accept.
 const LONGEST_ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 
+/// How long a connection, once accepted (and past its TLS handshake), may take to send its
+/// first bytes (HTTP/2's preface) before it is closed: a silent connection holds no place.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many loopback connections may be open past the limit.
+pub const LOOPBACK_EXTRA: usize = 8;
+
 /// Accepts the connections of a listener, at most `max_open` open at once: a connection beyond
 /// them is closed at once (counted in `ticketing_connections_refused_total`), so that one client
-/// opening connections cannot use up the process's file descriptors. A failed accept pauses,
+/// opening connections cannot use up the process's file descriptors. Connections from loopback
+/// (the health probe's) may go [`LOOPBACK_EXTRA`] past the limit, so that a probe is answered
+/// while outsiders hold every place. A failed accept pauses,
 /// from 10 ms doubling to 1 s while accepts keep failing; the first failure of a run is logged
 /// as a warning, and so is the accept that ends it.
 #[derive(Debug)]
 pub struct Acceptor {
     listener: TcpListener,
     open: Arc<Semaphore>,
+    loopback_extra: Arc<Semaphore>,
 }
 
 impl Acceptor {
@@ -36,6 +46,7 @@ impl Acceptor {
         Self {
             listener,
             open: Arc::new(Semaphore::new(max_open.clamp(1, Semaphore::MAX_PERMITS))),
+            loopback_extra: Arc::new(Semaphore::new(LOOPBACK_EXTRA)),
         }
     }
 
@@ -61,19 +72,28 @@ impl Acceptor {
                 failing = false;
                 pause = FIRST_ACCEPT_PAUSE;
             }
-            match self.open.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    let _ = stream.set_nodelay(true);
-                    return (stream, addr, ConnectionSlot::taken(permit));
+            let permit = self.open.clone().try_acquire_owned().or_else(|refused| {
+                if addr.ip().is_loopback() {
+                    self.loopback_extra.clone().try_acquire_owned()
+                } else {
+                    Err(refused)
                 }
+            });
+            let permit = match permit {
+                Ok(permit) => permit,
                 Err(_) => {
                     tracing::debug!(?addr, "connection refused at the limit");
                     metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+                    continue;
                 }
-            }
+            };
+            let _ = stream.set_nodelay(true);
+            return (stream, addr, ConnectionSlot::taken(permit));
         }
     }
+}
 
+impl Acceptor {
     /// The plaintext connections, as the server takes them.
     pub fn plaintext(
         self,
@@ -105,12 +125,15 @@ impl Drop for ConnectionSlot {
 }
 
 /// An accepted connection (TCP, or TLS over it) holding its place until it closes, with what
-/// its calls learn of it (`info`, in each request's extensions).
+/// its calls learn of it (`info`, in each request's extensions). One that sends nothing within
+/// [`FIRST_BYTES_TIMEOUT`] is closed.
 #[derive(Debug)]
 pub struct Connection<IO, Info> {
     io: IO,
     info: Info,
     _slot: ConnectionSlot,
+    /// Until the first bytes are read: when the connection is given up.
+    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO, Info> Connection<IO, Info> {
@@ -119,6 +142,7 @@ impl<IO, Info> Connection<IO, Info> {
             io,
             info,
             _slot: slot,
+            first_bytes: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT))),
         }
     }
 }
@@ -140,7 +164,28 @@ impl<IO: AsyncRead + Unpin, Info: Unpin> AsyncRead for Connection<IO, Info> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if this.first_bytes.is_none() {
+            return read;
+        }
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.first_bytes = None,
+            Poll::Pending
+                if this
+                    .first_bytes
+                    .as_mut()
+                    .is_some_and(|first| first.as_mut().poll(cx).is_ready()) =>
+            {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no bytes within the time a connection has for its first",
+                )));
+            }
+            _ => {}
+        }
+        read
     }
 }
 

@@ -39,6 +39,10 @@ pub type GrpcRouter = Router<
     >,
 >;
 
+/// How long a connection past [`MAX_CONNECTION_AGE`] has for its calls to finish before it is
+/// closed.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
+
 /// The most bytes of headers (HPACK-decoded) one request may carry.
 const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
@@ -74,9 +78,9 @@ pub struct ServerArgs {
     #[arg(long, global = true, env = "REQUEST_RECEIVE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_receive_timeout: Duration,
 
-    /// Largest request message in bytes (at most 4 MiB); a larger one is answered
-    /// RESOURCE_EXHAUSTED.
-    #[arg(long, global = true, env = "MAX_REQUEST_BYTES", default_value = "4194304", value_parser = clap::value_parser!(u64).range(1..=TONIC_MAX_MESSAGE_BYTES))]
+    /// Largest request message in bytes (at most 4 MiB; every request of ours is far under the
+    /// default 64 KiB); a larger one is answered RESOURCE_EXHAUSTED.
+    #[arg(long, global = true, env = "MAX_REQUEST_BYTES", default_value = "65536", value_parser = clap::value_parser!(u64).range(1..=TONIC_MAX_MESSAGE_BYTES))]
     pub max_request_bytes: u64,
 
     /// Most calls (HTTP/2 streams) one connection may have open at once; the client is told
@@ -174,6 +178,9 @@ pub fn router(
         // finish), so a client certificate that expired or is no longer trusted stops serving
         // within it.
         .max_connection_age(MAX_CONNECTION_AGE)
+        // ... and then closed, whatever its calls: a stream whose client stopped reading its
+        // answer cannot keep the connection, and the memory of that answer, past it.
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .max_concurrent_streams(limits.max_concurrent_streams.get())
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))

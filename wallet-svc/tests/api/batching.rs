@@ -275,7 +275,8 @@ fn spawn_use(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundred_concurrent_replays_of_one_key_join_it_and_all_hear_its_answer() {
-    let app = spawn_app_with(|_| {}).await;
+    // A queue of 2 × 4 = 8 places: the replays fit only by joining the first.
+    let app = spawn_app_with(|config| config.max_batch = 2).await;
     app.charge(1, 100, "start").await.expect("charge");
 
     // The first request waits on the row lock; the 499 identical ones join it in the process.
