@@ -11,7 +11,7 @@
 //!    Both the place and the time are held until the answer's body has been sent (or the
 //!    client has gone): a client that does not read its answers keeps its calls counted, and
 //!    an answer still unsent at the deadline is dropped with its stream.
-//! 4. [`DecodeErrors`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
+//! 4. [`DecodeErrorsLayer`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
 //!    `BadRequest`, not tonic's `INTERNAL`.
 //! 5. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
 //!
@@ -160,13 +160,13 @@ where
         } = self.layer;
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let method = parts.uri.path().to_owned();
+            let method = parts.uri.path();
             let received =
                 tokio::time::timeout(within, Limited::new(body, max_body_bytes).collect()).await;
             let body = match received {
                 Ok(Ok(collected)) => collected.to_bytes(),
                 Ok(Err(error)) if error.is::<LengthLimitError>() => {
-                    Shed::TooLarge.count(&method);
+                    Shed::TooLarge.count(method);
                     return Ok(tonic::Status::resource_exhausted(format!(
                         "the request is larger than the server takes ({} bytes of message)",
                         max_body_bytes - FRAME_PREFIX_BYTES
@@ -179,7 +179,7 @@ where
                     );
                 }
                 Err(_) => {
-                    Shed::SlowRequest.count(&method);
+                    Shed::SlowRequest.count(method);
                     return Ok(tonic::Status::deadline_exceeded(format!(
                         "the request's body did not arrive within {within:?} of its headers"
                     ))
@@ -734,66 +734,39 @@ where
 
 /// Answers a request that tonic could not decode (not a valid message of the method's type:
 /// a bad varint, a string that is not UTF-8) with `INVALID_ARGUMENT` and a `BadRequest`, where
-/// tonic answers `INTERNAL`: the fault is the caller's, and nothing was run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DecodeErrorsLayer;
+/// tonic answers `INTERNAL`: the fault is the caller's, and nothing was run. A plain mapping of
+/// the answer, so no future of its own per call.
+pub type DecodeErrorsLayer = tower::util::MapResponseLayer<
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+>;
 
-impl<S> Layer<S> for DecodeErrorsLayer {
-    type Service = DecodeErrors<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DecodeErrors { inner }
-    }
+/// The [`DecodeErrorsLayer`].
+pub fn decode_errors_layer() -> DecodeErrorsLayer {
+    tower::util::MapResponseLayer::new(decode_errors)
 }
 
-/// See [`DecodeErrorsLayer`].
-#[derive(Debug, Clone)]
-pub struct DecodeErrors<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for DecodeErrors<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = http::Response<ResBody>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+fn decode_errors(answered: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    // INTERNAL (13) only: every other answer passes without its status being parsed.
+    if answered
+        .headers()
+        .get("grpc-status")
+        .is_none_or(|code| code.as_bytes() != b"13")
+    {
+        return answered;
     }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answered = answer.await?;
-            // INTERNAL (13) only: every other answer passes without its status being parsed.
-            if answered
-                .headers()
-                .get("grpc-status")
-                .is_none_or(|code| code.as_bytes() != b"13")
-            {
-                return Ok(answered);
-            }
-            let Some(status) = tonic::Status::from_header_map(answered.headers()) else {
-                return Ok(answered);
-            };
-            match status.message().strip_prefix(TONIC_DECODE_FAILURE) {
-                Some(detail) if status.code() == tonic::Code::Internal => {
-                    let detail = detail.trim_start_matches(':').trim();
-                    Ok(crate::error::invalid_field(
-                        "",
-                        format!("not a valid message of this method's request type: {detail}"),
-                    )
-                    .into_http())
-                }
-                _ => Ok(answered),
-            }
-        })
+    let Some(status) = tonic::Status::from_header_map(answered.headers()) else {
+        return answered;
+    };
+    match status.message().strip_prefix(TONIC_DECODE_FAILURE) {
+        Some(detail) => {
+            let detail = detail.trim_start_matches(':').trim();
+            crate::error::invalid_field(
+                "",
+                format!("not a valid message of this method's request type: {detail}"),
+            )
+            .into_http()
+        }
+        None => answered,
     }
 }
 

@@ -15,7 +15,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::calls::{
     CallLimitLayer, CatchPanicLayer, DecodeErrorsLayer, ReceiveLayer, RpcTimeoutLayer,
-    StreamLimitLayer,
+    StreamLimitLayer, decode_errors_layer,
 };
 use crate::connection::Acceptor;
 use crate::metrics::RpcMetricsLayer;
@@ -204,7 +204,7 @@ pub fn router(
             limits.max_streaming_calls_per_connection,
         ))
         .layer(RpcTimeoutLayer::new(limits.rpc_timeout))
-        .layer(DecodeErrorsLayer)
+        .layer(decode_errors_layer())
         .layer(CatchPanicLayer)
         .add_service(health_service)
         .add_optional_service(
