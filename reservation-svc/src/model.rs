@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 pub use protocol::reservation::{SeatView, Status};
-pub use shared::values::{InvalidValue, PageCursor, PageSize, UserId};
+pub use shared::error::Listing;
+pub use shared::values::{InvalidValue, Page, PageCursor, PageLimits, PageSize, Position, UserId};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 shared::positive_id!(
@@ -24,8 +25,37 @@ shared::positive_id!(
     ReservationId
 );
 
-/// Names the reservation listing in its page tokens.
-pub const RESERVATIONS_LISTING: &str = "rsv";
+/// Every concert, oldest first (by id).
+pub const CONCERTS_LISTING: Listing = Listing {
+    name: "cn",
+    owner_field: "",
+    sizes: PageSize::ROWS,
+};
+
+/// A concert's schedules, by start, then id ([`SchedulePosition`]).
+pub const SCHEDULES_LISTING: Listing = Listing {
+    name: "sch",
+    owner_field: "concert_id",
+    sizes: PageSize::ROWS,
+};
+
+/// A schedule's seats, by number: 500 a page unless asked otherwise, at most 5000.
+pub const SEATS_LISTING: Listing = Listing {
+    name: "seat",
+    owner_field: "schedule_id",
+    sizes: PageLimits {
+        default: 500,
+        max: 5000,
+        out_of_range: "must be between 0 and 5000",
+    },
+};
+
+/// A user's reservations, newest first.
+pub const RESERVATIONS_LISTING: Listing = Listing {
+    name: "rsv",
+    owner_field: "user_id",
+    sizes: PageSize::ROWS,
+};
 
 /// A concert's title: 1 to 200 characters, at least one of them visible ([`is_visible`]), and
 /// no NUL.
@@ -148,6 +178,39 @@ impl SeatNo {
     }
 }
 
+/// A seat's place in its schedule's listing.
+impl Position for SeatNo {
+    fn to_text(self) -> String {
+        self.0.to_string()
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        Self::parse(text.parse().ok()?).ok()
+    }
+}
+
+/// A schedule's place in its concert's listing: by start (to the microsecond, as stored), then
+/// id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulePosition {
+    pub starts_at: DateTime<Utc>,
+    pub id: ScheduleId,
+}
+
+impl Position for SchedulePosition {
+    fn to_text(self) -> String {
+        format!("{}.{}", self.starts_at.timestamp_micros(), self.id.get())
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        let (micros, id) = text.split_once('.')?;
+        Some(Self {
+            starts_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: ScheduleId::parse(id.parse().ok()?).ok()?,
+        })
+    }
+}
+
 /// A new schedule of a concert, with its seats `1..=seat_count`.
 #[derive(Debug, Clone)]
 pub struct NewSchedule {
@@ -227,11 +290,16 @@ pub struct Reservation {
 }
 
 /// A page of a user's reservations, newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReservationPage {
-    pub reservations: Vec<Reservation>,
-    pub next: Option<PageCursor>,
-}
+pub type ReservationPage = Page<Reservation>;
+
+/// A page of the concerts, oldest first.
+pub type ConcertPage = Page<Concert>;
+
+/// A page of a concert's schedules, by start.
+pub type SchedulePage = Page<Schedule, SchedulePosition>;
+
+/// A page of a schedule's seats, by number.
+pub type SeatPage = Page<Seat, SeatNo>;
 
 /// The wallet keys of one reservation's payments (`protocol::payment::use_key`): the reservation
 /// and its random nonce (none for a reservation made before nonces existed), so that no other
@@ -355,6 +423,26 @@ pub enum CancelOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_positions_round_trip_and_refuse_what_no_page_made() {
+        let position = SchedulePosition {
+            starts_at: DateTime::from_timestamp_micros(1_900_000_000_123_456).expect("a time"),
+            id: ScheduleId::parse(42).expect("an id"),
+        };
+        assert_eq!(
+            SchedulePosition::from_text(&position.to_text()),
+            Some(position)
+        );
+        for text in ["", "1.0", "1.-4", "x.4", "1", "99999999999999999999.4"] {
+            assert_eq!(SchedulePosition::from_text(text), None, "{text}");
+        }
+        let seat = SeatNo::parse(5_000).expect("a seat");
+        assert_eq!(SeatNo::from_text(&seat.to_text()), Some(seat));
+        for text in ["0", "-1", "99999999999", "5.0"] {
+            assert_eq!(SeatNo::from_text(text), None, "{text}");
+        }
+    }
 
     #[test]
     fn titles_are_not_blank_and_at_most_200_characters() {

@@ -168,37 +168,55 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     violations.into_status()
 }
 
-/// A page of one user's listing, parsed from a request's `user_id`, `page_size` and
-/// `page_token`: every bad field named at once, and a token judged against its listing and user.
+/// A keyset listing as requests name it: its name in page tokens, the request field naming
+/// its owner (empty for a listing of everything) and its page sizes.
 #[derive(Debug, Clone, Copy)]
-pub struct PageRequest {
-    pub user_id: crate::values::UserId,
-    pub page_size: crate::values::PageSize,
-    pub cursor: Option<crate::values::PageCursor>,
+pub struct Listing {
+    pub name: &'static str,
+    pub owner_field: &'static str,
+    pub sizes: crate::values::PageLimits,
 }
 
-impl PageRequest {
+/// A page of a listing, parsed from a request's owner (`user_id`, `concert_id`...),
+/// `page_size` and `page_token`: every bad field named at once, and a token judged against its
+/// listing and owner.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRequest<O, P = i64> {
+    pub owner: O,
+    pub page_size: crate::values::PageSize,
+    pub cursor: Option<crate::values::PageCursor<P>>,
+}
+
+impl<O, P: crate::values::Position> PageRequest<O, P> {
+    /// `owner` is the request's owner field, parsed into `O` by `parse_owner`.
     pub fn parse(
-        user_id: i64,
+        listing: &Listing,
+        owner: (
+            i64,
+            impl FnOnce(i64) -> Result<O, crate::values::InvalidValue>,
+        ),
         page_size: i32,
         page_token: &str,
-        listing: &str,
     ) -> Result<Self, Status> {
-        use crate::values::{PageCursor, PageSize, UserId};
+        use crate::values::{PageCursor, PageSize};
+        let (owner_id, parse_owner) = owner;
         let mut violations = FieldViolations::new();
-        let user_id = violations.check("user_id", UserId::parse(user_id));
-        let page_size = violations.check("page_size", PageSize::parse(page_size));
-        // A token can only be judged against a valid user.
-        let cursor = match user_id {
-            Some(user_id) => violations.check(
+        let owner = violations.check(listing.owner_field, parse_owner(owner_id));
+        let page_size = violations.check(
+            "page_size",
+            PageSize::parse_within(page_size, listing.sizes),
+        );
+        // A token can only be judged against a valid owner.
+        let cursor = match owner {
+            Some(_) => violations.check(
                 "page_token",
-                PageCursor::decode(page_token, listing, user_id.get()),
+                PageCursor::decode(page_token, listing.name, owner_id),
             ),
             None => Some(None),
         };
-        let (user_id, page_size, cursor) = all_valid!(violations, user_id, page_size, cursor);
+        let (owner, page_size, cursor) = all_valid!(violations, owner, page_size, cursor);
         Ok(Self {
-            user_id,
+            owner,
             page_size,
             cursor,
         })

@@ -64,40 +64,83 @@ pub fn parse_timestamp(value: &prost_types::Timestamp) -> Result<DateTime<Utc>, 
     DateTime::from_timestamp(value.seconds, nanos).ok_or(out_of_range)
 }
 
-/// Rows per page: `0` asks for the default of 50; at most 1000.
+/// The page sizes of one listing: `default` rows when a request asks for 0, at most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    pub default: u16,
+    pub max: u16,
+    /// The caller's error for a size outside `0..=max`.
+    pub out_of_range: &'static str,
+}
+
+/// Rows per page, within the limits of its listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageSize(u16);
 
 impl PageSize {
-    pub const DEFAULT: u16 = 50;
-    pub const MAX: u16 = 1000;
+    /// Most listings: 50 rows unless asked otherwise, at most 1000.
+    pub const ROWS: PageLimits = PageLimits {
+        default: 50,
+        max: 1000,
+        out_of_range: "must be between 0 and 1000",
+    };
 
+    /// A size within [`PageSize::ROWS`].
     pub fn parse(value: i32) -> Result<Self, InvalidValue> {
-        match value {
-            0 => Ok(Self(Self::DEFAULT)),
-            1..=1000 => Ok(Self(u16::try_from(value).unwrap_or(Self::MAX))),
-            _ => Err(InvalidValue("must be between 0 and 1000")),
+        Self::parse_within(value, Self::ROWS)
+    }
+
+    pub fn parse_within(value: i32, limits: PageLimits) -> Result<Self, InvalidValue> {
+        match u16::try_from(value) {
+            Ok(0) => Ok(Self(limits.default)),
+            Ok(size) if size <= limits.max => Ok(Self(size)),
+            _ => Err(InvalidValue(limits.out_of_range)),
         }
     }
 
     pub fn get(self) -> u16 {
         self.0
     }
+
+    /// The rows to ask the database for: one more than the page, to tell whether another follows.
+    pub fn query_limit(self) -> i64 {
+        i64::from(self.0) + 1
+    }
 }
 
-/// Where the next page of an owner's listing starts: below row id `before_id`, newest first.
-/// Opaque to callers (base64 of `<listing>:<owner>:<id>`); a token of another listing or owner,
-/// or not made by us, is rejected.
+/// A row's place in the order of a keyset listing, as its page tokens carry it.
+pub trait Position: Sized + Copy {
+    /// The position as text without `:`.
+    fn to_text(self) -> String;
+    /// What [`Position::to_text`] wrote; `None` for anything else.
+    fn from_text(text: &str) -> Option<Self>;
+}
+
+/// A row id, the position in listings ordered by id alone.
+impl Position for i64 {
+    fn to_text(self) -> String {
+        self.to_string()
+    }
+
+    fn from_text(text: &str) -> Option<Self> {
+        text.parse().ok().filter(|id| *id > 0)
+    }
+}
+
+/// Where the next page of a keyset listing starts: right after `last`, the position of the
+/// previous page's last row, among the rows of `owner` (a user, a concert, a schedule; 0 for a
+/// listing of everything). Opaque to callers (base64 of `<listing>:<owner>:<position>`); a
+/// token of another listing or owner, or not made by us, is rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PageCursor {
+pub struct PageCursor<P = i64> {
     pub owner: i64,
-    pub before_id: i64,
+    pub last: P,
 }
 
-impl PageCursor {
+impl<P: Position> PageCursor<P> {
     /// The token of this cursor in the listing named `listing`.
     pub fn encode(self, listing: &str) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{listing}:{}:{}", self.owner, self.before_id))
+        URL_SAFE_NO_PAD.encode(format!("{listing}:{}:{}", self.owner, self.last.to_text()))
     }
 
     /// Parses a token from a previous page of `owner`'s listing `listing`; empty means the
@@ -110,40 +153,44 @@ impl PageCursor {
         let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         let plain = String::from_utf8(bytes).map_err(|_| invalid())?;
         let mut parts = plain.split(':');
-        let (Some(found_listing), Some(found_owner), Some(before), None) =
+        let (Some(found_listing), Some(found_owner), Some(last), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(invalid());
         };
         let found_owner = found_owner.parse::<i64>().map_err(|_| invalid())?;
-        let before_id = before.parse::<i64>().map_err(|_| invalid())?;
-        if found_listing != listing || found_owner != owner || before_id <= 0 {
+        let last = P::from_text(last).ok_or_else(invalid)?;
+        if found_listing != listing || found_owner != owner {
             return Err(invalid());
         }
-        Ok(Some(Self { owner, before_id }))
+        Ok(Some(Self { owner, last }))
     }
 }
 
-/// Cuts one page from `rows`, a keyset listing of `owner`'s rows newest first that was asked
-/// for one row more than `size` (that extra row tells whether another page follows), and
-/// returns the page with the cursor of the next one. `id` names a row's keyset id.
-pub fn page<T>(
-    mut rows: Vec<T>,
-    size: PageSize,
-    owner: UserId,
-    id: impl Fn(&T) -> i64,
-) -> (Vec<T>, Option<PageCursor>) {
-    let size = usize::from(size.get());
-    let more = rows.len() > size;
-    rows.truncate(size);
-    let next = match rows.last() {
-        Some(last) if more => Some(PageCursor {
-            owner: owner.get(),
-            before_id: id(last),
-        }),
-        _ => None,
-    };
-    (rows, next)
+/// One page of a keyset listing and where the next one starts, if another follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, P = i64> {
+    pub rows: Vec<T>,
+    pub next: Option<PageCursor<P>>,
+}
+
+impl<T, P> Page<T, P> {
+    /// Cuts one page from `rows`, a keyset listing of `owner`'s rows in its order that was
+    /// asked for [`PageSize::query_limit`] rows (the extra row tells whether another page
+    /// follows). `position` names a row's place in the order.
+    pub fn cut(mut rows: Vec<T>, size: PageSize, owner: i64, position: impl Fn(&T) -> P) -> Self {
+        let size = usize::from(size.get());
+        let more = rows.len() > size;
+        rows.truncate(size);
+        let next = match rows.last() {
+            Some(last) if more => Some(PageCursor {
+                owner,
+                last: position(last),
+            }),
+            _ => None,
+        };
+        Self { rows, next }
+    }
 }
 
 #[cfg(test)]
@@ -152,19 +199,12 @@ mod tests {
 
     #[test]
     fn a_page_says_where_the_next_starts_only_when_there_is_one() {
-        let owner = UserId::parse(7).expect("a user");
         let size = PageSize::parse(2).expect("a size");
-        let (rows, next) = page(vec![9, 8, 7], size, owner, |id| *id);
-        assert_eq!(rows, [9, 8]);
-        assert_eq!(
-            next,
-            Some(PageCursor {
-                owner: 7,
-                before_id: 8
-            })
-        );
-        let (rows, next) = page(vec![9, 8], size, owner, |id| *id);
-        assert_eq!((rows.len(), next), (2, None));
+        let page = Page::cut(vec![9, 8, 7], size, 7, |id| *id);
+        assert_eq!(page.rows, [9, 8]);
+        assert_eq!(page.next, Some(PageCursor { owner: 7, last: 8 }));
+        let page = Page::cut(vec![9, 8], size, 7, |id| *id);
+        assert_eq!((page.rows.len(), page.next), (2, None));
     }
 
     #[test]
@@ -195,18 +235,27 @@ mod tests {
         assert_eq!(PageSize::parse(1000).map(PageSize::get), Ok(1000));
         assert!(PageSize::parse(1001).is_err());
         assert!(PageSize::parse(-1).is_err());
+        let seats = PageLimits {
+            default: 500,
+            max: 5000,
+            out_of_range: "must be between 0 and 5000",
+        };
+        assert_eq!(PageSize::parse_within(0, seats).map(PageSize::get), Ok(500));
+        assert_eq!(
+            PageSize::parse_within(5000, seats).map(PageSize::get),
+            Ok(5000)
+        );
+        assert!(PageSize::parse_within(5001, seats).is_err());
+        assert!(PageSize::parse_within(i32::MAX, seats).is_err());
     }
 
     #[test]
     fn a_cursor_round_trips_for_its_own_listing_and_owner_only() {
-        let cursor = PageCursor {
-            owner: 7,
-            before_id: 42,
-        };
+        let cursor = PageCursor { owner: 7, last: 42 };
         let token = cursor.encode("tx");
         assert_eq!(PageCursor::decode(&token, "tx", 7), Ok(Some(cursor)));
-        assert!(PageCursor::decode(&token, "tx", 8).is_err());
-        assert!(PageCursor::decode(&token, "rsv", 7).is_err());
+        assert!(PageCursor::<i64>::decode(&token, "tx", 8).is_err());
+        assert!(PageCursor::<i64>::decode(&token, "rsv", 7).is_err());
     }
 
     #[test]
@@ -221,7 +270,7 @@ mod tests {
         ];
         for token in &malformed {
             assert!(
-                PageCursor::decode(token, "tx", 7).is_err(),
+                PageCursor::<i64>::decode(token, "tx", 7).is_err(),
                 "{token} accepted"
             );
         }

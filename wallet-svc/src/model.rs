@@ -9,10 +9,15 @@ use shared::auth::Caller;
 
 pub use protocol::wallet::Refusal;
 pub use protocol::wallet::{MAX_AMOUNT, MAX_BALANCE};
-pub use shared::values::{InvalidValue, PageCursor, PageSize, UserId};
+pub use shared::error::Listing;
+pub use shared::values::{InvalidValue, Page, PageCursor, PageSize, UserId};
 
-/// Names the ledger listing in its page tokens.
-pub const TRANSACTIONS_LISTING: &str = "tx";
+/// A user's ledger, newest first.
+pub const TRANSACTIONS_LISTING: Listing = Listing {
+    name: "tx",
+    owner_field: "user_id",
+    sizes: PageSize::ROWS,
+};
 
 /// An amount one operation moves: `1 ..= MAX_AMOUNT` points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,11 +127,7 @@ pub struct Transaction {
 }
 
 /// A page of a user's ledger, newest first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransactionPage {
-    pub transactions: Vec<Transaction>,
-    pub next: Option<PageCursor>,
-}
+pub type TransactionPage = Page<Transaction>;
 
 /// One requested change of a user's balance, under the caller's idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]

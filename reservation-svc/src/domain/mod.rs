@@ -10,10 +10,10 @@ use protocol::payment::UseReply;
 
 use crate::lock::{LockError, SeatLocks};
 use crate::model::{
-    CancelOutcome, Concert, ConcertId, DEFAULT_MAX_ACTIVE_HOLDS_PER_USER, HoldOutcome, HoldRequest,
-    HoldTerms, NewSchedule, OwnerRequest, PageCursor, PageSize, PaymentAttempt, Refusal,
-    Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat, SettleOutcome, Title,
-    UserId,
+    CancelOutcome, Concert, ConcertId, ConcertPage, DEFAULT_MAX_ACTIVE_HOLDS_PER_USER, HoldOutcome,
+    HoldRequest, HoldTerms, NewSchedule, OwnerRequest, PageCursor, PageSize, PaymentAttempt,
+    Refusal, Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, SchedulePage,
+    SchedulePosition, SeatNo, SeatPage, SettleOutcome, Title, UserId,
 };
 use crate::store::{Store, StoreError};
 use crate::wallet_client::{RefundError, Wallet};
@@ -136,23 +136,34 @@ impl Reservations {
             .ok_or(ReservationError::NotFound("concert"))
     }
 
-    pub async fn concerts(&self) -> Result<Vec<Concert>, ReservationError> {
-        Ok(self.store.concerts().await?)
+    pub async fn concerts(
+        &self,
+        page_size: PageSize,
+        cursor: Option<PageCursor>,
+    ) -> Result<ConcertPage, ReservationError> {
+        Ok(self.store.concerts(page_size, cursor).await?)
     }
 
     pub async fn schedules(
         &self,
         concert_id: ConcertId,
-    ) -> Result<Vec<Schedule>, ReservationError> {
+        page_size: PageSize,
+        cursor: Option<PageCursor<SchedulePosition>>,
+    ) -> Result<SchedulePage, ReservationError> {
         self.store
-            .schedules(concert_id)
+            .schedules(concert_id, page_size, cursor)
             .await?
             .ok_or(ReservationError::NotFound("concert"))
     }
 
-    pub async fn seats(&self, schedule_id: ScheduleId) -> Result<Vec<Seat>, ReservationError> {
+    pub async fn seats(
+        &self,
+        schedule_id: ScheduleId,
+        page_size: PageSize,
+        cursor: Option<PageCursor<SeatNo>>,
+    ) -> Result<SeatPage, ReservationError> {
         self.store
-            .seats(schedule_id)
+            .seats(schedule_id, page_size, cursor)
             .await?
             .ok_or(ReservationError::NotFound("schedule"))
     }

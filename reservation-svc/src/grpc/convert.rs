@@ -3,16 +3,17 @@
 
 use chrono::{DateTime, Utc};
 use shared::all_valid;
-use shared::error::{FieldViolations, invalid_field};
+use shared::error::{FieldViolations, Listing, PageRequest, invalid_field};
 use shared::proto::reservation::v1 as pb;
 use shared::proto::timestamp;
 use shared::values::{InvalidValue, parse_timestamp};
 use tonic::Status;
 
 use crate::model::{
-    Concert, ConcertId, HoldRequest, NewSchedule, OwnerRequest, Price, RESERVATIONS_LISTING,
-    Reservation, ReservationId, ReservationPage, Schedule, ScheduleId, Seat, SeatCount, SeatNo,
-    SeatView, Status as ReservationStatus, Title, UserId,
+    CONCERTS_LISTING, Concert, ConcertId, ConcertPage, HoldRequest, NewSchedule, OwnerRequest,
+    Page, Position, Price, RESERVATIONS_LISTING, Reservation, ReservationId, ReservationPage,
+    SCHEDULES_LISTING, SEATS_LISTING, Schedule, ScheduleId, SchedulePage, SchedulePosition, Seat,
+    SeatCount, SeatNo, SeatPage, SeatView, Status as ReservationStatus, Title, UserId,
 };
 
 /// A request that names one thing by its id.
@@ -28,20 +29,46 @@ pub fn title(request: pb::CreateConcertRequest) -> Result<Title, Status> {
     Title::parse(request.title).map_err(|error| invalid_field("title", error.to_string()))
 }
 
-impl TryFrom<pb::ListSchedulesRequest> for ById<ConcertId> {
-    type Error = Status;
-
-    fn try_from(request: pb::ListSchedulesRequest) -> Result<Self, Status> {
-        one_id("concert_id", ConcertId::parse(request.concert_id))
-    }
+pub fn list_concerts(request: &pb::ListConcertsRequest) -> Result<PageRequest<()>, Status> {
+    PageRequest::parse(
+        &CONCERTS_LISTING,
+        (0, |_| Ok(())),
+        request.page_size,
+        &request.page_token,
+    )
 }
 
-impl TryFrom<pb::ListSeatsRequest> for ById<ScheduleId> {
-    type Error = Status;
+pub fn list_schedules(
+    request: &pb::ListSchedulesRequest,
+) -> Result<PageRequest<ConcertId, SchedulePosition>, Status> {
+    PageRequest::parse(
+        &SCHEDULES_LISTING,
+        (request.concert_id, ConcertId::parse),
+        request.page_size,
+        &request.page_token,
+    )
+}
 
-    fn try_from(request: pb::ListSeatsRequest) -> Result<Self, Status> {
-        one_id("schedule_id", ScheduleId::parse(request.schedule_id))
-    }
+pub fn list_seats(
+    request: &pb::ListSeatsRequest,
+) -> Result<PageRequest<ScheduleId, SeatNo>, Status> {
+    PageRequest::parse(
+        &SEATS_LISTING,
+        (request.schedule_id, ScheduleId::parse),
+        request.page_size,
+        &request.page_token,
+    )
+}
+
+pub fn list_reservations(
+    request: &pb::ListReservationsRequest,
+) -> Result<PageRequest<UserId>, Status> {
+    PageRequest::parse(
+        &RESERVATIONS_LISTING,
+        (request.user_id, UserId::parse),
+        request.page_size,
+        &request.page_token,
+    )
 }
 
 impl TryFrom<pb::GetReservationRequest> for ById<ReservationId> {
@@ -190,14 +217,37 @@ impl From<Reservation> for pb::Reservation {
     }
 }
 
-impl From<ReservationPage> for pb::ListReservationsResponse {
-    fn from(page: ReservationPage) -> Self {
-        Self {
-            reservations: page.reservations.into_iter().map(Into::into).collect(),
-            next_page_token: page
-                .next
-                .map(|cursor| cursor.encode(RESERVATIONS_LISTING))
-                .unwrap_or_default(),
-        }
+/// The token of the page after `page` in `listing`; empty when it was the last.
+fn next_page_token<T, P: Position>(page: &Page<T, P>, listing: &Listing) -> String {
+    page.next
+        .map(|cursor| cursor.encode(listing.name))
+        .unwrap_or_default()
+}
+
+pub fn concert_page(page: ConcertPage) -> pb::ListConcertsResponse {
+    pb::ListConcertsResponse {
+        next_page_token: next_page_token(&page, &CONCERTS_LISTING),
+        concerts: page.rows.into_iter().map(Into::into).collect(),
+    }
+}
+
+pub fn schedule_page(page: SchedulePage) -> pb::ListSchedulesResponse {
+    pb::ListSchedulesResponse {
+        next_page_token: next_page_token(&page, &SCHEDULES_LISTING),
+        schedules: page.rows.into_iter().map(Into::into).collect(),
+    }
+}
+
+pub fn seat_page(page: SeatPage) -> pb::ListSeatsResponse {
+    pb::ListSeatsResponse {
+        next_page_token: next_page_token(&page, &SEATS_LISTING),
+        seats: page.rows.into_iter().map(Into::into).collect(),
+    }
+}
+
+pub fn reservation_page(page: ReservationPage) -> pb::ListReservationsResponse {
+    pb::ListReservationsResponse {
+        next_page_token: next_page_token(&page, &RESERVATIONS_LISTING),
+        reservations: page.rows.into_iter().map(Into::into).collect(),
     }
 }

@@ -8,7 +8,6 @@ use shared::proto::reservation::v1::reservation_service_server::ReservationServi
 use tonic::{Request, Response, Status};
 
 use crate::domain::{ReservationError, Reservations};
-use crate::model::RESERVATIONS_LISTING;
 use convert::ById;
 use shared::error::PageRequest;
 
@@ -48,34 +47,45 @@ impl ReservationService for ReservationGrpc {
 
     async fn list_concerts(
         &self,
-        _request: Request<pb::ListConcertsRequest>,
+        request: Request<pb::ListConcertsRequest>,
     ) -> Result<Response<pb::ListConcertsResponse>, Status> {
-        let concerts = self.reservations.concerts().await?;
-        Ok(Response::new(pb::ListConcertsResponse {
-            concerts: concerts.into_iter().map(Into::into).collect(),
-        }))
+        let PageRequest {
+            page_size, cursor, ..
+        } = convert::list_concerts(request.get_ref())?;
+        let page = self.reservations.concerts(page_size, cursor).await?;
+        Ok(Response::new(convert::concert_page(page)))
     }
 
     async fn list_schedules(
         &self,
         request: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        let ById(concert_id) = request.into_inner().try_into()?;
-        let schedules = self.reservations.schedules(concert_id).await?;
-        Ok(Response::new(pb::ListSchedulesResponse {
-            schedules: schedules.into_iter().map(Into::into).collect(),
-        }))
+        let PageRequest {
+            owner: concert_id,
+            page_size,
+            cursor,
+        } = convert::list_schedules(request.get_ref())?;
+        let page = self
+            .reservations
+            .schedules(concert_id, page_size, cursor)
+            .await?;
+        Ok(Response::new(convert::schedule_page(page)))
     }
 
     async fn list_seats(
         &self,
         request: Request<pb::ListSeatsRequest>,
     ) -> Result<Response<pb::ListSeatsResponse>, Status> {
-        let ById(schedule_id) = request.into_inner().try_into()?;
-        let seats = self.reservations.seats(schedule_id).await?;
-        Ok(Response::new(pb::ListSeatsResponse {
-            seats: seats.into_iter().map(Into::into).collect(),
-        }))
+        let PageRequest {
+            owner: schedule_id,
+            page_size,
+            cursor,
+        } = convert::list_seats(request.get_ref())?;
+        let page = self
+            .reservations
+            .seats(schedule_id, page_size, cursor)
+            .await?;
+        Ok(Response::new(convert::seat_page(page)))
     }
 
     async fn hold_seat(
@@ -136,19 +146,14 @@ impl ReservationService for ReservationGrpc {
         let mut request = request.into_inner();
         request.user_id = caller.acting_for(request.user_id)?;
         let PageRequest {
-            user_id,
+            owner: user_id,
             page_size,
             cursor,
-        } = PageRequest::parse(
-            request.user_id,
-            request.page_size,
-            &request.page_token,
-            RESERVATIONS_LISTING,
-        )?;
+        } = convert::list_reservations(&request)?;
         let page = self
             .reservations
             .reservations(user_id, page_size, cursor)
             .await?;
-        Ok(Response::new(page.into()))
+        Ok(Response::new(convert::reservation_page(page)))
     }
 }

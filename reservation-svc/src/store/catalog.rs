@@ -3,15 +3,16 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Timestamptz};
+use diesel::sql_types::{BigInt, Integer, Nullable, Timestamptz};
 use diesel_async::RunQueryDsl;
 
 use super::models::{ACTIVE_STATUSES_SQL, ConcertRow, ReservationRow, ScheduleRow, SeatRow};
-use super::schema::{concerts, reservations};
+use super::schema::{concerts, reservations, schedules};
 use super::{Store, StoreError, db_now};
 use crate::model::{
-    Concert, ConcertId, NewSchedule, PageCursor, PageSize, Reservation, ReservationId,
-    ReservationPage, Schedule, ScheduleId, Seat, Title, UserId,
+    Concert, ConcertId, ConcertPage, NewSchedule, Page, PageCursor, PageSize, Reservation,
+    ReservationId, ReservationPage, Schedule, ScheduleId, SchedulePage, SchedulePosition, Seat,
+    SeatNo, SeatPage, Title, UserId,
 };
 
 impl Store {
@@ -43,23 +44,40 @@ impl Store {
         row.map(TryInto::try_into).transpose()
     }
 
-    pub async fn concerts(&self) -> Result<Vec<Concert>, StoreError> {
+    /// A page of the concerts, oldest first, after the cursor's id.
+    pub async fn concerts(
+        &self,
+        page_size: PageSize,
+        cursor: Option<PageCursor>,
+    ) -> Result<ConcertPage, StoreError> {
         let mut conn = self.pool.get().await?;
+        let after = cursor.map_or(0, |cursor| cursor.last);
         let rows = concerts::table
+            .filter(concerts::id.gt(after))
             .order(concerts::id)
+            .limit(page_size.query_limit())
             .select(ConcertRow::as_select())
             .load(&mut conn)
             .await?;
-        rows.into_iter().map(TryInto::try_into).collect()
+        let concerts = rows
+            .into_iter()
+            .map(Concert::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(Page::cut(concerts, page_size, 0, |concert: &Concert| {
+            concert.id.get()
+        }))
     }
 
-    /// The concert's schedules with their seats available right now; `None` for an unknown
-    /// concert. Available = seats minus reservations that own their seat at `now()` (a lapsed
-    /// hold does not, as `protocol::reservation::ReservationState::holds_seat` says).
+    /// A page of the concert's schedules, by start then id, after the cursor's, with their seats
+    /// available right now; `None` for an unknown concert. Available = seats minus reservations
+    /// that own their seat at `now()` (a lapsed hold does not, as
+    /// `protocol::reservation::ReservationState::holds_seat` says).
     pub async fn schedules(
         &self,
         concert_id: ConcertId,
-    ) -> Result<Option<Vec<Schedule>>, StoreError> {
+        page_size: PageSize,
+        cursor: Option<PageCursor<SchedulePosition>>,
+    ) -> Result<Option<SchedulePage>, StoreError> {
         let mut conn = self.pool.get().await?;
         let exists = concerts::table
             .find(concert_id.get())
@@ -70,6 +88,7 @@ impl Store {
         if exists.is_none() {
             return Ok(None);
         }
+        let after = cursor.map(|cursor| cursor.last);
         let rows = diesel::sql_query(format!(
             "SELECT s.id, s.concert_id, s.starts_at, s.seat_count, s.seat_price, \
                     s.seat_count - ( \
@@ -78,19 +97,40 @@ impl Store {
                           AND r.status IN {ACTIVE_STATUSES_SQL} \
                           AND NOT (r.status = 'HELD' AND r.expires_at <= now()) \
                     )::INTEGER AS available_seats \
-             FROM schedules s WHERE s.concert_id = $1 ORDER BY s.starts_at, s.id"
+             FROM schedules s \
+             WHERE s.concert_id = $1 \
+               AND ($2::timestamptz IS NULL OR (s.starts_at, s.id) > ($2, $3)) \
+             ORDER BY s.starts_at, s.id LIMIT $4"
         ))
         .bind::<BigInt, _>(concert_id.get())
+        .bind::<Nullable<Timestamptz>, _>(after.map(|after| after.starts_at))
+        .bind::<BigInt, _>(after.map_or(0, |after| after.id.get()))
+        .bind::<BigInt, _>(page_size.query_limit())
         .load::<ScheduleRow>(&mut conn)
         .await?;
-        rows.into_iter()
-            .map(TryInto::try_into)
-            .collect::<Result<_, _>>()
-            .map(Some)
+        let schedules = rows
+            .into_iter()
+            .map(Schedule::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Page::cut(
+            schedules,
+            page_size,
+            concert_id.get(),
+            |schedule: &Schedule| SchedulePosition {
+                starts_at: schedule.starts_at,
+                id: schedule.id,
+            },
+        )))
     }
 
-    /// Every seat of the schedule as it reads now; `None` for an unknown schedule.
-    pub async fn seats(&self, schedule_id: ScheduleId) -> Result<Option<Vec<Seat>>, StoreError> {
+    /// A page of the schedule's seats, by number after the cursor's, as they read now; `None`
+    /// for an unknown schedule.
+    pub async fn seats(
+        &self,
+        schedule_id: ScheduleId,
+        page_size: PageSize,
+        cursor: Option<PageCursor<SeatNo>>,
+    ) -> Result<Option<SeatPage>, StoreError> {
         let mut conn = self.pool.get().await?;
         let rows = diesel::sql_query(format!(
             "SELECT s.seat_no, s.price, r.id AS reservation_id, r.user_id, r.status, \
@@ -99,18 +139,36 @@ impl Store {
              LEFT JOIN reservations r \
                ON r.schedule_id = s.schedule_id AND r.seat_no = s.seat_no \
               AND r.status IN {ACTIVE_STATUSES_SQL} \
-             WHERE s.schedule_id = $1 ORDER BY s.seat_no"
+             WHERE s.schedule_id = $1 AND s.seat_no > $2 \
+             ORDER BY s.seat_no LIMIT $3"
         ))
         .bind::<BigInt, _>(schedule_id.get())
+        .bind::<Integer, _>(cursor.map_or(0, |cursor| cursor.last.get()))
+        .bind::<BigInt, _>(page_size.query_limit())
         .load::<SeatRow>(&mut conn)
         .await?;
+        // A schedule has at least one seat, so only a page past its last seat can be empty.
         if rows.is_empty() {
-            return Ok(None);
+            let exists = schedules::table
+                .find(schedule_id.get())
+                .select(schedules::id)
+                .first::<i64>(&mut conn)
+                .await
+                .optional()?;
+            if exists.is_none() {
+                return Ok(None);
+            }
         }
-        rows.into_iter()
+        let seats = rows
+            .into_iter()
             .map(SeatRow::into_seat)
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+            .collect::<Result<_, _>>()?;
+        Ok(Some(Page::cut(
+            seats,
+            page_size,
+            schedule_id.get(),
+            |seat: &Seat| seat.seat_no,
+        )))
     }
 
     pub async fn reservation(&self, id: ReservationId) -> Result<Option<Reservation>, StoreError> {
@@ -135,21 +193,24 @@ impl Store {
         let mut query = reservations::table
             .filter(reservations::user_id.eq(user_id.get()))
             .order(reservations::id.desc())
-            // One row more than asked tells whether another page follows.
-            .limit(i64::from(page_size.get()) + 1)
+            .limit(page_size.query_limit())
             .select((ReservationRow::as_select(), db_now()))
             .into_boxed();
         if let Some(cursor) = cursor {
-            query = query.filter(reservations::id.lt(cursor.before_id));
+            query = query.filter(reservations::id.lt(cursor.last));
         }
         let rows = query
             .load::<(ReservationRow, DateTime<Utc>)>(&mut conn)
             .await?;
-        let (rows, next) = shared::values::page(rows, page_size, user_id, |(row, _)| row.id);
         let reservations = rows
             .into_iter()
             .map(|(row, now)| row.into_reservation(now))
             .collect::<Result<_, _>>()?;
-        Ok(ReservationPage { reservations, next })
+        Ok(Page::cut(
+            reservations,
+            page_size,
+            user_id.get(),
+            |reservation: &Reservation| reservation.id.get(),
+        ))
     }
 }

@@ -185,6 +185,8 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
     let schedule_id = app.schedule_with_seats(5_000).await;
     let request = frame(&prost::Message::encode_to_vec(&pb::ListSeatsRequest {
         schedule_id,
+        page_size: 5_000,
+        page_token: String::new(),
     }));
 
     let mut h2 = h2_connection(&app, 1_024).await;
@@ -204,7 +206,10 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
     // Both places are held by answers not yet sent.
     let status = app
         .client()
-        .list_seats(pb::ListSeatsRequest { schedule_id })
+        .list_seats(pb::ListSeatsRequest {
+            schedule_id,
+            ..Default::default()
+        })
         .await
         .map(|_| ())
         .expect_err("no place left");
@@ -215,7 +220,11 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
     loop {
         match app
             .client()
-            .list_seats(pb::ListSeatsRequest { schedule_id })
+            .list_seats(pb::ListSeatsRequest {
+                schedule_id,
+                page_size: 5_000,
+                page_token: String::new(),
+            })
             .await
         {
             Ok(seats) => {

@@ -215,13 +215,40 @@ impl TestApp {
         format!("{}seat:{{{schedule_id}}}:{seat_no}", self.key_prefix)
     }
 
+    /// Every seat of the schedule, read page by page.
     pub async fn seats(&self, schedule_id: i64) -> Vec<pb::Seat> {
-        self.client()
-            .list_seats(pb::ListSeatsRequest { schedule_id })
-            .await
-            .expect("seats")
-            .into_inner()
-            .seats
+        let pages = self.seat_pages(schedule_id, 5_000, async |_| {}).await;
+        pages.into_iter().flatten().collect()
+    }
+
+    /// Every page of the schedule's seats of `page_size`; calls `between` after each page but
+    /// the last with the number of pages read so far.
+    pub async fn seat_pages(
+        &self,
+        schedule_id: i64,
+        page_size: i32,
+        mut between: impl AsyncFnMut(usize),
+    ) -> Vec<Vec<pb::Seat>> {
+        let mut pages = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client()
+                .list_seats(pb::ListSeatsRequest {
+                    schedule_id,
+                    page_size,
+                    page_token,
+                })
+                .await
+                .expect("seats")
+                .into_inner();
+            pages.push(page.seats);
+            if page.next_page_token.is_empty() {
+                return pages;
+            }
+            page_token = page.next_page_token;
+            between(pages.len()).await;
+        }
     }
 
     pub async fn reservation(&self, reservation_id: i64) -> pb::Reservation {

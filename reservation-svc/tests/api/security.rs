@@ -245,6 +245,7 @@ async fn only_admins_create_concerts_and_schedules() {
         .list_seats(with_token(
             pb::ListSeatsRequest {
                 schedule_id: schedule,
+                ..Default::default()
             },
             &user,
         ))

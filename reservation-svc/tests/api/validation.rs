@@ -10,6 +10,7 @@ use crate::helpers::{Client, spawn_app};
 enum Call {
     Concert(pb::CreateConcertRequest),
     Schedule(pb::CreateScheduleRequest),
+    Concerts(pb::ListConcertsRequest),
     Schedules(pb::ListSchedulesRequest),
     Seats(pb::ListSeatsRequest),
     Hold(pb::HoldSeatRequest),
@@ -23,6 +24,7 @@ async fn send(mut client: Client, call: Call) -> Result<(), tonic::Status> {
     match call {
         Call::Concert(request) => client.create_concert(request).await.map(|_| ()),
         Call::Schedule(request) => client.create_schedule(request).await.map(|_| ()),
+        Call::Concerts(request) => client.list_concerts(request).await.map(|_| ()),
         Call::Schedules(request) => client.list_schedules(request).await.map(|_| ()),
         Call::Seats(request) => client.list_seats(request).await.map(|_| ()),
         Call::Hold(request) => client.hold_seat(request).await.map(|_| ()),
@@ -133,13 +135,74 @@ async fn every_bad_input_is_invalid_argument_naming_its_fields_and_writes_nothin
         ),
         (
             "schedules of concert 0",
-            Call::Schedules(pb::ListSchedulesRequest { concert_id: 0 }),
+            Call::Schedules(pb::ListSchedulesRequest {
+                concert_id: 0,
+                ..Default::default()
+            }),
             &["concert_id"],
         ),
         (
             "seats of schedule 0",
-            Call::Seats(pb::ListSeatsRequest { schedule_id: 0 }),
+            Call::Seats(pb::ListSeatsRequest {
+                schedule_id: 0,
+                ..Default::default()
+            }),
             &["schedule_id"],
+        ),
+        (
+            "a page of 1001 concerts",
+            Call::Concerts(pb::ListConcertsRequest {
+                page_size: 1_001,
+                page_token: String::new(),
+            }),
+            &["page_size"],
+        ),
+        (
+            "a concert page token made up",
+            Call::Concerts(pb::ListConcertsRequest {
+                page_size: 0,
+                page_token: "bm90IGEgdG9rZW4".to_owned(),
+            }),
+            &["page_token"],
+        ),
+        (
+            "a page of -1 schedules and a token of seats",
+            Call::Schedules(pb::ListSchedulesRequest {
+                concert_id: 1,
+                page_size: -1,
+                // "seat:1:5", a seat page's token.
+                page_token: "c2VhdDoxOjU".to_owned(),
+            }),
+            &["page_size", "page_token"],
+        ),
+        (
+            "a page of 5001 seats",
+            Call::Seats(pb::ListSeatsRequest {
+                schedule_id: 1,
+                page_size: 5_001,
+                page_token: String::new(),
+            }),
+            &["page_size"],
+        ),
+        (
+            "a seat page token of another schedule",
+            Call::Seats(pb::ListSeatsRequest {
+                schedule_id: 2,
+                page_size: 0,
+                // "seat:1:5".
+                page_token: "c2VhdDoxOjU".to_owned(),
+            }),
+            &["page_token"],
+        ),
+        (
+            "a seat page token past seat numbers",
+            Call::Seats(pb::ListSeatsRequest {
+                schedule_id: 1,
+                page_size: 0,
+                // "seat:1:99999999999".
+                page_token: "c2VhdDoxOjk5OTk5OTk5OTk5".to_owned(),
+            }),
+            &["page_token"],
         ),
         (
             "hold by user 0",
@@ -236,7 +299,7 @@ async fn invisible_titles_and_timestamps_with_nanos_past_a_second_are_refused_an
     app.schedule_with_seats(1).await;
     let concert_id = app
         .client()
-        .list_concerts(pb::ListConcertsRequest {})
+        .list_concerts(pb::ListConcertsRequest::default())
         .await
         .expect("concerts")
         .into_inner()

@@ -119,14 +119,12 @@ impl From<Transaction> for pb::WalletTransaction {
     }
 }
 
-impl From<TransactionPage> for pb::ListTransactionsResponse {
-    fn from(page: TransactionPage) -> Self {
-        Self {
-            transactions: page.transactions.into_iter().map(Into::into).collect(),
-            next_page_token: page
-                .next
-                .map(|cursor| cursor.encode(TRANSACTIONS_LISTING))
-                .unwrap_or_default(),
-        }
+pub fn transaction_page(page: TransactionPage) -> pb::ListTransactionsResponse {
+    pb::ListTransactionsResponse {
+        transactions: page.rows.into_iter().map(Into::into).collect(),
+        next_page_token: page
+            .next
+            .map(|cursor| cursor.encode(TRANSACTIONS_LISTING.name))
+            .unwrap_or_default(),
     }
 }

@@ -11,7 +11,7 @@ use shared::error::{Reason, status_with_reason};
 use tonic::{Code, Request, Response, Status};
 
 use crate::domain::Wallets;
-use crate::model::{KeyScope, MoneyMovement, TRANSACTIONS_LISTING};
+use crate::model::{KeyScope, MoneyMovement, TRANSACTIONS_LISTING, UserId};
 use convert::BalanceQuery;
 use shared::error::PageRequest;
 
@@ -117,19 +117,19 @@ impl WalletService for WalletGrpc {
         let mut request = request.into_inner();
         request.user_id = caller.acting_for(request.user_id)?;
         let PageRequest {
-            user_id,
+            owner: user_id,
             page_size,
             cursor,
         } = PageRequest::parse(
-            request.user_id,
+            &TRANSACTIONS_LISTING,
+            (request.user_id, UserId::parse),
             request.page_size,
             &request.page_token,
-            TRANSACTIONS_LISTING,
         )?;
         let page = self
             .wallets
             .transactions(user_id, page_size, cursor)
             .await?;
-        Ok(Response::new(page.into()))
+        Ok(Response::new(convert::transaction_page(page)))
     }
 }

@@ -13,7 +13,8 @@ use shared::db::PgPool;
 pub use shared::db::StoreError;
 
 use crate::model::{
-    MoneyMovement, MovementOutcome, PageCursor, PageSize, Transaction, TransactionPage, UserId,
+    MoneyMovement, MovementOutcome, Page, PageCursor, PageSize, Transaction, TransactionPage,
+    UserId,
 };
 use batch::{Abort, apply_batch};
 use models::TransactionRow;
@@ -99,24 +100,25 @@ impl Store {
         cursor: Option<PageCursor>,
     ) -> Result<TransactionPage, StoreError> {
         let mut conn = self.pool.get().await?;
-        let limit = i64::from(page_size.get());
         let mut query = wallet_transactions::table
             .filter(wallet_transactions::user_id.eq(user_id.get()))
             .order(wallet_transactions::id.desc())
-            // One row more than asked tells whether another page follows.
-            .limit(limit + 1)
+            .limit(page_size.query_limit())
             .select(TransactionRow::as_select())
             .into_boxed();
         if let Some(cursor) = cursor {
-            query = query.filter(wallet_transactions::id.lt(cursor.before_id));
+            query = query.filter(wallet_transactions::id.lt(cursor.last));
         }
         let rows = query.load(&mut conn).await?;
-        let (rows, next) =
-            shared::values::page(rows, page_size, user_id, |row: &TransactionRow| row.id);
         let transactions = rows
             .into_iter()
             .map(Transaction::try_from)
             .collect::<Result<_, _>>()?;
-        Ok(TransactionPage { transactions, next })
+        Ok(Page::cut(
+            transactions,
+            page_size,
+            user_id.get(),
+            |transaction: &Transaction| transaction.id,
+        ))
     }
 }
