@@ -192,7 +192,7 @@ impl Service for Application {
             sweeper.abort();
             reconciler.abort();
         };
-        let acceptor = Acceptor::new(self.listener, self.config.server.max_connections.get());
+        let acceptor = Acceptor::new(self.listener, &self.config.server);
         let served = shared::server::serve(
             self.router,
             acceptor,

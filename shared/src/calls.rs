@@ -2,15 +2,19 @@
 //! stacks it:
 //!
 //! 1. [`Receive`]: a call's request (one message: every call but reflection's) arrives whole,
-//!    within `REQUEST_RECEIVE_TIMEOUT` of its headers and within `MAX_REQUEST_BYTES`, before it
-//!    takes anything else; a stream that sends headers and never a body holds no place.
+//!    within `REQUEST_RECEIVE_TIMEOUT` of its headers, within `MAX_REQUEST_BYTES` and within
+//!    the byte budgets of its connection and the server ([`crate::connection::Load`]), before
+//!    it takes anything else; a stream that sends headers and never a body holds no place. The
+//!    call counts on its connection (which is closed when idle) until its answer has been sent.
 //! 2. [`CallLimit`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at once;
 //!    streaming calls take a place among the open streams instead ([`StreamLimit`]).
 //! 3. [`RpcTimeout`]: `RPC_TIMEOUT` for the whole call.
 //!
 //!    Both the place and the time are held until the answer's body has been sent (or the
 //!    client has gone): a client that does not read its answers keeps its calls counted, and
-//!    an answer still unsent at the deadline is dropped with its stream.
+//!    an answer still unsent at the deadline is dropped with its stream. An answer's unsent
+//!    bytes count against the byte budgets; one larger than a chunk that does not fit is
+//!    refused with `RESOURCE_EXHAUSTED` in its trailers.
 //! 4. [`DecodeErrorsLayer`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
 //!    `BadRequest`, not tonic's `INTERNAL`.
 //! 5. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
@@ -29,14 +33,15 @@ use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
+use crate::connection::{Buffered, Load, OpenCall, Peer};
 use crate::metrics::{RPC_IN_FLIGHT, RPC_SHED, STREAMS_OPEN};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -77,6 +82,8 @@ enum Shed {
     SlowReader,
     /// Too many streaming calls were open, on the connection or in all.
     Streams,
+    /// The bytes held for the connection's calls, or all calls, were at their budget.
+    Buffers,
 }
 
 impl Shed {
@@ -87,6 +94,7 @@ impl Shed {
             Self::SlowRequest => "slow_request",
             Self::SlowReader => "slow_reader",
             Self::Streams => "streams",
+            Self::Buffers => "buffers",
         };
         tracing::debug!(method, reason, "call shed");
         metrics::counter!(RPC_SHED, "reason" => reason).increment(1);
@@ -147,7 +155,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        // Counted on its connection from here until its answer has been sent (see `CallLimit`).
+        let load = request
+            .extensions()
+            .get::<Peer>()
+            .map(|peer| Arc::clone(&peer.load));
+        if let Some(load) = &load {
+            request.extensions_mut().insert(load.call());
+        }
         if sends_a_stream(request.uri().path()) {
             return Box::pin(self.inner.call(request));
         }
@@ -161,35 +177,80 @@ where
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let method = parts.uri.path();
+            let mut buffered = load.as_ref().map(Load::buffered);
             let received =
-                tokio::time::timeout(within, Limited::new(body, max_body_bytes).collect()).await;
-            let body = match received {
-                Ok(Ok(collected)) => collected.to_bytes(),
-                Ok(Err(error)) if error.is::<LengthLimitError>() => {
+                tokio::time::timeout(within, receive(body, max_body_bytes, buffered.as_mut()))
+                    .await;
+            let refused = match received {
+                Ok(Ok(body)) => {
+                    let body = tonic::body::Body::new(Full::<Bytes>::new(body));
+                    // The request's bytes stay counted until its handler has answered.
+                    let answered = inner.call(http::Request::from_parts(parts, body)).await;
+                    drop(buffered);
+                    return answered;
+                }
+                Ok(Err(Unreceived::TooLarge)) => {
                     Shed::TooLarge.count(method);
-                    return Ok(tonic::Status::resource_exhausted(format!(
+                    tonic::Status::resource_exhausted(format!(
                         "the request is larger than the server takes ({} bytes of message)",
                         max_body_bytes - FRAME_PREFIX_BYTES
                     ))
-                    .into_http());
                 }
-                Ok(Err(_)) => {
-                    return Ok(
-                        tonic::Status::cancelled("the request's body was cut off").into_http()
-                    );
+                Ok(Err(Unreceived::Buffers)) => {
+                    Shed::Buffers.count(method);
+                    tonic::Status::resource_exhausted(BUFFERS_FULL)
+                }
+                Ok(Err(Unreceived::CutOff)) => {
+                    tonic::Status::cancelled("the request's body was cut off")
                 }
                 Err(_) => {
                     Shed::SlowRequest.count(method);
-                    return Ok(tonic::Status::deadline_exceeded(format!(
+                    tonic::Status::deadline_exceeded(format!(
                         "the request's body did not arrive within {within:?} of its headers"
                     ))
-                    .into_http());
                 }
             };
-            let body = tonic::body::Body::new(Full::<Bytes>::new(body));
-            inner.call(http::Request::from_parts(parts, body)).await
+            Ok(refused.into_http())
         })
     }
+}
+
+/// What a client is told when the bytes held for its connection's calls, or for all calls, are
+/// at their budget.
+const BUFFERS_FULL: &str = "the server holds as many bytes as it takes for this connection's calls or for all; read \
+     your answers, or retry later";
+
+/// Why a request's body was not received.
+enum Unreceived {
+    TooLarge,
+    Buffers,
+    CutOff,
+}
+
+/// Receives a request's body whole: at most `max_bytes`, each byte held within the budgets of
+/// `buffered`.
+async fn receive(
+    mut body: tonic::body::Body,
+    max_bytes: usize,
+    mut buffered: Option<&mut Buffered>,
+) -> Result<Bytes, Unreceived> {
+    let mut received = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| Unreceived::CutOff)?.into_data() else {
+            continue;
+        };
+        let size = received.len().saturating_add(data.len());
+        if size > max_bytes {
+            return Err(Unreceived::TooLarge);
+        }
+        if let Some(buffered) = buffered.as_deref_mut()
+            && !buffered.hold(size)
+        {
+            return Err(Unreceived::Buffers);
+        }
+        received.extend_from_slice(&data);
+    }
+    Ok(received.freeze())
 }
 
 /// Answers a call beyond the limit of calls in flight with `RESOURCE_EXHAUSTED` at once,
@@ -253,14 +314,18 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        // The call stays counted on its connection until its answer has been sent.
+        let open = request.extensions_mut().remove::<OpenCall>();
         let path = request.uri().path();
         if path.starts_with(HEALTH_PATH_PREFIX) || is_streaming(path) {
-            return Box::pin(
-                self.inner
-                    .call(request)
-                    .map(|answered| Ok(answered?.map(Held::wrap))),
-            );
+            return Box::pin(self.inner.call(request).map(|answered| {
+                Ok(answered?.map(|body| {
+                    let mut held = Held::wrap(body);
+                    held.open = open;
+                    held
+                }))
+            }));
         }
         let Ok(place) = self.places.clone().try_acquire_owned() else {
             Shed::Limit.count(request.uri().path());
@@ -280,6 +345,7 @@ where
             Ok(answered.map(|body| {
                 let mut held = Held::wrap(body);
                 held.slot = Some(slot);
+                held.open = open;
                 held
             }))
         })
@@ -444,15 +510,10 @@ where
 
 /// The client's address and port: its connection's, over TLS or not.
 fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    let extensions = request.extensions();
-    extensions
-        .get::<crate::tls::Peer>()
+    request
+        .extensions()
+        .get::<Peer>()
         .and_then(|peer| peer.addr)
-        .or_else(|| {
-            extensions
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
-        })
 }
 
 /// A streaming call's place, in all and on its connection, given back when dropped.
@@ -538,6 +599,10 @@ where
         }
         let timeout = self.timeout;
         let deadline = Instant::now() + timeout;
+        let buffered = request
+            .extensions()
+            .get::<Peer>()
+            .map(|peer| peer.load.buffered());
         let answer = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, answer).await {
@@ -548,6 +613,7 @@ where
                         timer: None,
                         method,
                     });
+                    held.buffered = buffered;
                     held
                 })),
                 Err(_elapsed) => {
@@ -584,6 +650,13 @@ pub struct Held<B> {
     watchdog: Option<tokio::task::JoinHandle<()>>,
     /// When the answer must have been sent ([`RpcTimeout`]).
     deadline: Option<Deadline>,
+    /// The call, counted on its connection ([`Receive`]).
+    open: Option<OpenCall>,
+    /// The bytes of the answer not yet sent, within the budgets ([`RpcTimeout`]): the rest and
+    /// the chunk last handed on, which HTTP/2 may still hold.
+    buffered: Option<Buffered>,
+    /// The answer was refused for the budgets: it ends with its trailers.
+    refused: bool,
 }
 
 /// When an answer must have been sent, and the call's method. Its timer is set only once the
@@ -616,6 +689,9 @@ impl<B> Held<B> {
             stream: None,
             watchdog: None,
             deadline: None,
+            open: None,
+            buffered: None,
+            refused: false,
         }
     }
 
@@ -657,6 +733,34 @@ impl<B> Held<B> {
         }
         self.stream = None;
         self.deadline = None;
+        self.open = None;
+        self.buffered = None;
+    }
+
+    /// Holds a data frame of the answer within the budgets; `false` when they are full. An
+    /// answer of one chunk always passes, so that no call whose handler has done its work (a
+    /// hold, a payment) loses its answer to the budget: a list's pages are what grows.
+    fn hold_answer(&mut self, data: &Bytes) -> bool {
+        match &mut self.buffered {
+            Some(buffered) if data.len() > ANSWER_CHUNK_BYTES => buffered.hold(data.len()),
+            _ => true,
+        }
+    }
+
+    /// The answer is larger than the budgets let through now: it ends here with
+    /// `RESOURCE_EXHAUSTED` in its trailers.
+    fn refuse(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(deadline) = &self.deadline {
+            Shed::Buffers.count(&deadline.method);
+        }
+        self.refused = true;
+        self.release();
+        let (mut trailers, ()) = tonic::Status::resource_exhausted(BUFFERS_FULL)
+            .into_http::<()>()
+            .into_parts();
+        trailers.headers.remove(http::header::CONTENT_TYPE);
+        let trailers = trailers.headers;
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 }
 
@@ -679,6 +783,9 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
+        if this.refused {
+            return Poll::Ready(None);
+        }
         if this
             .deadline
             .as_ref()
@@ -686,12 +793,19 @@ where
         {
             return this.expire();
         }
+        // Polled again: HTTP/2 has the chunk handed on last, and sends it as the window allows.
+        if let Some(buffered) = &mut this.buffered
+            && buffered.bytes() > this.rest.len()
+        {
+            buffered.hold(this.rest.len());
+        }
         if !this.rest.is_empty() {
             let rest = std::mem::take(&mut this.rest);
             return Poll::Ready(Some(Ok(this.chunk(rest))));
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !this.hold_answer(&data) => this.refuse(),
                 Ok(data) => Poll::Ready(Some(Ok(this.chunk(data)))),
                 Err(frame) => Poll::Ready(Some(Ok(frame))),
             },
@@ -718,7 +832,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.rest.is_empty() && self.inner.is_end_stream()
+        self.refused || (self.rest.is_empty() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

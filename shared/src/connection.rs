@@ -1,19 +1,27 @@
 //! A server's connections: accepted up to a limit of open ones, each counted until it closes,
-//! and accept errors (out of file descriptors, say) met with a growing pause instead of a spin.
+//! and accept errors (out of file descriptors, say) met with a growing pause instead of a spin;
+//! closed when they stay without a call; and the bytes held for their calls, within a budget
+//! per connection and per server.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::Connected;
 
-use crate::metrics::{CONNECTIONS_OPEN, CONNECTIONS_REFUSED};
+use crate::metrics::{
+    BUFFERED_BYTES, CONNECTIONS_IDLE_CLOSED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
+};
+use crate::server::ServerArgs;
 
 /// The first pause after a failed accept; it doubles while accepts keep failing.
 const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
@@ -34,19 +42,34 @@ pub const LOOPBACK_EXTRA: usize = 8;
 /// while outsiders hold every place. A failed accept pauses,
 /// from 10 ms doubling to 1 s while accepts keep failing; the first failure of a run is logged
 /// as a warning, and so is the accept that ends it.
+///
+/// Each connection gets its [`Load`]: its calls (it is closed after `IDLE_CONNECTION_TIMEOUT`
+/// without one) and the bytes held for them, within `MAX_BUFFERED_BYTES_PER_CONNECTION` and,
+/// with every other connection's, `MAX_BUFFERED_BYTES`.
 #[derive(Debug)]
 pub struct Acceptor {
     listener: TcpListener,
     open: Arc<Semaphore>,
     loopback_extra: Arc<Semaphore>,
+    buffers: Arc<ServerBuffers>,
+    max_buffered_per_connection: usize,
+    idle_timeout: Duration,
 }
 
 impl Acceptor {
-    pub fn new(listener: TcpListener, max_open: usize) -> Self {
+    pub fn new(listener: TcpListener, limits: &ServerArgs) -> Self {
         Self {
             listener,
-            open: Arc::new(Semaphore::new(max_open.clamp(1, Semaphore::MAX_PERMITS))),
+            open: Arc::new(Semaphore::new(
+                limits.max_connections.get().min(Semaphore::MAX_PERMITS),
+            )),
             loopback_extra: Arc::new(Semaphore::new(LOOPBACK_EXTRA)),
+            buffers: Arc::new(ServerBuffers {
+                held: AtomicUsize::new(0),
+                max: limits.max_buffered_bytes,
+            }),
+            max_buffered_per_connection: limits.max_buffered_bytes_per_connection,
+            idle_timeout: limits.idle_connection_timeout,
         }
     }
 
@@ -88,7 +111,17 @@ impl Acceptor {
                 }
             };
             let _ = stream.set_nodelay(true);
-            return (stream, addr, ConnectionSlot::taken(permit));
+            let load = Arc::new(Load {
+                calls: AtomicUsize::new(0),
+                idle_since: AtomicU64::new(0),
+                idle_timeout: self.idle_timeout,
+                waker: AtomicWaker::new(),
+                buffered: AtomicUsize::new(0),
+                max_buffered: self.max_buffered_per_connection,
+                server: Arc::clone(&self.buffers),
+            });
+            load.idle_from(Instant::now());
+            return (stream, addr, ConnectionSlot::taken(permit, load));
         }
     }
 }
@@ -97,24 +130,179 @@ impl Acceptor {
     /// The plaintext connections, as the server takes them.
     pub fn plaintext(
         self,
-    ) -> impl futures::Stream<Item = Result<Connection<TcpStream, TcpConnectInfo>, io::Error>> {
+    ) -> impl futures::Stream<Item = Result<Connection<TcpStream>, io::Error>> {
         futures::stream::unfold(self, |acceptor| async move {
-            let (stream, _, slot) = acceptor.next().await;
-            let info = stream.connect_info();
-            Some((Ok(Connection::new(stream, info, slot)), acceptor))
+            let (stream, addr, slot) = acceptor.next().await;
+            let peer = Peer {
+                addr: Some(addr),
+                identity: None,
+                load: Arc::clone(&slot.load),
+            };
+            Some((Ok(Connection::new(stream, peer, slot)), acceptor))
         })
+    }
+}
+
+/// What a call knows of its connection (a request extension of every call): the client's
+/// address, the identity of the certificate it presented over TLS, if any, and the
+/// connection's [`Load`].
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: Option<SocketAddr>,
+    pub identity: Option<Arc<str>>,
+    pub load: Arc<Load>,
+}
+
+/// The bytes a server holds for the calls of all its connections, and the most it may.
+#[derive(Debug)]
+struct ServerBuffers {
+    held: AtomicUsize,
+    max: usize,
+}
+
+/// Adds `bytes` to `held` if the sum stays within `max`.
+fn try_add(held: &AtomicUsize, max: usize, bytes: usize) -> bool {
+    held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+        now.checked_add(bytes).filter(|sum| *sum <= max)
+    })
+    .is_ok()
+}
+
+/// What a connection's calls weigh: how many are open (a connection without one for
+/// `idle_timeout` is closed) and the bytes held for them.
+#[derive(Debug)]
+pub struct Load {
+    calls: AtomicUsize,
+    /// When the last call ended, in milliseconds of [`Instant`] since [`process_start`].
+    idle_since: AtomicU64,
+    idle_timeout: Duration,
+    /// The connection's reading task, woken when its last call ends.
+    waker: AtomicWaker,
+    buffered: AtomicUsize,
+    max_buffered: usize,
+    server: Arc<ServerBuffers>,
+}
+
+/// The instant the idle times of connections count from.
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl Load {
+    /// A call open on the connection, until dropped.
+    pub fn call(self: &Arc<Self>) -> OpenCall {
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        OpenCall(Arc::clone(self))
+    }
+
+    /// Bytes held for a call, none so far: see [`Buffered::hold`].
+    pub fn buffered(self: &Arc<Self>) -> Buffered {
+        Buffered {
+            load: Arc::clone(self),
+            bytes: 0,
+        }
+    }
+
+    fn idle_from(&self, at: Instant) {
+        let since = at.saturating_duration_since(process_start()).as_millis();
+        self.idle_since
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// When the connection is to be closed for want of calls, if it has none now.
+    fn idle_deadline(&self) -> Option<Instant> {
+        if self.calls.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        Some(process_start() + since + self.idle_timeout)
+    }
+}
+
+/// A call counted on its connection until dropped; a clone is counted as another.
+#[derive(Debug)]
+pub struct OpenCall(Arc<Load>);
+
+impl Clone for OpenCall {
+    fn clone(&self) -> Self {
+        self.0.call()
+    }
+}
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_from(Instant::now());
+            self.0.waker.wake();
+        }
+    }
+}
+
+/// Bytes held for one call (its request as it arrives, or its answer until sent), counted
+/// against its connection's budget and the server's, and given back when dropped.
+#[derive(Debug)]
+pub struct Buffered {
+    load: Arc<Load>,
+    bytes: usize,
+}
+
+impl Buffered {
+    /// Holds `bytes` in all for the call from now on: fewer always, more only within both
+    /// budgets (otherwise nothing changes and it answers false).
+    pub fn hold(&mut self, bytes: usize) -> bool {
+        let load = &self.load;
+        if bytes > self.bytes {
+            let more = bytes - self.bytes;
+            if !try_add(&load.buffered, load.max_buffered, more) {
+                return false;
+            }
+            if !try_add(&load.server.held, load.server.max, more) {
+                load.buffered.fetch_sub(more, Ordering::AcqRel);
+                return false;
+            }
+            metrics::gauge!(BUFFERED_BYTES).increment(more as f64);
+        } else if bytes < self.bytes {
+            let less = self.bytes - bytes;
+            load.buffered.fetch_sub(less, Ordering::AcqRel);
+            load.server.held.fetch_sub(less, Ordering::AcqRel);
+            metrics::gauge!(BUFFERED_BYTES).decrement(less as f64);
+        }
+        self.bytes = bytes;
+        true
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Buffered {
+    fn drop(&mut self) {
+        self.hold(0);
     }
 }
 
 /// A connection's place among the open ones, counted in `ticketing_connections_open` until it
 /// is dropped with its connection.
 #[derive(Debug)]
-pub struct ConnectionSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    load: Arc<Load>,
+}
 
 impl ConnectionSlot {
-    fn taken(permit: OwnedSemaphorePermit) -> Self {
+    fn taken(permit: OwnedSemaphorePermit, load: Arc<Load>) -> Self {
         metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
-        Self(permit)
+        Self {
+            _permit: permit,
+            load,
+        }
+    }
+
+    /// What the connection's calls weigh.
+    pub fn load(&self) -> &Arc<Load> {
+        &self.load
     }
 }
 
@@ -125,40 +313,58 @@ impl Drop for ConnectionSlot {
 }
 
 /// An accepted connection (TCP, or TLS over it) holding its place until it closes, with what
-/// its calls learn of it (`info`, in each request's extensions). One that sends nothing within
-/// [`FIRST_BYTES_TIMEOUT`] is closed.
+/// its calls learn of it ([`Peer`], in each request's extensions). One that sends nothing
+/// within [`FIRST_BYTES_TIMEOUT`] is closed, and so is one without a call for its idle time.
 #[derive(Debug)]
-pub struct Connection<IO, Info> {
+pub struct Connection<IO> {
     io: IO,
-    info: Info,
+    peer: Peer,
     _slot: ConnectionSlot,
     /// Until the first bytes are read: when the connection is given up.
-    first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+    first_bytes: Option<Pin<Box<Sleep>>>,
+    /// While the connection has no call: when it is closed.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
-impl<IO, Info> Connection<IO, Info> {
-    pub fn new(io: IO, info: Info, slot: ConnectionSlot) -> Self {
+impl<IO> Connection<IO> {
+    pub fn new(io: IO, peer: Peer, slot: ConnectionSlot) -> Self {
         Self {
             io,
-            info,
+            peer,
             _slot: slot,
             first_bytes: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT))),
+            idle: None,
         }
     }
-}
 
-impl<IO, Info> Connected for Connection<IO, Info>
-where
-    Info: Clone + Send + Sync + 'static,
-{
-    type ConnectInfo = Info;
-
-    fn connect_info(&self) -> Info {
-        self.info.clone()
+    /// Whether the connection has been without a call for its idle time; when not, wakes the
+    /// task when it will have, or when its last call ends.
+    fn idle_for_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        let load = &self.peer.load;
+        load.waker.register(cx.waker());
+        let Some(deadline) = load.idle_deadline() else {
+            self.idle = None;
+            return false;
+        };
+        let timer = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
-impl<IO: AsyncRead + Unpin, Info: Unpin> AsyncRead for Connection<IO, Info> {
+impl<IO> Connected for Connection<IO> {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Connection<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -167,6 +373,14 @@ impl<IO: AsyncRead + Unpin, Info: Unpin> AsyncRead for Connection<IO, Info> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if read.is_pending() && this.first_bytes.is_none() && this.idle_for_too_long(cx) {
+            tracing::debug!(peer = ?this.peer.addr, "closing a connection without calls");
+            metrics::counter!(CONNECTIONS_IDLE_CLOSED).increment(1);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no call within the time a connection may stay without one",
+            )));
+        }
         if this.first_bytes.is_none() {
             return read;
         }
@@ -189,7 +403,7 @@ impl<IO: AsyncRead + Unpin, Info: Unpin> AsyncRead for Connection<IO, Info> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin, Info: Unpin> AsyncWrite for Connection<IO, Info> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Connection<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -216,5 +430,65 @@ impl<IO: AsyncWrite + Unpin, Info: Unpin> AsyncWrite for Connection<IO, Info> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(max_buffered: usize, server: &Arc<ServerBuffers>) -> Arc<Load> {
+        Arc::new(Load {
+            calls: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            idle_timeout: Duration::from_secs(1),
+            waker: AtomicWaker::new(),
+            buffered: AtomicUsize::new(0),
+            max_buffered,
+            server: Arc::clone(server),
+        })
+    }
+
+    #[test]
+    fn bytes_are_held_within_the_connections_budget_and_the_servers() {
+        let server = Arc::new(ServerBuffers {
+            held: AtomicUsize::new(0),
+            max: 150,
+        });
+        let (one, other) = (load(100, &server), load(100, &server));
+        let mut first = one.buffered();
+        assert!(first.hold(80));
+        let mut second = one.buffered();
+        assert!(!second.hold(30), "past the connection's 100");
+        assert_eq!(second.bytes(), 0);
+        let mut third = other.buffered();
+        assert!(!third.hold(80), "past the server's 150");
+        assert!(third.hold(70));
+        assert!(first.hold(20), "fewer always");
+        assert!(second.hold(30));
+        drop((first, second, third));
+        assert_eq!(server.held.load(Ordering::Acquire), 0);
+        assert_eq!(one.buffered.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_connection_is_idle_from_its_last_calls_end() {
+        let server = Arc::new(ServerBuffers {
+            held: AtomicUsize::new(0),
+            max: 0,
+        });
+        let load = load(0, &server);
+        load.idle_from(Instant::now());
+        let call = load.call();
+        let copy = call.clone();
+        assert_eq!(load.idle_deadline(), None);
+        drop(call);
+        assert_eq!(load.idle_deadline(), None, "one call is still open");
+        let before = Instant::now();
+        drop(copy);
+        let deadline = load.idle_deadline().expect("idle");
+        // Stored to the millisecond.
+        assert!(deadline + Duration::from_millis(1) >= before + Duration::from_secs(1));
+        assert!(deadline <= Instant::now() + Duration::from_secs(1));
     }
 }

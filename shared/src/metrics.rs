@@ -34,12 +34,16 @@ pub const RPC_DURATION: &str = "ticketing_rpc_duration_seconds";
 /// Calls holding a place among the calls in flight (until their answer has been sent).
 pub const RPC_IN_FLIGHT: &str = "ticketing_rpc_in_flight";
 /// Calls answered without reaching their handler, or whose answer was dropped, by reason:
-/// `limit`, `too_large`, `slow_request`, `slow_reader`, `streams`.
+/// `limit`, `too_large`, `slow_request`, `slow_reader`, `streams`, `buffers`.
 pub const RPC_SHED: &str = "ticketing_rpc_shed_total";
 /// Streaming calls (health `Watch`, reflection) open.
 pub const STREAMS_OPEN: &str = "ticketing_streams_open";
 /// Client connections open (TLS handshakes included).
 pub const CONNECTIONS_OPEN: &str = "ticketing_connections_open";
+/// Bytes the server holds for its clients: requests being received and answers not yet sent.
+pub const BUFFERED_BYTES: &str = "ticketing_buffered_bytes";
+/// Client connections closed after `IDLE_CONNECTION_TIMEOUT` without a call.
+pub const CONNECTIONS_IDLE_CLOSED: &str = "ticketing_connections_idle_closed_total";
 /// Client connections closed at once because `MAX_CONNECTIONS` were open.
 pub const CONNECTIONS_REFUSED: &str = "ticketing_connections_refused_total";
 /// Connections of the Postgres pool, by `state`: `in_use` or `idle`.
@@ -143,6 +147,15 @@ fn describe() {
     metrics::describe_gauge!(
         CONNECTIONS_OPEN,
         "Client connections open, TLS handshakes included"
+    );
+    metrics::describe_gauge!(
+        BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes held for clients: requests being received and answers not yet sent"
+    );
+    metrics::describe_counter!(
+        CONNECTIONS_IDLE_CLOSED,
+        "Client connections closed after IDLE_CONNECTION_TIMEOUT without a call"
     );
     metrics::describe_counter!(
         CONNECTIONS_REFUSED,

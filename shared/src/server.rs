@@ -116,6 +116,31 @@ pub struct ServerArgs {
     )]
     pub max_streaming_calls_per_connection: NonZeroUsize,
 
+    /// How long a connection may stay without a call before it is closed (pings do not count).
+    #[arg(long, global = true, env = "IDLE_CONNECTION_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub idle_connection_timeout: Duration,
+
+    /// Most bytes one connection's calls may hold in the server at once: requests being
+    /// received and answers the client has not taken yet. A request beyond it, or an answer
+    /// larger than 16 KiB beyond it, is answered RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_BUFFERED_BYTES_PER_CONNECTION",
+        default_value = "4194304"
+    )]
+    pub max_buffered_bytes_per_connection: usize,
+
+    /// Most bytes the calls of all connections may hold in the server at once, as
+    /// MAX_BUFFERED_BYTES_PER_CONNECTION counts them.
+    #[arg(
+        long,
+        global = true,
+        env = "MAX_BUFFERED_BYTES",
+        default_value = "33554432"
+    )]
+    pub max_buffered_bytes: usize,
+
     /// Whether the server offers gRPC reflection (what grpcurl's list and describe use).
     #[arg(long, global = true, env = "REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,

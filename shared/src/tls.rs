@@ -29,6 +29,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+pub use crate::connection::Peer;
 use crate::connection::{Acceptor, Connection, ConnectionSlot};
 use crate::reload::Reloading;
 
@@ -270,16 +271,8 @@ pub fn identity_of(cert: &[u8]) -> Option<String> {
         })
 }
 
-/// What a call knows of its connection: the client's address, and the identity of the
-/// certificate it presented, if any (a request extension of every call on a TLS connection).
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub addr: Option<SocketAddr>,
-    pub identity: Option<Arc<str>>,
-}
-
 /// A server's accepted TLS connection, with what its calls learn of it.
-pub type TlsConnection = Connection<tokio_rustls::server::TlsStream<TcpStream>, Peer>;
+pub type TlsConnection = Connection<tokio_rustls::server::TlsStream<TcpStream>>;
 
 /// The TLS connections of `listener`. Accepting never waits for a handshake: each runs in a
 /// task of its own within [`HANDSHAKE_TIMEOUT`], with the settings in force when the connection
@@ -403,6 +396,7 @@ async fn handshake(
     let peer = Peer {
         addr: Some(addr),
         identity,
+        load: Arc::clone(open.load()),
     };
     Some(Connection::new(stream, peer, open))
 }

@@ -36,7 +36,7 @@ pub struct Application {
     metrics: Option<MetricsEndpoint>,
     security: Security,
     drain_timeout: Duration,
-    max_connections: usize,
+    limits: shared::server::ServerArgs,
 }
 
 impl std::fmt::Debug for Application {
@@ -126,7 +126,7 @@ impl Service for Application {
             metrics,
             security,
             drain_timeout: config.drain_timeout,
-            max_connections: config.server.max_connections.get(),
+            limits: config.server.clone(),
         })
     }
 
@@ -159,7 +159,7 @@ impl Service for Application {
             shutdown.await;
             health_watch.abort();
         };
-        let acceptor = Acceptor::new(self.listener, self.max_connections);
+        let acceptor = Acceptor::new(self.listener, &self.limits);
         let served = shared::server::serve(
             self.router,
             acceptor,

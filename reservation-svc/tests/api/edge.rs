@@ -1,6 +1,7 @@
 //! What one client can take from the server: requests received whole before they hold a place,
 //! places held until the answer is sent, and the codes of requests the server will not take.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut};
@@ -105,8 +106,8 @@ async fn a_request_that_is_no_valid_message_is_invalid_argument_and_writes_nothi
 
 /// An HTTP/2 connection of its own, for streams no gRPC client would send: `window` bytes of
 /// flow-control window for each answer.
-async fn h2_connection(app: &TestApp, window: u32) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = TcpStream::connect(app.addr).await.expect("connect");
+async fn h2_connection(addr: SocketAddr, window: u32) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
     let (send, connection) = h2::client::Builder::new()
         .initial_window_size(window)
         .handshake(tcp)
@@ -116,8 +117,8 @@ async fn h2_connection(app: &TestApp, window: u32) -> h2::client::SendRequest<by
     send
 }
 
-fn grpc_request(app: &TestApp, path: &str) -> http::Request<()> {
-    http::Request::post(format!("http://{}{path}", app.addr))
+fn grpc_request(addr: SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::post(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
@@ -143,12 +144,12 @@ async fn streams_that_never_send_their_request_hold_no_place_and_end_at_the_rece
         config.server.request_receive_timeout = Duration::from_secs(2);
     })
     .await;
-    let mut h2 = h2_connection(&app, 65_535).await;
+    let mut h2 = h2_connection(app.addr, 65_535).await;
     let mut stalled = Vec::new();
     for _ in 0..20 {
         h2 = h2.ready().await.expect("a stream");
         let (response, body) = h2
-            .send_request(grpc_request(&app, CREATE_CONCERT), false)
+            .send_request(grpc_request(app.addr, CREATE_CONCERT), false)
             .expect("headers sent");
         // The body stream is kept, never written to nor ended.
         stalled.push((response, body));
@@ -189,12 +190,12 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
         page_token: String::new(),
     }));
 
-    let mut h2 = h2_connection(&app, 1_024).await;
+    let mut h2 = h2_connection(app.addr, 1_024).await;
     let mut unread = Vec::new();
     for _ in 0..2 {
         h2 = h2.ready().await.expect("a stream");
         let (response, mut body) = h2
-            .send_request(grpc_request(&app, LIST_SEATS), false)
+            .send_request(grpc_request(app.addr, LIST_SEATS), false)
             .expect("headers sent");
         body.send_data(request.clone(), true).expect("request sent");
         let response = response.await.expect("the answer's headers");
@@ -423,4 +424,101 @@ async fn a_connection_that_sends_nothing_is_closed() {
     )
     .await;
     assert!(closed.is_ok(), "the silent connection was closed");
+}
+
+/// Scrapes the metrics at `addr` every 100 ms until `reached` holds, for up to `within`.
+async fn metrics_until(
+    addr: SocketAddr,
+    within: Duration,
+    reached: impl Fn(&str) -> bool,
+) -> String {
+    let started = tokio::time::Instant::now();
+    loop {
+        let (code, text) = shared::test_support::http_get(addr, "/metrics").await;
+        assert_eq!(code, 200, "{text}");
+        if reached(&text) || started.elapsed() > within {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes_back_to_zero() {
+    use shared::metrics::{
+        BUFFERED_BYTES, CONNECTIONS_IDLE_CLOSED, CONNECTIONS_OPEN, RPC_IN_FLIGHT, RPC_SHED,
+    };
+    use shared::test_support::metric_value;
+    let app = spawn_app().await;
+    let schedule_id = app.schedule_with_seats(5_000).await;
+    // A process of its own, so that its metrics are its alone.
+    let metrics = SocketAddr::from(([127, 0, 0, 1], crate::helpers::restartable_port()));
+    let replica = crate::helpers::ReplicaProcess::start(
+        &app.config,
+        &[
+            ("RESERVATION_METRICS_ADDR", &metrics.to_string()),
+            ("MAX_BUFFERED_BYTES_PER_CONNECTION", "200000"),
+            ("IDLE_CONNECTION_TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    let request = frame(&prost::Message::encode_to_vec(&pb::ListSeatsRequest {
+        schedule_id,
+        page_size: 5_000,
+        page_token: String::new(),
+    }));
+
+    // Ten pages of 5,000 seats (about 50 KB each) that the client never reads, on one
+    // connection with a 1 KiB window.
+    let mut h2 = h2_connection(replica.addr, 1_024).await;
+    let mut unread = Vec::new();
+    for _ in 0..10 {
+        h2 = h2.ready().await.expect("a stream");
+        let (response, mut body) = h2
+            .send_request(grpc_request(replica.addr, LIST_SEATS), false)
+            .expect("headers sent");
+        body.send_data(request.clone(), true).expect("request sent");
+        unread.push(response.await.expect("the answer's headers"));
+    }
+    let during = metrics_until(metrics, Duration::from_secs(10), |text| {
+        metric_value(text, RPC_SHED, &[("reason", "buffers")]) >= 1.0
+    })
+    .await;
+    let held = metric_value(&during, BUFFERED_BYTES, &[]);
+    assert!(
+        held > 0.0 && held <= 200_000.0,
+        "unread answers held within the budget: {held}"
+    );
+    assert!(metric_value(&during, RPC_SHED, &[("reason", "buffers")]) >= 1.0);
+
+    // Another connection is served meanwhile, its page whole.
+    let mut client = replica.client().await;
+    let page = client
+        .list_seats(pb::ListSeatsRequest {
+            schedule_id,
+            page_size: 5_000,
+            page_token: String::new(),
+        })
+        .await
+        .expect("a well-behaved call is served");
+    assert_eq!(page.into_inner().seats.len(), 5_000);
+
+    // The attacker leaves; the well-behaved client's connection, idle, is closed: every
+    // budget, place and connection comes back to zero.
+    drop((unread, h2));
+    let after = metrics_until(metrics, Duration::from_secs(15), |text| {
+        metric_value(text, CONNECTIONS_OPEN, &[]) == 0.0
+            && metric_value(text, BUFFERED_BYTES, &[]) == 0.0
+            && metric_value(text, RPC_IN_FLIGHT, &[]) == 0.0
+    })
+    .await;
+    for gauge in [CONNECTIONS_OPEN, BUFFERED_BYTES, RPC_IN_FLIGHT] {
+        assert_eq!(metric_value(&after, gauge, &[]), 0.0, "{gauge}");
+    }
+    assert_eq!(metric_value(&after, CONNECTIONS_IDLE_CLOSED, &[]), 1.0);
+    // A client whose connection went idle connects again.
+    client
+        .list_concerts(pb::ListConcertsRequest::default())
+        .await
+        .expect("served on a new connection");
 }
