@@ -12,7 +12,15 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::helpers::{TestApp, channel, spawn_app, spawn_app_with};
+use shared::metrics::{
+    BUFFERED_BYTES, CONNECTIONS_IDLE_CLOSED, CONNECTIONS_OPEN, RPC_IN_FLIGHT, RPC_SHED,
+    STREAMS_OPEN,
+};
+use shared::test_support::metric_value;
+
+use crate::helpers::{
+    Client, ReplicaProcess, TestApp, channel, restartable_port, spawn_app, spawn_app_with,
+};
 
 const CREATE_CONCERT: &str = "/ticketing.reservation.v1.ReservationService/CreateConcert";
 const LIST_SEATS: &str = "/ticketing.reservation.v1.ReservationService/ListSeats";
@@ -66,6 +74,70 @@ async fn raw_call(app: &TestApp, path: &'static str, message: Vec<u8>) -> tonic:
     )
     .await
     .expect_err("refused")
+}
+
+/// A reservation-svc process of its own on a test app's database and Redis, with `settings`
+/// in its environment, so that its metrics count its calls alone.
+struct OwnServer {
+    addr: SocketAddr,
+    metrics: SocketAddr,
+    _process: ReplicaProcess,
+}
+
+impl OwnServer {
+    async fn start(app: &TestApp, settings: &[(&str, &str)]) -> Self {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], restartable_port()));
+        let metrics_addr = metrics.to_string();
+        let mut env = vec![("RESERVATION_METRICS_ADDR", metrics_addr.as_str())];
+        env.extend_from_slice(settings);
+        let process = ReplicaProcess::start(&app.config, &env).await;
+        Self {
+            addr: process.addr,
+            metrics,
+            _process: process,
+        }
+    }
+
+    /// A client on a connection of its own, made at its first call.
+    fn client(&self) -> Client {
+        let endpoint = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .expect("an endpoint");
+        Client::new(endpoint.connect_lazy())
+    }
+
+    /// Scrapes the metrics every 100 ms until `reached` holds for them, for up to `within`.
+    async fn metrics_until(&self, within: Duration, reached: impl Fn(&str) -> bool) -> String {
+        let started = tokio::time::Instant::now();
+        loop {
+            let (code, text) = shared::test_support::http_get(self.metrics, "/metrics").await;
+            assert_eq!(code, 200, "{text}");
+            if reached(&text) || started.elapsed() > within {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Once its clients have gone, every place among the calls, streaming call, byte held and
+    /// connection comes back to zero.
+    async fn assert_all_given_back(&self) {
+        let gauges = [
+            RPC_IN_FLIGHT,
+            STREAMS_OPEN,
+            BUFFERED_BYTES,
+            CONNECTIONS_OPEN,
+        ];
+        let text = self
+            .metrics_until(Duration::from_secs(15), |text| {
+                gauges
+                    .iter()
+                    .all(|gauge| metric_value(text, gauge, &[]) == 0.0)
+            })
+            .await;
+        for gauge in gauges {
+            assert_eq!(metric_value(&text, gauge, &[]), 0.0, "{gauge}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -139,24 +211,29 @@ fn code_of(response: &http::Response<h2::RecvStream>) -> Option<Code> {
 
 #[tokio::test]
 async fn streams_that_never_send_their_request_hold_no_place_and_end_at_the_receive_deadline() {
-    let app = spawn_app_with(|config| {
-        config.server.max_concurrent_rpcs = 4.try_into().expect("non-zero");
-        config.server.request_receive_timeout = Duration::from_secs(2);
-    })
+    let app = spawn_app().await;
+    let server = OwnServer::start(
+        &app,
+        &[
+            ("MAX_CONCURRENT_RPCS", "4"),
+            ("REQUEST_RECEIVE_TIMEOUT", "2s"),
+        ],
+    )
     .await;
-    let mut h2 = h2_connection(app.addr, 65_535).await;
+    let mut h2 = h2_connection(server.addr, 65_535).await;
     let mut stalled = Vec::new();
-    for _ in 0..20 {
+    // As many as one connection may open at once.
+    for _ in 0..100 {
         h2 = h2.ready().await.expect("a stream");
         let (response, body) = h2
-            .send_request(grpc_request(app.addr, CREATE_CONCERT), false)
+            .send_request(grpc_request(server.addr, CREATE_CONCERT), false)
             .expect("headers sent");
         // The body stream is kept, never written to nor ended.
         stalled.push((response, body));
     }
 
-    // Twenty streams wait for their bodies; the four places are free for everyone else.
-    let concert = app
+    // A hundred streams wait for their bodies; the four places are free for everyone else.
+    let concert = server
         .client()
         .create_concert(pb::CreateConcertRequest {
             title: "Well behaved".to_owned(),
@@ -172,15 +249,15 @@ async fn streams_that_never_send_their_request_hold_no_place_and_end_at_the_rece
             .expect("a response");
         assert_eq!(code_of(&response), Some(Code::DeadlineExceeded));
     }
+    drop(h2);
+    server.assert_all_given_back().await;
 }
 
 #[tokio::test]
 async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
-    let app = spawn_app_with(|config| {
-        config.server.max_concurrent_rpcs = 2.try_into().expect("non-zero");
-        config.server.rpc_timeout = Duration::from_secs(3);
-    })
-    .await;
+    let app = spawn_app().await;
+    let server =
+        OwnServer::start(&app, &[("MAX_CONCURRENT_RPCS", "2"), ("RPC_TIMEOUT", "3s")]).await;
     // About 10 bytes a seat: several of the server's 16 KiB chunks, far more than the reader's
     // 1 KiB window.
     let schedule_id = app.schedule_with_seats(5_000).await;
@@ -190,12 +267,12 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
         page_token: String::new(),
     }));
 
-    let mut h2 = h2_connection(app.addr, 1_024).await;
+    let mut h2 = h2_connection(server.addr, 1_024).await;
     let mut unread = Vec::new();
     for _ in 0..2 {
         h2 = h2.ready().await.expect("a stream");
         let (response, mut body) = h2
-            .send_request(grpc_request(app.addr, LIST_SEATS), false)
+            .send_request(grpc_request(server.addr, LIST_SEATS), false)
             .expect("headers sent");
         body.send_data(request.clone(), true).expect("request sent");
         let response = response.await.expect("the answer's headers");
@@ -205,7 +282,7 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
     }
 
     // Both places are held by answers not yet sent.
-    let status = app
+    let status = server
         .client()
         .list_seats(pb::ListSeatsRequest {
             schedule_id,
@@ -219,7 +296,7 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
     // At the call's deadline the unsent answers are dropped and their places come back.
     let started = tokio::time::Instant::now();
     loop {
-        match app
+        match server
             .client()
             .list_seats(pb::ListSeatsRequest {
                 schedule_id,
@@ -256,47 +333,54 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
         .expect("the answer ends");
         assert!(read.is_err(), "a reset, not a full reply");
     }
+    drop(h2);
+    server.assert_all_given_back().await;
 }
 
 #[tokio::test]
 async fn a_connection_beyond_the_limit_is_closed_at_once_and_its_place_comes_back() {
     // The test's own client holds one of the three; loopback (where the test runs, and the
     // health probe) may go a few past the limit.
-    let app = spawn_app_with(|config| {
-        config.server.max_connections = 3.try_into().expect("non-zero");
-    })
-    .await;
+    let app = spawn_app().await;
+    let server = OwnServer::start(&app, &[("MAX_CONNECTIONS", "3")]).await;
+    let mut client = server.client();
+    client
+        .list_concerts(pb::ListConcertsRequest::default())
+        .await
+        .expect("served");
     let mut held = Vec::new();
     for _ in 0..2 + shared::connection::LOOPBACK_EXTRA {
-        held.push(TcpStream::connect(app.addr).await.expect("connect"));
+        held.push(TcpStream::connect(server.addr).await.expect("connect"));
     }
     // Let the server take them.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     assert!(
-        !served_on_a_new_connection(&app).await,
+        !served_on_a_new_connection(&server).await,
         "a fourth connection is closed"
     );
     // The connections within the limit are served.
-    app.client()
+    client
         .list_concerts(pb::ListConcertsRequest::default())
         .await
         .expect("served");
 
     drop(held.pop());
     let started = tokio::time::Instant::now();
-    while !served_on_a_new_connection(&app).await {
+    while !served_on_a_new_connection(&server).await {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "the closed connection's place never came back"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop((held, client));
+    server.assert_all_given_back().await;
 }
 
 /// Whether a call on a connection of its own is answered.
-async fn served_on_a_new_connection(app: &TestApp) -> bool {
-    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+async fn served_on_a_new_connection(server: &OwnServer) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
         .expect("endpoint")
         .connect()
         .await
@@ -313,12 +397,16 @@ async fn served_on_a_new_connection(app: &TestApp) -> bool {
 async fn streaming_calls_are_limited_per_connection_and_per_server_and_their_places_come_back() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let app = spawn_app_with(|config| {
-        config.server.max_streaming_calls = 6.try_into().expect("non-zero");
-        config.server.max_streaming_calls_per_connection = 4.try_into().expect("non-zero");
-        // Open streams take no place among the calls in flight: one is enough beside them.
-        config.server.max_concurrent_rpcs = 1.try_into().expect("non-zero");
-    })
+    let app = spawn_app().await;
+    let server = OwnServer::start(
+        &app,
+        &[
+            ("MAX_STREAMING_CALLS", "6"),
+            ("MAX_STREAMING_CALLS_PER_CONNECTION", "4"),
+            // Open streams take no place among the calls in flight: one is enough beside them.
+            ("MAX_CONCURRENT_RPCS", "1"),
+        ],
+    )
     .await;
     let watch = |channel: tonic::transport::Channel| async move {
         HealthClient::new(channel)
@@ -327,7 +415,7 @@ async fn streaming_calls_are_limited_per_connection_and_per_server_and_their_pla
             .map(tonic::Response::into_inner)
     };
 
-    let first = channel(app.addr).await;
+    let first = channel(server.addr).await;
     let mut open = Vec::new();
     for _ in 0..4 {
         open.push(
@@ -341,7 +429,7 @@ async fn streaming_calls_are_limited_per_connection_and_per_server_and_their_pla
         .expect_err("a fifth on one connection");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
-    let second = channel(app.addr).await;
+    let second = channel(server.addr).await;
     for _ in 0..2 {
         open.push(watch(second.clone()).await.expect("on another connection"));
     }
@@ -351,7 +439,8 @@ async fn streaming_calls_are_limited_per_connection_and_per_server_and_their_pla
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
     // Unary calls are not held up by open streams.
-    app.client()
+    server
+        .client()
         .list_concerts(pb::ListConcertsRequest::default())
         .await
         .expect("served");
@@ -375,6 +464,8 @@ async fn streaming_calls_are_limited_per_connection_and_per_server_and_their_pla
             }
         }
     }
+    drop((open, first, second));
+    server.assert_all_given_back().await;
 }
 
 #[tokio::test]
@@ -426,37 +517,13 @@ async fn a_connection_that_sends_nothing_is_closed() {
     assert!(closed.is_ok(), "the silent connection was closed");
 }
 
-/// Scrapes the metrics at `addr` every 100 ms until `reached` holds, for up to `within`.
-async fn metrics_until(
-    addr: SocketAddr,
-    within: Duration,
-    reached: impl Fn(&str) -> bool,
-) -> String {
-    let started = tokio::time::Instant::now();
-    loop {
-        let (code, text) = shared::test_support::http_get(addr, "/metrics").await;
-        assert_eq!(code, 200, "{text}");
-        if reached(&text) || started.elapsed() > within {
-            return text;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes_back_to_zero() {
-    use shared::metrics::{
-        BUFFERED_BYTES, CONNECTIONS_IDLE_CLOSED, CONNECTIONS_OPEN, RPC_IN_FLIGHT, RPC_SHED,
-    };
-    use shared::test_support::metric_value;
     let app = spawn_app().await;
     let schedule_id = app.schedule_with_seats(5_000).await;
-    // A process of its own, so that its metrics are its alone.
-    let metrics = SocketAddr::from(([127, 0, 0, 1], crate::helpers::restartable_port()));
-    let replica = crate::helpers::ReplicaProcess::start(
-        &app.config,
+    let server = OwnServer::start(
+        &app,
         &[
-            ("RESERVATION_METRICS_ADDR", &metrics.to_string()),
             ("MAX_BUFFERED_BYTES_PER_CONNECTION", "200000"),
             ("IDLE_CONNECTION_TIMEOUT", "2s"),
         ],
@@ -470,20 +537,21 @@ async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes
 
     // Ten pages of 5,000 seats (about 50 KB each) that the client never reads, on one
     // connection with a 1 KiB window.
-    let mut h2 = h2_connection(replica.addr, 1_024).await;
+    let mut h2 = h2_connection(server.addr, 1_024).await;
     let mut unread = Vec::new();
     for _ in 0..10 {
         h2 = h2.ready().await.expect("a stream");
         let (response, mut body) = h2
-            .send_request(grpc_request(replica.addr, LIST_SEATS), false)
+            .send_request(grpc_request(server.addr, LIST_SEATS), false)
             .expect("headers sent");
         body.send_data(request.clone(), true).expect("request sent");
         unread.push(response.await.expect("the answer's headers"));
     }
-    let during = metrics_until(metrics, Duration::from_secs(10), |text| {
-        metric_value(text, RPC_SHED, &[("reason", "buffers")]) >= 1.0
-    })
-    .await;
+    let during = server
+        .metrics_until(Duration::from_secs(10), |text| {
+            metric_value(text, RPC_SHED, &[("reason", "buffers")]) >= 1.0
+        })
+        .await;
     let held = metric_value(&during, BUFFERED_BYTES, &[]);
     assert!(
         held > 0.0 && held <= 200_000.0,
@@ -492,7 +560,7 @@ async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes
     assert!(metric_value(&during, RPC_SHED, &[("reason", "buffers")]) >= 1.0);
 
     // Another connection is served meanwhile, its page whole.
-    let mut client = replica.client().await;
+    let mut client = server.client();
     let page = client
         .list_seats(pb::ListSeatsRequest {
             schedule_id,
@@ -506,12 +574,13 @@ async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes
     // The attacker leaves; the well-behaved client's connection, idle, is closed: every
     // budget, place and connection comes back to zero.
     drop((unread, h2));
-    let after = metrics_until(metrics, Duration::from_secs(15), |text| {
-        metric_value(text, CONNECTIONS_OPEN, &[]) == 0.0
-            && metric_value(text, BUFFERED_BYTES, &[]) == 0.0
-            && metric_value(text, RPC_IN_FLIGHT, &[]) == 0.0
-    })
-    .await;
+    let after = server
+        .metrics_until(Duration::from_secs(15), |text| {
+            metric_value(text, CONNECTIONS_OPEN, &[]) == 0.0
+                && metric_value(text, BUFFERED_BYTES, &[]) == 0.0
+                && metric_value(text, RPC_IN_FLIGHT, &[]) == 0.0
+        })
+        .await;
     for gauge in [CONNECTIONS_OPEN, BUFFERED_BYTES, RPC_IN_FLIGHT] {
         assert_eq!(metric_value(&after, gauge, &[]), 0.0, "{gauge}");
     }
