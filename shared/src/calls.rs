@@ -6,24 +6,25 @@
 //!    the byte budgets of its connection and the server ([`crate::connection::Load`]), before
 //!    it takes anything else; a stream that sends headers and never a body holds no place. The
 //!    call counts on its connection (which is closed when idle) until its answer has been sent.
-//! 2. [`CallLimit`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at once;
-//!    streaming calls take a place among the open streams instead ([`StreamLimit`]).
-//! 3. [`RpcTimeout`]: `RPC_TIMEOUT` for the whole call.
+//! 2. [`Admission`]: a place among the server's calls in flight, or `RESOURCE_EXHAUSTED` at
+//!    once (streaming calls take one among the open streams instead), and `RPC_TIMEOUT` for
+//!    the whole call.
 //!
 //!    Both the place and the time are held until the answer's body has been sent (or the
 //!    client has gone): a client that does not read its answers keeps its calls counted, and
 //!    an answer still unsent at the deadline is dropped with its stream. An answer's unsent
 //!    bytes count against the byte budgets; one larger than a chunk that does not fit is
 //!    refused with `RESOURCE_EXHAUSTED` in its trailers.
-//! 4. [`DecodeErrorsLayer`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
+//! 3. [`DecodeErrorsLayer`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
 //!    `BadRequest`, not tonic's `INTERNAL`.
-//! 5. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
+//! 4. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
 //!
 //! Health `Watch` and reflection stream by nature: they are neither received whole nor timed,
 //! and are limited in number per connection and per server instead (health checks are never
 //! refused at the limit).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -87,7 +88,8 @@ enum Shed {
 }
 
 impl Shed {
-    fn count(self, method: &str) {
+    /// Counts the call as shed; the log line is in the call's span, which names its method.
+    fn count(self) {
         let reason = match self {
             Self::Limit => "limit",
             Self::TooLarge => "too_large",
@@ -96,7 +98,7 @@ impl Shed {
             Self::Streams => "streams",
             Self::Buffers => "buffers",
         };
-        tracing::debug!(method, reason, "call shed");
+        tracing::debug!(reason, "call shed");
         metrics::counter!(RPC_SHED, "reason" => reason).increment(1);
     }
 }
@@ -176,7 +178,6 @@ where
         } = self.layer;
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let method = parts.uri.path();
             let mut buffered = load.as_ref().map(Load::buffered);
             let received =
                 tokio::time::timeout(within, receive(body, max_body_bytes, buffered.as_mut()))
@@ -190,21 +191,21 @@ where
                     return answered;
                 }
                 Ok(Err(Unreceived::TooLarge)) => {
-                    Shed::TooLarge.count(method);
+                    Shed::TooLarge.count();
                     tonic::Status::resource_exhausted(format!(
                         "the request is larger than the server takes ({} bytes of message)",
                         max_body_bytes - FRAME_PREFIX_BYTES
                     ))
                 }
                 Ok(Err(Unreceived::Buffers)) => {
-                    Shed::Buffers.count(method);
+                    Shed::Buffers.count();
                     tonic::Status::resource_exhausted(BUFFERS_FULL)
                 }
                 Ok(Err(Unreceived::CutOff)) => {
                     tonic::Status::cancelled("the request's body was cut off")
                 }
                 Err(_) => {
-                    Shed::SlowRequest.count(method);
+                    Shed::SlowRequest.count();
                     tonic::Status::deadline_exceeded(format!(
                         "the request's body did not arrive within {within:?} of its headers"
                     ))
@@ -253,101 +254,142 @@ async fn receive(
     Ok(received.freeze())
 }
 
-/// Answers a call beyond the limit of calls in flight with `RESOURCE_EXHAUSTED` at once,
-/// rather than queueing it behind calls that may be slow: a client can retry elsewhere, and a
-/// server under more load than it can take keeps answering the calls it took. Health checks
-/// pass whatever the load. The limit is the server's, shared by all its connections; a call
-/// holds its place until its answer's body has been sent or dropped, and at most for the
-/// call's time: a client that never reads its answer cannot keep a place past it, even while
-/// HTTP/2 waits on that client's window and leaves the answer's body unpolled.
+/// Admits a call, or answers it at once, and keeps what it was given until its answer has been
+/// sent (or dropped, when the client goes):
+///
+/// * a unary call takes a place among the server's `MAX_CONCURRENT_RPCS` calls in flight, or is
+///   answered `RESOURCE_EXHAUSTED` at once rather than queued behind calls that may be slow (a
+///   client can retry elsewhere, and a server under more load than it can take keeps answering
+///   the calls it took); health checks pass whatever the load;
+/// * it has `RPC_TIMEOUT` in all: a call still running then is answered `DEADLINE_EXCEEDED` and
+///   dropped (the handlers run their database work in tasks of their own, so the work ends
+///   cleanly, as when a client goes away), and an answer still unsent then is dropped and its
+///   stream reset; its place comes back then too, even while HTTP/2 waits on the client's window
+///   and leaves the answer's body unpolled ([`Watch`]);
+/// * a streaming call (health `Watch`, reflection) is not timed and takes no place among the
+///   calls in flight: it takes one among `MAX_STREAMING_CALLS` open streams, and
+///   `MAX_STREAMING_CALLS_PER_CONNECTION` on its connection, or is `RESOURCE_EXHAUSTED`;
+/// * its answer's unsent bytes count against its connection's and the server's byte budgets.
 #[derive(Debug, Clone)]
-pub struct CallLimitLayer {
+pub struct AdmissionLayer {
     places: Arc<Semaphore>,
-    longest: Duration,
+    watch: Arc<Watch>,
+    streams: StreamLimits,
+    timeout: Duration,
 }
 
-impl CallLimitLayer {
-    /// A limit of `max_in_flight` calls at once, for every connection of the server, each
-    /// holding its place for at most `longest`.
-    pub fn new(max_in_flight: NonZeroUsize, longest: Duration) -> Self {
+impl AdmissionLayer {
+    pub fn new(
+        max_in_flight: NonZeroUsize,
+        timeout: Duration,
+        max_streams: NonZeroUsize,
+        max_streams_per_connection: NonZeroUsize,
+    ) -> Self {
         Self {
             places: Arc::new(Semaphore::new(
                 max_in_flight.get().min(Semaphore::MAX_PERMITS),
             )),
-            longest,
+            watch: Arc::new(Watch::default()),
+            streams: StreamLimits {
+                server: Arc::new(Semaphore::new(
+                    max_streams.get().min(Semaphore::MAX_PERMITS),
+                )),
+                connections: StreamsByConnection::default(),
+                per_connection: max_streams_per_connection.get(),
+            },
+            timeout,
         }
     }
 }
 
-impl<S> Layer<S> for CallLimitLayer {
-    type Service = CallLimit<S>;
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CallLimit {
+        Admission {
             inner,
-            places: self.places.clone(),
-            longest: self.longest,
+            admission: self.clone(),
         }
     }
 }
 
-/// See [`CallLimitLayer`].
+/// See [`AdmissionLayer`].
 #[derive(Debug, Clone)]
-pub struct CallLimit<S> {
+pub struct Admission<S> {
     inner: S,
-    places: Arc<Semaphore>,
-    longest: Duration,
+    admission: AdmissionLayer,
 }
 
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for CallLimit<S>
+/// A call answered at once, without reaching its handler.
+fn refused<B: Default + Send + 'static>(
+    status: tonic::Status,
+) -> BoxFuture<Result<http::Response<B>, Infallible>> {
+    Box::pin(std::future::ready(Ok(status.into_http())))
+}
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Admission<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>, Error = Infallible>,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
     ResBody: Default + Send + 'static,
 {
-    type Response = http::Response<Held<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Response = http::Response<Answer<ResBody>>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
-        // The call stays counted on its connection until its answer has been sent.
-        let open = request.extensions_mut().remove::<OpenCall>();
+        let admission = &self.admission;
+        let mut answer = Answer::wrap(ResBody::default());
+        // Counted on its connection since it arrived ([`Receive`]), until its answer is sent.
+        answer.open = request.extensions_mut().remove::<OpenCall>();
+        let peer = request.extensions().get::<Peer>();
         let path = request.uri().path();
-        if path.starts_with(HEALTH_PATH_PREFIX) || is_streaming(path) {
-            return Box::pin(self.inner.call(request).map(|answered| {
-                Ok(answered?.map(|body| {
-                    let mut held = Held::wrap(body);
-                    held.open = open;
-                    held
-                }))
-            }));
+        if is_streaming(path) {
+            let Some(place) = admission.streams.take(peer.and_then(|peer| peer.addr)) else {
+                Shed::Streams.count();
+                return refused(tonic::Status::resource_exhausted(
+                    "too many streaming calls are open, on this connection or in all",
+                ));
+            };
+            answer.stream = Some(place);
+            let answered = self.inner.call(request);
+            return Box::pin(async move {
+                let answered = answered.await?;
+                Ok(answered.map(|body| answer.with(body)))
+            });
         }
-        let Ok(place) = self.places.clone().try_acquire_owned() else {
-            Shed::Limit.count(request.uri().path());
-            let refused = tonic::Status::resource_exhausted(
-                "the server is at its limit of calls in flight, retry later",
-            );
-            return Box::pin(std::future::ready(Ok(refused.into_http())));
-        };
-        let slot = Arc::new(Slot {
-            place: std::sync::Mutex::new(Some(Place::taken(place))),
-            until: Instant::now() + self.longest,
-            method: request.uri().path().to_owned(),
+        let deadline = Instant::now() + admission.timeout;
+        if !path.starts_with(HEALTH_PATH_PREFIX) {
+            let Ok(place) = admission.places.clone().try_acquire_owned() else {
+                Shed::Limit.count();
+                return refused(tonic::Status::resource_exhausted(
+                    "the server is at its limit of calls in flight, retry later",
+                ));
+            };
+            answer.ticket = Some(admission.watch.hold(Place::taken(place), deadline));
+        }
+        answer.buffered = peer.map(|peer| peer.load.buffered());
+        answer.deadline = Some(Deadline {
+            at: deadline,
+            timer: None,
         });
-        let answer = self.inner.call(request);
+        let timeout = admission.timeout;
+        let answered = self.inner.call(request);
         Box::pin(async move {
-            let answered = answer.await?;
-            Ok(answered.map(|body| {
-                let mut held = Held::wrap(body);
-                held.slot = Some(slot);
-                held.open = open;
-                held
-            }))
+            match tokio::time::timeout_at(deadline, answered).await {
+                Ok(answered) => Ok(answered?.map(|body| answer.with(body))),
+                Err(_elapsed) => {
+                    tracing::warn!(?timeout, "call timed out");
+                    let timed_out = tonic::Status::deadline_exceeded(
+                        "the call took longer than the server allows",
+                    );
+                    Ok(timed_out.into_http())
+                }
+            }
         })
     }
 }
@@ -369,42 +411,103 @@ impl Drop for Place {
     }
 }
 
-/// A call's place, given back by its answer's body when sent or dropped, or by a watchdog at
-/// `until`, whichever comes first.
-#[derive(Debug)]
-struct Slot {
-    place: std::sync::Mutex<Option<Place>>,
-    until: Instant,
-    method: String,
+/// How often [`Watch`] takes back the places of calls past their time.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The places of the calls in flight, each until its call's deadline. A call gives its place
+/// back when its answer has been sent; one whose answer is still unsent at its deadline (HTTP/2
+/// waiting on the client's window, without polling the answer's body again) has it taken back
+/// by a task of the server's, which looks every [`WATCH_INTERVAL`] while places are held.
+#[derive(Debug, Default)]
+struct Watch {
+    held: std::sync::Mutex<WatchedPlaces>,
 }
 
-impl Slot {
-    /// Gives the place back (once).
-    fn release(&self) -> bool {
-        self.place
-            .lock()
-            .map(|mut place| place.take().is_some())
-            .unwrap_or(false)
+#[derive(Debug, Default)]
+struct WatchedPlaces {
+    by_ticket: HashMap<u64, (Place, Instant)>,
+    next_ticket: u64,
+    /// Whether the task that takes places back runs.
+    watching: bool,
+}
+
+impl Watch {
+    /// Holds `place` until the returned ticket is dropped, or at most until `until`.
+    fn hold(self: &Arc<Self>, place: Place, until: Instant) -> Ticket {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let ticket = held.next_ticket;
+        held.next_ticket += 1;
+        held.by_ticket.insert(ticket, (place, until));
+        if !held.watching {
+            held.watching = true;
+            tokio::spawn(Self::take_back_late_places(Arc::downgrade(self)));
+        }
+        Ticket {
+            watch: Arc::clone(self),
+            ticket,
+        }
     }
 
-    /// A task that gives the place back at `until` if the answer has not been sent by then.
-    fn watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let slot = Arc::clone(self);
-        tokio::spawn(async move {
-            tokio::time::sleep_until(slot.until).await;
-            if slot.release() {
-                Shed::SlowReader.count(&slot.method);
+    /// Takes back the places past their time until none is held (or the server is gone).
+    async fn take_back_late_places(watch: std::sync::Weak<Self>) {
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            let Some(watch) = watch.upgrade() else {
+                return;
+            };
+            let late = {
+                let mut held = watch.held.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = Instant::now();
+                let before = held.by_ticket.len();
+                held.by_ticket.retain(|_, (_, until)| *until > now);
+                let late = before - held.by_ticket.len();
+                if held.by_ticket.is_empty() {
+                    held.watching = false;
+                    for _ in 0..late {
+                        Shed::SlowReader.count();
+                    }
+                    return;
+                }
+                late
+            };
+            for _ in 0..late {
+                Shed::SlowReader.count();
             }
-        })
+        }
     }
 }
 
-/// Limits the streaming calls (health `Watch`, reflection) open at once: `per_server` in all and
-/// `per_connection` on one connection (told apart by the client's address and port). A stream
-/// beyond either is answered `RESOURCE_EXHAUSTED` at once; an open one keeps its place until
-/// its answer ends (the client closes it, or goes).
+/// A call's hold on its place in [`Watch`]; dropping it gives the place back.
+#[derive(Debug)]
+struct Ticket {
+    watch: Arc<Watch>,
+    ticket: u64,
+}
+
+impl Ticket {
+    /// Gives the place back; whether it was still held (not yet taken back for being late).
+    fn release(&self) -> bool {
+        let place = self
+            .watch
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_ticket
+            .remove(&self.ticket);
+        place.is_some()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The limits of streaming calls: `server` places in all, `per_connection` on one connection
+/// (told apart by the client's address and port).
 #[derive(Debug, Clone)]
-pub struct StreamLimitLayer {
+struct StreamLimits {
     server: Arc<Semaphore>,
     connections: StreamsByConnection,
     per_connection: usize,
@@ -413,15 +516,7 @@ pub struct StreamLimitLayer {
 /// Open streams by connection.
 type StreamsByConnection = Arc<std::sync::Mutex<HashMap<SocketAddr, usize>>>;
 
-impl StreamLimitLayer {
-    pub fn new(per_server: NonZeroUsize, per_connection: NonZeroUsize) -> Self {
-        Self {
-            server: Arc::new(Semaphore::new(per_server.get().min(Semaphore::MAX_PERMITS))),
-            connections: StreamsByConnection::default(),
-            per_connection: per_connection.get(),
-        }
-    }
-
+impl StreamLimits {
     /// A place for a stream of the connection from `peer`, if both limits allow one.
     fn take(&self, peer: Option<SocketAddr>) -> Option<StreamPlace> {
         let server = self.server.clone().try_acquire_owned().ok()?;
@@ -448,74 +543,6 @@ impl StreamLimitLayer {
     }
 }
 
-impl<S> Layer<S> for StreamLimitLayer {
-    type Service = StreamLimit<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        StreamLimit {
-            inner,
-            limits: self.clone(),
-        }
-    }
-}
-
-/// See [`StreamLimitLayer`].
-#[derive(Debug, Clone)]
-pub struct StreamLimit<S> {
-    inner: S,
-    limits: StreamLimitLayer,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for StreamLimit<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = http::Response<Held<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        if !is_streaming(request.uri().path()) {
-            return Box::pin(
-                self.inner
-                    .call(request)
-                    .map(|answered| Ok(answered?.map(Held::wrap))),
-            );
-        }
-        let Some(place) = self.limits.take(peer_of(&request)) else {
-            Shed::Streams.count(request.uri().path());
-            let refused = tonic::Status::resource_exhausted(
-                "too many streaming calls are open, on this connection or in all",
-            );
-            return Box::pin(std::future::ready(Ok(refused.into_http())));
-        };
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            let answered = answer.await?;
-            Ok(answered.map(|body| {
-                let mut held = Held::wrap(body);
-                held.stream = Some(place);
-                held
-            }))
-        })
-    }
-}
-
-/// The client's address and port: its connection's, over TLS or not.
-fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
-    request
-        .extensions()
-        .get::<Peer>()
-        .and_then(|peer| peer.addr)
-}
-
 /// A streaming call's place, in all and on its connection, given back when dropped.
 #[derive(Debug)]
 struct StreamPlace {
@@ -538,96 +565,6 @@ impl Drop for StreamPlace {
     }
 }
 
-/// Answers a call still running after `timeout` with `DEADLINE_EXCEEDED` and drops it (tonic's
-/// own server timeout answers `CANCELLED`); an answer whose body is still unsent at that time
-/// is dropped, and its stream reset. The handlers run their database work in tasks of their
-/// own, so the work a dropped call started ends cleanly, as when a client goes away.
-/// Streaming calls (health `Watch`, reflection) are not timed.
-#[derive(Debug, Clone, Copy)]
-pub struct RpcTimeoutLayer {
-    timeout: Duration,
-}
-
-impl RpcTimeoutLayer {
-    /// Calls may run for `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
-    }
-}
-
-impl<S> Layer<S> for RpcTimeoutLayer {
-    type Service = RpcTimeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcTimeout {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-/// See [`RpcTimeoutLayer`].
-#[derive(Debug, Clone)]
-pub struct RpcTimeout<S> {
-    inner: S,
-    timeout: Duration,
-}
-
-impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcTimeout<S>
-where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    type Response = http::Response<Held<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let method = request.uri().path().to_owned();
-        if is_streaming(&method) {
-            return Box::pin(
-                self.inner
-                    .call(request)
-                    .map(|answered| Ok(answered?.map(Held::wrap))),
-            );
-        }
-        let timeout = self.timeout;
-        let deadline = Instant::now() + timeout;
-        let buffered = request
-            .extensions()
-            .get::<Peer>()
-            .map(|peer| peer.load.buffered());
-        let answer = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, answer).await {
-                Ok(answered) => Ok(answered?.map(|body| {
-                    let mut held = Held::wrap(body);
-                    held.deadline = Some(Deadline {
-                        at: deadline,
-                        timer: None,
-                        method,
-                    });
-                    held.buffered = buffered;
-                    held
-                })),
-                Err(_elapsed) => {
-                    tracing::warn!(method, ?timeout, "call timed out");
-                    let timed_out = tonic::Status::deadline_exceeded(
-                        "the call took longer than the server allows",
-                    );
-                    Ok(timed_out.into_http())
-                }
-            }
-        })
-    }
-}
-
 /// The most bytes of an answer handed to HTTP/2 at once: one frame's worth (HTTP/2's default
 /// largest frame). HTTP/2 takes a chunk as soon as the stream may send a byte of it and keeps
 /// the rest until the client's window lets it out; in small chunks the body is only done, and
@@ -635,37 +572,35 @@ where
 /// client that does not read leaves at most one chunk per stream in the server's memory.
 const ANSWER_CHUNK_BYTES: usize = 16 * 1024;
 
-/// An answer's body that keeps its call's place until it has been sent (or dropped, when the
-/// client goes), and ends in an error, which resets its stream, if it is not sent by its
-/// call's deadline. It hands its data on in chunks of [`ANSWER_CHUNK_BYTES`].
+/// A call's answer, with what the call holds until it has been sent ([`Admission`]): it hands
+/// its data on in chunks of [`ANSWER_CHUNK_BYTES`], within the byte budgets, and ends in an
+/// error, which resets its stream, if it is not sent by its call's deadline.
 #[derive(Debug, Default)]
-pub struct Held<B> {
+pub struct Answer<B> {
     inner: B,
     /// What is left of a data frame larger than a chunk.
     rest: Bytes,
-    /// The call's place ([`CallLimit`]), watched from the first chunk on.
-    slot: Option<Arc<Slot>>,
-    /// A streaming call's place ([`StreamLimit`]).
+    /// The call's place among the calls in flight.
+    ticket: Option<Ticket>,
+    /// A streaming call's place.
     stream: Option<StreamPlace>,
-    watchdog: Option<tokio::task::JoinHandle<()>>,
-    /// When the answer must have been sent ([`RpcTimeout`]).
+    /// When the answer must have been sent.
     deadline: Option<Deadline>,
-    /// The call, counted on its connection ([`Receive`]).
+    /// The call, counted on its connection.
     open: Option<OpenCall>,
-    /// The bytes of the answer not yet sent, within the budgets ([`RpcTimeout`]): the rest and
-    /// the chunk last handed on, which HTTP/2 may still hold.
+    /// The bytes of the answer not yet sent, within the budgets: the rest and the chunk last
+    /// handed on, which HTTP/2 may still hold.
     buffered: Option<Buffered>,
     /// The answer was refused for the budgets: it ends with its trailers.
     refused: bool,
 }
 
-/// When an answer must have been sent, and the call's method. Its timer is set only once the
-/// body has to wait: most answers are sent whole in their first polls, without a timer.
+/// When an answer must have been sent. Its timer is set only once the body has to wait: most
+/// answers are sent whole in their first polls, without a timer.
 #[derive(Debug)]
 struct Deadline {
     at: Instant,
     timer: Option<Pin<Box<Sleep>>>,
-    method: String,
 }
 
 impl Deadline {
@@ -680,14 +615,13 @@ impl Deadline {
     }
 }
 
-impl<B> Held<B> {
+impl<B> Answer<B> {
     fn wrap(inner: B) -> Self {
         Self {
             inner,
             rest: Bytes::new(),
-            slot: None,
+            ticket: None,
             stream: None,
-            watchdog: None,
             deadline: None,
             open: None,
             buffered: None,
@@ -695,42 +629,39 @@ impl<B> Held<B> {
         }
     }
 
-    /// The next chunk of `data`, the rest kept for the next poll. From the first chunk on,
-    /// HTTP/2 may wait for the client's window without polling this body again, so a watchdog
-    /// keeps the place's time.
+    /// The same holds, over the handler's answer `body`.
+    fn with<C>(self, body: C) -> Answer<C> {
+        let mut answer = Answer::wrap(body);
+        answer.ticket = self.ticket;
+        answer.stream = self.stream;
+        answer.deadline = self.deadline;
+        answer.open = self.open;
+        answer.buffered = self.buffered;
+        answer
+    }
+
+    /// The next chunk of `data`, the rest kept for the next poll.
     fn chunk(&mut self, mut data: Bytes) -> Frame<Bytes> {
         if data.len() > ANSWER_CHUNK_BYTES {
             self.rest = data.split_off(ANSWER_CHUNK_BYTES);
-        }
-        if self.watchdog.is_none()
-            && let Some(slot) = &self.slot
-        {
-            self.watchdog = Some(slot.watch());
         }
         Frame::data(data)
     }
 
     /// The answer was not sent by its deadline: its stream is reset.
     fn expire(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // Counted once per call: by the watchdog of its place when it has one.
-        if let Some(deadline) = &self.deadline
-            && self.slot.is_none()
-        {
-            Shed::SlowReader.count(&deadline.method);
+        // Counted once per call: here, unless the watch took its place back first.
+        if self.ticket.as_ref().is_none_or(Ticket::release) {
+            Shed::SlowReader.count();
         }
         self.release();
         // A reset with CANCEL: the client hears its call was cancelled, not an internal error.
         Poll::Ready(Some(Err(Box::new(h2::Error::from(h2::Reason::CANCEL)))))
     }
 
-    /// The call is over: its place and deadline go.
+    /// The call is over: whatever it held goes.
     fn release(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            slot.release();
-        }
-        if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
-        }
+        self.ticket = None;
         self.stream = None;
         self.deadline = None;
         self.open = None;
@@ -750,27 +681,18 @@ impl<B> Held<B> {
     /// The answer is larger than the budgets let through now: it ends here with
     /// `RESOURCE_EXHAUSTED` in its trailers.
     fn refuse(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(deadline) = &self.deadline {
-            Shed::Buffers.count(&deadline.method);
-        }
+        Shed::Buffers.count();
         self.refused = true;
         self.release();
         let (mut trailers, ()) = tonic::Status::resource_exhausted(BUFFERS_FULL)
             .into_http::<()>()
             .into_parts();
         trailers.headers.remove(http::header::CONTENT_TYPE);
-        let trailers = trailers.headers;
-        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+        Poll::Ready(Some(Ok(Frame::trailers(trailers.headers))))
     }
 }
 
-impl<B> Drop for Held<B> {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-impl<B> Body for Held<B>
+impl<B> Body for Answer<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -1006,6 +928,11 @@ mod tests {
         }
     }
 
+    fn admission(max_in_flight: usize, timeout: Duration) -> AdmissionLayer {
+        let places = NonZeroUsize::new(max_in_flight).expect("some");
+        AdmissionLayer::new(places, timeout, NonZeroUsize::MIN, NonZeroUsize::MIN)
+    }
+
     fn request(path: &str) -> http::Request<()> {
         let mut request = http::Request::new(());
         *request.uri_mut() = path.parse().expect("a path");
@@ -1019,8 +946,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_beyond_the_limit_is_refused_at_once_but_a_health_check_passes() {
         let gate = Arc::new(Semaphore::new(0));
-        let limit = CallLimitLayer::new(NonZeroUsize::MIN, Duration::from_secs(60));
-        let mut service = limit.layer(Waits { gate: gate.clone() });
+        let mut service = admission(1, Duration::from_secs(60)).layer(Waits { gate: gate.clone() });
         let admitted = tokio::spawn(service.call(request("/pkg.Service/Slow")));
 
         let refused = service
@@ -1047,8 +973,7 @@ mod tests {
     #[tokio::test]
     async fn a_call_past_the_timeout_answers_deadline_exceeded() {
         let closed = Arc::new(Semaphore::new(0));
-        let mut service =
-            RpcTimeoutLayer::new(Duration::from_millis(20)).layer(Waits { gate: closed });
+        let mut service = admission(8, Duration::from_millis(20)).layer(Waits { gate: closed });
         let response = service
             .call(request("/pkg.Service/Slow"))
             .await

@@ -14,8 +14,7 @@ use tonic_health::server::HealthReporter;
 use tower::layer::util::{Identity, Stack};
 
 use crate::calls::{
-    CallLimitLayer, CatchPanicLayer, DecodeErrorsLayer, ReceiveLayer, RpcTimeoutLayer,
-    StreamLimitLayer, decode_errors_layer,
+    AdmissionLayer, CatchPanicLayer, DecodeErrorsLayer, ReceiveLayer, decode_errors_layer,
 };
 use crate::connection::Acceptor;
 use crate::metrics::RpcMetricsLayer;
@@ -28,13 +27,7 @@ pub type GrpcRouter = Router<
         CatchPanicLayer,
         Stack<
             DecodeErrorsLayer,
-            Stack<
-                RpcTimeoutLayer,
-                Stack<
-                    StreamLimitLayer,
-                    Stack<CallLimitLayer, Stack<ReceiveLayer, Stack<RpcMetricsLayer, Identity>>>,
-                >,
-            >,
+            Stack<AdmissionLayer, Stack<ReceiveLayer, Stack<RpcMetricsLayer, Identity>>>,
         >,
     >,
 >;
@@ -220,15 +213,12 @@ pub fn router(
             limits.request_receive_timeout,
             max_request_bytes,
         ))
-        .layer(CallLimitLayer::new(
+        .layer(AdmissionLayer::new(
             limits.max_concurrent_rpcs,
             limits.rpc_timeout,
-        ))
-        .layer(StreamLimitLayer::new(
             limits.max_streaming_calls,
             limits.max_streaming_calls_per_connection,
         ))
-        .layer(RpcTimeoutLayer::new(limits.rpc_timeout))
         .layer(decode_errors_layer())
         .layer(CatchPanicLayer)
         .add_service(health_service)
