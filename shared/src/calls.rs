@@ -158,7 +158,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        // Counted on its connection from here until its answer has been sent (see `CallLimit`).
+        // Counted on its connection from here until its answer has been sent (see `Admission`).
         let load = request
             .extensions()
             .get::<Peer>()
