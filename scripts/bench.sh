@@ -11,6 +11,8 @@
 # token (each user's own; the development PKI of scripts/dev-pki.sh in .tools/pki). A second
 # pair of the same build runs with INSECURE (plaintext, no caller checks) on the same databases,
 # and the report compares the two on the same work, in the same run: the cost of TLS and tokens.
+# Last, the plaintext reservation-svc takes the distinct-seat load again while five attacks run
+# against it at once (the abuse scenario; its attackers speak plaintext HTTP/2).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -157,6 +159,7 @@ target/release/bench run \
     --plaintext-reservation "$plaintext_reservation" \
     --plaintext-wallet-pid "$plaintext_wallet_pid" \
     --plaintext-reservation-pid "$plaintext_reservation_pid" \
+    --plaintext-reservation-metrics "$plaintext_reservation_metrics" \
     --wallet-database-url "$PG_URL/$WALLET_DB" \
     --reservation-database-url "$PG_URL/$RESERVATION_DB" \
     --admin-database-url "$PG_URL/postgres" \

@@ -1,8 +1,9 @@
 //! Load generator of both services. `run` is what `scripts/bench.sh` calls once the services
 //! are up: every scenario, the raw baselines (pgbench, redis-benchmark) in the same run, and
 //! the report. `stampede`, `holds` and `payments` load running services by hand, over one replica or
-//! several.
+//! several; `abuse` attacks a running reservation-svc while it holds distinct seats.
 
+mod abuse;
 mod access;
 mod baseline;
 mod load;
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 use crate::access::Caller::Users;
 use crate::load::{Measured, OK};
+use crate::probe::{RssSampler, Watched};
 use crate::report::{Scenario, latency, thousands};
 
 #[derive(Debug, Parser)]
@@ -37,6 +39,9 @@ enum Command {
     Holds(HoldsArgs),
     /// Holds and pays distinct seats, with users charged through the wallet first.
     Payments(PaymentsArgs),
+    /// Holds distinct seats alone, then while attacks run against the service at once (all
+    /// five, or those of --attack; a service run with INSECURE=true).
+    Abuse(AbuseArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,6 +108,37 @@ struct PaymentsArgs {
     connections: usize,
     #[command(flatten)]
     access: access::Access,
+}
+
+#[derive(Debug, clap::Args)]
+struct AbuseArgs {
+    /// A reservation-svc run with INSECURE=true: the attackers speak plaintext HTTP/2.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Its metrics address (`host:port`), for what it sheds and holds.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    metrics: String,
+    /// Its process id, for its peak RSS during the attack.
+    #[arg(long)]
+    pid: u32,
+    /// wallet-svc's process id, for its peak RSS too.
+    #[arg(long)]
+    wallet_pid: Option<u32>,
+    /// HoldSeat calls of each run, each of its own seat.
+    #[arg(long, default_value_t = 30_000)]
+    requests: u64,
+    /// Seats of each run's schedule (at least `requests`).
+    #[arg(long, default_value_t = 100_000)]
+    seats: i32,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections of the load.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// An attack to run (repeat for several); all five without it.
+    #[arg(long = "attack", value_enum)]
+    attacks: Vec<abuse::Attack>,
 }
 
 #[tokio::main]
@@ -179,6 +215,48 @@ async fn main() -> anyhow::Result<()> {
                 "paid/s",
                 Some(&[OK]),
             ));
+            Ok(())
+        }
+        Command::Abuse(args) => {
+            let reservation = access::Service::connect(
+                std::slice::from_ref(&args.addr),
+                args.connections,
+                &access::Access::default(),
+                Users,
+            )
+            .await?;
+            let mut watched = vec![Watched {
+                name: "reservation-svc",
+                pid: args.pid,
+            }];
+            watched.extend(args.wallet_pid.map(|pid| Watched {
+                name: "wallet-svc",
+                pid,
+            }));
+            let subject = abuse::Subject {
+                described: format!("the reservation-svc at {}", args.addr),
+                addr: &args.addr,
+                metrics: &args.metrics,
+                load: &reservation,
+                services: ["reservation-svc", "wallet-svc"],
+            };
+            let load = abuse::Load {
+                requests: args.requests,
+                clients: args.concurrency,
+                seats: args.seats,
+            };
+            let attacks = if args.attacks.is_empty() {
+                abuse::Attack::ALL.to_vec()
+            } else {
+                args.attacks
+            };
+            let sampler = RssSampler::start(watched);
+            let measured = abuse::measure(&subject, load, &attacks, None, &sampler).await?;
+            println!("{}", report::abuse_section(&measured));
+            println!("{}", report::targets_table(&measured.targets()));
+            for note in measured.notes() {
+                println!("* {note}");
+            }
             Ok(())
         }
     }

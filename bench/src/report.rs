@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::abuse::{self, Abuse};
 use crate::baseline::Baseline;
 use crate::load::{Measured, OK};
 use crate::probe::{CpuPerRequest, HARNESS, Machine, Window};
@@ -166,6 +167,8 @@ pub struct Report {
     pub baselines: Vec<Baseline>,
     /// Production against plaintext, scenario by scenario (empty without a plaintext pair).
     pub tls_cost: Vec<Comparison>,
+    /// The distinct-seat load alone and under attack (none without a plaintext pair).
+    pub abuse: Option<Abuse>,
     /// `VmHWM` of each service at the end of the run, in KiB.
     pub service_peak_rss_kib: BTreeMap<String, u64>,
     pub targets: Vec<Target>,
@@ -287,17 +290,13 @@ impl Report {
             }
         }
 
-        out.push_str("\nTargets:\n\n| target | goal | measured | |\n|---|---|---|---|\n");
-        for target in &self.targets {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                target.what,
-                target.goal,
-                target.measured,
-                if target.met { "met" } else { "**missed**" }
-            );
+        if let Some(abuse) = &self.abuse {
+            out.push('\n');
+            out.push_str(&abuse_section(abuse));
         }
+
+        out.push('\n');
+        out.push_str(&targets_table(&self.targets));
 
         let notes: Vec<&String> = self
             .scenarios
@@ -345,6 +344,96 @@ impl Report {
         std::fs::write(readme, updated)?;
         Ok(())
     }
+}
+
+/// The targets, each met or missed.
+pub fn targets_table(targets: &[Target]) -> String {
+    let mut out = String::from("Targets:\n\n| target | goal | measured | |\n|---|---|---|---|\n");
+    for target in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            target.what,
+            target.goal,
+            target.measured,
+            if target.met { "met" } else { "**missed**" }
+        );
+    }
+    out
+}
+
+/// The abuse scenario: the load alone and under attack, what each attacker saw, what the
+/// server shed, and what it held once the attackers had gone.
+pub fn abuse_section(abuse: &Abuse) -> String {
+    let mut out = format!(
+        "Abuse, in the same run: the distinct-seat load (d), the same holds from the same \
+         clients on a fresh schedule, through {}, once alone and once while the attacks below \
+         run against it at once, from {} s before the load's first hold to its last. Each attacker \
+         asks again for what the server ends, but for the refused `Watch` streams. Peak RSS is \
+         the highest `VmRSS` sampled every 50 ms from the attackers' start to their end.\n\n\
+         | run | requests × clients | rate | p50 | p99 | peak RSS | CPU per call |\n\
+         |---|--:|--:|--:|--:|--:|---|\n",
+        abuse.described,
+        abuse::ATTACK_LEAD.as_secs(),
+    );
+    for scenario in [&abuse.calm, &abuse.attacked] {
+        let _ = writeln!(
+            out,
+            "| {} | {} × {} | {} {} | {} | {} | {} | {} |",
+            scenario.name,
+            thousands(scenario.requests),
+            thousands(scenario.clients as u64),
+            thousands(scenario.rate.round() as u64),
+            scenario.rate_unit,
+            latency(scenario.p50_us),
+            latency(scenario.p99_us),
+            scenario
+                .peak_rss_kib
+                .iter()
+                .map(|(service, kib)| format!("{service} {}", mebibytes(*kib)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            cpu_breakdown(&scenario.cpu_per_request),
+        );
+    }
+    out.push_str("\n| attack | what its attacker saw |\n|---|---|\n");
+    for attack in &abuse.attacks {
+        let outcomes = attack
+            .outcomes
+            .iter()
+            .map(|(outcome, count)| format!("{outcome} {}", thousands(*count)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(out, "| {} | {outcomes} |", attack.name);
+    }
+    let shed = abuse
+        .shed
+        .iter()
+        .map(|(reason, count)| format!("`{reason}` {}", thousands(*count)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let after = &abuse.after;
+    let _ = writeln!(
+        out,
+        "\nUnder attack the load kept {:.2}× its rate without. The attacks ran for {:.0} s; \
+         what {} shed meanwhile (`ticketing_rpc_shed_total` by reason): {shed}; connections \
+         closed at `MAX_CONNECTIONS`: {}. Once the attackers had gone: \
+         `ticketing_rpc_in_flight` {}, `ticketing_streams_open` {}, \
+         `ticketing_connections_open` {} (the load's own {}), {}.",
+        abuse.ratio,
+        abuse.attack_s,
+        abuse.service,
+        thousands(abuse.connections_refused),
+        after.rpc_in_flight,
+        after.streams_open,
+        after.connections_open,
+        after.load_connections,
+        after.settled_s.map_or_else(
+            || format!("not all back within {} s", abuse::SETTLE_WITHIN.as_secs()),
+            |seconds| format!("{seconds:.1} s after"),
+        ),
+    );
+    out
 }
 
 /// `12,345`.

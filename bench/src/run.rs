@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use reservation_svc::lock::{RELEASE_SCRIPT, acquire_script};
 use reservation_svc::store::CREATE_SCHEDULE_SQL;
 
+use crate::abuse::{self, Abuse};
 use crate::access::{Access, Caller, Service};
 use crate::baseline::{self, Baseline, Pgbench, RedisBenchmark};
 use crate::load::{Measured, OK};
@@ -35,6 +37,9 @@ const LOCK_TTL_MS: &str = "3000";
 /// (2100-01-01): always ahead of Redis's clock, so the script writes as it does for a hold that
 /// is in time.
 const FAR_DEADLINE_MS: &str = "4102444800000";
+
+/// The key of scenario (d), distinct seats.
+const DISTINCT_SEATS: &str = "distinct-seats";
 
 const WALLET: &str = "wallet-svc";
 const RESERVATION: &str = "reservation-svc";
@@ -68,6 +73,10 @@ pub struct RunArgs {
     plaintext_wallet_pid: Option<u32>,
     #[arg(long, requires = "plaintext_wallet")]
     plaintext_reservation_pid: Option<u32>,
+    /// The plaintext reservation-svc's metrics address (`host:port`): with it, the abuse
+    /// scenario attacks that service.
+    #[arg(long, requires = "plaintext_wallet")]
+    plaintext_reservation_metrics: Option<String>,
     /// reservation-svc's metrics address (`host:port`), for its seat lock counters.
     #[arg(long)]
     reservation_metrics: String,
@@ -200,6 +209,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let distinct_cost = bench.distinct_seats_cost(&distinct.scenario).await?;
     let payments = bench.payments().await?;
     let payments_cost = bench.payments_cost(&payments.scenario).await?;
+    // Last, so that what the attacks leave in the plaintext reservation-svc's memory (its
+    // allocator keeps some) weighs on no other scenario.
+    let abuse = bench.abuse().await?;
     let (service_peak_rss_kib, memory_targets) = bench.peak_rss();
     let counts = bench.counts_note(&load_before);
 
@@ -213,6 +225,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         scenarios: Vec::new(),
         baselines: Vec::new(),
         tls_cost: Vec::new(),
+        abuse: None,
         service_peak_rss_kib,
         targets: Vec::new(),
         notes: Vec::new(),
@@ -230,6 +243,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         report.targets.push(tls_cost::target(&comparison));
         report.notes.push(tls_cost::note(&comparison));
         report.tls_cost.push(comparison);
+    }
+    if let Some(abuse) = abuse {
+        report.targets.extend(abuse.targets());
+        report.notes.extend(abuse.notes());
+        report.abuse = Some(abuse);
     }
     report.targets.extend(memory_targets);
     report.notes.push(counts);
@@ -295,6 +313,9 @@ struct Bench {
     production: Pair,
     /// The pair run with `INSECURE` that the production pair is compared with, if any.
     plaintext: Option<Pair>,
+    /// The plaintext pair's rounds of those comparisons: (d)'s is the abuse scenario's run
+    /// without attack.
+    plaintext_rounds: Mutex<Vec<Scenario>>,
     sampler: RssSampler,
 }
 
@@ -357,6 +378,7 @@ impl Bench {
             work_dir,
             production,
             plaintext,
+            plaintext_rounds: Mutex::default(),
             sampler,
         };
         Ok((bench, machine))
@@ -735,7 +757,7 @@ impl Bench {
         )
         .await?;
         let mut distinct = Scenario::new(
-            "distinct-seats",
+            DISTINCT_SEATS,
             "(d) distinct seats: `HoldSeat` over 100,000 seats",
             &measured,
             CLIENTS,
@@ -842,6 +864,11 @@ impl Bench {
                 None,
             );
             scenario.observe(&self.sampler.take(), &services(pair));
+            if side == Side::Plaintext
+                && let Ok(mut rounds) = self.plaintext_rounds.lock()
+            {
+                rounds.push(scenario.clone());
+            }
             Ok(scenario)
         })
         .await?;
@@ -934,6 +961,54 @@ impl Bench {
             },
         )
         .await
+    }
+
+    /// The abuse scenario, against the plaintext pair's reservation-svc (the attackers speak
+    /// plaintext HTTP/2; the limits are the same layers as production's). Its run without
+    /// attack is (d)'s plaintext round, the same load on the same pair. `None` without a
+    /// plaintext pair and its metrics address.
+    async fn abuse(&self) -> anyhow::Result<Option<Abuse>> {
+        let (Some(pair), Some(metrics), Some(addr)) = (
+            &self.plaintext,
+            &self.args.plaintext_reservation_metrics,
+            &self.args.plaintext_reservation,
+        ) else {
+            return Ok(None);
+        };
+        let calm_rounds: Vec<Scenario> = self
+            .plaintext_rounds
+            .lock()
+            .map(|rounds| {
+                rounds
+                    .iter()
+                    .filter(|round| round.key == DISTINCT_SEATS)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let calm = (!calm_rounds.is_empty()).then(|| {
+            let mut calm = tls_cost::median(calm_rounds);
+            calm.key = "abuse-calm".to_owned();
+            calm.name = "(d) distinct seats, no attack (its plaintext round above)".to_owned();
+            calm
+        });
+        let subject = abuse::Subject {
+            described: "the plaintext pair (`INSECURE`: the same limits as production's, and \
+                        attackers that need no TLS)"
+                .to_owned(),
+            addr,
+            metrics,
+            load: &pair.reservation,
+            services: [pair.reservation_name, pair.wallet_name],
+        };
+        let load = abuse::Load {
+            requests: self.sizes.distinct_holds,
+            clients: CLIENTS,
+            seats: self.sizes.seats,
+        };
+        let measured =
+            abuse::measure(&subject, load, &abuse::Attack::ALL, calm, &self.sampler).await?;
+        Ok(Some(measured))
     }
 
     /// Memory: the high-water mark of each service over the whole run, and its target.

@@ -196,12 +196,41 @@ pub async fn distinct_seats(
     seat_count: i32,
     measuring: impl FnOnce(),
 ) -> anyhow::Result<Measured> {
+    let schedule_id = distinct_seat_schedule(reservation, requests, seat_count).await?;
+    hold_distinct_seats(
+        reservation,
+        schedule_id,
+        requests,
+        clients,
+        seat_count,
+        measuring,
+    )
+    .await
+}
+
+/// A fresh schedule of `seat_count` seats for `requests` distinct-seat holds.
+pub async fn distinct_seat_schedule(
+    reservation: &Service,
+    requests: u64,
+    seat_count: i32,
+) -> anyhow::Result<i64> {
     anyhow::ensure!(
         requests <= u64::try_from(seat_count).unwrap_or(0),
         "{requests} distinct holds need as many seats, not {seat_count}"
     );
-    let schedule_id =
-        create_schedule(reservation.first()?, "Distinct seats", seat_count, 0).await?;
+    create_schedule(reservation.first()?, "Distinct seats", seat_count, 0).await
+}
+
+/// `requests` holds, each of a distinct seat of `schedule_id`, a fresh schedule of
+/// `seat_count` seats; `measuring` runs right before the first hold.
+pub async fn hold_distinct_seats(
+    reservation: &Service,
+    schedule_id: i64,
+    requests: u64,
+    clients: usize,
+    seat_count: i32,
+    measuring: impl FnOnce(),
+) -> anyhow::Result<Measured> {
     let users = distinct_seat_users(requests);
     let user_of = move |index: u64| i64::try_from(index % users).unwrap_or(0) + 1;
     reservation.sign_tokens((0..users).map(user_of))?;

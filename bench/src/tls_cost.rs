@@ -59,7 +59,7 @@ pub async fn compare(
 }
 
 /// The round of median rate (of an odd count; the upper of the middle two otherwise).
-fn median(mut rounds: Vec<Scenario>) -> Scenario {
+pub fn median(mut rounds: Vec<Scenario>) -> Scenario {
     rounds.sort_by(|a, b| a.rate.total_cmp(&b.rate));
     let middle = rounds.len() / 2;
     rounds.swap_remove(middle)
