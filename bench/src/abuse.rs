@@ -31,7 +31,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use serde::Serialize;
 use shared::metrics::{
-    CONNECTIONS_OPEN, CONNECTIONS_REFUSED, RPC_IN_FLIGHT, RPC_SHED, STREAMS_OPEN,
+    BUFFERED_BYTES, CONNECTIONS_OPEN, CONNECTIONS_REFUSED, RPC_IN_FLIGHT, RPC_SHED, STREAMS_OPEN,
 };
 use shared::proto::reservation::v1 as reservation_pb;
 use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
@@ -82,12 +82,13 @@ pub const RATE_TARGET: f64 = 0.7;
 pub const RSS_TARGET_KIB: u64 = 128 * 1024;
 
 /// The reasons of `ticketing_rpc_shed_total`.
-const SHED_REASONS: [&str; 5] = [
+const SHED_REASONS: [&str; 6] = [
     "limit",
     "too_large",
     "slow_request",
     "slow_reader",
     "streams",
+    "buffers",
 ];
 
 const CREATE_CONCERT: &str = "/ticketing.reservation.v1.ReservationService/CreateConcert";
@@ -160,6 +161,7 @@ pub struct AttackSummary {
 pub struct After {
     pub rpc_in_flight: f64,
     pub streams_open: f64,
+    pub buffered_bytes: f64,
     pub connections_open: f64,
     /// The well-behaved load's connections, which stay open.
     pub load_connections: usize,
@@ -172,6 +174,7 @@ impl After {
     fn settled(&self) -> bool {
         self.rpc_in_flight == 0.0
             && self.streams_open == 0.0
+            && self.buffered_bytes == 0.0
             && self.connections_open <= self.load_connections as f64
     }
 }
@@ -301,15 +304,24 @@ fn scenario(
     scenario
 }
 
-/// Reads the seats of `schedule_id` once, whole, for the size of the answer attack 2 leaves
-/// unread.
+/// Reads the largest page of the seats of `schedule_id` once, for the size of the answer attack
+/// 2 leaves unread.
 async fn list_seats_answer_bytes(load: &Service, schedule_id: i64) -> anyhow::Result<u64> {
     let seats = ReservationServiceClient::new(load.first()?.clone())
-        .list_seats(reservation_pb::ListSeatsRequest { schedule_id })
+        .list_seats(largest_seat_page(schedule_id))
         .await
         .context("ListSeats of the big schedule")?
         .into_inner();
     Ok(prost::Message::encoded_len(&seats) as u64)
+}
+
+/// The largest page of seats a client may ask for.
+fn largest_seat_page(schedule_id: i64) -> reservation_pb::ListSeatsRequest {
+    reservation_pb::ListSeatsRequest {
+        schedule_id,
+        page_size: 5_000,
+        page_token: String::new(),
+    }
 }
 
 /// `ticketing_rpc_shed_total` now, by reason.
@@ -323,7 +335,7 @@ async fn shed(metrics: &str) -> anyhow::Result<BTreeMap<&'static str, f64>> {
 }
 
 /// Waits until the server has given back what the attackers held (no call in flight, no
-/// stream open, no connection but the load's), for at most [`SETTLE_WITHIN`], and reads the
+/// stream open, no byte held, no connection but the load's), for at most [`SETTLE_WITHIN`], and reads the
 /// gauges.
 async fn settle(metrics: &str, load_connections: usize) -> anyhow::Result<After> {
     let started = Instant::now();
@@ -331,6 +343,7 @@ async fn settle(metrics: &str, load_connections: usize) -> anyhow::Result<After>
         let after = After {
             rpc_in_flight: probe::scrape(metrics, RPC_IN_FLIGHT).await?,
             streams_open: probe::scrape(metrics, STREAMS_OPEN).await?,
+            buffered_bytes: probe::scrape(metrics, BUFFERED_BYTES).await?,
             connections_open: probe::scrape(metrics, CONNECTIONS_OPEN).await?,
             load_connections,
             settled_s: Some(started.elapsed().as_secs_f64()),
@@ -499,9 +512,9 @@ impl Attackers {
                     for _ in 0..UNREAD_CONNECTIONS {
                         connections.push(h2_connect(&authority, reader.clone(), tasks).await?);
                     }
-                    let request = frame(&prost::Message::encode_to_vec(
-                        &reservation_pb::ListSeatsRequest { schedule_id },
-                    ));
+                    let request = frame(&prost::Message::encode_to_vec(&largest_seat_page(
+                        schedule_id,
+                    )));
                     for h2 in connections.iter().cycle().take(UNREAD_LIST_SEATS) {
                         let repeated = Repeated {
                             kind: StreamKind::Unread {

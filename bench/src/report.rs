@@ -419,13 +419,14 @@ pub fn abuse_section(abuse: &Abuse) -> String {
          what {} shed meanwhile (`ticketing_rpc_shed_total` by reason): {shed}; connections \
          closed at `MAX_CONNECTIONS`: {}. Once the attackers had gone: \
          `ticketing_rpc_in_flight` {}, `ticketing_streams_open` {}, \
-         `ticketing_connections_open` {} (the load's own {}), {}.",
+         `ticketing_buffered_bytes` {}, `ticketing_connections_open` {} (the load's own {}), {}.",
         abuse.ratio,
         abuse.attack_s,
         abuse.service,
         thousands(abuse.connections_refused),
         after.rpc_in_flight,
         after.streams_open,
+        after.buffered_bytes,
         after.connections_open,
         after.load_connections,
         after.settled_s.map_or_else(
