@@ -436,7 +436,8 @@ impl Attack {
                 thousands(HEADER_ONLY_STREAMS as u64)
             ),
             Self::UnreadListSeats => format!(
-                "(2) {} unread `ListSeats` of {} seats on {} connections ({} B window)",
+                "(2) {} unread `ListSeats` pages of 5,000 seats (a schedule of {}) on {} \
+                 connections ({} B window)",
                 thousands(UNREAD_LIST_SEATS as u64),
                 thousands(u64::try_from(seats).unwrap_or(0)),
                 UNREAD_CONNECTIONS,
