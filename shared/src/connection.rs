@@ -21,7 +21,7 @@ use tonic::transport::server::Connected;
 use crate::metrics::{
     BUFFERED_BYTES, CONNECTIONS_IDLE_CLOSED, CONNECTIONS_OPEN, CONNECTIONS_REFUSED,
 };
-use crate::server::ServerArgs;
+use crate::server::{MAX_CONNECTION_AGE, MAX_CONNECTION_AGE_GRACE, ServerArgs};
 
 /// The first pause after a failed accept; it doubles while accepts keep failing.
 const FIRST_ACCEPT_PAUSE: Duration = Duration::from_millis(10);
@@ -314,7 +314,9 @@ impl Drop for ConnectionSlot {
 
 /// An accepted connection (TCP, or TLS over it) holding its place until it closes, with what
 /// its calls learn of it ([`Peer`], in each request's extensions). One that sends nothing
-/// within [`FIRST_BYTES_TIMEOUT`] is closed, and so is one without a call for its idle time.
+/// within [`FIRST_BYTES_TIMEOUT`] is closed, so is one without a call for its idle time, and
+/// every one is closed [`MAX_CONNECTION_AGE_GRACE`] after the server asked it to go away at
+/// [`MAX_CONNECTION_AGE`], whatever its calls.
 #[derive(Debug)]
 pub struct Connection<IO> {
     io: IO,
@@ -324,6 +326,8 @@ pub struct Connection<IO> {
     first_bytes: Option<Pin<Box<Sleep>>>,
     /// While the connection has no call: when it is closed.
     idle: Option<Pin<Box<Sleep>>>,
+    /// When the connection is closed whatever its calls.
+    end_of_life: Pin<Box<Sleep>>,
 }
 
 impl<IO> Connection<IO> {
@@ -334,6 +338,9 @@ impl<IO> Connection<IO> {
             _slot: slot,
             first_bytes: Some(Box::pin(tokio::time::sleep(FIRST_BYTES_TIMEOUT))),
             idle: None,
+            end_of_life: Box::pin(tokio::time::sleep(
+                MAX_CONNECTION_AGE + MAX_CONNECTION_AGE_GRACE,
+            )),
         }
     }
 
@@ -373,6 +380,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Connection<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if read.is_pending() && this.end_of_life.as_mut().poll(cx).is_ready() {
+            tracing::debug!(peer = ?this.peer.addr, "closing a connection at the end of its life");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived its age and grace",
+            )));
+        }
         if read.is_pending() && this.first_bytes.is_none() && this.idle_for_too_long(cx) {
             tracing::debug!(peer = ?this.peer.addr, "closing a connection without calls");
             metrics::counter!(CONNECTIONS_IDLE_CLOSED).increment(1);
@@ -438,7 +452,7 @@ mod tests {
     use super::*;
 
     fn load(max_buffered: usize, server: &Arc<ServerBuffers>) -> Arc<Load> {
-        Arc::new(Load {
+        let load = Arc::new(Load {
             calls: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             idle_timeout: Duration::from_secs(1),
@@ -446,7 +460,14 @@ mod tests {
             buffered: AtomicUsize::new(0),
             max_buffered,
             server: Arc::clone(server),
-        })
+        });
+        load.idle_from(Instant::now());
+        load
+    }
+
+    /// Whether `took` is `expected`, to the millisecond the timers keep.
+    fn about(took: Duration, expected: Duration) -> bool {
+        took.abs_diff(expected) <= Duration::from_millis(2)
     }
 
     #[test]
@@ -471,6 +492,58 @@ mod tests {
         assert_eq!(one.buffered.load(Ordering::Acquire), 0);
     }
 
+    /// A connection over an in-memory pipe, past its first bytes, with the client's end.
+    async fn open_connection(load: &Arc<Load>) -> (Connection<tokio::io::DuplexStream>, impl Drop) {
+        use tokio::io::AsyncWriteExt;
+        let (server, mut client) = tokio::io::duplex(64);
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a place");
+        let peer = Peer {
+            addr: None,
+            identity: None,
+            load: Arc::clone(load),
+        };
+        let slot = ConnectionSlot::taken(permit, Arc::clone(load));
+        let mut connection = Connection::new(server, peer, slot);
+        client.write_all(b"x").await.expect("first bytes");
+        let mut byte = [0u8; 1];
+        tokio::io::AsyncReadExt::read(&mut connection, &mut byte)
+            .await
+            .expect("read");
+        (connection, client)
+    }
+
+    /// How long reading the connection takes to fail, the client saying nothing.
+    async fn closed_after(connection: &mut Connection<tokio::io::DuplexStream>) -> Duration {
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(connection, &mut byte).await;
+        assert!(read.is_err(), "closed, not read: {read:?}");
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_calls_closes_at_its_idle_time_and_any_at_its_end_of_life() {
+        let server = Arc::new(ServerBuffers {
+            held: AtomicUsize::new(0),
+            max: 0,
+        });
+        let idle = load(0, &server);
+        let (mut connection, _client) = open_connection(&idle).await;
+        let took = closed_after(&mut connection).await;
+        assert!(about(took, Duration::from_secs(1)), "{took:?}");
+
+        let busy = load(0, &server);
+        let (mut connection, _client) = open_connection(&busy).await;
+        let _call = busy.call();
+        let took = closed_after(&mut connection).await;
+        assert!(
+            about(took, MAX_CONNECTION_AGE + MAX_CONNECTION_AGE_GRACE),
+            "{took:?}"
+        );
+    }
+
     #[test]
     fn a_connection_is_idle_from_its_last_calls_end() {
         let server = Arc::new(ServerBuffers {
@@ -478,7 +551,6 @@ mod tests {
             max: 0,
         });
         let load = load(0, &server);
-        load.idle_from(Instant::now());
         let call = load.call();
         let copy = call.clone();
         assert_eq!(load.idle_deadline(), None);

@@ -33,7 +33,8 @@ pub type GrpcRouter = Router<
 >;
 
 /// How long a connection past [`MAX_CONNECTION_AGE`] has for its calls to finish before it is
-/// closed.
+/// closed, whatever its calls: a stream whose client stopped reading its answer cannot keep
+/// the connection, and the memory of that answer, past it.
 pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(30);
 
 /// The most bytes of headers (HPACK-decoded) one request may carry.
@@ -195,10 +196,10 @@ pub fn router(
         // A connection lives for at most this long (then it is asked to go away and its calls
         // finish), so a client certificate that expired or is no longer trusted stops serving
         // within it.
+        // It is then closed MAX_CONNECTION_AGE_GRACE later whatever its calls, by the
+        // connection itself (`crate::connection::Connection`): tonic's own grace replaces the
+        // request to go away with the close instead of following it.
         .max_connection_age(MAX_CONNECTION_AGE)
-        // ... and then closed, whatever its calls: a stream whose client stopped reading its
-        // answer cannot keep the connection, and the memory of that answer, past it.
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .max_concurrent_streams(limits.max_concurrent_streams.get())
         .http2_keepalive_interval(Some(limits.http2_keepalive_interval))
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
