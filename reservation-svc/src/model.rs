@@ -204,8 +204,15 @@ impl Position for SchedulePosition {
 
     fn from_text(text: &str) -> Option<Self> {
         let (micros, id) = text.split_once('.')?;
+        let micros: i64 = micros.parse().ok()?;
+        // Within the years every stored start is in (1 to 9999), as a request's are read.
+        let starts_at = shared::values::parse_timestamp(&prost_types::Timestamp {
+            seconds: micros.div_euclid(1_000_000),
+            nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).ok()?,
+        })
+        .ok()?;
         Some(Self {
-            starts_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            starts_at,
             id: ScheduleId::parse(id.parse().ok()?).ok()?,
         })
     }
@@ -434,7 +441,18 @@ mod tests {
             SchedulePosition::from_text(&position.to_text()),
             Some(position)
         );
-        for text in ["", "1.0", "1.-4", "x.4", "1", "99999999999999999999.4"] {
+        let before_year_1 = "-62135596800000001.4";
+        let year_10000 = "253402300800000000.4";
+        for text in [
+            "",
+            "1.0",
+            "1.-4",
+            "x.4",
+            "1",
+            "99999999999999999999.4",
+            before_year_1,
+            year_10000,
+        ] {
             assert_eq!(SchedulePosition::from_text(text), None, "{text}");
         }
         let seat = SeatNo::parse(5_000).expect("a seat");

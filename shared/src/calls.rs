@@ -12,7 +12,7 @@
 //!
 //!    Both the place and the time are held until the answer's body has been sent (or the
 //!    client has gone): a client that does not read its answers keeps its calls counted, and
-//!    an answer still unsent at the deadline is dropped with its stream. An answer's unsent
+//!    the connection of an answer still unsent at the deadline is closed. An answer's unsent
 //!    bytes count against the byte budgets; one larger than a chunk that does not fit is
 //!    refused with `RESOURCE_EXHAUSTED` in its trailers.
 //! 3. [`DecodeErrorsLayer`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
@@ -166,9 +166,15 @@ where
         if let Some(load) = &load {
             request.extensions_mut().insert(load.call());
         }
-        if sends_a_stream(request.uri().path()) {
+        let path = request.uri().path();
+        if sends_a_stream(path) {
             return Box::pin(self.inner.call(request));
         }
+        // Health checks are received whatever the budgets hold, so probes see a busy server.
+        let mut buffered = load
+            .filter(|_| !path.starts_with(HEALTH_PATH_PREFIX))
+            .as_ref()
+            .map(Load::buffered);
         // The service made ready by `poll_ready` goes with this call; a clone stays.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -178,7 +184,6 @@ where
         } = self.layer;
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let mut buffered = load.as_ref().map(Load::buffered);
             let received =
                 tokio::time::timeout(within, receive(body, max_body_bytes, buffered.as_mut()))
                     .await;
@@ -228,8 +233,14 @@ enum Unreceived {
     CutOff,
 }
 
-/// Receives a request's body whole: at most `max_bytes`, each byte held within the budgets of
-/// `buffered`.
+/// Request bytes never counted against the byte budgets: every request of ours but a long
+/// title's fits, so a client that fills the budgets cannot keep others' calls out. What they
+/// may hold is bounded all the same: by the streams and connections open, and for at most
+/// `REQUEST_RECEIVE_TIMEOUT`.
+const FREE_REQUEST_BYTES: usize = 1024;
+
+/// Receives a request's body whole: at most `max_bytes`, each byte past the first
+/// [`FREE_REQUEST_BYTES`] held within the budgets of `buffered`.
 async fn receive(
     mut body: tonic::body::Body,
     max_bytes: usize,
@@ -244,7 +255,8 @@ async fn receive(
         if size > max_bytes {
             return Err(Unreceived::TooLarge);
         }
-        if let Some(buffered) = buffered.as_deref_mut()
+        if size > FREE_REQUEST_BYTES
+            && let Some(buffered) = buffered.as_deref_mut()
             && !buffered.hold(size)
         {
             return Err(Unreceived::Buffers);
@@ -363,25 +375,34 @@ where
             });
         }
         let deadline = Instant::now() + admission.timeout;
-        if !path.starts_with(HEALTH_PATH_PREFIX) {
+        let place = if path.starts_with(HEALTH_PATH_PREFIX) {
+            None
+        } else {
             let Ok(place) = admission.places.clone().try_acquire_owned() else {
                 Shed::Limit.count();
                 return refused(tonic::Status::resource_exhausted(
                     "the server is at its limit of calls in flight, retry later",
                 ));
             };
-            answer.ticket = Some(admission.watch.hold(Place::taken(place), deadline));
-        }
-        answer.buffered = peer.map(|peer| peer.load.buffered());
+            Some(Place::taken(place))
+        };
+        let load = peer.map(|peer| Arc::clone(&peer.load));
+        answer.buffered = load.as_ref().map(Load::buffered);
         answer.deadline = Some(Deadline {
             at: deadline,
             timer: None,
         });
         let timeout = admission.timeout;
+        let watch = Arc::clone(&admission.watch);
         let answered = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout_at(deadline, answered).await {
-                Ok(answered) => Ok(answered?.map(|body| answer.with(body))),
+                Ok(answered) => {
+                    // Answered: from here the place is held until the answer has been sent, or
+                    // taken back at the deadline.
+                    answer.ticket = place.map(|place| watch.hold(place, deadline, load));
+                    Ok(answered?.map(|body| answer.with(body)))
+                }
                 Err(_elapsed) => {
                     tracing::warn!(?timeout, "call timed out");
                     let timed_out = tonic::Status::deadline_exceeded(
@@ -414,10 +435,11 @@ impl Drop for Place {
 /// How often [`Watch`] takes back the places of calls past their time.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
-/// The places of the calls in flight, each until its call's deadline. A call gives its place
+/// The places of the answered calls, each until its call's deadline. A call gives its place
 /// back when its answer has been sent; one whose answer is still unsent at its deadline (HTTP/2
 /// waiting on the client's window, without polling the answer's body again) has it taken back
-/// by a task of the server's, which looks every [`WATCH_INTERVAL`] while places are held.
+/// by a task of the server's, which looks every [`WATCH_INTERVAL`] while places are held, and
+/// its connection closed ([`Load::answer_late`]): the answer, and its memory, go with it.
 #[derive(Debug, Default)]
 struct Watch {
     held: std::sync::Mutex<WatchedPlaces>,
@@ -425,19 +447,40 @@ struct Watch {
 
 #[derive(Debug, Default)]
 struct WatchedPlaces {
-    by_ticket: HashMap<u64, (Place, Instant)>,
+    by_ticket: HashMap<u64, Watched>,
     next_ticket: u64,
     /// Whether the task that takes places back runs.
     watching: bool,
 }
 
+/// An answered call's place, until when, and its connection.
+#[derive(Debug)]
+struct Watched {
+    _place: Place,
+    until: Instant,
+    connection: Option<Arc<Load>>,
+}
+
 impl Watch {
-    /// Holds `place` until the returned ticket is dropped, or at most until `until`.
-    fn hold(self: &Arc<Self>, place: Place, until: Instant) -> Ticket {
+    /// Holds `place` until the returned ticket is dropped, or at most until `until`, when the
+    /// call's `connection` is closed.
+    fn hold(
+        self: &Arc<Self>,
+        place: Place,
+        until: Instant,
+        connection: Option<Arc<Load>>,
+    ) -> Ticket {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         let ticket = held.next_ticket;
         held.next_ticket += 1;
-        held.by_ticket.insert(ticket, (place, until));
+        held.by_ticket.insert(
+            ticket,
+            Watched {
+                _place: place,
+                until,
+                connection,
+            },
+        );
         if !held.watching {
             held.watching = true;
             tokio::spawn(Self::take_back_late_places(Arc::downgrade(self)));
@@ -459,7 +502,13 @@ impl Watch {
                 let mut held = watch.held.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = Instant::now();
                 let before = held.by_ticket.len();
-                held.by_ticket.retain(|_, (_, until)| *until > now);
+                held.by_ticket.retain(|_, watched| {
+                    let on_time = watched.until > now;
+                    if !on_time && let Some(connection) = &watched.connection {
+                        connection.answer_late();
+                    }
+                    on_time
+                });
                 let late = before - held.by_ticket.len();
                 if held.by_ticket.is_empty() {
                     held.watching = false;
@@ -566,10 +615,10 @@ impl Drop for StreamPlace {
 }
 
 /// The most bytes of an answer handed to HTTP/2 at once: one frame's worth (HTTP/2's default
-/// largest frame). HTTP/2 takes a chunk as soon as the stream may send a byte of it and keeps
-/// the rest until the client's window lets it out; in small chunks the body is only done, and
-/// its call's place and time only given back, once all but the last chunk are out, and a
-/// client that does not read leaves at most one chunk per stream in the server's memory.
+/// largest frame). HTTP/2 takes a chunk as soon as the stream's window lets out a byte of it
+/// and keeps the rest until the window lets it out; in small chunks the body is only done, and
+/// its call's place and time only given back, once all but the last chunk are out, and what a
+/// client does not take stays in the answer, counted in the byte budgets.
 const ANSWER_CHUNK_BYTES: usize = 16 * 1024;
 
 /// A call's answer, with what the call holds until it has been sent ([`Admission`]): it hands

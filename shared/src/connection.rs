@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -116,6 +116,7 @@ impl Acceptor {
                 idle_since: AtomicU64::new(0),
                 idle_timeout: self.idle_timeout,
                 waker: AtomicWaker::new(),
+                late: AtomicBool::new(false),
                 buffered: AtomicUsize::new(0),
                 max_buffered: self.max_buffered_per_connection,
                 server: Arc::clone(&self.buffers),
@@ -178,6 +179,8 @@ pub struct Load {
     idle_timeout: Duration,
     /// The connection's reading task, woken when its last call ends.
     waker: AtomicWaker,
+    /// A call's answer was not taken within its time ([`Load::answer_late`]).
+    late: AtomicBool,
     buffered: AtomicUsize,
     max_buffered: usize,
     server: Arc<ServerBuffers>,
@@ -210,13 +213,21 @@ impl Load {
             .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Release);
     }
 
-    /// When the connection is to be closed for want of calls, if it has none now.
+    /// When the connection is to be closed for want of calls, if it has none now (and has an
+    /// idle time: 0 means none).
     fn idle_deadline(&self) -> Option<Instant> {
-        if self.calls.load(Ordering::Acquire) > 0 {
+        if self.idle_timeout.is_zero() || self.calls.load(Ordering::Acquire) > 0 {
             return None;
         }
         let since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
-        Some(process_start() + since + self.idle_timeout)
+        (process_start() + since).checked_add(self.idle_timeout)
+    }
+
+    /// A call of the connection was not taken by its client within its time: the connection is
+    /// closed, and the answers it holds with it.
+    pub fn answer_late(&self) {
+        self.late.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -232,8 +243,9 @@ impl Clone for OpenCall {
 
 impl Drop for OpenCall {
     fn drop(&mut self) {
+        // The time first: whoever sees no call open sees when the last one ended.
+        self.0.idle_from(Instant::now());
         if self.0.calls.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_from(Instant::now());
             self.0.waker.wake();
         }
     }
@@ -328,7 +340,13 @@ pub struct Connection<IO> {
     idle: Option<Pin<Box<Sleep>>>,
     /// When the connection is closed whatever its calls.
     end_of_life: Pin<Box<Sleep>>,
+    /// When bytes were last read: a connection is never closed as idle within
+    /// [`IDLE_READ_GRACE`] of them, so that a call just read has reached its handler.
+    last_read: Instant,
 }
+
+/// How long after reading bytes a connection may not be closed as idle.
+const IDLE_READ_GRACE: Duration = Duration::from_secs(1);
 
 impl<IO> Connection<IO> {
     pub fn new(io: IO, peer: Peer, slot: ConnectionSlot) -> Self {
@@ -341,6 +359,7 @@ impl<IO> Connection<IO> {
             end_of_life: Box::pin(tokio::time::sleep(
                 MAX_CONNECTION_AGE + MAX_CONNECTION_AGE_GRACE,
             )),
+            last_read: Instant::now(),
         }
     }
 
@@ -353,6 +372,7 @@ impl<IO> Connection<IO> {
             self.idle = None;
             return false;
         };
+        let deadline = deadline.max(self.last_read + IDLE_READ_GRACE);
         let timer = self
             .idle
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -380,6 +400,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Connection<IO> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read
+            && buf.filled().len() > before
+        {
+            this.last_read = Instant::now();
+        }
+        if this.peer.load.late.load(Ordering::Acquire) {
+            tracing::debug!(peer = ?this.peer.addr, "closing a connection whose client left an answer untaken");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "an answer was not taken within its call's time",
+            )));
+        }
         if read.is_pending() && this.end_of_life.as_mut().poll(cx).is_ready() {
             tracing::debug!(peer = ?this.peer.addr, "closing a connection at the end of its life");
             return Poll::Ready(Err(io::Error::new(
@@ -457,6 +489,7 @@ mod tests {
             idle_since: AtomicU64::new(0),
             idle_timeout: Duration::from_secs(1),
             waker: AtomicWaker::new(),
+            late: AtomicBool::new(false),
             buffered: AtomicUsize::new(0),
             max_buffered,
             server: Arc::clone(server),

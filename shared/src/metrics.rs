@@ -138,7 +138,7 @@ fn describe() {
     metrics::describe_counter!(
         RPC_SHED,
         "gRPC calls answered before their handler (limit, too_large, slow_request, streams) \
-         or whose unsent answer was dropped at its deadline (slow_reader)"
+         or whose answer was still unsent at its deadline (slow_reader)"
     );
     metrics::describe_gauge!(
         STREAMS_OPEN,

@@ -63,7 +63,7 @@ const TONIC_MAX_MESSAGE_BYTES: u64 = 4 * 1024 * 1024;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArgs {
     /// Longest a call may run, until its answer has been sent; past it the call is answered
-    /// DEADLINE_EXCEEDED (or, once answered, its unsent answer dropped).
+    /// DEADLINE_EXCEEDED (or, once answered, the connection of its unsent answer closed).
     #[arg(long, global = true, env = "RPC_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub rpc_timeout: Duration,
 
@@ -110,13 +110,14 @@ pub struct ServerArgs {
     )]
     pub max_streaming_calls_per_connection: NonZeroUsize,
 
-    /// How long a connection may stay without a call before it is closed (pings do not count).
+    /// How long a connection may stay without a call before it is closed (pings do not
+    /// count); 0 never closes one.
     #[arg(long, global = true, env = "IDLE_CONNECTION_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub idle_connection_timeout: Duration,
 
     /// Most bytes one connection's calls may hold in the server at once: requests being
-    /// received and answers the client has not taken yet. A request beyond it, or an answer
-    /// larger than 16 KiB beyond it, is answered RESOURCE_EXHAUSTED.
+    /// received and answers HTTP/2 has not taken yet. A request over 1 KiB beyond it (health
+    /// checks excepted), or an answer over 16 KiB beyond it, is answered RESOURCE_EXHAUSTED.
     #[arg(
         long,
         global = true,
@@ -227,13 +228,16 @@ pub fn router(
             limits
                 .reflection
                 .then(|| reflection().build_v1())
-                .transpose()?,
+                .transpose()?
+                // Its requests stream, past `Receive`: each message is limited here instead.
+                .map(|service| service.max_decoding_message_size(max_request_bytes)),
         )
         .add_optional_service(
             limits
                 .reflection
                 .then(|| reflection().build_v1alpha())
-                .transpose()?,
+                .transpose()?
+                .map(|service| service.max_decoding_message_size(max_request_bytes)),
         );
     Ok((router, health_reporter))
 }

@@ -65,7 +65,11 @@ impl Decoder for Raw {
 }
 
 async fn raw_call(app: &TestApp, path: &'static str, message: Vec<u8>) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(channel(app.addr).await);
+    raw_call_at(app.addr, path, message).await
+}
+
+async fn raw_call_at(addr: SocketAddr, path: &'static str, message: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel(addr).await);
     grpc.ready().await.expect("ready");
     grpc.unary(
         tonic::Request::new(message),
@@ -254,7 +258,8 @@ async fn streams_that_never_send_their_request_hold_no_place_and_end_at_the_rece
 }
 
 #[tokio::test]
-async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
+async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends_then_its_connection_closes()
+ {
     let app = spawn_app().await;
     let server =
         OwnServer::start(&app, &[("MAX_CONCURRENT_RPCS", "2"), ("RPC_TIMEOUT", "3s")]).await;
@@ -333,7 +338,8 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends() {
         .expect("the answer ends");
         assert!(read.is_err(), "a reset, not a full reply");
     }
-    drop(h2);
+    // Its client left answers untaken past their time: the connection is closed with them.
+    assert!(h2.ready().await.is_err(), "the connection is closed");
     server.assert_all_given_back().await;
 }
 
@@ -590,4 +596,56 @@ async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes
         .list_concerts(pb::ListConcertsRequest::default())
         .await
         .expect("served on a new connection");
+}
+
+#[tokio::test]
+async fn requests_stalled_past_the_byte_budget_keep_out_large_requests_only() {
+    let app = spawn_app().await;
+    let server = OwnServer::start(
+        &app,
+        &[
+            ("MAX_BUFFERED_BYTES_PER_CONNECTION", "100000"),
+            ("MAX_BUFFERED_BYTES", "100000"),
+        ],
+    )
+    .await;
+    // Two streams each send 48 KiB of a 60 KiB message and stall: the budget is full.
+    let mut h2 = h2_connection(server.addr, 65_535).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        h2 = h2.ready().await.expect("a stream");
+        let (response, mut body) = h2
+            .send_request(grpc_request(server.addr, CREATE_CONCERT), false)
+            .expect("headers sent");
+        let mut partial = vec![0, 0, 0, 0xf0, 0x00];
+        partial.resize(5 + 48 * 1024, b'x');
+        body.send_data(partial.into(), false)
+            .expect("part of the message");
+        stalled.push((response, body));
+    }
+    let held = server
+        .metrics_until(Duration::from_secs(10), |text| {
+            metric_value(text, BUFFERED_BYTES, &[]) >= 90_000.0
+        })
+        .await;
+    assert!(metric_value(&held, BUFFERED_BYTES, &[]) <= 100_000.0);
+
+    // A larger request is refused; small ones and health checks pass.
+    let status = raw_call_at(server.addr, CREATE_CONCERT, vec![b'x'; 8 * 1024]).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    server
+        .client()
+        .create_concert(pb::CreateConcertRequest {
+            title: "Small enough".to_owned(),
+        })
+        .await
+        .expect("a small request is served");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel(server.addr).await)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health is answered");
+    assert_eq!(health.into_inner().status, 1, "SERVING");
+
+    drop((stalled, h2));
+    server.assert_all_given_back().await;
 }
