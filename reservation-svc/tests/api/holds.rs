@@ -31,7 +31,7 @@ async fn a_hold_keeps_the_seat_for_its_ttl() {
 }
 
 /// Counts the answers of a stampede: (held, seat locked, seat taken); anything else fails.
-fn tally(answers: &[Result<pb::Reservation, tonic::Status>]) -> (usize, usize, usize) {
+pub fn tally(answers: &[Result<pb::Reservation, tonic::Status>]) -> (usize, usize, usize) {
     let mut counts = (0, 0, 0);
     for answer in answers {
         match answer {
@@ -50,7 +50,7 @@ fn tally(answers: &[Result<pb::Reservation, tonic::Status>]) -> (usize, usize, u
     counts
 }
 
-async fn stampede(
+pub async fn stampede(
     clients: &[Client],
     schedule_id: i64,
     seat_no: i32,

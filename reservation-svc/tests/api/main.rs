@@ -13,4 +13,5 @@ mod redis_down;
 mod security;
 mod server;
 mod stalls;
+mod topology;
 mod validation;
