@@ -75,6 +75,20 @@ pub struct Config {
     )]
     pub redis_url: String,
 
+    /// PEM CA bundle that signs Redis's certificate, for a `rediss://` REDIS_URL; without it
+    /// the system's roots.
+    #[arg(long, global = true, env = "REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
+
+    /// PEM certificate presented to Redis over TLS (Redis asks for one unless
+    /// `tls-auth-clients no`).
+    #[arg(long, global = true, env = "REDIS_TLS_CERT_FILE")]
+    pub redis_tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `REDIS_TLS_CERT_FILE`.
+    #[arg(long, global = true, env = "REDIS_TLS_KEY_FILE")]
+    pub redis_tls_key_file: Option<PathBuf>,
+
     /// Longest one Redis command may take; past it a hold answers UNAVAILABLE.
     #[arg(long, global = true, env = "REDIS_COMMAND_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_command_timeout: Duration,
@@ -160,6 +174,23 @@ pub struct Config {
 }
 
 impl Config {
+    /// The TLS files of a `rediss://` Redis, if any are set.
+    pub fn redis_tls(&self) -> anyhow::Result<Option<ClientFiles>> {
+        let identity = match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => anyhow::bail!("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together"),
+        };
+        match (&self.redis_tls_ca_file, identity) {
+            (Some(ca), identity) => Ok(Some(ClientFiles {
+                ca: ca.clone(),
+                identity,
+            })),
+            (None, None) => Ok(None),
+            (None, Some(_)) => anyhow::bail!("REDIS_TLS_CERT_FILE needs REDIS_TLS_CA_FILE"),
+        }
+    }
+
     /// How wallet-svc is reached: over TLS (with reservation-svc's certificate, if set) for an
     /// `https://` endpoint, in plaintext for `http://` only when the service runs INSECURE.
     pub fn wallet_tls(&self) -> anyhow::Result<Option<ClientFiles>> {

@@ -163,6 +163,10 @@ pub struct LockSettings {
     /// How long this replica answers SEAT_TAKEN from a taken mark it has seen, without asking
     /// Redis again; zero asks Redis every time.
     pub taken_memory: Duration,
+    /// For a `rediss://` URL: the CA that signs Redis's certificate, and the certificate the
+    /// client presents (Redis asks for one unless `tls-auth-clients no`). Without it, the
+    /// system's roots and no client certificate. Read once, at start.
+    pub tls: Option<shared::tls::ClientFiles>,
 }
 
 /// Takes and releases seat locks.
@@ -203,6 +207,13 @@ impl SeatLocks {
     /// even with Redis down (holds then answer UNAVAILABLE) and picks Redis up when it appears.
     pub async fn connect(settings: LockSettings) -> anyhow::Result<Self> {
         let mut config = Config::from_url(&settings.redis_url)?;
+        if let Some(files) = &settings.tls {
+            anyhow::ensure!(
+                config.tls.is_some(),
+                "REDIS_TLS_* are set but REDIS_URL is not a TLS URL (rediss://...)"
+            );
+            config.tls = Some(redis_tls(files)?.into());
+        }
         // Keep retrying the first connection in the background rather than failing start-up.
         config.fail_fast = false;
         let timeout = settings.command_timeout;
@@ -485,6 +496,31 @@ impl SeatLocks {
 
 fn taken_mark(reservation: i64) -> String {
     format!("{TAKEN_PREFIX}{reservation}")
+}
+
+/// The TLS settings of a Redis client from the files of `files`.
+fn redis_tls(
+    files: &shared::tls::ClientFiles,
+) -> anyhow::Result<fred::types::config::TlsConnector> {
+    use anyhow::Context;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let ca = read(&files.ca)?;
+    let identity = match &files.identity {
+        Some((cert, key)) => Some((read(cert)?, read(key)?)),
+        None => None,
+    };
+    let mut config = shared::tls::client_config(
+        &ca,
+        identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice())),
+    )
+    .context("Redis's TLS settings")?;
+    // Redis speaks its own protocol, not HTTP/2.
+    config.alpn_protocols.clear();
+    Ok(config.into())
 }
 
 /// The key that tells a hold about to mark its seat that its reservation is already cancelled;

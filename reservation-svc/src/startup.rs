@@ -109,6 +109,7 @@ impl Service for Application {
             ttl: config.seat_lock_ttl,
             command_timeout: config.redis_command_timeout,
             taken_memory: config.seat_taken_memory,
+            tls: config.redis_tls()?,
         })
         .await
         .context("invalid Redis configuration")?;

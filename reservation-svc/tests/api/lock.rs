@@ -14,6 +14,7 @@ fn settings(redis_url: &str) -> LockSettings {
         ttl: Duration::from_secs(30),
         command_timeout: Duration::from_secs(1),
         taken_memory: Duration::from_secs(1),
+        tls: None,
     }
 }
 

@@ -134,6 +134,7 @@ async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
         ttl: app.config.seat_lock_ttl,
         command_timeout: app.config.redis_command_timeout,
         taken_memory: app.config.seat_taken_memory,
+        tls: None,
     })
     .await
     .expect("locks");

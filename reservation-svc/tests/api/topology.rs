@@ -1,5 +1,6 @@
 //! Seat holds on every Redis topology `REDIS_URL` can name: a Sentinel set whose primary is
-//! killed, and a Cluster whose primaries own a schedule's keys by its hash tag and fail over.
+//! killed, a Cluster whose primaries own a schedule's keys by its hash tag and fail over, and
+//! one server over mutual TLS with a password.
 //! Each test owns its Redis processes, on free loopback ports.
 
 use std::path::PathBuf;
@@ -304,4 +305,69 @@ async fn a_schedules_keys_share_one_cluster_slot_and_holds_go_on_after_its_prima
 
     assert_exact_after_failover(&app, schedule_id, 1).await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_go_through_redis_over_mutual_tls_with_a_password() {
+    let pki = shared::test_pki::PkiDir::new();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/dev-pki.sh");
+    let made = Command::new(script)
+        .arg(pki.path())
+        .output()
+        .expect("dev-pki.sh runs");
+    assert!(made.status.success(), "dev-pki.sh: {made:?}");
+    let file = |name: &str| pki.path().join(name);
+    let path = |name: &str| file(name).to_string_lossy().into_owned();
+    // Redis asks every client for a certificate its CA signed (`tls-auth-clients` defaults to
+    // yes) and for the password.
+    let redis = Node::start(&[
+        "--port",
+        "0",
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &path("wallet.pem"),
+        "--tls-key-file",
+        &path("wallet-key.pem"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--requirepass",
+        "seat-locks",
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    let with_tls = |password: &'static str| {
+        let url = format!("rediss://default:{password}@localhost:{}", redis.port);
+        let (ca, cert, key) = (
+            file("ca.pem"),
+            file("reservation-client.pem"),
+            file("reservation-client-key.pem"),
+        );
+        move |config: &mut reservation_svc::config::Config| {
+            config.redis_url = url;
+            config.redis_tls_ca_file = Some(ca);
+            config.redis_tls_cert_file = Some(cert);
+            config.redis_tls_key_file = Some(key);
+        }
+    };
+
+    let app = spawn_app_with(with_tls("seat-locks")).await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    let answers = stampede(&[app.client()], schedule_id, 3, 200).await;
+    assert_eq!(tally(&answers).0, 1, "one winner through Redis over TLS");
+    assert_eq!(app.reservations_in(schedule_id, 3, "HELD").await, 1);
+
+    // A wrong password gets no lock: holds are UNAVAILABLE and write nothing.
+    let refused = spawn_app_with(with_tls("not-the-password")).await;
+    let schedule_id = refused.schedule_with_seats(10).await;
+    let status = refused
+        .hold(1, schedule_id, 1)
+        .await
+        .expect_err("no Redis, no hold");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(refused.reservations_in(schedule_id, 1, "HELD").await, 0);
 }
