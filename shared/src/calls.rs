@@ -14,7 +14,7 @@
 //!    client has gone): a client that does not read its answers keeps its calls counted, and
 //!    the connection of an answer still unsent at the deadline is closed. An answer's unsent
 //!    bytes count against the byte budgets; one larger than a chunk that does not fit is
-//!    refused with `RESOURCE_EXHAUSTED` in its trailers.
+//!    refused with `RESOURCE_EXHAUSTED`.
 //! 3. [`DecodeErrorsLayer`]: a request that is not a valid message answers `INVALID_ARGUMENT` with a
 //!    `BadRequest`, not tonic's `INTERNAL`.
 //! 4. [`CatchPanic`]: a panicking handler answers `INTERNAL` for its call alone.
@@ -343,7 +343,8 @@ impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Admission<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>, Error = Infallible>,
     S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Default + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = http::Response<Answer<ResBody>>;
     type Error = Infallible;
@@ -395,13 +396,32 @@ where
         let timeout = admission.timeout;
         let watch = Arc::clone(&admission.watch);
         let answered = self.inner.call(request);
+        let handled = async move {
+            let (parts, mut body) = answered.await?.into_parts();
+            // The answer's first frame (a unary call's whole message), read before its headers
+            // are sent: an answer beyond the byte budgets is then refused with its code in
+            // them, as clients and the call metrics read it.
+            let first = body.frame().await;
+            Ok::<_, Infallible>((parts, body, first))
+        };
         Box::pin(async move {
-            match tokio::time::timeout_at(deadline, answered).await {
-                Ok(answered) => {
+            match tokio::time::timeout_at(deadline, handled).await {
+                Ok(handled) => {
+                    let (parts, body, first) = handled?;
+                    let mut answer = answer.with(body);
+                    let data = match &first {
+                        Some(Ok(frame)) => frame.data_ref(),
+                        _ => None,
+                    };
+                    if data.is_some_and(|data| !answer.hold_answer(data)) {
+                        Shed::Buffers.count();
+                        return Ok(tonic::Status::resource_exhausted(BUFFERS_FULL).into_http());
+                    }
+                    answer.first = Some(first.map(|frame| frame.map_err(Into::into)));
                     // Answered: from here the place is held until the answer has been sent, or
                     // taken back at the deadline.
                     answer.ticket = place.map(|place| watch.hold(place, deadline, load));
-                    Ok(answered?.map(|body| answer.with(body)))
+                    Ok(http::Response::from_parts(parts, answer))
                 }
                 Err(_elapsed) => {
                     tracing::warn!(?timeout, "call timed out");
@@ -642,6 +662,9 @@ pub struct Answer<B> {
     buffered: Option<Buffered>,
     /// The answer was refused for the budgets: it ends with its trailers.
     refused: bool,
+    /// What the answer's body gave when first polled, before its headers were sent
+    /// ([`Admission`]), to be handed on first.
+    first: Option<Option<Result<Frame<Bytes>, BoxError>>>,
 }
 
 /// When an answer must have been sent. Its timer is set only once the body has to wait: most
@@ -675,6 +698,7 @@ impl<B> Answer<B> {
             open: None,
             buffered: None,
             refused: false,
+            first: None,
         }
     }
 
@@ -727,7 +751,8 @@ impl<B> Answer<B> {
         }
     }
 
-    /// The answer is larger than the budgets let through now: it ends here with
+    /// A frame of the answer after its first (which is judged before the headers are sent) is
+    /// larger than the budgets let through now: the answer ends here with
     /// `RESOURCE_EXHAUSTED` in its trailers.
     fn refuse(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Shed::Buffers.count();
@@ -774,7 +799,13 @@ where
             let rest = std::mem::take(&mut this.rest);
             return Poll::Ready(Some(Ok(this.chunk(rest))));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match this.first.take() {
+            Some(first) => Poll::Ready(first),
+            None => Pin::new(&mut this.inner)
+                .poll_frame(cx)
+                .map(|polled| polled.map(|frame| frame.map_err(Into::into))),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) if !this.hold_answer(&data) => this.refuse(),
                 Ok(data) => Poll::Ready(Some(Ok(this.chunk(data)))),
@@ -782,7 +813,7 @@ where
             },
             Poll::Ready(Some(Err(error))) => {
                 this.release();
-                Poll::Ready(Some(Err(error.into())))
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(None) => {
                 this.release();
@@ -803,7 +834,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.refused || (self.rest.is_empty() && self.inner.is_end_stream())
+        self.refused || (self.rest.is_empty() && self.first.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

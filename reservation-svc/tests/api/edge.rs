@@ -564,6 +564,9 @@ async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes
         "unread answers held within the budget: {held}"
     );
     assert!(metric_value(&during, RPC_SHED, &[("reason", "buffers")]) >= 1.0);
+    // Refused before its headers went: counted, and told, with its code.
+    let refused = [("method", LIST_SEATS), ("status", "RESOURCE_EXHAUSTED")];
+    assert!(metric_value(&during, shared::metrics::RPC_REQUESTS, &refused) >= 1.0);
 
     // Another connection is served meanwhile, its page whole.
     let mut client = server.client();
