@@ -113,9 +113,77 @@ async fn hold_until_served(app: &TestApp, schedule_id: i64, first: i32) -> u32 {
     }
 }
 
-/// After a failover, a stampede on a fresh seat still has exactly one winner, and a seat held
-/// before it is still refused (Postgres decides, whatever the new primary has of its mark).
-async fn assert_exact_after_failover(app: &TestApp, schedule_id: i64, held_before: i32) {
+/// Holds of distinct seats `first..` of a schedule, each of its own user, from eight clients
+/// at about 400 a second in all, until stopped: the load a failover happens under.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Vec<Result<(), tonic::Status>>>>,
+}
+
+impl Load {
+    const CLIENTS: i32 = 8;
+
+    fn start(app: &TestApp, schedule_id: i64, first: i32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..Self::CLIENTS)
+            .map(|client| {
+                let (stop, connection) = (stop.clone(), app.client());
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    let mut seat_no = first + client;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let held = crate::helpers::hold_via(
+                            connection.clone(),
+                            i64::from(seat_no),
+                            schedule_id,
+                            seat_no,
+                        )
+                        .await;
+                        answers.push(held.map(|_| ()));
+                        seat_no += Self::CLIENTS;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Self { stop, clients }
+    }
+
+    /// Stops the load and counts its holds answered OK; every other answer was UNAVAILABLE.
+    async fn stop(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut held = 0;
+        for client in self.clients {
+            for answer in client.await.expect("a load client") {
+                match answer {
+                    Ok(()) => held += 1,
+                    Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+                }
+            }
+        }
+        held
+    }
+}
+
+/// After a failover under `load`, the schedule holds exactly the seats whose holds were
+/// answered OK (an UNAVAILABLE hold wrote nothing), a stampede on a fresh seat still has exactly
+/// one winner, and a seat held before it is still refused (Postgres decides, whatever the new
+/// primary has of its mark).
+async fn assert_exact_after_failover(
+    app: &TestApp,
+    schedule_id: i64,
+    held_before: i32,
+    load: Load,
+) {
+    let held_by_load = load.stop().await;
+    assert!(held_by_load > 0, "the load held seats");
+    // The load's, the seat held before the failover and the first one after it.
+    let held = i64::try_from(held_by_load + 2).expect("few");
+    assert_eq!(
+        app.schedule_reservations_in(schedule_id, "HELD").await,
+        held
+    );
     let answers = stampede(&[app.client()], schedule_id, 500, 300).await;
     let (held, _, _) = tally(&answers);
     assert_eq!(held, 1, "one winner after the failover");
@@ -195,16 +263,19 @@ async fn holds_go_on_when_sentinel_promotes_a_replica_of_a_killed_primary() {
         nodes.join("&")
     );
     let app = spawn_app_with(|config| config.redis_url = url).await;
-    let schedule_id = app.schedule_with_seats(1_000).await;
+    let schedule_id = app.schedule_with_seats(10_000).await;
     app.hold(1, schedule_id, 1)
         .await
         .expect("a hold through Sentinel");
 
+    let load = Load::start(&app, schedule_id, 1_001);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     primary.kill();
     let refused = hold_until_served(&app, schedule_id, 2).await;
     println!("holds refused while Sentinel promoted a replica: {refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    assert_exact_after_failover(&app, schedule_id, 1).await;
+    assert_exact_after_failover(&app, schedule_id, 1, load).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -265,7 +336,7 @@ async fn a_schedules_keys_share_one_cluster_slot_and_holds_go_on_after_its_prima
     // its seat's key and the key's tombstone, which share the schedule's slot.
     let mut schedules = Vec::new();
     for _ in 0..6 {
-        let schedule_id = app.schedule_with_seats(1_000).await;
+        let schedule_id = app.schedule_with_seats(10_000).await;
         let held = app
             .hold(1, schedule_id, 1)
             .await
@@ -289,8 +360,10 @@ async fn a_schedules_keys_share_one_cluster_slot_and_holds_go_on_after_its_prima
         schedules.push((schedule_id, slot.trim().to_owned()));
     }
 
-    // Kill the primary that owns the first schedule's slot; its replica takes over.
+    // Kill the primary that owns the first schedule's slot under load; its replica takes over.
     let (schedule_id, slot) = schedules[0].clone();
+    let load = Load::start(&app, schedule_id, 1_001);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let owner = nodes
         .iter()
         .position(|node| {
@@ -302,8 +375,9 @@ async fn a_schedules_keys_share_one_cluster_slot_and_holds_go_on_after_its_prima
     nodes[owner].kill();
     let refused = hold_until_served(&app, schedule_id, 2).await;
     println!("holds refused while the cluster failed over: {refused}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    assert_exact_after_failover(&app, schedule_id, 1).await;
+    assert_exact_after_failover(&app, schedule_id, 1, load).await;
     let _ = std::fs::remove_dir_all(dir);
 }
 
