@@ -166,18 +166,20 @@ impl Service for Application {
             self.config.sweep_batch_size,
         ));
         let reservations = self.reservations.clone();
+        let database = std::sync::Arc::new(shared::db::DbProbe::new(
+            &self.config.database_url,
+            self.config.db.db_acquire_timeout,
+        ));
         // Holds fail closed without Redis, so the service is NOT_SERVING without either.
         let health_watch = tokio::spawn(shared::server::watch_dependencies(
             self.health.clone(),
             &[SERVICE_NAME],
             HEALTH_CHECK_INTERVAL,
             move || {
-                let reservations = reservations.clone();
+                let (reservations, database) = (reservations.clone(), database.clone());
                 async move {
-                    let (database, redis) = tokio::join!(
-                        shared::db::ping(reservations.store().pool()),
-                        reservations.locks().ping()
-                    );
+                    let (database, redis) =
+                        tokio::join!(database.ping(), reservations.locks().ping());
                     match (database, redis) {
                         (true, true) => Ok(()),
                         (false, true) => Err("postgres".to_owned()),

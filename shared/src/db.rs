@@ -228,11 +228,55 @@ pub async fn transaction_isolation(conn: &mut AsyncPgConnection) -> anyhow::Resu
     Ok(isolation)
 }
 
-/// Whether the database answers a trivial query within the pool's timeouts.
-pub async fn ping(pool: &PgPool) -> bool {
-    match pool.get().await {
-        Ok(mut conn) => conn.batch_execute("SELECT 1").await.is_ok(),
-        Err(_) => false,
+/// The health check's view of the database: a connection of its own, outside the pool, so
+/// that a pool whose connections are all busy with calls (load, not an outage) does not make
+/// the service NOT_SERVING, while a database that is down or hung does.
+pub struct DbProbe {
+    database_url: String,
+    timeout: Duration,
+    conn: tokio::sync::Mutex<Option<AsyncPgConnection>>,
+}
+
+impl std::fmt::Debug for DbProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("DbProbe")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbProbe {
+    /// Probes the database at `database_url`, each connect or query within `timeout`.
+    pub fn new(database_url: &str, timeout: Duration) -> Self {
+        Self {
+            database_url: with_dead_peer_limits(database_url),
+            timeout,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the database answers a trivial query in time; a connection that fails is
+    /// dropped and made again at the next probe.
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            let made = tokio::time::timeout(
+                self.timeout,
+                AsyncPgConnection::establish(&self.database_url),
+            )
+            .await;
+            *conn = made.ok().and_then(Result::ok);
+        }
+        let Some(open) = conn.as_mut() else {
+            return false;
+        };
+        let answered = tokio::time::timeout(self.timeout, open.batch_execute("SELECT 1")).await;
+        if !matches!(answered, Ok(Ok(()))) {
+            *conn = None;
+            return false;
+        }
+        true
     }
 }
 
@@ -272,6 +316,17 @@ impl DbArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_database_nobody_listens_for_is_down_to_the_probe() {
+        // Port 1 on loopback: refused at once.
+        let probe = DbProbe::new(
+            "postgres://postgres@127.0.0.1:1/nothing",
+            Duration::from_secs(1),
+        );
+        assert!(!probe.ping().await);
+        assert!(!probe.ping().await, "and again, with a new connection");
+    }
 
     #[test]
     fn dead_peer_limits_are_added_unless_the_url_sets_them() {

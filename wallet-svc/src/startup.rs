@@ -37,6 +37,8 @@ pub struct Application {
     security: Security,
     drain_timeout: Duration,
     limits: shared::server::ServerArgs,
+    /// What the health check asks of the database.
+    database: std::sync::Arc<shared::db::DbProbe>,
 }
 
 impl std::fmt::Debug for Application {
@@ -127,6 +129,10 @@ impl Service for Application {
             security,
             drain_timeout: config.drain_timeout,
             limits: config.server.clone(),
+            database: std::sync::Arc::new(shared::db::DbProbe::new(
+                &config.database_url,
+                config.db.db_acquire_timeout,
+            )),
         })
     }
 
@@ -140,15 +146,15 @@ impl Service for Application {
             let pool = self.pool.clone();
             tokio::spawn(endpoint.serve(move || shared::metrics::record_pool(&pool)))
         });
-        let pool = self.pool.clone();
+        let database = self.database.clone();
         let health_watch = tokio::spawn(shared::server::watch_dependencies(
             self.health.clone(),
             &[SERVICE_NAME],
             HEALTH_CHECK_INTERVAL,
             move || {
-                let pool = pool.clone();
+                let database = database.clone();
                 async move {
-                    match shared::db::ping(&pool).await {
+                    match database.ping().await {
                         true => Ok(()),
                         false => Err("postgres".to_owned()),
                     }

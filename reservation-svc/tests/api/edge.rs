@@ -652,3 +652,60 @@ async fn requests_stalled_past_the_byte_budget_keep_out_large_requests_only() {
     drop((stalled, h2));
     server.assert_all_given_back().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_stays_serving_while_every_pooled_connection_is_busy() {
+    use crate::stalls::{commit, hold_open, waiting_for_a_lock};
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let app = spawn_app_with(|config| {
+        config.db.db_pool_size = 2;
+        config.db.db_acquire_timeout = Duration::from_millis(500);
+        config.db.db_lock_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let schedule_id = app.schedule_with_seats(10).await;
+    // Holds wait on a lock of the test's: both pooled connections are busy, and more holds
+    // wait for one.
+    let table = hold_open(
+        app.db.url(),
+        "LOCK TABLE reservations IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    let holds: Vec<_> = (1..=6)
+        .map(|seat_no| {
+            let client = app.client();
+            tokio::spawn(crate::helpers::hold_via(
+                client,
+                i64::from(seat_no),
+                schedule_id,
+                seat_no,
+            ))
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    while waiting_for_a_lock(app.db.url()).await < 2 {
+        assert!(started.elapsed() < Duration::from_secs(10), "holds wait");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Busy is not down: through several health checks, each longer than a wait for a pooled
+    // connection, the service stays SERVING.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(app.addr).await);
+    for _ in 0..30 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "ticketing.reservation.v1.ReservationService".to_owned(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    commit(table).await;
+    for hold in holds {
+        let _ = hold.await.expect("a hold's task");
+    }
+}

@@ -20,7 +20,7 @@ use crate::helpers::{
 };
 
 /// Sessions of the database at `url` waiting for a lock.
-async fn waiting_for_a_lock(url: &str) -> i64 {
+pub async fn waiting_for_a_lock(url: &str) -> i64 {
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = BigInt)]
@@ -73,7 +73,7 @@ async fn until<F: std::future::Future<Output = bool>>(what: &str, mut check: imp
 
 /// A connection of the test that runs `sql` in a transaction it keeps open (its locks held)
 /// until the test commits it.
-async fn hold_open(url: &str, sql: &str) -> AsyncPgConnection {
+pub async fn hold_open(url: &str, sql: &str) -> AsyncPgConnection {
     let mut conn = AsyncPgConnection::establish(url).await.expect("connect");
     conn.batch_execute(&format!("BEGIN; {sql}"))
         .await
@@ -81,7 +81,7 @@ async fn hold_open(url: &str, sql: &str) -> AsyncPgConnection {
     conn
 }
 
-async fn commit(mut conn: AsyncPgConnection) {
+pub async fn commit(mut conn: AsyncPgConnection) {
     conn.batch_execute("COMMIT").await.expect("commit");
 }
 
