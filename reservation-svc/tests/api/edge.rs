@@ -1,5 +1,8 @@
 //! What one client can take from the server: requests received whole before they hold a place,
-//! places held until the answer is sent, and the codes of requests the server will not take.
+//! places held until the answer is sent, bytes within budgets, connections and streams within
+//! limits, health unmoved by load, and the codes of requests the server will not take. The
+//! tests of an attack run a server process of their own and end by reading its metrics back
+//! to zero.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -209,6 +212,34 @@ fn frame(message: &[u8]) -> bytes::Bytes {
     framed.into()
 }
 
+/// `count` calls for the largest page of the schedule's seats, on a connection of their own
+/// whose 1 KiB window is never given back: the answers' headers come, their bodies cannot.
+async fn unread_pages(
+    addr: SocketAddr,
+    schedule_id: i64,
+    count: usize,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    Vec<http::Response<h2::RecvStream>>,
+) {
+    let request = frame(&prost::Message::encode_to_vec(&pb::ListSeatsRequest {
+        schedule_id,
+        page_size: 5_000,
+        page_token: String::new(),
+    }));
+    let mut h2 = h2_connection(addr, 1_024).await;
+    let mut unread = Vec::new();
+    for _ in 0..count {
+        h2 = h2.ready().await.expect("a stream");
+        let (response, mut body) = h2
+            .send_request(grpc_request(addr, LIST_SEATS), false)
+            .expect("headers sent");
+        body.send_data(request.clone(), true).expect("request sent");
+        unread.push(response.await.expect("the answer's headers"));
+    }
+    (h2, unread)
+}
+
 fn code_of(response: &http::Response<h2::RecvStream>) -> Option<Code> {
     tonic::Status::from_header_map(response.headers()).map(|status| status.code())
 }
@@ -266,24 +297,9 @@ async fn an_answer_nobody_reads_holds_its_place_until_the_call_time_ends_then_it
     // About 10 bytes a seat: several of the server's 16 KiB chunks, far more than the reader's
     // 1 KiB window.
     let schedule_id = app.schedule_with_seats(5_000).await;
-    let request = frame(&prost::Message::encode_to_vec(&pb::ListSeatsRequest {
-        schedule_id,
-        page_size: 5_000,
-        page_token: String::new(),
-    }));
-
-    let mut h2 = h2_connection(server.addr, 1_024).await;
-    let mut unread = Vec::new();
-    for _ in 0..2 {
-        h2 = h2.ready().await.expect("a stream");
-        let (response, mut body) = h2
-            .send_request(grpc_request(server.addr, LIST_SEATS), false)
-            .expect("headers sent");
-        body.send_data(request.clone(), true).expect("request sent");
-        let response = response.await.expect("the answer's headers");
-        assert_eq!(code_of(&response), None, "answering");
-        // Its body is never read: the server cannot send it past the window.
-        unread.push(response);
+    let (h2, unread) = unread_pages(server.addr, schedule_id, 2).await;
+    for response in &unread {
+        assert_eq!(code_of(response), None, "answering");
     }
 
     // Both places are held by answers not yet sent.
@@ -535,24 +551,8 @@ async fn unread_answers_stop_at_the_connections_byte_budget_and_everything_comes
         ],
     )
     .await;
-    let request = frame(&prost::Message::encode_to_vec(&pb::ListSeatsRequest {
-        schedule_id,
-        page_size: 5_000,
-        page_token: String::new(),
-    }));
-
-    // Ten pages of 5,000 seats (about 50 KB each) that the client never reads, on one
-    // connection with a 1 KiB window.
-    let mut h2 = h2_connection(server.addr, 1_024).await;
-    let mut unread = Vec::new();
-    for _ in 0..10 {
-        h2 = h2.ready().await.expect("a stream");
-        let (response, mut body) = h2
-            .send_request(grpc_request(server.addr, LIST_SEATS), false)
-            .expect("headers sent");
-        body.send_data(request.clone(), true).expect("request sent");
-        unread.push(response.await.expect("the answer's headers"));
-    }
+    // Ten pages of 5,000 seats (about 50 KB each) that the client never reads.
+    let (h2, unread) = unread_pages(server.addr, schedule_id, 10).await;
     let during = server
         .metrics_until(Duration::from_secs(10), |text| {
             metric_value(text, RPC_SHED, &[("reason", "buffers")]) >= 1.0
