@@ -14,7 +14,9 @@
 //!
 //! Every command has a timeout, in-flight commands are never replayed after a reconnect
 //! (`max_command_attempts = 1`), commands are refused at once while the connection is down,
-//! and the client reconnects in the background forever. A command that timed out may still
+//! and the client reconnects in the background forever, on every topology `REDIS_URL` names
+//! (one server, Sentinel, Cluster). A Cluster's `MOVED` or `ASK` is followed: the node that
+//! answers it did not run the command, so sending it on replays nothing. A command that timed out may still
 //! run later: the lock and mark scripts carry the moment their caller gave up and do nothing
 //! when Redis's clock is past it, and a lock whose answer was lost is released after it.
 
