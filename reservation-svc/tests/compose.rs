@@ -68,3 +68,28 @@ fn the_contract_variables_are_read_by_the_services() {
         assert!(reservation.contains(name), "{name}");
     }
 }
+
+#[test]
+fn the_image_build_context_leaves_out_build_output_history_and_local_keys() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dockerignore");
+    let text = std::fs::read_to_string(&path).expect(".dockerignore");
+    let ignored: BTreeSet<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| line.trim_matches('/'))
+        .collect();
+    // Everything .gitignore keeps out of the repository, and the repository's history.
+    let gitignore = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.gitignore"),
+    )
+    .expect(".gitignore");
+    for entry in gitignore
+        .lines()
+        .map(|line| line.trim().trim_matches('/'))
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .chain([".git"])
+    {
+        assert!(ignored.contains(entry), "{entry} is sent to docker build");
+    }
+}
