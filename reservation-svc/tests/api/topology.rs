@@ -285,9 +285,14 @@ async fn a_schedules_keys_share_one_cluster_slot_and_holds_go_on_after_its_prima
     let dir_arg = dir.to_string_lossy().into_owned();
     let mut nodes: Vec<Node> = (0..6)
         .map(|_| {
+            // The cluster bus port too is a free one of the test's: the default (port + 10000)
+            // falls among the ports the kernel hands out to outgoing connections.
+            let bus = restartable_port().to_string();
             Node::start(&[
                 "--port",
                 "{port}",
+                "--cluster-port",
+                &bus,
                 "--bind",
                 "127.0.0.1",
                 "--cluster-enabled",
