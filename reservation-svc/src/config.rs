@@ -173,14 +173,28 @@ pub struct Config {
     pub max_active_holds_per_user: std::num::NonZeroU32,
 }
 
+/// The client certificate and key of the settings `<prefix>_CERT_FILE` and `<prefix>_KEY_FILE`:
+/// both or neither.
+fn identity(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    prefix: &str,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        (None, None) => Ok(None),
+        _ => anyhow::bail!("{prefix}_CERT_FILE and {prefix}_KEY_FILE go together"),
+    }
+}
+
 impl Config {
     /// The TLS files of a `rediss://` Redis, if any are set.
     pub fn redis_tls(&self) -> anyhow::Result<Option<ClientFiles>> {
-        let identity = match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => anyhow::bail!("REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together"),
-        };
+        let identity = identity(
+            &self.redis_tls_cert_file,
+            &self.redis_tls_key_file,
+            "REDIS_TLS",
+        )?;
         match (&self.redis_tls_ca_file, identity) {
             (Some(ca), identity) => Ok(Some(ClientFiles {
                 ca: ca.clone(),
@@ -195,11 +209,11 @@ impl Config {
     /// `https://` endpoint, in plaintext for `http://` only when the service runs INSECURE.
     pub fn wallet_tls(&self) -> anyhow::Result<Option<ClientFiles>> {
         let https = self.wallet_endpoint.starts_with("https://");
-        let identity = match (&self.wallet_tls_cert_file, &self.wallet_tls_key_file) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            _ => anyhow::bail!("WALLET_TLS_CERT_FILE and WALLET_TLS_KEY_FILE go together"),
-        };
+        let identity = identity(
+            &self.wallet_tls_cert_file,
+            &self.wallet_tls_key_file,
+            "WALLET_TLS",
+        )?;
         if !https {
             anyhow::ensure!(
                 self.wallet_tls_ca_file.is_none() && identity.is_none(),

@@ -356,9 +356,12 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let admission = &self.admission;
-        let mut answer = Answer::wrap(ResBody::default());
-        // Counted on its connection since it arrived ([`Receive`]), until its answer is sent.
-        answer.open = request.extensions_mut().remove::<OpenCall>();
+        let mut held = Held {
+            // Counted on its connection since it arrived ([`Receive`]), until its answer is
+            // sent.
+            _open: request.extensions_mut().remove::<OpenCall>(),
+            ..Held::default()
+        };
         let peer = request.extensions().get::<Peer>();
         let path = request.uri().path();
         if is_streaming(path) {
@@ -368,11 +371,11 @@ where
                     "too many streaming calls are open, on this connection or in all",
                 ));
             };
-            answer.stream = Some(place);
+            held.stream = Some(place);
             let answered = self.inner.call(request);
             return Box::pin(async move {
                 let answered = answered.await?;
-                Ok(answered.map(|body| answer.with(body)))
+                Ok(answered.map(|body| Answer::new(body, held)))
             });
         }
         let deadline = Instant::now() + admission.timeout;
@@ -388,8 +391,8 @@ where
             Some(Place::taken(place))
         };
         let load = peer.map(|peer| Arc::clone(&peer.load));
-        answer.buffered = load.as_ref().map(Load::buffered);
-        answer.deadline = Some(Deadline {
+        held.buffered = load.as_ref().map(Load::buffered);
+        held.deadline = Some(Deadline {
             at: deadline,
             timer: None,
         });
@@ -408,7 +411,7 @@ where
             match tokio::time::timeout_at(deadline, handled).await {
                 Ok(handled) => {
                     let (parts, body, first) = handled?;
-                    let mut answer = answer.with(body);
+                    let mut answer = Answer::new(body, held);
                     let data = match &first {
                         Some(Ok(frame)) => frame.data_ref(),
                         _ => None,
@@ -420,7 +423,7 @@ where
                     answer.first = Some(first.map(|frame| frame.map_err(Into::into)));
                     // Answered: from here the place is held until the answer has been sent, or
                     // taken back at the deadline.
-                    answer.ticket = place.map(|place| watch.hold(place, deadline, load));
+                    answer.held.ticket = place.map(|place| watch.hold(place, deadline, load));
                     Ok(http::Response::from_parts(parts, answer))
                 }
                 Err(_elapsed) => {
@@ -649,22 +652,30 @@ pub struct Answer<B> {
     inner: B,
     /// What is left of a data frame larger than a chunk.
     rest: Bytes,
+    /// What the call holds until the answer has been sent.
+    held: Held,
+    /// The answer was refused for the budgets: it ends with its trailers.
+    refused: bool,
+    /// What the answer's body gave when first polled, before its headers were sent
+    /// ([`Admission`]), to be handed on first.
+    first: Option<Option<Result<Frame<Bytes>, BoxError>>>,
+}
+
+/// What a call holds from its admission until its answer has been sent (or dropped); each
+/// piece gives itself back when dropped.
+#[derive(Debug, Default)]
+struct Held {
     /// The call's place among the calls in flight.
     ticket: Option<Ticket>,
     /// A streaming call's place.
     stream: Option<StreamPlace>,
     /// When the answer must have been sent.
     deadline: Option<Deadline>,
-    /// The call, counted on its connection.
-    open: Option<OpenCall>,
+    /// The call, counted on its connection while this is held.
+    _open: Option<OpenCall>,
     /// The bytes of the answer not yet sent, within the budgets: the rest and the chunk last
     /// handed on, which HTTP/2 may still hold.
     buffered: Option<Buffered>,
-    /// The answer was refused for the budgets: it ends with its trailers.
-    refused: bool,
-    /// What the answer's body gave when first polled, before its headers were sent
-    /// ([`Admission`]), to be handed on first.
-    first: Option<Option<Result<Frame<Bytes>, BoxError>>>,
 }
 
 /// When an answer must have been sent. Its timer is set only once the body has to wait: most
@@ -688,29 +699,14 @@ impl Deadline {
 }
 
 impl<B> Answer<B> {
-    fn wrap(inner: B) -> Self {
+    fn new(inner: B, held: Held) -> Self {
         Self {
             inner,
             rest: Bytes::new(),
-            ticket: None,
-            stream: None,
-            deadline: None,
-            open: None,
-            buffered: None,
+            held,
             refused: false,
             first: None,
         }
-    }
-
-    /// The same holds, over the handler's answer `body`.
-    fn with<C>(self, body: C) -> Answer<C> {
-        let mut answer = Answer::wrap(body);
-        answer.ticket = self.ticket;
-        answer.stream = self.stream;
-        answer.deadline = self.deadline;
-        answer.open = self.open;
-        answer.buffered = self.buffered;
-        answer
     }
 
     /// The next chunk of `data`, the rest kept for the next poll.
@@ -724,7 +720,7 @@ impl<B> Answer<B> {
     /// The answer was not sent by its deadline: its stream is reset.
     fn expire(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         // Counted once per call: here, unless the watch took its place back first.
-        if self.ticket.as_ref().is_none_or(Ticket::release) {
+        if self.held.ticket.as_ref().is_none_or(Ticket::release) {
             Shed::SlowReader.count();
         }
         self.release();
@@ -734,18 +730,14 @@ impl<B> Answer<B> {
 
     /// The call is over: whatever it held goes.
     fn release(&mut self) {
-        self.ticket = None;
-        self.stream = None;
-        self.deadline = None;
-        self.open = None;
-        self.buffered = None;
+        self.held = Held::default();
     }
 
     /// Holds a data frame of the answer within the budgets; `false` when they are full. An
     /// answer of one chunk always passes, so that no call whose handler has done its work (a
     /// hold, a payment) loses its answer to the budget: a list's pages are what grows.
     fn hold_answer(&mut self, data: &Bytes) -> bool {
-        match &mut self.buffered {
+        match &mut self.held.buffered {
             Some(buffered) if data.len() > ANSWER_CHUNK_BYTES => buffered.hold(data.len()),
             _ => true,
         }
@@ -783,6 +775,7 @@ where
             return Poll::Ready(None);
         }
         if this
+            .held
             .deadline
             .as_ref()
             .is_some_and(|deadline| Instant::now() >= deadline.at)
@@ -790,7 +783,7 @@ where
             return this.expire();
         }
         // Polled again: HTTP/2 has the chunk handed on last, and sends it as the window allows.
-        if let Some(buffered) = &mut this.buffered
+        if let Some(buffered) = &mut this.held.buffered
             && buffered.bytes() > this.rest.len()
         {
             buffered.hold(this.rest.len());
@@ -821,6 +814,7 @@ where
             }
             Poll::Pending => {
                 if this
+                    .held
                     .deadline
                     .as_mut()
                     .is_some_and(|deadline| deadline.passed(cx))
