@@ -11,6 +11,8 @@ use shared::security::SecurityArgs;
 use shared::server::ServerArgs;
 use shared::tls::ClientFiles;
 
+use crate::lock::LockFallback;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "reservation-svc",
@@ -89,9 +91,18 @@ pub struct Config {
     #[arg(long, global = true, env = "REDIS_TLS_KEY_FILE")]
     pub redis_tls_key_file: Option<PathBuf>,
 
-    /// Longest one Redis command may take; past it a hold answers UNAVAILABLE.
+    /// Longest one Redis command may take; past it a hold answers UNAVAILABLE (or, with
+    /// `SEAT_LOCK_FALLBACK=postgres`, takes the seat's lock in Postgres, and waits at most this
+    /// long for any lock there).
     #[arg(long, global = true, env = "REDIS_COMMAND_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub redis_command_timeout: Duration,
+
+    /// What a hold does when Redis does not answer its lock: `fail-closed` answers
+    /// UNAVAILABLE; `postgres` takes the seat's lock in Postgres instead, and after a few
+    /// failures in a row every hold does until Redis answers again (Postgres decides either
+    /// way, so no seat is sold twice).
+    #[arg(long, global = true, env = "SEAT_LOCK_FALLBACK", value_enum, default_value_t = LockFallback::FailClosed)]
+    pub seat_lock_fallback: LockFallback,
 
     /// How long a hold keeps its seat before it lapses.
     #[arg(long, global = true, env = "SEAT_HOLD_TTL", default_value = "5m", value_parser = humantime::parse_duration)]

@@ -1,10 +1,18 @@
 //! What reservation-svc counts beyond the calls and the pool that every service reports (see
-//! `shared::metrics`): seat lock outcomes, and the work of the sweeper and the reconciler.
+//! `shared::metrics`): seat lock outcomes and mode, and the work of the sweeper and the reconciler.
+
+use crate::lock::LockMode;
 
 /// Seat lock attempts, by `outcome`: `acquired`, `contended` (another request holds it),
 /// `taken` (the key holds the seat's taken mark), `taken_remembered` (this replica remembers the
-/// mark and did not ask Redis) or `redis_unavailable`.
+/// mark and did not ask Redis), `redis_unavailable`, or `postgres` (a hold that took the
+/// seat's lock in Postgres: Redis did not answer, `SEAT_LOCK_FALLBACK=postgres`).
 pub const SEAT_LOCKS: &str = "ticketing_seat_lock_total";
+/// Where holds take their seat's lock, by `mode`: 1 for the current one (`redis` or
+/// `postgres`), 0 for the other.
+pub const SEAT_LOCK_MODE: &str = "ticketing_seat_lock_mode";
+/// Switches of the seat locks' mode, by `to`: `postgres` (the breaker opened) or `redis`.
+pub const SEAT_LOCK_SWITCHES: &str = "ticketing_seat_lock_switches_total";
 /// Lapsed holds the sweeper marked `EXPIRED`.
 pub const RESERVATIONS_EXPIRED: &str = "ticketing_reservations_expired_total";
 /// Payments left `PAYING` that the reconciler drove, by `outcome`: `confirmed`, `refused`
@@ -19,6 +27,14 @@ pub const BACKGROUND_FAILURES: &str = "ticketing_background_failures_total";
 /// Gives the metrics above their help text; call once the recorder is installed.
 pub fn describe() {
     metrics::describe_counter!(SEAT_LOCKS, "Seat lock attempts, by outcome");
+    metrics::describe_gauge!(
+        SEAT_LOCK_MODE,
+        "Where holds take their seat's lock: 1 for the current mode"
+    );
+    metrics::describe_counter!(
+        SEAT_LOCK_SWITCHES,
+        "Switches of the seat locks' mode, by the mode switched to"
+    );
     metrics::describe_counter!(
         RESERVATIONS_EXPIRED,
         "Lapsed holds the sweeper marked EXPIRED"
@@ -40,6 +56,28 @@ pub fn describe() {
 /// Counts a seat lock attempt.
 pub fn seat_lock(outcome: &'static str) {
     metrics::counter!(SEAT_LOCKS, "outcome" => outcome).increment(1);
+}
+
+/// Publishes where holds take their seat's lock.
+pub fn seat_lock_mode(mode: LockMode) {
+    for each in [LockMode::Redis, LockMode::Postgres] {
+        let current = if each == mode { 1.0 } else { 0.0 };
+        metrics::gauge!(SEAT_LOCK_MODE, "mode" => each.as_str()).set(current);
+    }
+}
+
+/// Publishes the breaker's first mode (`redis`), with its switches at zero.
+pub fn seat_lock_breaker_started() {
+    for mode in [LockMode::Redis, LockMode::Postgres] {
+        metrics::counter!(SEAT_LOCK_SWITCHES, "to" => mode.as_str()).increment(0);
+    }
+    seat_lock_mode(LockMode::Redis);
+}
+
+/// Counts a switch of the seat locks' mode, and publishes the new one.
+pub fn seat_lock_switch(to: LockMode) {
+    metrics::counter!(SEAT_LOCK_SWITCHES, "to" => to.as_str()).increment(1);
+    seat_lock_mode(to);
 }
 
 /// Counts holds a sweep expired.

@@ -362,6 +362,8 @@ pub enum HoldOutcome {
         seat_count: i32,
     },
     Taken,
+    /// The seat's lock in Postgres is another hold's (a hold without a Redis lock).
+    Locked,
     /// The performance has begun.
     PerformanceStarted,
     /// The user already has `max` reservations of the schedule held or being paid for.

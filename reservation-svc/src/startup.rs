@@ -16,12 +16,13 @@ use shared::security::{Security, SecurityArgs};
 use shared::server::GrpcRouter;
 use shared::service::{Foundation, FoundationSettings, Service};
 use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::domain::Reservations;
 use crate::grpc::ReservationGrpc;
-use crate::lock::{LockSettings, SeatLocks};
+use crate::lock::{LockFallback, LockMode, LockSettings, SeatLocks};
 use crate::store::Store;
 use crate::wallet_client::Wallet;
 
@@ -30,6 +31,46 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// How often the health service re-checks Postgres and Redis.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The health entry that tells where holds take their seat locks: SERVING while in Redis,
+/// NOT_SERVING while Redis does not answer (holds then fail closed, or, with
+/// `SEAT_LOCK_FALLBACK=postgres`, take their locks in Postgres).
+pub const SEAT_LOCKS_IN_REDIS: &str = "redis";
+
+/// Keeps [`SEAT_LOCKS_IN_REDIS`] up to date, setting it only when it changes (every set would
+/// wake the entry's watchers).
+#[derive(Clone)]
+struct SeatLocksHealth {
+    health: HealthReporter,
+    shown: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl SeatLocksHealth {
+    const UNSET: u8 = 0;
+    const IN_REDIS: u8 = 1;
+    const ELSEWHERE: u8 = 2;
+
+    fn new(health: HealthReporter) -> Self {
+        Self {
+            health,
+            shown: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(Self::UNSET)),
+        }
+    }
+
+    async fn show(&self, in_redis: bool) {
+        use std::sync::atomic::Ordering;
+        let (value, status) = if in_redis {
+            (Self::IN_REDIS, ServingStatus::Serving)
+        } else {
+            (Self::ELSEWHERE, ServingStatus::NotServing)
+        };
+        if self.shown.swap(value, Ordering::AcqRel) != value {
+            self.health
+                .set_service_status(SEAT_LOCKS_IN_REDIS, status)
+                .await;
+        }
+    }
+}
 
 /// A built server, bound to its port, not yet serving.
 pub struct Application {
@@ -110,6 +151,7 @@ impl Service for Application {
             command_timeout: config.redis_command_timeout,
             taken_memory: config.seat_taken_memory,
             tls: config.redis_tls()?,
+            fallback: config.seat_lock_fallback,
         })
         .await
         .context("invalid Redis configuration")?;
@@ -170,16 +212,23 @@ impl Service for Application {
             &self.config.database_url,
             self.config.db.db_acquire_timeout,
         ));
-        // Holds fail closed without Redis, so the service is NOT_SERVING without either.
+        let fallback = self.config.seat_lock_fallback;
+        let seat_locks = SeatLocksHealth::new(self.health.clone());
+        // Holds need Postgres, and Redis unless they may fall back to Postgres without it.
         let health_watch = tokio::spawn(shared::server::watch_dependencies(
             self.health.clone(),
             &[SERVICE_NAME],
             HEALTH_CHECK_INTERVAL,
             move || {
                 let (reservations, database) = (reservations.clone(), database.clone());
+                let seat_locks = seat_locks.clone();
                 async move {
-                    let (database, redis) =
-                        tokio::join!(database.ping(), reservations.locks().ping());
+                    let locks = reservations.locks();
+                    let (database, redis) = tokio::join!(database.ping(), locks.ping());
+                    seat_locks
+                        .show(redis && locks.mode() == LockMode::Redis)
+                        .await;
+                    let redis = redis || fallback == LockFallback::Postgres;
                     match (database, redis) {
                         (true, true) => Ok(()),
                         (false, true) => Err("postgres".to_owned()),
@@ -189,9 +238,11 @@ impl Service for Application {
                 }
             },
         ));
+        let probe = tokio::spawn(self.reservations.locks().clone().probe_while_open());
         let shutdown = async {
             shutdown.await;
             health_watch.abort();
+            probe.abort();
             sweeper.abort();
             reconciler.abort();
         };

@@ -55,6 +55,9 @@ enum Transition {
         elsewhere: Vec<Row>,
         /// The hold limit.
         max_user_holds: u32,
+        /// The hold of a replica without Redis, which takes the seat's lock in Postgres
+        /// (`SEAT_LOCK_FALLBACK=postgres`): it must decide alike.
+        lock_in_postgres: bool,
     },
     BeginPay {
         target: Target,
@@ -173,12 +176,16 @@ fn transition() -> impl Strategy<Value = Transition> {
         (
             1..=2i64,
             prop::collection::vec(any_status.prop_flat_map(row), 0..=4),
-            1..=3u32
+            1..=3u32,
+            any::<bool>(),
         )
-            .prop_map(|(user_id, elsewhere, max_user_holds)| Transition::Hold {
-                user_id,
-                elsewhere,
-                max_user_holds,
+            .prop_map(|(user_id, elsewhere, max_user_holds, lock_in_postgres)| {
+                Transition::Hold {
+                    user_id,
+                    elsewhere,
+                    max_user_holds,
+                    lock_in_postgres,
+                }
             }),
         (target(), 1..=2i64).prop_map(|(target, user_id)| Transition::BeginPay { target, user_id }),
         (
@@ -485,6 +492,7 @@ async fn run_both(
             user_id,
             elsewhere,
             max_user_holds,
+            lock_in_postgres,
         } => {
             load_elsewhere(pool, schedule, elsewhere).await;
             let request = HoldRequest {
@@ -505,7 +513,14 @@ async fn run_both(
                 ttl: Duration::from_secs(300),
                 max_per_user: NonZeroU32::new(*max_user_holds).expect("a positive limit"),
             };
-            let actual = match store.hold_seat(request, terms).await.unwrap_or_else(failed) {
+            let held = if *lock_in_postgres {
+                store
+                    .hold_seat_locked_in_postgres(request, terms, Duration::from_secs(5))
+                    .await
+            } else {
+                store.hold_seat(request, terms).await
+            };
+            let actual = match held.unwrap_or_else(failed) {
                 real::HoldOutcome::Held(reservation) => {
                     let held = reservation.id.get();
                     // The database numbers new rows itself: the model's new row takes its id.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use protocol::payment::UseReply;
 
-use crate::lock::{LockError, SeatLocks};
+use crate::lock::{HoldLock, LockError, SeatLocks};
 use crate::model::{
     CancelOutcome, Concert, ConcertId, ConcertPage, DEFAULT_MAX_ACTIVE_HOLDS_PER_USER, HoldOutcome,
     HoldRequest, HoldTerms, NewSchedule, OwnerRequest, PageCursor, PageSize, PaymentAttempt,
@@ -170,7 +170,8 @@ impl Reservations {
 
     /// Holds a seat: the Redis lock first (losers answer at once, without touching Postgres),
     /// then Postgres decides, then the lock is released, or left as the seat's taken mark when
-    /// the hold took the seat.
+    /// the hold took the seat. Without Redis and with `SEAT_LOCK_FALLBACK=postgres`, the
+    /// seat's lock is taken in Postgres, in the transaction that decides.
     pub async fn hold(&self, request: HoldRequest) -> Result<Reservation, ReservationError> {
         let store = self.store.clone();
         let locks = self.locks.clone();
@@ -185,12 +186,20 @@ impl Reservations {
         // transaction nor the release of the lock.
         let outcome = shared::task::run_to_end(span, async move {
             let lock = locks
-                .acquire(request.schedule_id.get(), request.seat_no.get())
+                .lock_for_hold(request.schedule_id.get(), request.seat_no.get())
                 .await?;
             // Counted from before the transaction, whose clock starts the hold: no more than
             // the hold has left (the mark itself expires at the hold's `expires_at`).
             let started = std::time::Instant::now();
-            let held = store.hold_seat(request, terms).await;
+            let held = match &lock {
+                HoldLock::Redis(_) => store.hold_seat(request, terms).await,
+                HoldLock::Postgres { .. } => {
+                    let wait = locks.command_timeout();
+                    store
+                        .hold_seat_locked_in_postgres(request, terms, wait)
+                        .await
+                }
+            };
             let left = terms.ttl.saturating_sub(started.elapsed());
             let left = i64::try_from(left.as_micros()).unwrap_or(i64::MAX);
             let taken = match &held {
@@ -214,6 +223,7 @@ impl Reservations {
                 Err(ReservationError::SeatOutOfRange { seat_count })
             }
             HoldOutcome::Taken => Err(ReservationError::SeatTaken),
+            HoldOutcome::Locked => Err(ReservationError::SeatLocked),
             HoldOutcome::PerformanceStarted => Err(ReservationError::PerformanceStarted),
             HoldOutcome::HoldLimit { max } => Err(ReservationError::HoldLimit { max }),
         }

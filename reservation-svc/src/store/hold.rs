@@ -20,7 +20,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::reservation::{HoldDecision, HoldFacts, SeatView, Status};
 
 use super::models::{ACTIVE_STATUSES, NewReservation, ReservationRow};
-use super::queries::{Begin, Commit, HoldAvailableSeat, LockSeat, LockUserHolds};
+use super::queries::{
+    Begin, Commit, HoldAvailableSeat, LockSeat, LockUserHolds, SEAT_LOCK, SeatLock, SetLockTimeout,
+};
 use super::schema::{reservations, schedules};
 use super::seat::{end_reservation, move_seat};
 use super::{Store, StoreError, micros};
@@ -32,6 +34,8 @@ const ONE_ACTIVE_RESERVATION_PER_SEAT: &str = "one_active_reservation_per_seat";
 /// Why a hold's transaction rolled back.
 enum HoldFailure {
     Taken,
+    /// The seat's lock in Postgres is another transaction's.
+    Locked,
     Store(StoreError),
 }
 
@@ -39,6 +43,8 @@ impl From<DieselError> for HoldFailure {
     fn from(error: DieselError) -> Self {
         if is_second_active_reservation(&error) {
             Self::Taken
+        } else if is_seat_locked(&error) {
+            Self::Locked
         } else {
             Self::Store(error.into())
         }
@@ -49,6 +55,14 @@ impl From<StoreError> for HoldFailure {
     fn from(error: StoreError) -> Self {
         Self::Store(error)
     }
+}
+
+/// Whether `error` is [`SeatLock`] finding the seat's lock taken.
+fn is_seat_locked(error: &DieselError) -> bool {
+    matches!(
+        error,
+        DieselError::DatabaseError(_, info) if info.constraint_name() == Some(SEAT_LOCK)
+    )
 }
 
 /// Whether `error` is the partial unique index refusing a second active reservation of a seat.
@@ -73,6 +87,32 @@ impl Store {
         request: HoldRequest,
         terms: HoldTerms,
     ) -> Result<HoldOutcome, StoreError> {
+        self.hold(request, terms, None).await
+    }
+
+    /// Holds a seat as [`Store::hold_seat`] does, for a hold that has no Redis lock (Redis is
+    /// out of reach and `SEAT_LOCK_FALLBACK=postgres`): each of its transactions first takes
+    /// the seat's lock in Postgres ([`SeatLock`]), without waiting ([`HoldOutcome::Locked`]
+    /// when another hold has it, nothing written), and waits at most `wait` for any other lock
+    /// (`lock_timeout`, past which the hold answers UNAVAILABLE). Both statements join the
+    /// pipeline of an available seat's hold: still one round trip. What is decided, and how,
+    /// is the same, so holds with either lock, of any replica, may race: Postgres decides.
+    pub async fn hold_seat_locked_in_postgres(
+        &self,
+        request: HoldRequest,
+        terms: HoldTerms,
+        wait: std::time::Duration,
+    ) -> Result<HoldOutcome, StoreError> {
+        self.hold(request, terms, Some(wait)).await
+    }
+
+    /// A hold, with the seat's lock in Postgres and a `lock_timeout` of `postgres_lock` when set.
+    async fn hold(
+        &self,
+        request: HoldRequest,
+        terms: HoldTerms,
+        postgres_lock: Option<std::time::Duration>,
+    ) -> Result<HoldOutcome, StoreError> {
         let hold_ttl = chrono::Duration::from_std(terms.ttl)
             .map_err(|error| StoreError::Internal(error.to_string()))?;
         let max_user_holds = terms.max_per_user.get();
@@ -92,17 +132,38 @@ impl Store {
         // `try_join!`: every statement, `COMMIT` included, is sent whatever the others answer,
         // so the connection always leaves the transaction. Outside diesel's transaction
         // manager, which would send `BEGIN` and `COMMIT` each as a round trip of its own.
-        let (begun, user_locked, held, committed) = {
-            let conn = &*conn;
-            futures::join!(
-                Begin.execute(&mut &*conn),
-                LockUserHolds::new(user_id, schedule_id).execute(&mut &*conn),
-                hold_available.get_result::<(ReservationRow, DateTime<Utc>)>(&mut &*conn),
-                Commit.execute(&mut &*conn),
-            )
+        let conn_ref = &*conn;
+        let (begun, user_locked, held, committed) = match postgres_lock {
+            None => {
+                futures::join!(
+                    Begin.execute(&mut &*conn_ref),
+                    LockUserHolds::new(user_id, schedule_id).execute(&mut &*conn_ref),
+                    hold_available.get_result::<(ReservationRow, DateTime<Utc>)>(&mut &*conn_ref),
+                    Commit.execute(&mut &*conn_ref),
+                )
+            }
+            Some(wait) => {
+                let (begun, timeout_set, seat_locked, user_locked, held, committed) = futures::join!(
+                    Begin.execute(&mut &*conn_ref),
+                    SetLockTimeout::new(wait).execute(&mut &*conn_ref),
+                    SeatLock::new(schedule_id, seat_no).execute(&mut &*conn_ref),
+                    LockUserHolds::new(user_id, schedule_id).execute(&mut &*conn_ref),
+                    hold_available.get_result::<(ReservationRow, DateTime<Utc>)>(&mut &*conn_ref),
+                    Commit.execute(&mut &*conn_ref),
+                );
+                (
+                    begun.and(timeout_set).and(seat_locked),
+                    user_locked,
+                    held,
+                    committed,
+                )
+            }
         };
         // The first error is the cause; the statements after it failed for it.
-        begun?;
+        match begun {
+            Err(error) if is_seat_locked(&error) => return Ok(HoldOutcome::Locked),
+            begun => begun?,
+        };
         user_locked?;
         match held.optional() {
             Ok(Some((row, now))) => {
@@ -122,12 +183,21 @@ impl Store {
             .build_transaction()
             .read_committed()
             .run::<_, HoldFailure, _>(async |conn| {
+                if let Some(wait) = postgres_lock {
+                    let (timeout_set, seat_locked) = futures::join!(
+                        SetLockTimeout::new(wait).execute(&mut &*conn),
+                        SeatLock::new(schedule_id, seat_no).execute(&mut &*conn),
+                    );
+                    timeout_set?;
+                    seat_locked?;
+                }
                 hold_in_transaction(conn, request, hold_ttl, max_user_holds).await
             })
             .await;
         match outcome {
             Ok(outcome) => Ok(outcome),
             Err(HoldFailure::Taken) => Ok(HoldOutcome::Taken),
+            Err(HoldFailure::Locked) => Ok(HoldOutcome::Locked),
             Err(HoldFailure::Store(error)) => Err(error),
         }
     }

@@ -51,15 +51,16 @@ pub struct LockUserHolds {
 impl LockUserHolds {
     pub fn new(user_id: i64, schedule_id: i64) -> Self {
         Self {
-            schedule_key: Self::fold(schedule_id),
-            user_key: Self::fold(user_id),
+            schedule_key: fold(schedule_id),
+            user_key: fold(user_id),
         }
     }
+}
 
-    fn fold(id: i64) -> i32 {
-        // The low 32 bits of the xor, reinterpreted: a truncation on purpose.
-        (id ^ (id >> 32)) as i32
-    }
+/// An id folded to 32 bits for an advisory lock's key: the low half xor the high one.
+fn fold(id: i64) -> i32 {
+    // The low 32 bits of the xor, reinterpreted: a truncation on purpose.
+    (id ^ (id >> 32)) as i32
 }
 
 impl QueryFragment<Pg> for LockUserHolds {
@@ -68,6 +69,67 @@ impl QueryFragment<Pg> for LockUserHolds {
         out.push_bind_param::<Integer, _>(&self.schedule_key)?;
         out.push_sql(", ");
         out.push_bind_param::<Integer, _>(&self.user_key)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// `SELECT set_config('lock_timeout', <ms>, true)`: the longest any statement of this
+/// transaction waits for a lock (`SET LOCAL`, which takes no parameters, so could not be
+/// prepared once per connection).
+#[derive(Debug, Clone, QueryId)]
+pub struct SetLockTimeout {
+    setting: String,
+}
+
+impl SetLockTimeout {
+    pub fn new(timeout: std::time::Duration) -> Self {
+        // At least 1 ms: 0 would mean no limit at all.
+        Self {
+            setting: format!("{}ms", timeout.as_millis().max(1)),
+        }
+    }
+}
+
+impl QueryFragment<Pg> for SetLockTimeout {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT set_config('lock_timeout', ");
+        out.push_bind_param::<Text, _>(&self.setting)?;
+        out.push_sql(", true)");
+        Ok(())
+    }
+}
+
+/// The seat's lock in Postgres, for holds while Redis is out of reach: `SELECT seat_lock(<key>)`,
+/// the migration's function that takes the transaction-scoped advisory lock without waiting
+/// and raises an error with the constraint name [`SEAT_LOCK`] when another transaction has it.
+/// The key is the one-key space's `<schedule folded to 32 bits> << 32 | <seat>`, apart from the
+/// two-key space of [`LockUserHolds`]; a seat that shares its key with another only shares
+/// their lock, which costs a retry, never exactness (Postgres decides under the seat's row lock
+/// whatever the lock). Every replica must key alike: a change of this key is deployed with all
+/// replicas stopped.
+#[derive(Debug, Clone, Copy, QueryId)]
+pub struct SeatLock {
+    key: i64,
+}
+
+/// The constraint name of the error [`SeatLock`] raises when the seat is locked.
+pub const SEAT_LOCK: &str = "seat_lock";
+
+impl SeatLock {
+    pub fn new(schedule_id: i64, seat_no: i32) -> Self {
+        // The seat number's 32 bits, as they are, below the schedule's.
+        let seat = i64::from(seat_no.cast_unsigned());
+        Self {
+            key: (i64::from(fold(schedule_id)) << 32) | seat,
+        }
+    }
+}
+
+impl QueryFragment<Pg> for SeatLock {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT seat_lock(");
+        out.push_bind_param::<BigInt, _>(&self.key)?;
         out.push_sql(")");
         Ok(())
     }

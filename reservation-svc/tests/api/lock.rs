@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fred::interfaces::KeysInterface;
 use protocol::reservation::AfterHold;
-use reservation_svc::lock::{Acquire, LockError, LockSettings, SeatLocks};
+use reservation_svc::lock::{Acquire, HoldLock, LockError, LockFallback, LockSettings, SeatLocks};
 
 fn settings(redis_url: &str) -> LockSettings {
     LockSettings {
@@ -15,6 +15,7 @@ fn settings(redis_url: &str) -> LockSettings {
         command_timeout: Duration::from_secs(1),
         taken_memory: Duration::from_secs(1),
         tls: None,
+        fallback: LockFallback::FailClosed,
     }
 }
 
@@ -115,7 +116,9 @@ async fn a_taken_mark_refuses_the_seat_until_its_own_reservation_clears_it() {
     };
 
     let lock = locks.acquire(3, 3).await.expect("free");
-    locks.finish(lock, marked, Some(in_30s())).await;
+    locks
+        .finish(HoldLock::Redis(lock), marked, Some(in_30s()))
+        .await;
     assert!(matches!(locks.acquire(3, 3).await, Err(LockError::Taken)));
     assert!(matches!(other.acquire(3, 3).await, Err(LockError::Taken)));
 
@@ -140,7 +143,7 @@ async fn a_mark_never_replaces_a_lock_that_is_no_longer_the_holds() {
         .expect("overwrite");
     locks
         .finish(
-            stale,
+            HoldLock::Redis(stale),
             AfterHold::MarkTaken {
                 reservation: 7,
                 for_micros: 30_000_000,
@@ -168,7 +171,9 @@ async fn a_cancel_that_lands_before_the_mark_keeps_it_from_being_written() {
     // Reservation 77 is cancelled while its hold still holds the lock, before the mark.
     let lock = locks.acquire(8, 8).await.expect("free");
     locks.clear_taken(8, 8, 77).await;
-    locks.finish(lock, mark(77), Some(in_30s())).await;
+    locks
+        .finish(HoldLock::Redis(lock), mark(77), Some(in_30s()))
+        .await;
     let again = locks
         .acquire(8, 8)
         .await
@@ -176,7 +181,9 @@ async fn a_cancel_that_lands_before_the_mark_keeps_it_from_being_written() {
 
     // Another reservation's cancellation does not stop this one's mark.
     locks.clear_taken(8, 8, 76).await;
-    locks.finish(again, mark(78), Some(in_30s())).await;
+    locks
+        .finish(HoldLock::Redis(again), mark(78), Some(in_30s()))
+        .await;
     assert!(matches!(locks.acquire(8, 8).await, Err(LockError::Taken)));
 }
 
@@ -192,7 +199,9 @@ async fn a_mark_expires_when_its_hold_does_and_is_not_written_once_it_has() {
     let lock = locks.acquire(10, 1).await.expect("free");
     let key = lock.key().to_owned();
     let expires_at = chrono::Utc::now() + chrono::Duration::seconds(20);
-    locks.finish(lock, mark, Some(expires_at)).await;
+    locks
+        .finish(HoldLock::Redis(lock), mark, Some(expires_at))
+        .await;
     let expire_time: i64 = redis.pexpire_time(&key).await.expect("pexpiretime");
     assert_eq!(
         expire_time,
@@ -204,6 +213,8 @@ async fn a_mark_expires_when_its_hold_does_and_is_not_written_once_it_has() {
     let lock = locks.acquire(10, 2).await.expect("free");
     let key = lock.key().to_owned();
     let lapsed = chrono::Utc::now() - chrono::Duration::milliseconds(1);
-    locks.finish(lock, mark, Some(lapsed)).await;
+    locks
+        .finish(HoldLock::Redis(lock), mark, Some(lapsed))
+        .await;
     assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
 }

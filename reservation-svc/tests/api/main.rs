@@ -4,6 +4,7 @@ mod cancel;
 mod catalog;
 mod edge;
 mod expiry;
+mod fallback;
 mod helpers;
 mod holds;
 mod lock;

@@ -9,7 +9,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use reservation_svc::domain::Reservations;
-use reservation_svc::lock::{LockSettings, SeatLocks};
+use reservation_svc::lock::{LockFallback, LockSettings, SeatLocks};
 use reservation_svc::store::Store;
 use reservation_svc::wallet_client::Wallet;
 use shared::proto::reservation::v1 as pb;
@@ -135,6 +135,7 @@ async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
         command_timeout: app.config.redis_command_timeout,
         taken_memory: app.config.seat_taken_memory,
         tls: None,
+        fallback: LockFallback::FailClosed,
     })
     .await
     .expect("locks");

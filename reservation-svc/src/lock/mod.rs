@@ -19,6 +19,14 @@
 //! answers it did not run the command, so sending it on replays nothing. A command that timed out may still
 //! run later: the lock and mark scripts carry the moment their caller gave up and do nothing
 //! when Redis's clock is past it, and a lock whose answer was lost is released after it.
+//!
+//! With `SEAT_LOCK_FALLBACK=postgres` a hold whose lock Redis does not answer takes the seat's
+//! lock in Postgres instead ([`HoldLock::Postgres`]), and so do all holds of the replica while
+//! its [`Breaker`] is open.
+
+mod breaker;
+
+pub use breaker::{Breaker, LockFallback, LockMode};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -85,6 +93,17 @@ if now_ms > tonumber(ARGV[4]) or now_ms >= tonumber(ARGV[3]) then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 return 1
+";
+
+/// Writes the breaker's canary key (`SET KEYS[1] 1 PX ARGV[1]`) unless Redis runs it after the
+/// deadline `ARGV[2]`: answers `written` or `late`. A replica that cannot write (a demoted
+/// primary answers READONLY) fails it.
+const CANARY_SCRIPT: &str = r"
+if now_ms > tonumber(ARGV[2]) then
+    return 'late'
+end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+return 'written'
 ";
 
 /// Deletes the seat's mark `ARGV[1]` of a cancelled reservation; when the key does not hold it
@@ -169,6 +188,8 @@ pub struct LockSettings {
     /// client presents (Redis asks for one unless `tls-auth-clients no`). Without it, the
     /// system's roots and no client certificate. Read once, at start.
     pub tls: Option<shared::tls::ClientFiles>,
+    /// What a hold does when Redis does not answer its lock.
+    pub fallback: LockFallback,
 }
 
 /// Takes and releases seat locks.
@@ -180,7 +201,10 @@ pub struct SeatLocks {
     release: Script,
     mark: Script,
     clear: Script,
+    canary: Script,
     taken: TakenMemory,
+    /// With `SEAT_LOCK_FALLBACK=postgres`, where holds take their locks now.
+    breaker: Option<Breaker>,
     settings: LockSettings,
 }
 
@@ -190,6 +214,7 @@ impl std::fmt::Debug for SeatLocks {
             .field("connected", &self.client.is_connected())
             .field("key_prefix", &self.settings.key_prefix)
             .field("ttl", &self.settings.ttl)
+            .field("mode", &self.mode())
             .finish()
     }
 }
@@ -202,6 +227,16 @@ pub struct SeatLock {
     seat: Option<(i64, i32)>,
     key: String,
     token: String,
+}
+
+/// The lock a hold goes on with.
+#[derive(Debug)]
+#[must_use = "a lock is ended by `SeatLocks::finish`"]
+pub enum HoldLock {
+    /// The seat's lock in Redis.
+    Redis(SeatLock),
+    /// None in Redis, which is out of reach: the hold takes the seat's lock in Postgres.
+    Postgres { seat: (i64, i32) },
 }
 
 impl SeatLocks {
@@ -230,8 +265,9 @@ impl SeatLocks {
             .with_performance_config(|performance| {
                 performance.default_command_timeout = timeout;
             })
-            // 0 attempts = forever; 100 ms doubling up to 2 s between attempts.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            // 0 attempts = forever; 100 ms doubling up to 1 s between attempts, so a Redis
+            // that is back is found within a second (and the breaker closed soon after).
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 1_000, 2))
             .build()?;
         // The connection task runs until `close`; its end needs no join.
         drop(client.connect());
@@ -248,7 +284,9 @@ impl SeatLocks {
             release: Script::from_lua(RELEASE_SCRIPT),
             mark: Script::from_lua(format!("{NOW_MS}{MARK_SCRIPT}")),
             clear: Script::from_lua(CLEAR_SCRIPT),
+            canary: Script::from_lua(format!("{NOW_MS}{CANARY_SCRIPT}")),
             taken: TakenMemory::default(),
+            breaker: (settings.fallback == LockFallback::Postgres).then(Breaker::new),
             settings,
         })
     }
@@ -260,6 +298,81 @@ impl SeatLocks {
             "{}seat:{{{schedule_id}}}:{seat_no}",
             self.settings.key_prefix
         )
+    }
+
+    /// The lock a hold of the seat goes on with: the seat's Redis lock ([`SeatLocks::acquire`]),
+    /// or with `SEAT_LOCK_FALLBACK=postgres`, when Redis does not answer or the breaker is
+    /// open, none ([`HoldLock::Postgres`]). A seat whose taken mark this replica remembers is
+    /// refused either way.
+    pub async fn lock_for_hold(
+        &self,
+        schedule_id: i64,
+        seat_no: i32,
+    ) -> Result<HoldLock, LockError> {
+        let seat = (schedule_id, seat_no);
+        let Some(breaker) = &self.breaker else {
+            return self
+                .acquire(schedule_id, seat_no)
+                .await
+                .map(HoldLock::Redis);
+        };
+        if breaker.mode() == LockMode::Postgres {
+            if self.taken.remembers(seat) {
+                crate::metrics::seat_lock("taken_remembered");
+                return Err(LockError::Taken);
+            }
+            crate::metrics::seat_lock("postgres");
+            return Ok(HoldLock::Postgres { seat });
+        }
+        match self.acquire(schedule_id, seat_no).await {
+            Ok(lock) => Ok(HoldLock::Redis(lock)),
+            Err(LockError::Unavailable(_)) => {
+                crate::metrics::seat_lock("postgres");
+                Ok(HoldLock::Postgres { seat })
+            }
+            Err(refused) => Err(refused),
+        }
+    }
+
+    /// Where this replica's holds take their locks now.
+    pub fn mode(&self) -> LockMode {
+        self.breaker.as_ref().map_or(LockMode::Redis, Breaker::mode)
+    }
+
+    /// The longest a hold waits on Redis, and so on a lock in Postgres without Redis.
+    pub fn command_timeout(&self) -> Duration {
+        self.settings.command_timeout
+    }
+
+    /// With `SEAT_LOCK_FALLBACK=postgres`, writes the canary key every
+    /// [`breaker::PROBE_INTERVAL`] while the breaker is open, and closes it on the first write
+    /// that goes through. Runs until dropped.
+    pub async fn probe_while_open(self) {
+        let Some(breaker) = self.breaker.clone() else {
+            return std::future::pending().await;
+        };
+        let mut ticks = tokio::time::interval(breaker::PROBE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if breaker.mode() == LockMode::Postgres && self.canary_written().await {
+                breaker.close();
+            }
+        }
+    }
+
+    /// Whether Redis took the canary write in time.
+    async fn canary_written(&self) -> bool {
+        let key = format!("{}seat-lock-canary", self.settings.key_prefix);
+        let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
+        let written: Result<String, _> = self
+            .run(
+                &self.canary,
+                vec![key],
+                vec![ttl_ms.max(1).to_string(), self.deadline_ms()],
+            )
+            .await;
+        matches!(written.as_deref(), Ok("written"))
     }
 
     /// Takes the seat's lock with a fresh random token; a seat whose taken mark this replica
@@ -313,6 +426,13 @@ impl SeatLocks {
             key,
             token,
         };
+        if let Some(breaker) = &self.breaker {
+            match &answer {
+                Ok(held) if held == "acquired" || held.starts_with("held:") => breaker.answered(),
+                Ok(late) => breaker.failed(late),
+                Err(error) => breaker.failed(&error.to_string()),
+            }
+        }
         let acquired = match answer.as_deref() {
             Ok("acquired") => Ok(lock),
             Ok(held) => match parse_held(held) {
@@ -344,8 +464,27 @@ impl SeatLocks {
     /// Ends a hold's lock as the protocol decided: released, or turned into the seat's taken
     /// mark (which this replica then remembers), which expires when the hold does
     /// (`expires_at`, the hold's expiry in Postgres, as an absolute time) however late Redis
-    /// runs the command.
+    /// runs the command. A hold that took its lock in Postgres leaves no mark (its lock ended
+    /// with its transaction); this replica only remembers the seat as taken.
     pub async fn finish(
+        &self,
+        lock: HoldLock,
+        after: AfterHold,
+        expires_at: Option<DateTime<Utc>>,
+    ) {
+        match lock {
+            HoldLock::Redis(lock) => self.finish_redis(lock, after, expires_at).await,
+            HoldLock::Postgres { seat } => {
+                if let AfterHold::MarkTaken { for_micros, .. } = after {
+                    let left = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0));
+                    let remembered = left.min(self.settings.taken_memory);
+                    self.taken.remember(seat, Instant::now(), remembered);
+                }
+            }
+        }
+    }
+
+    async fn finish_redis(
         &self,
         lock: SeatLock,
         after: AfterHold,
