@@ -11,6 +11,9 @@
 # token (each user's own; the development PKI of scripts/dev-pki.sh in .tools/pki). A second
 # pair of the same build runs with INSECURE (plaintext, no caller checks) on the same databases,
 # and the report compares the two on the same work, in the same run: the cost of TLS and tokens.
+# A third reservation-svc, the production one's twin with a Redis where nothing listens and
+# SEAT_LOCK_FALLBACK=postgres, takes the stampede and the distinct seats again: the cost of
+# seat locks in Postgres during a Redis outage.
 # Last, the plaintext reservation-svc takes the distinct-seat load again while five attacks run
 # against it at once (the abuse scenario; its attackers speak plaintext HTTP/2).
 set -euo pipefail
@@ -89,15 +92,15 @@ stop_all() {
 trap stop_all INT TERM EXIT
 
 # Waits until service $2 of pair $1 on port $3 (pid $4) reports SERVING (its own health-check
-# subcommand asks).
+# subcommand asks); its log is $5 (by default the pair's log of that service).
 wait_serving() {
-    local pair=$1 name=$2 port=$3 pid=$4
+    local pair=$1 name=$2 port=$3 pid=$4 log_file=${5:-$LOG_DIR/$1-$2.log}
     for _ in $(seq 1 150); do
         (service "$pair" "$name" health-check --listen-addr "127.0.0.1:$port") >/dev/null 2>&1 && return
-        kill -0 "$pid" 2>/dev/null || { cat "$LOG_DIR/$pair-$name.log" >&2; die "$name ($pair) exited"; }
+        kill -0 "$pid" 2>/dev/null || { cat "$log_file" >&2; die "$name ($pair) exited"; }
         sleep 0.2
     done
-    cat "$LOG_DIR/$pair-$name.log" >&2
+    cat "$log_file" >&2
     die "$name ($pair) did not report SERVING"
 }
 
@@ -144,6 +147,25 @@ start_pair() {
 start_pair production
 start_pair plaintext
 
+# The production reservation-svc's twin whose Redis is out of reach (nothing listens on its
+# port), with SEAT_LOCK_FALLBACK=postgres: the stampede and distinct seats run through it too.
+free_port degraded_port
+free_port degraded_metrics
+free_port unreachable_redis
+log "starting reservation-svc with seat locks in Postgres on 127.0.0.1:$degraded_port"
+service production reservation-svc \
+    --listen-addr "127.0.0.1:$degraded_port" \
+    --database-url "$PG_URL/$RESERVATION_DB" \
+    --metrics-addr "127.0.0.1:$degraded_metrics" \
+    --redis-url "redis://127.0.0.1:$unreachable_redis" \
+    --seat-lock-fallback postgres \
+    --seat-lock-prefix "$REDIS_PREFIX" \
+    --wallet-endpoint "$production_wallet" \
+    >"$LOG_DIR/degraded-reservation-svc.log" 2>&1 &
+degraded_pid=$!
+pids+=("$degraded_pid")
+wait_serving production reservation-svc "$degraded_port" "$degraded_pid" "$LOG_DIR/degraded-reservation-svc.log"
+
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD -- . ':!bench/results' ':!bench/README.md' 2>/dev/null || revision+="+changes"
 
@@ -160,6 +182,9 @@ target/release/bench run \
     --plaintext-wallet-pid "$plaintext_wallet_pid" \
     --plaintext-reservation-pid "$plaintext_reservation_pid" \
     --plaintext-reservation-metrics "$plaintext_reservation_metrics" \
+    --degraded-reservation "https://localhost:$degraded_port" \
+    --degraded-reservation-pid "$degraded_pid" \
+    --degraded-reservation-metrics "127.0.0.1:$degraded_metrics" \
     --wallet-database-url "$PG_URL/$WALLET_DB" \
     --reservation-database-url "$PG_URL/$RESERVATION_DB" \
     --admin-database-url "$PG_URL/postgres" \

@@ -46,6 +46,8 @@ const RESERVATION: &str = "reservation-svc";
 /// The plaintext pair, as the CPU breakdowns name them.
 const PLAINTEXT_WALLET: &str = "wallet-svc (plaintext)";
 const PLAINTEXT_RESERVATION: &str = "reservation-svc (plaintext)";
+/// The reservation-svc whose seat locks are in Postgres.
+const DEGRADED_RESERVATION: &str = "reservation-svc (locks in Postgres)";
 
 /// Rounds of each side in the comparisons of production with plaintext: five for the
 /// scenarios that take a second or two, whose single runs swing with the machine's other work;
@@ -80,6 +82,16 @@ pub struct RunArgs {
     /// reservation-svc's metrics address (`host:port`), for its seat lock counters.
     #[arg(long)]
     reservation_metrics: String,
+    /// A reservation-svc of the same build and settings as the production one, on the same
+    /// databases, whose Redis is out of reach, run with `SEAT_LOCK_FALLBACK=postgres`: the
+    /// stampede and the distinct seats run through it too, with seat locks in Postgres.
+    #[arg(long, requires_all = ["degraded_reservation_pid", "degraded_reservation_metrics"])]
+    degraded_reservation: Option<String>,
+    #[arg(long, requires = "degraded_reservation")]
+    degraded_reservation_pid: Option<u32>,
+    /// The degraded reservation-svc's metrics address (`host:port`).
+    #[arg(long, requires = "degraded_reservation")]
+    degraded_reservation_metrics: Option<String>,
     #[arg(long)]
     wallet_pid: u32,
     #[arg(long)]
@@ -207,6 +219,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stampede_cost = bench.stampede_cost(&stampede.scenario).await?;
     let distinct = bench.distinct_seats(&raw_schedule).await?;
     let distinct_cost = bench.distinct_seats_cost(&distinct.scenario).await?;
+    let degraded = bench
+        .degraded(&stampede.scenario, &distinct.scenario)
+        .await?;
     let payments = bench.payments().await?;
     let payments_cost = bench.payments_cost(&payments.scenario).await?;
     // Last, so that what the attacks leave in the plaintext reservation-svc's memory (its
@@ -230,7 +245,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         targets: Vec::new(),
         notes: Vec::new(),
     };
-    for result in [health, hot, spread, stampede, distinct, payments] {
+    for result in [health, hot, spread, stampede, distinct]
+        .into_iter()
+        .chain(degraded)
+        .chain([payments])
+    {
         report.scenarios.push(result.scenario);
         report.baselines.extend(result.baselines);
         report.targets.extend(result.targets);
@@ -313,6 +332,8 @@ struct Bench {
     production: Pair,
     /// The pair run with `INSECURE` that the production pair is compared with, if any.
     plaintext: Option<Pair>,
+    /// The production reservation-svc's twin whose seat locks are in Postgres, if any.
+    degraded: Option<Service>,
     /// The plaintext pair's rounds of those comparisons: (d)'s is the abuse scenario's run
     /// without attack.
     plaintext_rounds: Mutex<Vec<Scenario>>,
@@ -370,6 +391,16 @@ impl Bench {
             }
             _ => None,
         };
+        let degraded = match (&args.degraded_reservation, args.degraded_reservation_pid) {
+            (Some(addr), Some(pid)) => {
+                watched.push(Watched {
+                    name: DEGRADED_RESERVATION,
+                    pid,
+                });
+                Some(connect(addr, &args.access, Caller::Users).await?)
+            }
+            _ => None,
+        };
         let sampler = RssSampler::start(watched);
         let bench = Self {
             args,
@@ -378,6 +409,7 @@ impl Bench {
             work_dir,
             production,
             plaintext,
+            degraded,
             plaintext_rounds: Mutex::default(),
             sampler,
         };
@@ -782,6 +814,98 @@ impl Bench {
             targets: vec![target],
             notes: vec![note],
         })
+    }
+
+    /// (c) and (d) again through the reservation-svc whose Redis is out of reach
+    /// (`SEAT_LOCK_FALLBACK=postgres`), against the same scenarios with Redis (`stampede`,
+    /// `distinct`): the stampede must still have one winner.
+    async fn degraded(
+        &self,
+        stampede: &Scenario,
+        distinct: &Scenario,
+    ) -> anyhow::Result<Vec<ScenarioResult>> {
+        let (Some(service), Some(metrics)) =
+            (&self.degraded, &self.args.degraded_reservation_metrics)
+        else {
+            return Ok(Vec::new());
+        };
+        let through_postgres = async || {
+            probe::scrape(metrics, "ticketing_seat_lock_total{outcome=\"postgres\"}").await
+        };
+        let before = through_postgres().await?;
+        self.sampler.take();
+        let (measured, schedule_id) =
+            scenarios::stampede(service, self.sizes.stampede, STAMPEDE_CLIENTS).await?;
+        let mut degraded_stampede = Scenario::new(
+            "degraded-stampede",
+            "(c) stampede, seat locks in Postgres (Redis out of reach)",
+            &measured,
+            STAMPEDE_CLIENTS,
+            self.args.connections,
+            None,
+            "req/s",
+            None,
+        );
+        degraded_stampede.observe(&self.sampler.take(), &[DEGRADED_RESERVATION]);
+        degraded_stampede.note_outcomes();
+        let held = probe::psql_value(
+            &self.args.reservation_database_url,
+            &format!("SELECT count(*) FROM reservations WHERE schedule_id = {schedule_id}"),
+        )
+        .await?;
+        let mid = through_postgres().await?;
+        let measured = scenarios::distinct_seats(
+            service,
+            self.sizes.distinct_holds,
+            CLIENTS,
+            self.sizes.seats,
+            || drop(self.sampler.take()),
+        )
+        .await?;
+        let mut degraded_distinct = Scenario::new(
+            "degraded-distinct-seats",
+            "(d) distinct seats, seat locks in Postgres (Redis out of reach)",
+            &measured,
+            CLIENTS,
+            self.args.connections,
+            Some(&[OK]),
+            "req/s",
+            None,
+        );
+        degraded_distinct.observe(&self.sampler.take(), &[DEGRADED_RESERVATION]);
+        degraded_distinct.note_outcomes();
+        let after = through_postgres().await?;
+        let mut stampede_result = ScenarioResult::alone(degraded_stampede);
+        stampede_result.targets = vec![
+            Target {
+                what: "stampede with seat locks in Postgres: reservations of the seat".to_owned(),
+                goal: "exactly 1".to_owned(),
+                met: held == "1",
+                measured: held,
+            },
+            relative_target(
+                "stampede with seat locks in Postgres vs with Redis",
+                &stampede_result.scenario,
+                stampede,
+                0.4,
+            ),
+        ];
+        let mut distinct_result = ScenarioResult::alone(degraded_distinct);
+        distinct_result.targets = vec![relative_target(
+            "distinct-seat holds with seat locks in Postgres vs with Redis",
+            &distinct_result.scenario,
+            distinct,
+            0.9,
+        )];
+        distinct_result.notes = vec![format!(
+            "The reservation-svc of the rows \"seat locks in Postgres\" runs with a `REDIS_URL` \
+             where nothing listens and `SEAT_LOCK_FALLBACK=postgres`: {} of its stampede's \
+             holds and {} of its distinct-seat holds took the seat's lock in Postgres (the \
+             rest of the stampede was answered from the seat this replica remembered taken).",
+            thousands((mid - before).round() as u64),
+            thousands((after - mid).round() as u64),
+        )];
+        Ok(vec![stampede_result, distinct_result])
     }
 
     /// (f) The whole payment flow.
@@ -1241,6 +1365,21 @@ fn ratio_target(what: &str, scenario: &Scenario, baseline: &Baseline, factor: f6
             "{ratio:.2}× ({} vs {} /s)",
             thousands(scenario.rate.round() as u64),
             thousands(baseline.rate.round() as u64)
+        ),
+        met: ratio >= factor,
+    }
+}
+
+/// `scenario`'s rate at least `factor` times `other`'s, measured in the same run.
+fn relative_target(what: &str, scenario: &Scenario, other: &Scenario, factor: f64) -> Target {
+    let ratio = scenario.rate / other.rate.max(f64::EPSILON);
+    Target {
+        what: what.to_owned(),
+        goal: format!("≥ {factor}×"),
+        measured: format!(
+            "{ratio:.2}× ({} vs {} /s)",
+            thousands(scenario.rate.round() as u64),
+            thousands(other.rate.round() as u64)
         ),
         met: ratio >= factor,
     }

@@ -1,6 +1,8 @@
 //! A hold: an available seat in one pipelined transaction ([`HoldAvailableSeat`]); any other
 //! seat, or a refusal, in one transaction under its row lock, as `protocol::reservation::hold`
-//! decides. Both first take the lock of the user's holds on the schedule ([`LockUserHolds`]).
+//! decides. Both first take the lock of the user's holds on the schedule ([`LockUserHolds`]);
+//! a hold without a Redis lock (Redis out of reach, `SEAT_LOCK_FALLBACK=postgres`) takes the
+//! seat's lock in Postgres ([`SeatLock`]) before that, in the same transaction.
 //!
 //! Why the hold limit is exact, across replicas and however many holds race: every hold of a
 //! user on a schedule takes [`LockUserHolds`] in a statement of its own, before the statement

@@ -78,7 +78,8 @@ impl Bug {
 
 impl Config {
     /// What every commit is checked with: one seat; a user who can pay and may cancel, and a
-    /// user who must top up before paying; each fault once.
+    /// user who must top up before paying; each fault once, and one hold (of either user) may
+    /// find Redis out of reach and take the seat's lock in Postgres.
     pub fn per_commit() -> Self {
         Self {
             price: 10,
@@ -106,6 +107,7 @@ impl Config {
             faults: Faults {
                 crashes: 1,
                 lock_losses: 1,
+                postgres_locked_holds: 1,
                 lost_messages: 1,
                 client_deadlines: 1,
                 wallet_deadlines: 1,

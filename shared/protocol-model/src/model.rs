@@ -1,6 +1,8 @@
 //! The whole system as one state machine: one seat's Postgres rows, the wallets, the seat's
 //! Redis key (a hold's lock, or the taken mark a hold leaves), the wallet calls in flight, and
-//! every request and reconciler run as a process with a program counter. One action is one
+//! every request and reconciler run as a process with a program counter. A hold goes through
+//! the Redis lock, or, on a replica that finds Redis out of reach, straight to the transaction
+//! that takes the seat's lock in Postgres; the two race each other like any holds. One action is one
 //! atomic unit of the real code: a Postgres transaction, a Redis command, a wallet call
 //! delivered, or a fault. Time is abstract: a hold's time runs out (`Lapse`) and the
 //! performance begins (`PerformanceBegins`) at any moment, and every deciding transaction reads
@@ -154,6 +156,8 @@ pub struct Faults {
     pub crashes: u8,
     /// The lock key disappears under its holder (TTL expiry, FLUSHALL).
     pub lock_losses: u8,
+    /// A hold finds Redis out of reach and takes the seat's lock in Postgres instead.
+    pub postgres_locked_holds: u8,
     /// A wallet call or reply is lost (its caller then times out).
     pub lost_messages: u8,
     /// A client stops waiting for a reservation RPC that goes on and may still commit.
@@ -184,6 +188,12 @@ pub enum HoldPc {
     Lock,
     /// Past the lock: the hold (`Store::hold_seat`) is next.
     Locked,
+    /// A hold that found Redis out of reach (`SEAT_LOCK_FALLBACK=postgres`) and took no Redis
+    /// lock: its transaction (`Store::hold_seat_locked_in_postgres`), which takes the seat's
+    /// lock in Postgres first, is next; it decides as [`HoldPc::Locked`] does, and its end
+    /// leaves Redis alone. (The seat's lock in Postgres is taken and released inside that one
+    /// atomic transaction, so no other step ever sees it held.)
+    LockedInPostgres,
     /// Its transaction has read the clock (a seeded bug): locking the seat and deciding is
     /// next.
     Clocked(Reading),
@@ -298,6 +308,8 @@ fn user_id(user: User) -> i64 {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Action {
     Hold(User),
+    /// A hold of a replica that finds Redis out of reach (`SEAT_LOCK_FALLBACK=postgres`).
+    HoldWithoutRedis(User),
     Pay(User),
     Cancel(User),
     TopUp(User),
@@ -415,6 +427,11 @@ impl ProtocolModel {
             Action::Hold(user) => {
                 state.clients[user].left.holds -= 1;
                 state.start(user, Task::Hold(HoldPc::Lock));
+            }
+            Action::HoldWithoutRedis(user) => {
+                state.clients[user].left.holds -= 1;
+                state.faults.postgres_locked_holds -= 1;
+                state.start(user, Task::Hold(HoldPc::LockedInPostgres));
             }
             Action::Pay(user) => {
                 let id = state.latest_reservation(user)?.id;
@@ -594,7 +611,7 @@ impl ProtocolModel {
             // full transaction does the same (the seat row reads AVAILABLE only without an
             // active reservation: "seat reads as its reservation" holds in every state), so a
             // step in between changes no outcome. The model's seat is its schedule's only one.
-            Task::Hold(HoldPc::Locked) => {
+            Task::Hold(HoldPc::Locked | HoldPc::LockedInPostgres) => {
                 if self.config.bugs.hold_without_guard {
                     let decision = state.seat.hold_read(user_id, UserHolds::ONE_SEAT);
                     state.set_task(id, Task::Hold(HoldPc::Decided(decision)));
@@ -970,7 +987,9 @@ impl Proc {
     fn past_lock(&self) -> bool {
         matches!(
             self.task,
-            Task::Hold(HoldPc::Locked | HoldPc::Clocked(_) | HoldPc::Decided(_))
+            Task::Hold(
+                HoldPc::Locked | HoldPc::LockedInPostgres | HoldPc::Clocked(_) | HoldPc::Decided(_)
+            )
         )
     }
 }
@@ -1179,6 +1198,9 @@ impl Model for ProtocolModel {
             let left = client.left;
             if left.holds > 0 && status.is_none() {
                 actions.push(Action::Hold(user));
+                if state.faults.postgres_locked_holds > 0 {
+                    actions.push(Action::HoldWithoutRedis(user));
+                }
             }
             if left.pays > 0 && matches!(status, Some(Status::Held | Status::Paying)) {
                 actions.push(Action::Pay(user));
@@ -1339,6 +1361,20 @@ impl Model for ProtocolModel {
                 "two holds past Redis after the lock was lost",
                 |_: &Self, state: &State| {
                     state.procs.iter().filter(|proc| proc.past_lock()).count() >= 2
+                },
+            ),
+            Property::sometimes(
+                "a hold without Redis races one under the Redis lock",
+                |_: &Self, state: &State| {
+                    let under_redis_lock = |proc: &&Proc| {
+                        proc.task == Task::Hold(HoldPc::Locked)
+                            && state.lock == Some(LockKey::Token(proc.id))
+                    };
+                    state
+                        .procs
+                        .iter()
+                        .any(|proc| proc.task == Task::Hold(HoldPc::LockedInPostgres))
+                        && state.procs.iter().any(|proc| under_redis_lock(&proc))
                 },
             ),
             Property::sometimes(

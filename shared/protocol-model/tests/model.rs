@@ -6,7 +6,7 @@
 use protocol_model::{Bug, Config, Report, check, check_bug, check_until};
 
 /// Fewer unique states than this means the model stopped exploring what it used to.
-const PER_COMMIT_STATES_AT_LEAST: usize = 8_000_000;
+const PER_COMMIT_STATES_AT_LEAST: usize = 15_000_000;
 
 #[test]
 fn every_interleaving_keeps_every_property() {
