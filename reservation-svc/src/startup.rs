@@ -32,9 +32,10 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// How often the health service re-checks Postgres and Redis.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The health entry that tells where holds take their seat locks: SERVING while in Redis,
-/// NOT_SERVING while Redis does not answer (holds then fail closed, or, with
-/// `SEAT_LOCK_FALLBACK=postgres`, take their locks in Postgres).
+/// The health entry that tells where holds take their seat locks: SERVING while in Redis;
+/// NOT_SERVING while Redis does not answer (holds fail closed) or, with
+/// `SEAT_LOCK_FALLBACK=postgres`, while the breaker is open (holds take their locks in
+/// Postgres).
 pub const SEAT_LOCKS_IN_REDIS: &str = "redis";
 
 /// Keeps [`SEAT_LOCKS_IN_REDIS`] up to date, setting it only when it changes (every set would
@@ -225,9 +226,13 @@ impl Service for Application {
                 async move {
                     let locks = reservations.locks();
                     let (database, redis) = tokio::join!(database.ping(), locks.ping());
-                    seat_locks
-                        .show(redis && locks.mode() == LockMode::Redis)
-                        .await;
+                    // With the fallback, the breaker's mode (a failed ping counts towards
+                    // opening it); without, whether Redis answers.
+                    let in_redis = match fallback {
+                        LockFallback::FailClosed => redis,
+                        LockFallback::Postgres => locks.mode() == LockMode::Redis,
+                    };
+                    seat_locks.show(in_redis).await;
                     let redis = redis || fallback == LockFallback::Postgres;
                     match (database, redis) {
                         (true, true) => Ok(()),

@@ -1,1 +1,1 @@
-DROP FUNCTION seat_lock(bigint);
+DROP FUNCTION seat_lock(bigint, bigint, integer);

@@ -127,6 +127,10 @@ pub fn acquire_script() -> String {
 /// How a taken mark starts; lock tokens are hex digits, so the two never meet.
 const TAKEN_PREFIX: &str = "taken:";
 
+/// The longest `REDIS_COMMAND_TIMEOUT`: a hold waits that long for Redis, and, without it,
+/// for a lock in Postgres.
+const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Most taken marks a replica remembers at once; past that it asks Redis.
 const TAKEN_MEMORY_CAPACITY: usize = 65_536;
 
@@ -235,14 +239,19 @@ pub struct SeatLock {
 pub enum HoldLock {
     /// The seat's lock in Redis.
     Redis(SeatLock),
-    /// None in Redis, which is out of reach: the hold takes the seat's lock in Postgres.
-    Postgres { seat: (i64, i32) },
+    /// None in Redis, which is out of reach: the hold takes the seat's lock in Postgres. Asked
+    /// for at `asked`, before the hold's transaction.
+    Postgres { seat: (i64, i32), asked: Instant },
 }
 
 impl SeatLocks {
     /// Builds the client and connects, waiting up to the command timeout: the service starts
     /// even with Redis down (holds then answer UNAVAILABLE) and picks Redis up when it appears.
     pub async fn connect(settings: LockSettings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !settings.command_timeout.is_zero() && settings.command_timeout <= MAX_COMMAND_TIMEOUT,
+            "REDIS_COMMAND_TIMEOUT must be above 0 and at most {MAX_COMMAND_TIMEOUT:?}"
+        );
         let mut config = Config::from_url(&settings.redis_url)?;
         if let Some(files) = &settings.tls {
             anyhow::ensure!(
@@ -275,7 +284,14 @@ impl SeatLocks {
             .await
             .is_err()
         {
-            tracing::warn!("redis not reachable yet, seat holds unavailable until it is");
+            match settings.fallback {
+                LockFallback::FailClosed => {
+                    tracing::warn!("redis not reachable yet, seat holds unavailable until it is");
+                }
+                LockFallback::Postgres => tracing::warn!(
+                    "redis not reachable yet, seat holds take their locks in postgres until it is"
+                ),
+            }
         }
         Ok(Self {
             client,
@@ -322,13 +338,19 @@ impl SeatLocks {
                 return Err(LockError::Taken);
             }
             crate::metrics::seat_lock("postgres");
-            return Ok(HoldLock::Postgres { seat });
+            return Ok(HoldLock::Postgres {
+                seat,
+                asked: Instant::now(),
+            });
         }
         match self.acquire(schedule_id, seat_no).await {
             Ok(lock) => Ok(HoldLock::Redis(lock)),
             Err(LockError::Unavailable(_)) => {
                 crate::metrics::seat_lock("postgres");
-                Ok(HoldLock::Postgres { seat })
+                Ok(HoldLock::Postgres {
+                    seat,
+                    asked: Instant::now(),
+                })
             }
             Err(refused) => Err(refused),
         }
@@ -344,26 +366,28 @@ impl SeatLocks {
         self.settings.command_timeout
     }
 
-    /// With `SEAT_LOCK_FALLBACK=postgres`, writes the canary key every
-    /// [`breaker::PROBE_INTERVAL`] while the breaker is open, and closes it on the first write
-    /// that goes through. Runs until dropped.
+    /// With `SEAT_LOCK_FALLBACK=postgres`, writes the canary key while the breaker is open
+    /// (see [`Breaker::due_for_probe`]), and closes it on the first write that goes through.
+    /// Runs until dropped.
     pub async fn probe_while_open(self) {
         let Some(breaker) = self.breaker.clone() else {
             return std::future::pending().await;
         };
         let mut ticks = tokio::time::interval(breaker::PROBE_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let default_key = format!("{}seat-lock-canary", self.settings.key_prefix);
         loop {
             ticks.tick().await;
-            if breaker.mode() == LockMode::Postgres && self.canary_written().await {
+            if let Some(key) = breaker.due_for_probe(&default_key)
+                && self.canary_written(key).await
+            {
                 breaker.close();
             }
         }
     }
 
-    /// Whether Redis took the canary write in time.
-    async fn canary_written(&self) -> bool {
-        let key = format!("{}seat-lock-canary", self.settings.key_prefix);
+    /// Whether Redis took the canary write to `key` in time.
+    async fn canary_written(&self, key: String) -> bool {
         let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
         let written: Result<String, _> = self
             .run(
@@ -429,8 +453,8 @@ impl SeatLocks {
         if let Some(breaker) = &self.breaker {
             match &answer {
                 Ok(held) if held == "acquired" || held.starts_with("held:") => breaker.answered(),
-                Ok(late) => breaker.failed(late),
-                Err(error) => breaker.failed(&error.to_string()),
+                Ok(late) => breaker.failed(late, Some(&lock.key)),
+                Err(error) => breaker.failed(&error.to_string(), Some(&lock.key)),
             }
         }
         let acquired = match answer.as_deref() {
@@ -474,11 +498,13 @@ impl SeatLocks {
     ) {
         match lock {
             HoldLock::Redis(lock) => self.finish_redis(lock, after, expires_at).await,
-            HoldLock::Postgres { seat } => {
+            HoldLock::Postgres { seat, asked } => {
                 if let AfterHold::MarkTaken { for_micros, .. } = after {
                     let left = Duration::from_micros(u64::try_from(for_micros).unwrap_or(0));
                     let remembered = left.min(self.settings.taken_memory);
-                    self.taken.remember(seat, Instant::now(), remembered);
+                    // As read before the transaction: a cancel of this replica since then
+                    // keeps it from being remembered.
+                    self.taken.remember(seat, asked, remembered);
                 }
             }
         }
@@ -571,8 +597,14 @@ impl SeatLocks {
     pub async fn ping(&self) -> bool {
         let sent = SystemTime::now();
         let redis_ms: Result<i64, _> = self.run(&self.clock, Vec::new(), Vec::new()).await;
-        let Ok(redis_ms) = redis_ms else {
-            return false;
+        let redis_ms = match redis_ms {
+            Ok(redis_ms) => redis_ms,
+            Err(error) => {
+                if let Some(breaker) = &self.breaker {
+                    breaker.failed(&error.to_string(), None);
+                }
+                return false;
+            }
         };
         let half_way = sent + sent.elapsed().unwrap_or_default() / 2;
         let local_ms = half_way.duration_since(UNIX_EPOCH).map_or(0, |since| {

@@ -23,7 +23,8 @@ use protocol::reservation::{HoldDecision, HoldFacts, SeatView, Status};
 
 use super::models::{ACTIVE_STATUSES, NewReservation, ReservationRow};
 use super::queries::{
-    Begin, Commit, HoldAvailableSeat, LockSeat, LockUserHolds, SEAT_LOCK, SeatLock, SetLockTimeout,
+    Begin, Commit, HoldAvailableSeat, LockSeat, LockUserHolds, SEAT_LOCK, SEAT_TAKEN, SeatLock,
+    SetLockTimeout,
 };
 use super::schema::{reservations, schedules};
 use super::seat::{end_reservation, move_seat};
@@ -45,8 +46,10 @@ impl From<DieselError> for HoldFailure {
     fn from(error: DieselError) -> Self {
         if is_second_active_reservation(&error) {
             Self::Taken
-        } else if is_seat_locked(&error) {
+        } else if is_refused_by(&error, SEAT_LOCK) {
             Self::Locked
+        } else if is_refused_by(&error, SEAT_TAKEN) {
+            Self::Taken
         } else {
             Self::Store(error.into())
         }
@@ -59,11 +62,12 @@ impl From<StoreError> for HoldFailure {
     }
 }
 
-/// Whether `error` is [`SeatLock`] finding the seat's lock taken.
-fn is_seat_locked(error: &DieselError) -> bool {
+/// Whether `error` is [`SeatLock`] refusing the hold for `reason` ([`SEAT_LOCK`] or
+/// [`SEAT_TAKEN`]).
+fn is_refused_by(error: &DieselError, reason: &str) -> bool {
     matches!(
         error,
-        DieselError::DatabaseError(_, info) if info.constraint_name() == Some(SEAT_LOCK)
+        DieselError::DatabaseError(_, info) if info.constraint_name() == Some(reason)
     )
 }
 
@@ -93,12 +97,14 @@ impl Store {
     }
 
     /// Holds a seat as [`Store::hold_seat`] does, for a hold that has no Redis lock (Redis is
-    /// out of reach and `SEAT_LOCK_FALLBACK=postgres`): each of its transactions first takes
-    /// the seat's lock in Postgres ([`SeatLock`]), without waiting ([`HoldOutcome::Locked`]
-    /// when another hold has it, nothing written), and waits at most `wait` for any other lock
-    /// (`lock_timeout`, past which the hold answers UNAVAILABLE). Both statements join the
-    /// pipeline of an available seat's hold: still one round trip. What is decided, and how,
-    /// is the same, so holds with either lock, of any replica, may race: Postgres decides.
+    /// out of reach and `SEAT_LOCK_FALLBACK=postgres`): its pipeline first takes the seat's
+    /// lock in Postgres ([`SeatLock`]), without waiting: [`HoldOutcome::Taken`] when an
+    /// active reservation owns the seat, [`HoldOutcome::Locked`] when another hold has the
+    /// lock, nothing written either way. Each of its transactions waits at most `wait` for any
+    /// other lock (`lock_timeout`, past which the hold answers UNAVAILABLE). Both statements
+    /// join the pipeline of an available seat's hold: still one round trip. What is decided,
+    /// and how, is the same, so holds with either lock, of any replica, may race: Postgres
+    /// decides.
     pub async fn hold_seat_locked_in_postgres(
         &self,
         request: HoldRequest,
@@ -163,7 +169,8 @@ impl Store {
         };
         // The first error is the cause; the statements after it failed for it.
         match begun {
-            Err(error) if is_seat_locked(&error) => return Ok(HoldOutcome::Locked),
+            Err(error) if is_refused_by(&error, SEAT_LOCK) => return Ok(HoldOutcome::Locked),
+            Err(error) if is_refused_by(&error, SEAT_TAKEN) => return Ok(HoldOutcome::Taken),
             begun => begun?,
         };
         user_locked?;
@@ -185,13 +192,11 @@ impl Store {
             .build_transaction()
             .read_committed()
             .run::<_, HoldFailure, _>(async |conn| {
+                // No seat lock of Postgres here: the seat's row lock decides, and a hold that
+                // is not first refused by the seat's taken reservation reaches it only once
+                // the seat's lock (or Redis's) let it through the pipeline above.
                 if let Some(wait) = postgres_lock {
-                    let (timeout_set, seat_locked) = futures::join!(
-                        SetLockTimeout::new(wait).execute(&mut &*conn),
-                        SeatLock::new(schedule_id, seat_no).execute(&mut &*conn),
-                    );
-                    timeout_set?;
-                    seat_locked?;
+                    SetLockTimeout::new(wait).execute(conn).await?;
                 }
                 hold_in_transaction(conn, request, hold_ttl, max_user_holds).await
             })

@@ -40,8 +40,9 @@ impl QueryFragment<Pg> for Commit {
 /// two pairs that fold alike only share a lock, which costs waiting, never exactness. Every
 /// replica must fold alike: a change of this key is deployed with all replicas stopped.
 ///
-/// A hold takes it before its seat's lock, and nothing else takes it, so no lock cycle can
-/// form with the writers that lock seats only.
+/// A hold takes it before its seat's row lock (the seat's advisory lock of [`SeatLock`], which
+/// a hold without Redis takes first, never waits), and nothing else takes it, so no lock cycle
+/// can form with the writers that lock seats only.
 #[derive(Debug, Clone, Copy, QueryId)]
 pub struct LockUserHolds {
     schedule_key: i32,
@@ -100,21 +101,28 @@ impl QueryFragment<Pg> for SetLockTimeout {
     }
 }
 
-/// The seat's lock in Postgres, for holds while Redis is out of reach: `SELECT seat_lock(<key>)`,
-/// the migration's function that takes the transaction-scoped advisory lock without waiting
-/// and raises an error with the constraint name [`SEAT_LOCK`] when another transaction has it.
-/// The key is the one-key space's `<schedule folded to 32 bits> << 32 | <seat>`, apart from the
-/// two-key space of [`LockUserHolds`]; a seat that shares its key with another only shares
-/// their lock, which costs a retry, never exactness (Postgres decides under the seat's row lock
-/// whatever the lock). Every replica must key alike: a change of this key is deployed with all
-/// replicas stopped.
+/// The seat's lock in Postgres, for holds while Redis is out of reach: `SELECT
+/// seat_lock(<key>, <schedule>, <seat>)`, the migrations' function that, without waiting and
+/// reading only what is committed, raises an error with the constraint name [`SEAT_TAKEN`]
+/// when an active reservation owns the seat (as the seat's taken mark in Redis refuses a
+/// hold), else takes the transaction-scoped advisory lock `<key>`, or raises one with the
+/// constraint name [`SEAT_LOCK`] when another transaction has it. The key is the one-key
+/// space's `<schedule folded to 32 bits> << 32 | <seat>`, apart from the two-key space of
+/// [`LockUserHolds`]; a seat that shares its key with another only shares their lock, which
+/// costs a retry, never exactness (Postgres decides under the seat's row lock whatever the
+/// lock). Every replica must key alike: a change of this key is deployed with all replicas
+/// stopped.
 #[derive(Debug, Clone, Copy, QueryId)]
 pub struct SeatLock {
     key: i64,
+    schedule_id: i64,
+    seat_no: i32,
 }
 
 /// The constraint name of the error [`SeatLock`] raises when the seat is locked.
 pub const SEAT_LOCK: &str = "seat_lock";
+/// The constraint name of the error [`SeatLock`] raises when the seat is taken.
+pub const SEAT_TAKEN: &str = "seat_taken";
 
 impl SeatLock {
     pub fn new(schedule_id: i64, seat_no: i32) -> Self {
@@ -122,6 +130,8 @@ impl SeatLock {
         let seat = i64::from(seat_no.cast_unsigned());
         Self {
             key: (i64::from(fold(schedule_id)) << 32) | seat,
+            schedule_id,
+            seat_no,
         }
     }
 }
@@ -130,6 +140,10 @@ impl QueryFragment<Pg> for SeatLock {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("SELECT seat_lock(");
         out.push_bind_param::<BigInt, _>(&self.key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.schedule_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Integer, _>(&self.seat_no)?;
         out.push_sql(")");
         Ok(())
     }

@@ -55,6 +55,29 @@ async fn app_with_fallback(redis: &RedisServer) -> TestApp {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_a_taken_seat_answers_seat_taken_to_every_hold_at_once() {
+    let mut redis_server = RedisServer::start();
+    let a = app_with_fallback(&redis_server).await;
+    redis_server.stop();
+    let (b_addr, _stop_b, _b) = start(a.config.clone()).await;
+    let clients: Vec<Client> = vec![a.client(), Client::new(channel(b_addr).await)];
+    let schedule_id = a.schedule_with_seats(2).await;
+    let held = a
+        .hold(1, schedule_id, 1)
+        .await
+        .expect("held through Postgres");
+    let written = a.rows_written().await;
+
+    // Through both replicas at once: no Redis mark, but the seat's reservation refuses them
+    // all, without a lock of any kind (a lock would answer SEAT_LOCKED to some).
+    let answers = stampede(&clients, schedule_id, 1, 300).await;
+    let (won, locked, taken) = tally(&answers);
+    assert_eq!((won, locked, taken), (0, 0, 300), "{answers:?}");
+    assert_eq!(a.rows_written().await, written, "nothing written");
+    assert_eq!(a.reservation(held.id).await.status, held.status);
+}
+
 /// The key of the seat's lock in Postgres, as `SeatLock` computes it for a schedule id below
 /// 2^31 (which folds to itself).
 fn postgres_seat_lock(schedule_id: i64, seat_no: i32) -> String {
@@ -166,7 +189,15 @@ async fn replicas_with_and_without_redis_at_once_still_give_each_seat_to_one_hol
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_redis_a_seat_locked_in_postgres_is_refused_and_a_stalled_row_answers_in_time() {
     let mut redis_server = RedisServer::start();
-    let app = app_with_fallback(&redis_server).await;
+    // Row locks waited for far longer than the command timeout anywhere else: a hold that
+    // answers at all within the test's bound was cut short by its own lock_timeout.
+    let app = spawn_app_with(|config| {
+        config.redis_url = redis_server.url();
+        config.seat_lock_fallback = LockFallback::Postgres;
+        config.db.db_lock_timeout = Duration::from_secs(120);
+        config.db.db_statement_timeout = Duration::from_secs(120);
+    })
+    .await;
     let schedule_id = app.schedule_with_seats(10).await;
     redis_server.stop();
     let written = app.rows_written().await;
@@ -183,7 +214,7 @@ async fn without_redis_a_seat_locked_in_postgres_is_refused_and_a_stalled_row_an
     commit(lock_holder).await;
 
     // The seat's row locked by a stalled transaction: the hold waits at most the command
-    // timeout (its lock_timeout), answers UNAVAILABLE and writes nothing.
+    // timeout (its lock_timeout, not DB_LOCK_TIMEOUT), answers UNAVAILABLE and writes nothing.
     let row_holder = hold_open(
         app.db.url(),
         &format!(
@@ -191,7 +222,7 @@ async fn without_redis_a_seat_locked_in_postgres_is_refused_and_a_stalled_row_an
         ),
     )
     .await;
-    let stalled = tokio::time::timeout(Duration::from_secs(10), app.hold(1, schedule_id, 1))
+    let stalled = tokio::time::timeout(Duration::from_secs(30), app.hold(1, schedule_id, 1))
         .await
         .expect("answered, not hung")
         .expect_err("the row stays locked");
