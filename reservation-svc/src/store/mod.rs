@@ -9,6 +9,7 @@
 mod cancel;
 mod catalog;
 mod hold;
+mod locked;
 mod models;
 mod payment;
 mod queries;

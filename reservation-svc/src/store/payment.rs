@@ -1,14 +1,13 @@
 //! A payment: its start (`HELD -> PAYING`, a new attempt) and the effect of the wallet's reply
 //! to the attempt's `Use`, each one transaction under the seat's row lock.
 
-use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::payment::{AfterUse, BeginPay, UseReply};
-use protocol::reservation::{SeatView, Status};
+use protocol::reservation::Status;
 
+use super::locked::{BackToHeld, ConfirmAttempt, RecordRefundDecision, StartAttempt};
 use super::models::ReservationRow;
-use super::schema::reservations;
-use super::seat::{Locked, end_reservation, lock_reservation, move_seat};
+use super::seat::{Locked, end_reservation, lock_reservation};
 use super::{Store, StoreError, micros};
 use crate::model::{
     BeginOutcome, PayAttempt, PaymentAttempt, Refusal, ReservationId, SettleOutcome, UserId,
@@ -59,17 +58,12 @@ async fn begin_in_transaction(
     let Locked { row, now, .. } = locked;
     let attempt = match protocol::payment::begin_pay(&state, user_id.get(), micros(now)) {
         BeginPay::Begin { attempt } => {
-            let begun = diesel::update(
-                reservations::table
-                    .find(row.id)
-                    .filter(reservations::status.eq(Status::Held.as_str()))
-                    .filter(reservations::pay_attempt.eq(row.pay_attempt)),
-            )
-            .set((
-                reservations::status.eq(Status::Paying.as_str()),
-                reservations::pay_attempt.eq(attempt),
-                reservations::updated_at.eq(now),
-            ))
+            let begun = StartAttempt {
+                id: row.id,
+                from_attempt: row.pay_attempt,
+                attempt,
+                now,
+            }
             .execute(conn)
             .await?;
             debug_assert_eq!(begun, 1, "a held reservation under its seat's lock");
@@ -110,39 +104,25 @@ async fn settle_in_transaction(
     let state = locked.payment_state()?;
     let Locked { row, now, .. } = locked;
     let use_key = row.payment_keys().use_key(pay_attempt);
-    let (schedule_id, seat_no) = (row.schedule_id, row.seat_no);
     // Every write below is conditional on this very attempt still paying.
-    let paying = reservations::table
-        .find(id)
-        .filter(reservations::status.eq(Status::Paying.as_str()))
-        .filter(reservations::pay_attempt.eq(attempt));
     let decision =
         protocol::payment::apply_use_reply(&state, attempt, reply, refunded, micros(now));
     match decision {
         AfterUse::Confirm { transaction_id } => {
-            let row = diesel::update(paying)
-                .set((
-                    reservations::status.eq(Status::Confirmed.as_str()),
-                    reservations::payment_transaction_id.eq(transaction_id),
-                    reservations::payment_idempotency_key.eq(&use_key),
-                    reservations::updated_at.eq(now),
-                ))
-                .returning(ReservationRow::as_returning())
-                .get_result(conn)
-                .await?;
-            let sold =
-                move_seat(conn, schedule_id, seat_no, SeatView::Held, SeatView::Sold).await?;
+            let (row, sold) = ConfirmAttempt {
+                id,
+                attempt,
+                transaction_id,
+                use_key,
+                now,
+            }
+            .get_result::<(ReservationRow, i64)>(conn)
+            .await?;
             debug_assert_eq!(sold, 1, "a paying reservation's seat reads HELD");
             Ok(SettleOutcome::Confirmed(row.into_reservation(now)?))
         }
         AfterUse::BackToHeld => {
-            diesel::update(paying)
-                .set((
-                    reservations::status.eq(Status::Held.as_str()),
-                    reservations::updated_at.eq(now),
-                ))
-                .execute(conn)
-                .await?;
+            BackToHeld { id, attempt, now }.execute(conn).await?;
             Ok(SettleOutcome::Refused)
         }
         AfterUse::Expire => {
@@ -158,9 +138,7 @@ async fn settle_in_transaction(
         AfterUse::DecideRefund => {
             // Recorded before the refund is asked for: from now on no settle of this attempt
             // confirms it, whatever its clock reads.
-            diesel::update(paying)
-                .filter(reservations::refund_requested_at.is_null())
-                .set(reservations::refund_requested_at.eq(now))
+            RecordRefundDecision { id, attempt, now }
                 .execute(conn)
                 .await?;
             Ok(SettleOutcome::Refund {

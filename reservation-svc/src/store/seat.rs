@@ -8,9 +8,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::reservation::{SeatView, Status};
 
 use super::StoreError;
+use super::locked::{EndReservation, LockReservation};
 use super::models::{ReservationRow, seat_status};
-use super::queries::{LockSeat, MoveSeat};
-use super::schema::{reservations, schedules};
+use super::queries::MoveSeat;
 
 /// A reservation under its seat's row lock.
 pub struct Locked {
@@ -29,38 +29,16 @@ impl Locked {
 
 /// Locks the reservation's seat, then the reservation (the order every writer follows), and
 /// returns the reservation with the clock read under the seat's lock and its performance's
-/// start.
+/// start: one statement, [`LockReservation`].
 pub async fn lock_reservation(
     conn: &mut AsyncPgConnection,
     id: i64,
 ) -> Result<Option<Locked>, StoreError> {
-    let seat = reservations::table
-        .find(id)
-        .inner_join(schedules::table.on(schedules::id.eq(reservations::schedule_id)))
-        .select((
-            reservations::schedule_id,
-            reservations::seat_no,
-            schedules::starts_at,
-        ))
-        .first::<(i64, i32, DateTime<Utc>)>(conn)
+    let locked = LockReservation { id }
+        .get_result::<(ReservationRow, DateTime<Utc>, DateTime<Utc>)>(conn)
         .await
         .optional()?;
-    let Some((schedule_id, seat_no, starts_at)) = seat else {
-        return Ok(None);
-    };
-    let (_, now) = LockSeat {
-        schedule_id,
-        seat_no,
-    }
-    .get_result::<(i64, DateTime<Utc>)>(conn)
-    .await?;
-    let row = reservations::table
-        .find(id)
-        .select(ReservationRow::as_select())
-        .for_update()
-        .first(conn)
-        .await?;
-    Ok(Some(Locked {
+    Ok(locked.map(|(row, now, starts_at)| Locked {
         row,
         now,
         starts_at,
@@ -68,8 +46,8 @@ pub async fn lock_reservation(
 }
 
 /// Ends a reservation under its seat's lock: `from -> to` (conditional on it still being in
-/// `from` at the same attempt) and its seat back to AVAILABLE. Returns the updated row, or
-/// `None` when the reservation had moved on.
+/// `from` at the same attempt) and its seat back to AVAILABLE, in one statement
+/// ([`EndReservation`]). Returns the updated row, or `None` when the reservation had moved on.
 pub async fn end_reservation(
     conn: &mut AsyncPgConnection,
     row: &ReservationRow,
@@ -77,36 +55,22 @@ pub async fn end_reservation(
     to: Status,
     now: DateTime<Utc>,
 ) -> Result<Option<ReservationRow>, DieselError> {
-    let ended = diesel::update(
-        reservations::table
-            .find(row.id)
-            .filter(reservations::status.eq(from.as_str()))
-            .filter(reservations::pay_attempt.eq(row.pay_attempt)),
-    )
-    .set((
-        reservations::status.eq(to.as_str()),
-        reservations::updated_at.eq(now),
-    ))
-    .returning(ReservationRow::as_returning())
+    let seat_was = if from == Status::Confirmed {
+        SeatView::Sold
+    } else {
+        SeatView::Held
+    };
+    EndReservation {
+        id: row.id,
+        attempt: row.pay_attempt,
+        from: from.as_str(),
+        to: to.as_str(),
+        seat_was: seat_status(seat_was),
+        now,
+    }
     .get_result(conn)
     .await
-    .optional()?;
-    if ended.is_some() {
-        let seat_was = if from == Status::Confirmed {
-            SeatView::Sold
-        } else {
-            SeatView::Held
-        };
-        move_seat(
-            conn,
-            row.schedule_id,
-            row.seat_no,
-            seat_was,
-            SeatView::Available,
-        )
-        .await?;
-    }
-    Ok(ended)
+    .optional()
 }
 
 /// Moves a seat from `from` to `to`; returns 1 when it was in `from`, else 0.

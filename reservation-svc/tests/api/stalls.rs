@@ -424,3 +424,45 @@ async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
         "decided at {decided_at}, before the seat was released at {released_at}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_locks_the_seat_before_the_reservation() {
+    use reservation_svc::model::{BeginOutcome, ReservationId, UserId};
+
+    let app = crate::helpers::spawn_app().await;
+    let schedule_id = app.schedule_with_seats(3).await;
+    let held = app.hold(1, schedule_id, 1).await.expect("hold");
+    // Another transaction has the reservation's row, not the seat's.
+    let reservation_row = hold_open(
+        app.db.url(),
+        &format!(
+            "SELECT * FROM reservations WHERE id = {} FOR UPDATE",
+            held.id
+        ),
+    )
+    .await;
+    let store = Store::new(app.db.pool("lock-order-test"));
+    let reservation = ReservationId::parse(held.id).expect("an id");
+    let owner = UserId::parse(1).expect("a user");
+    let beginning = tokio::spawn(async move { store.begin_pay(reservation, owner).await });
+    until("the payment waits for the reservation", || async {
+        waiting_for_a_lock(app.db.url()).await == 1
+    })
+    .await;
+    // While it waits for the reservation, it holds the seat: the order every writer follows.
+    let seat_free = app
+        .connect_db()
+        .await
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 \
+             FOR UPDATE NOWAIT; ROLLBACK"
+        ))
+        .await;
+    assert!(
+        seat_free.is_err(),
+        "the seat's row is locked by the payment"
+    );
+    commit(reservation_row).await;
+    let begun = beginning.await.expect("task").expect("begun");
+    assert!(matches!(begun, BeginOutcome::Pay(_)), "{begun:?}");
+}
