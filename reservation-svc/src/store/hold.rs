@@ -22,6 +22,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::reservation::{HoldDecision, HoldFacts, SeatView, Status};
 
 use super::models::{ACTIVE_STATUSES, NewReservation, ReservationRow};
+use super::pipeline;
 use super::queries::{
     Begin, Commit, HoldAvailableSeat, LockSeat, LockUserHolds, SEAT_LOCK, SEAT_TAKEN, SeatLock,
     SetLockTimeout,
@@ -140,6 +141,7 @@ impl Store {
         // `try_join!`: every statement, `COMMIT` included, is sent whatever the others answer,
         // so the connection always leaves the transaction. Outside diesel's transaction
         // manager, which would send `BEGIN` and `COMMIT` each as a round trip of its own.
+        pipeline::opening(&mut conn)?;
         let conn_ref = &*conn;
         let (begun, user_locked, held, committed) = match postgres_lock {
             None => {
@@ -167,6 +169,11 @@ impl Store {
                 )
             }
         };
+        // Unless `COMMIT` failed (and the pool then closes the connection), the transaction
+        // is over, whatever the other statements answered.
+        if committed.is_ok() {
+            pipeline::closed(&mut conn)?;
+        }
         // The first error is the cause; the statements after it failed for it.
         match begun {
             Err(error) if is_refused_by(&error, SEAT_LOCK) => return Ok(HoldOutcome::Locked),

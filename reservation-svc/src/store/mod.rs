@@ -12,6 +12,7 @@ mod hold;
 mod locked;
 mod models;
 mod payment;
+mod pipeline;
 mod queries;
 mod reconcile;
 pub mod schema;

@@ -1,5 +1,6 @@
 //! A payment: its start (`HELD -> PAYING`, a new attempt) and the effect of the wallet's reply
-//! to the attempt's `Use`, each one transaction under the seat's row lock.
+//! to the attempt's `Use`, each one transaction under the seat's row lock, of two round trips
+//! ([`super::pipeline`]): the lock with `BEGIN`, the decision's write with `COMMIT`.
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::payment::{AfterUse, BeginPay, UseReply};
@@ -7,7 +8,8 @@ use protocol::reservation::Status;
 
 use super::locked::{BackToHeld, ConfirmAttempt, RecordRefundDecision, StartAttempt};
 use super::models::ReservationRow;
-use super::seat::{Locked, end_reservation, lock_reservation};
+use super::pipeline::{begin_locked, commit, commit_with};
+use super::seat::{Locked, end_reservation};
 use super::{Store, StoreError, micros};
 use crate::model::{
     BeginOutcome, PayAttempt, PaymentAttempt, Refusal, ReservationId, SettleOutcome, UserId,
@@ -21,10 +23,7 @@ impl Store {
         user_id: UserId,
     ) -> Result<BeginOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.build_transaction()
-            .read_committed()
-            .run(async |conn| begin_in_transaction(conn, reservation_id, user_id).await)
-            .await
+        begin(&mut conn, reservation_id, user_id).await
     }
 
     /// Applies the reply to the attempt's `Use` as the protocol decides; `refunded` says that
@@ -37,35 +36,35 @@ impl Store {
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        conn.build_transaction()
-            .read_committed()
-            .run(async |conn| {
-                settle_in_transaction(conn, reservation, attempt, reply, refunded).await
-            })
-            .await
+        settle(&mut conn, reservation, attempt, reply, refunded).await
     }
 }
 
-async fn begin_in_transaction(
+async fn begin(
     conn: &mut AsyncPgConnection,
     reservation_id: ReservationId,
     user_id: UserId,
 ) -> Result<BeginOutcome, StoreError> {
-    let Some(locked) = lock_reservation(conn, reservation_id.get()).await? else {
+    let Some(locked) = begin_locked(conn, reservation_id.get()).await? else {
+        commit(conn).await?;
         return Ok(BeginOutcome::NotFound);
     };
     let state = locked.payment_state()?;
     let Locked { row, now, .. } = locked;
-    let attempt = match protocol::payment::begin_pay(&state, user_id.get(), micros(now)) {
+    let decision = protocol::payment::begin_pay(&state, user_id.get(), micros(now));
+    if !matches!(decision, BeginPay::Begin { .. }) {
+        // Nothing to write: the transaction ends here.
+        commit(conn).await?;
+    }
+    let attempt = match decision {
         BeginPay::Begin { attempt } => {
-            let begun = StartAttempt {
+            let start = StartAttempt {
                 id: row.id,
                 from_attempt: row.pay_attempt,
                 attempt,
                 now,
-            }
-            .execute(conn)
-            .await?;
+            };
+            let begun = commit_with(conn, async |conn| start.execute(&mut &*conn).await).await?;
             debug_assert_eq!(begun, 1, "a held reservation under its seat's lock");
             attempt
         }
@@ -89,7 +88,7 @@ async fn begin_in_transaction(
     }))
 }
 
-async fn settle_in_transaction(
+async fn settle(
     conn: &mut AsyncPgConnection,
     reservation: ReservationId,
     pay_attempt: PayAttempt,
@@ -98,49 +97,71 @@ async fn settle_in_transaction(
 ) -> Result<SettleOutcome, StoreError> {
     let id = reservation.get();
     let attempt = pay_attempt.get();
-    let Some(locked) = lock_reservation(conn, id).await? else {
+    let Some(locked) = begin_locked(conn, id).await? else {
+        commit(conn).await?;
         return Ok(SettleOutcome::Moved);
     };
     let state = locked.payment_state()?;
     let Locked { row, now, .. } = locked;
     let use_key = row.payment_keys().use_key(pay_attempt);
-    // Every write below is conditional on this very attempt still paying.
     let decision =
         protocol::payment::apply_use_reply(&state, attempt, reply, refunded, micros(now));
+    let writes = matches!(
+        decision,
+        AfterUse::Confirm { .. }
+            | AfterUse::BackToHeld
+            | AfterUse::Expire
+            | AfterUse::ExpireRefunded
+            | AfterUse::DecideRefund
+    );
+    if !writes {
+        // Nothing to write: the transaction ends here.
+        commit(conn).await?;
+    }
+    // Every write below is conditional on this very attempt still paying, and sent with
+    // `COMMIT`.
     match decision {
         AfterUse::Confirm { transaction_id } => {
-            let (row, sold) = ConfirmAttempt {
+            let confirm = ConfirmAttempt {
                 id,
                 attempt,
                 transaction_id,
                 use_key,
                 now,
-            }
-            .get_result::<(ReservationRow, i64)>(conn)
+            };
+            let (row, sold) = commit_with(conn, async |conn| {
+                confirm
+                    .get_result::<(ReservationRow, i64)>(&mut &*conn)
+                    .await
+            })
             .await?;
             debug_assert_eq!(sold, 1, "a paying reservation's seat reads HELD");
             Ok(SettleOutcome::Confirmed(row.into_reservation(now)?))
         }
         AfterUse::BackToHeld => {
-            BackToHeld { id, attempt, now }.execute(conn).await?;
+            let back = BackToHeld { id, attempt, now };
+            commit_with(conn, async |conn| back.execute(&mut &*conn).await).await?;
             Ok(SettleOutcome::Refused)
         }
-        AfterUse::Expire => {
-            end_reservation(conn, &row, Status::Paying, Status::Expired, now).await?;
-            Ok(SettleOutcome::Refused)
-        }
-        AfterUse::ExpireRefunded => {
-            end_reservation(conn, &row, Status::Paying, Status::Expired, now).await?;
-            Ok(SettleOutcome::Moved)
+        AfterUse::Expire | AfterUse::ExpireRefunded => {
+            let ended = &row;
+            commit_with(conn, async |conn| {
+                end_reservation(conn, ended, Status::Paying, Status::Expired, now).await
+            })
+            .await?;
+            Ok(if decision == AfterUse::Expire {
+                SettleOutcome::Refused
+            } else {
+                SettleOutcome::Moved
+            })
         }
         AfterUse::StayPaying => Ok(SettleOutcome::StillPaying),
         AfterUse::Settled => Ok(SettleOutcome::Confirmed(row.into_reservation(now)?)),
         AfterUse::DecideRefund => {
             // Recorded before the refund is asked for: from now on no settle of this attempt
             // confirms it, whatever its clock reads.
-            RecordRefundDecision { id, attempt, now }
-                .execute(conn)
-                .await?;
+            let record = RecordRefundDecision { id, attempt, now };
+            commit_with(conn, async |conn| record.execute(&mut &*conn).await).await?;
             Ok(SettleOutcome::Refund {
                 payer: row.owner()?,
                 use_key,

@@ -49,7 +49,7 @@ pub async fn lock_reservation(
 /// `from` at the same attempt) and its seat back to AVAILABLE, in one statement
 /// ([`EndReservation`]). Returns the updated row, or `None` when the reservation had moved on.
 pub async fn end_reservation(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     row: &ReservationRow,
     from: Status,
     to: Status,
@@ -68,7 +68,7 @@ pub async fn end_reservation(
         seat_was: seat_status(seat_was),
         now,
     }
-    .get_result(conn)
+    .get_result(&mut &*conn)
     .await
     .optional()
 }

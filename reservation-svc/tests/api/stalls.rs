@@ -466,3 +466,49 @@ async fn a_step_locks_the_seat_before_the_reservation() {
     let begun = beginning.await.expect("task").expect("begun");
     assert!(matches!(begun, BeginOutcome::Pay(_)), "{begun:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_dropped_inside_its_transaction_leaves_no_connection_in_it() {
+    use reservation_svc::model::{ReservationId, UserId};
+
+    let app = crate::helpers::spawn_app().await;
+    let schedule_id = app.schedule_with_seats(3).await;
+    let held = app.hold(1, schedule_id, 1).await.expect("hold");
+    let reservation_row = hold_open(
+        app.db.url(),
+        &format!(
+            "SELECT * FROM reservations WHERE id = {} FOR UPDATE",
+            held.id
+        ),
+    )
+    .await;
+    let store = Store::new(app.db.pool("dropped-payment-test"));
+    let reservation = ReservationId::parse(held.id).expect("an id");
+    let owner = UserId::parse(1).expect("a user");
+    let beginning = {
+        let store = store.clone();
+        tokio::spawn(async move { store.begin_pay(reservation, owner).await })
+    };
+    until("the payment waits inside its transaction", || async {
+        waiting_for_a_lock(app.db.url()).await == 1
+    })
+    .await;
+    // Dropped halfway: its connection goes back to the pool inside the transaction.
+    beginning.abort();
+    assert!(beginning.await.is_err(), "aborted");
+    commit(reservation_row).await;
+
+    // The pool's next checkout finds it broken and closes it: Postgres rolls it back.
+    drop(store.pool().get().await.expect("a connection"));
+    until("no connection is left inside a transaction", || async {
+        backends_in_state(app.db.url(), "idle in transaction")
+            .await
+            .is_empty()
+    })
+    .await;
+    let begun = store.begin_pay(reservation, owner).await.expect("begun");
+    assert!(
+        matches!(begun, reservation_svc::model::BeginOutcome::Pay(_)),
+        "{begun:?}"
+    );
+}
