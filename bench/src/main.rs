@@ -7,6 +7,7 @@ mod abuse;
 mod access;
 mod baseline;
 mod load;
+mod payment_baseline;
 mod probe;
 mod report;
 mod run;

@@ -14,6 +14,7 @@ use crate::abuse::{self, Abuse};
 use crate::access::{Access, Caller, Service};
 use crate::baseline::{self, Baseline, Pgbench, RedisBenchmark};
 use crate::load::{Measured, OK};
+use crate::payment_baseline;
 use crate::probe::{self, Machine, RssSampler, Watched, Window};
 use crate::report::{Comparison, Report, Scenario, Target, latency, mebibytes, micros, thousands};
 use crate::scenarios;
@@ -29,6 +30,7 @@ const SPREAD_FIRST_USER: i64 = 1;
 const PAYMENT_FIRST_USER: i64 = 2_000_001;
 const RAW_HOT_USER: i64 = 900_000_001;
 const RAW_SPREAD_FIRST_USER: i64 = 900_100_001;
+const RAW_PAYMENT_FIRST_USER: i64 = 900_200_001;
 
 /// The seat lock's TTL in the Redis baselines, in ms: reservation-svc's default
 /// (`SEAT_LOCK_TTL`, 3 s).
@@ -192,6 +194,9 @@ const CLIENTS: usize = 64;
 /// that Postgres runs as many of their transactions at once as of the service's (and the
 /// shared server's `max_connections` of 100 has room for them next to the services).
 const PGBENCH_CLIENTS: usize = 16;
+/// Connections of each side of the payment baselines: with the services' pools open, the
+/// shared server's 100 connections leave room for no more.
+const PAYMENT_PGBENCH_CLIENTS: usize = 8;
 /// Clients of the stampede and of the health checks it is compared with.
 const STAMPEDE_CLIENTS: usize = 1_000;
 
@@ -219,11 +224,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let stampede_cost = bench.stampede_cost(&stampede.scenario).await?;
     let distinct = bench.distinct_seats(&raw_schedule).await?;
     let distinct_cost = bench.distinct_seats_cost(&distinct.scenario).await?;
+    let payments = bench.payments().await?;
+    let payments_cost = bench.payments_cost(&payments.scenario).await?;
+    // After the payment baselines: its pool's connections, once opened, would leave them too
+    // few of the shared server's.
     let degraded = bench
         .degraded(&stampede.scenario, &distinct.scenario)
         .await?;
-    let payments = bench.payments().await?;
-    let payments_cost = bench.payments_cost(&payments.scenario).await?;
     // Last, so that what the attacks leave in the plaintext reservation-svc's memory (its
     // allocator keeps some) weighs on no other scenario.
     let abuse = bench.abuse().await?;
@@ -933,18 +940,85 @@ impl Bench {
         );
         payments.observe(&self.sampler.take(), &[RESERVATION, WALLET]);
         payments.note_outcomes();
-        let mut result = ScenarioResult::alone(payments);
-        result.notes = vec![
-            "(f) has no raw baseline: a payment is a hold, three reservation transactions and a \
-             wallet `Use` across two services; its latency is that of a hold + pay pair."
-                .to_owned(),
-            format!(
-                "Each service runs at most `DB_POOL_SIZE` (default 16) transactions at once and \
-                 queues the other calls for a connection; the pgbench baselines run \
-                 {PGBENCH_CLIENTS} connections, each with one transaction at a time."
+        let setting = payment_baseline::Setting {
+            reservation_database_url: &self.args.reservation_database_url,
+            wallet_database_url: &self.args.wallet_database_url,
+            payments: self.sizes.payments,
+            clients: PAYMENT_PGBENCH_CLIENTS,
+            first_user: RAW_PAYMENT_FIRST_USER,
+            users: self.sizes.payment_users,
+            work_dir: &self.work_dir,
+        };
+        setting.fixtures().await?;
+        let before = setting
+            .run(
+                payment_baseline::Design {
+                    key: "pgbench-payment",
+                    name: "pgbench payment statements before pipelining, both databases",
+                    reservation_sql: payment_baseline::RESERVATION_SQL,
+                    wallet_sql: payment_baseline::WALLET_SQL,
+                    first_reservation: 1_000_000_000_000,
+                },
+                true,
+            )
+            .await?;
+        let one_statement = setting
+            .run(
+                payment_baseline::Design {
+                    key: "pgbench-payment-one-statement",
+                    name: "pgbench one statement per decision, both databases",
+                    reservation_sql: payment_baseline::RESERVATION_ONE_STATEMENT_SQL,
+                    wallet_sql: payment_baseline::WALLET_ONE_STATEMENT_SQL,
+                    first_reservation: 2_000_000_000_000,
+                },
+                false,
+            )
+            .await?;
+        payments.against(&before[0]);
+        let targets = vec![
+            ratio_target(
+                "payment flow vs raw pgbench of the payment statements before pipelining",
+                &payments,
+                &before[0],
+                1.0,
+            ),
+            ratio_target(
+                "payment flow vs raw pgbench of one statement per decision",
+                &payments,
+                &one_statement[0],
+                0.6,
             ),
         ];
-        Ok(result)
+        let notes = vec![
+            format!(
+                "(f)'s raw baselines replay one payment's statements with pgbench against both \
+                 databases at once, {PAYMENT_PGBENCH_CLIENTS} connections each (the services' \
+                 pools hold most of the shared server's 100): the reservation side (the hold's \
+                 pipeline, then the start and the settle) and the wallet's `Use`, as many \
+                 payments each; the pair's rate is the slower side's, its latencies the sum of \
+                 both sides'. \"before pipelining\": the statements as the services ran them \
+                 with a transaction of diesel's per step and three selects to lock a seat (the \
+                 sides alone: {} and {} /s); \"one statement per decision\": a sketch of the \
+                 least this SQL can take (each step one conditional statement).",
+                thousands(before.get(1).map_or(0.0, |b| b.rate).round() as u64),
+                thousands(before.get(2).map_or(0.0, |b| b.rate).round() as u64),
+            ),
+            format!(
+                "Each service runs at most `DB_POOL_SIZE` (default 16) transactions at once and \
+                 queues the other calls for a connection. CPU per payment: the flow {:.0} µs, \
+                 pgbench of the statements before pipelining {:.0} µs, of one statement per \
+                 decision {:.0} µs (the whole machine's).",
+                payments.cpu_per_request.machine_us,
+                before[0].machine_cpu_us,
+                one_statement[0].machine_cpu_us,
+            ),
+        ];
+        Ok(ScenarioResult {
+            scenario: payments,
+            baselines: before.into_iter().chain(one_statement).collect(),
+            targets,
+            notes,
+        })
     }
 
     /// The pair of `side`.
@@ -1187,7 +1261,7 @@ impl Bench {
 /// Creates the raw baseline's schedule of `seats` seats with reservation-svc's own statement
 /// (`CREATE_SCHEDULE_SQL`, prepared with the types the service binds), for a concert of its
 /// own, in one transaction; returns the schedule's id.
-async fn create_raw_schedule(database_url: &str, seats: i32) -> anyhow::Result<String> {
+pub(crate) async fn create_raw_schedule(database_url: &str, seats: i32) -> anyhow::Result<String> {
     let statement = CREATE_SCHEDULE_SQL.trim_end().trim_end_matches(';');
     // The `;` after the statement on a line of its own, should the statement end in a comment.
     let row = probe::psql_value(
@@ -1357,7 +1431,7 @@ fn distinct_cpu_note(distinct: &Scenario, raw_holds: &Baseline) -> String {
 
 /// The target that a scenario's rate is at least `factor` times its baseline's.
 fn ratio_target(what: &str, scenario: &Scenario, baseline: &Baseline, factor: f64) -> Target {
-    let ratio = scenario.ratio.unwrap_or(0.0);
+    let ratio = scenario.rate / baseline.rate.max(f64::EPSILON);
     Target {
         what: what.to_owned(),
         goal: format!("≥ {factor}×"),
