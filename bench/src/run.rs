@@ -1431,29 +1431,24 @@ fn distinct_cpu_note(distinct: &Scenario, raw_holds: &Baseline) -> String {
 
 /// The target that a scenario's rate is at least `factor` times its baseline's.
 fn ratio_target(what: &str, scenario: &Scenario, baseline: &Baseline, factor: f64) -> Target {
-    let ratio = scenario.rate / baseline.rate.max(f64::EPSILON);
-    Target {
-        what: what.to_owned(),
-        goal: format!("≥ {factor}×"),
-        measured: format!(
-            "{ratio:.2}× ({} vs {} /s)",
-            thousands(scenario.rate.round() as u64),
-            thousands(baseline.rate.round() as u64)
-        ),
-        met: ratio >= factor,
-    }
+    rate_target(what, scenario.rate, baseline.rate, factor)
 }
 
 /// `scenario`'s rate at least `factor` times `other`'s, measured in the same run.
 fn relative_target(what: &str, scenario: &Scenario, other: &Scenario, factor: f64) -> Target {
-    let ratio = scenario.rate / other.rate.max(f64::EPSILON);
+    rate_target(what, scenario.rate, other.rate, factor)
+}
+
+/// A rate at least `factor` times another.
+fn rate_target(what: &str, rate: f64, other: f64, factor: f64) -> Target {
+    let ratio = rate / other.max(f64::EPSILON);
     Target {
         what: what.to_owned(),
         goal: format!("≥ {factor}×"),
         measured: format!(
             "{ratio:.2}× ({} vs {} /s)",
-            thousands(scenario.rate.round() as u64),
-            thousands(other.rate.round() as u64)
+            thousands(rate.round() as u64),
+            thousands(other.round() as u64)
         ),
         met: ratio >= factor,
     }

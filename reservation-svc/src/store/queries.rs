@@ -6,7 +6,9 @@
 use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Integer, Text, Timestamptz};
+
+use super::locked::{RESERVATION_COLUMNS, ReservationSql};
 
 /// `BEGIN ISOLATION LEVEL READ COMMITTED`, as a query type of its own: prepared once per
 /// connection, it can be pipelined with the statements that follow it (diesel's transaction
@@ -217,34 +219,16 @@ impl QueryFragment<Pg> for HoldAvailableSeat {
         out.push_bind_param::<BigInt, _>(&self.hold_ttl_micros)?;
         out.push_sql(
             " * interval '1 microsecond' FROM held \
-             RETURNING id, user_id, schedule_id, seat_no, price, status, expires_at, \
-             pay_attempt, payment_transaction_id, payment_idempotency_key, created_at, \
-             refund_requested_at, payment_key_nonce) \
-             SELECT inserted.*, held.at FROM inserted, held",
+             RETURNING ",
         );
+        out.push_sql(RESERVATION_COLUMNS);
+        out.push_sql(") SELECT inserted.*, held.at FROM inserted, held");
         Ok(())
     }
 }
 
 impl Query for HoldAvailableSeat {
-    type SqlType = (
-        (
-            BigInt,
-            BigInt,
-            BigInt,
-            Integer,
-            BigInt,
-            Text,
-            Timestamptz,
-            Integer,
-            Nullable<BigInt>,
-            Nullable<Text>,
-            Timestamptz,
-            Nullable<Timestamptz>,
-            Nullable<Text>,
-        ),
-        Timestamptz,
-    );
+    type SqlType = (ReservationSql, Timestamptz);
 }
 
 /// `UPDATE seats SET status = <to> WHERE (schedule_id, seat_no) = ... AND status = <from>`, as

@@ -8,31 +8,19 @@ use std::time::Duration;
 use fred::interfaces::KeysInterface;
 use reservation_svc::lock::LockFallback;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{
     Client, RedisServer, TestApp, channel, hold_via, reason, redis, spawn_app_with, start,
 };
 use crate::holds::{stampede, tally};
+use crate::redis_down::health_of;
 use crate::stalls::{commit, hold_open, waiting_for_a_lock};
 
 const SERVICE: &str = "ticketing.reservation.v1.ReservationService";
 
 /// The health entry that is SERVING while holds take their locks in Redis.
 const SEAT_LOCKS_IN_REDIS: &str = reservation_svc::startup::SEAT_LOCKS_IN_REDIS;
-
-async fn health_of(app: &TestApp, service: &str) -> ServingStatus {
-    HealthClient::new(channel(app.addr).await)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("health")
-        .into_inner()
-        .status()
-}
 
 /// Polls until `service`'s health is `status`; false if it is not within 20 s (a bound that
 /// only turns a hang into a failure).

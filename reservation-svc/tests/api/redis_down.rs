@@ -16,7 +16,7 @@ async fn health(app: &TestApp) -> ServingStatus {
     health_of(app, SERVICE).await
 }
 
-async fn health_of(app: &TestApp, service: &str) -> ServingStatus {
+pub async fn health_of(app: &TestApp, service: &str) -> ServingStatus {
     HealthClient::new(channel(app.addr).await)
         .check(HealthCheckRequest {
             service: service.to_owned(),
