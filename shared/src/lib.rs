@@ -10,6 +10,7 @@ pub mod connection;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod pipeline;
 pub mod proto;
 pub mod reload;
 pub mod security;

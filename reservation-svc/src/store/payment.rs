@@ -23,7 +23,11 @@ impl Store {
         user_id: UserId,
     ) -> Result<BeginOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        begin(&mut conn, reservation_id, user_id).await
+        let begun = begin(&mut conn, reservation_id, user_id).await;
+        if begun.is_err() {
+            shared::pipeline::roll_back_if_open(&mut conn).await;
+        }
+        begun
     }
 
     /// Applies the reply to the attempt's `Use` as the protocol decides; `refunded` says that
@@ -36,7 +40,11 @@ impl Store {
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
         let mut conn = self.pool.get().await?;
-        settle(&mut conn, reservation, attempt, reply, refunded).await
+        let settled = settle(&mut conn, reservation, attempt, reply, refunded).await;
+        if settled.is_err() {
+            shared::pipeline::roll_back_if_open(&mut conn).await;
+        }
+        settled
     }
 }
 

@@ -10,30 +10,7 @@ use diesel::sql_types::{BigInt, Integer, Text, Timestamptz};
 
 use super::locked::{RESERVATION_COLUMNS, ReservationSql};
 
-/// `BEGIN ISOLATION LEVEL READ COMMITTED`, as a query type of its own: prepared once per
-/// connection, it can be pipelined with the statements that follow it (diesel's transaction
-/// manager sends its `BEGIN` alone, a round trip of its own).
-#[derive(Debug, Clone, Copy, QueryId)]
-pub struct Begin;
-
-impl QueryFragment<Pg> for Begin {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("BEGIN ISOLATION LEVEL READ COMMITTED");
-        Ok(())
-    }
-}
-
-/// `COMMIT`, pipelined like [`Begin`]. In a transaction a statement has failed, Postgres
-/// answers it by rolling back: either way the connection leaves the transaction.
-#[derive(Debug, Clone, Copy, QueryId)]
-pub struct Commit;
-
-impl QueryFragment<Pg> for Commit {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("COMMIT");
-        Ok(())
-    }
-}
+pub use shared::pipeline::{Begin, Commit};
 
 /// Serializes the holds of one user on one schedule, in every replica: a transaction-scoped
 /// advisory lock, `pg_advisory_xact_lock(<schedule>, <user>)` (the two-key space, apart from

@@ -146,12 +146,79 @@ async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settle_that_began_before_the_performance_never_confirms_a_debit_refunded_after_it() {
-    // Replica 1 pays; its settle transaction begins before the performance and stalls (its
-    // first statement waits on a table lock, as behind an ALTER TABLE, then the process is
-    // frozen). Meanwhile the performance begins and replica 2's reconciler settles the same
-    // debit: too late to honour, it decides to refund it and asks the wallet. Then replica 1
-    // goes on. Had it decided with the time its transaction began, it would have confirmed a
-    // seat whose money is being given back.
+    // The pay's settle begins its transaction before the performance and waits for the seat's
+    // row, held by another transaction, until the performance has begun. Had it decided with
+    // the time its transaction began, it would have confirmed a seat after the start; it
+    // reads its clock once it holds the seat, finds the performance begun and refunds.
+    let wallet = TestWallet::start().await;
+    let endpoint = wallet.endpoint();
+    let app = spawn_app_with(|config| {
+        config.wallet_endpoint = endpoint;
+        config.wallet_timeout = Duration::from_secs(10);
+        config.reconcile_interval = Duration::from_secs(3600);
+        // The settle waits for the seat past the performance's start.
+        config.db.db_lock_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let starts_at = Utc::now() + chrono::Duration::seconds(4);
+    let schedule_id = schedule_starting(&app, starts_at).await;
+    wallet.charge(1, 1_000, "top-up").await;
+    let held = app.hold(1, schedule_id, 1).await.expect("hold");
+
+    // The pay's Use waits for the wallet's row; its settle will then wait for the seat's.
+    let wallet_row = hold_open(
+        wallet.db.url(),
+        "SELECT * FROM wallets WHERE user_id = 1 FOR UPDATE",
+    )
+    .await;
+    let mut client = app.client();
+    let paying = tokio::spawn(async move {
+        client
+            .pay_reservation(pb::PayReservationRequest {
+                reservation_id: held.id,
+                user_id: 1,
+            })
+            .await
+    });
+    until("the use waits for the wallet row", || async {
+        waiting_for_a_lock(wallet.db.url()).await == 1
+    })
+    .await;
+    let seat_row = hold_open(
+        app.db.url(),
+        &format!(
+            "SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 FOR UPDATE"
+        ),
+    )
+    .await;
+    commit(wallet_row).await;
+    until("the settle waits for the seat", || async {
+        waiting_for_a_lock(app.db.url()).await == 1
+    })
+    .await;
+    assert!(Utc::now() < starts_at, "the settle began before the start");
+
+    // The performance begins; then the seat is released to the waiting settle.
+    let wait = (starts_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    commit(seat_row).await;
+    let paid = paying.await.expect("pay task");
+
+    assert_invariants(&app, &wallet).await;
+    assert_eq!(status(&app, held.id).await, "EXPIRED");
+    assert_eq!(wallet.balance(1).await, 1_000, "the debit given back");
+    let refused = paid.expect_err("no seat for a debit after the start");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_frozen_between_its_settles_lock_and_its_write_decides_on_the_clock_it_locked_with()
+ {
+    // Replica 1's settle has locked the seat and read its clock (before the performance), and
+    // the process is frozen before it writes: its transaction holds the seat. The performance
+    // begins; replica 2's reconciler cannot decide on the seat meanwhile (it skips what another
+    // transaction holds). Replica 1 goes on and confirms on the clock it read under the
+    // lock; the reconciler then finds the payment settled.
     let wallet = TestWallet::start().await;
     let endpoint = wallet.endpoint();
     let app = spawn_app_with(|config| {
@@ -169,7 +236,6 @@ async fn a_settle_that_began_before_the_performance_never_confirms_a_debit_refun
     wallet.charge(1, 1_000, "top-up").await;
     let held = app.hold(1, schedule_id, 1).await.expect("hold");
 
-    // The pay's Use waits for the wallet's row; its settle will then wait for the table.
     let wallet_row = hold_open(
         wallet.db.url(),
         "SELECT * FROM wallets WHERE user_id = 1 FOR UPDATE",
@@ -188,34 +254,6 @@ async fn a_settle_that_began_before_the_performance_never_confirms_a_debit_refun
         waiting_for_a_lock(wallet.db.url()).await == 1
     })
     .await;
-    let table = hold_open(
-        app.db.url(),
-        "LOCK TABLE schedules IN ACCESS EXCLUSIVE MODE",
-    )
-    .await;
-    commit(wallet_row).await;
-    until("the settle waits for the table", || async {
-        waiting_for_a_lock(app.db.url()).await == 1
-    })
-    .await;
-    assert!(Utc::now() < starts_at, "the settle began before the start");
-    replica.pause();
-    commit(table).await;
-    // Its first statement done, the settle's transaction waits for the frozen process.
-    until("the settle's transaction is open", || async {
-        backends_in_state(app.db.url(), "idle in transaction")
-            .await
-            .len()
-            == 1
-    })
-    .await;
-    let settle = backends_in_state(app.db.url(), "idle in transaction").await[0];
-
-    // The performance begins. Replica 2's reconciler re-sends the Use (the wallet answers
-    // the debit again) and settles it, too late to honour: it decides to refund, and its
-    // refund waits for the wallet's row.
-    let wait = (starts_at - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(100)).await;
     let seat_row = hold_open(
         app.db.url(),
         &format!(
@@ -223,43 +261,49 @@ async fn a_settle_that_began_before_the_performance_never_confirms_a_debit_refun
         ),
     )
     .await;
-    let other = another_replicas_reconciler(&app).await;
-    let reconciling = tokio::spawn(async move { other.reconcile(Duration::ZERO, 10).await });
-    until("replica 2's settle waits for the seat", || async {
+    commit(wallet_row).await;
+    until("the settle waits for the seat", || async {
         waiting_for_a_lock(app.db.url()).await == 1
     })
     .await;
-    let wallet_row = hold_open(
-        wallet.db.url(),
-        "SELECT * FROM wallets WHERE user_id = 1 FOR UPDATE",
-    )
-    .await;
+    replica.pause();
     commit(seat_row).await;
-    until("replica 2's refund waits for the wallet row", || async {
-        waiting_for_a_lock(wallet.db.url()).await == 1
-    })
-    .await;
-
-    // Replica 1 goes on: it must not confirm (it decides to refund too, and waits).
-    replica.resume();
-    until("replica 1's settle has ended", || async {
-        backends_in_state(app.db.url(), "idle")
+    // The settle's lock statement ran: its transaction holds the seat for the frozen process.
+    until("the settle's transaction holds the seat", || async {
+        backends_in_state(app.db.url(), "idle in transaction")
             .await
-            .contains(&settle)
+            .len()
+            == 1
     })
     .await;
-    commit(wallet_row).await;
-    reconciling
-        .await
-        .expect("reconciler task")
-        .expect("reconciled");
-    let paid = paying.await.expect("pay task");
+    assert!(
+        Utc::now() < starts_at,
+        "the settle read its clock before the start"
+    );
 
+    let wait = (starts_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    let other = another_replicas_reconciler(&app).await;
+    let reconciled = other.reconcile(Duration::ZERO, 10).await;
+    assert_eq!(
+        reconciled.expect("a reconciler's round"),
+        0,
+        "the reconciler skips a payment whose seat another transaction holds"
+    );
+
+    replica.resume();
+    let paid = paying.await.expect("pay task").expect("paid");
+    assert_eq!(
+        paid.into_inner().status,
+        pb::ReservationStatus::Confirmed as i32
+    );
+    other
+        .reconcile(Duration::ZERO, 10)
+        .await
+        .expect("reconciled");
     assert_invariants(&app, &wallet).await;
-    assert_eq!(status(&app, held.id).await, "EXPIRED");
-    assert_eq!(wallet.balance(1).await, 1_000, "the debit given back");
-    let refused = paid.expect_err("no seat for a debit after the start");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(status(&app, held.id).await, "CONFIRMED");
+    assert_eq!(wallet.balance(1).await, 900, "the debit kept, once");
 }
 
 /// An app on a Redis of the test's own, with a short command timeout and no memory of marks.

@@ -7,7 +7,12 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::wallet::{Decision, Movement, RefundTarget};
 
 use super::StoreError;
-use super::keys::{Answer, Keys, Ledger, NewRow, flush, load_keys, record_refusals};
+use shared::pipeline::{self, Begin};
+
+use super::keys::{
+    Answer, Keys, Ledger, NewRow, flush, insert_pending, key_names, keys_from, load_keys,
+    record_refusals, refusals_under, rows_under,
+};
 use super::schema::wallets;
 use crate::model::{MoneyMovement, MovementKind, MovementOutcome, TransactionKind};
 
@@ -39,6 +44,11 @@ impl From<diesel::result::Error> for Abort {
 /// Every batch holds the row lock before it reads a key, a first movement of a new user and a
 /// batch of refunds included: a key read without it could miss a movement that commits
 /// meanwhile and is then decided on a stale balance.
+///
+/// Two round trips for a wallet that exists ([`shared::pipeline`]): `BEGIN`, the row's lock and
+/// the reads of the keys sent together (Postgres runs them in order, so the reads begin once
+/// the lock is held), then the writes sent with `COMMIT`. For a wallet not there yet, the keys
+/// read beside the lock are dropped and read again once the created row is locked.
 pub async fn apply_batch(
     conn: &mut AsyncPgConnection,
     user_id: i64,
@@ -47,13 +57,31 @@ pub async fn apply_batch(
     let refunds_only = batch
         .iter()
         .all(|(movement, _)| matches!(movement.kind, MovementKind::Refund { .. }));
-    let Some(mut balance) = lock_wallet(conn, user_id, refunds_only).await? else {
-        // A wallet this transaction had to create holds no use: every refund names none.
-        let unknown = batch.iter().map(|_| MovementOutcome::UnknownUse).collect();
-        return Err(Abort::Answered(unknown));
+    let names = key_names(batch);
+    pipeline::opening(conn)?;
+    let shared = &*conn;
+    let (begun, locked, rows, refused) = futures::join!(
+        Begin.execute(&mut &*shared),
+        LockWallet { user_id }.get_result::<i64>(&mut &*shared),
+        rows_under(shared, user_id, &names),
+        refusals_under(shared, user_id, &names),
+    );
+    // On an error the transaction is left open: the pool closes the connection.
+    begun?;
+    let (mut balance, mut keys) = match locked.optional()? {
+        Some(balance) => (balance, keys_from(conn, rows?, refused?).await?),
+        None => {
+            let Some(balance) = create_wallet(conn, user_id, refunds_only).await? else {
+                // A wallet this transaction had to create holds no use: every refund names
+                // none. The row is not kept.
+                pipeline::rollback(conn).await?;
+                let unknown = batch.iter().map(|_| MovementOutcome::UnknownUse).collect();
+                return Err(Abort::Answered(unknown));
+            };
+            (balance, load_keys(conn, user_id, &names).await?)
+        }
     };
     let before = balance;
-    let mut keys = load_keys(conn, user_id, batch).await?;
     let mut answers = Vec::with_capacity(batch.len());
     for (movement, fingerprint) in batch {
         let answer = decide_one(
@@ -67,13 +95,27 @@ pub async fn apply_batch(
         .await?;
         answers.push(answer);
     }
-    flush(conn, user_id, &mut keys).await?;
-    record_refusals(conn, user_id, &keys).await?;
-    if before != balance || !keys.pending.is_empty() {
-        let updated = SetBalance { user_id, balance }.execute(conn).await?;
-        if updated != 1 {
-            return Err(StoreError::Internal(format!("wallet {user_id} vanished")).into());
-        }
+    let set_balance =
+        (before != balance || !keys.pending.is_empty()).then_some(SetBalance { user_id, balance });
+    let written = pipeline::commit_with(conn, async |conn| {
+        let (inserted, refusals, updated) = futures::join!(
+            insert_pending(conn, user_id, &keys),
+            record_refusals(conn, user_id, &keys),
+            async {
+                match set_balance {
+                    Some(set) => set.execute(&mut &*conn).await.map(Some),
+                    None => Ok(None),
+                }
+            },
+        );
+        Ok((inserted, refusals, updated))
+    })
+    .await?;
+    let (inserted, refusals, updated) = written;
+    keys.take_inserted(inserted?)?;
+    refusals?;
+    if updated? == Some(0) {
+        return Err(StoreError::Internal(format!("wallet {user_id} vanished")).into());
     }
     answers
         .into_iter()
@@ -88,7 +130,7 @@ pub async fn apply_batch(
 
 /// Decides one movement of a batch against what the batch knows, and records what it writes.
 async fn decide_one(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     user_id: i64,
     keys: &mut Keys,
     balance: &mut i64,
@@ -192,35 +234,54 @@ async fn decide_one(
     )
 }
 
-/// Locks the user's wallet row until the transaction ends and returns its balance, creating
-/// the row first when it does not exist yet. `None` when `refunds_only` and this transaction
-/// created it: a new wallet has no use to refund, so the caller answers and rolls back.
-async fn lock_wallet(
-    conn: &mut AsyncPgConnection,
+/// Creates the user's wallet row, which the transaction found missing, and locks it until the
+/// transaction ends: its balance. A concurrent first movement of the same user may be inserting
+/// it: the insert waits for that transaction to end and then does nothing, and the lock below
+/// sees its row. Either way, from here on this transaction holds the row's lock. `None` when
+/// `refunds_only` and this transaction created it: a new wallet has no use to refund, so the
+/// caller answers and rolls back.
+async fn create_wallet(
+    conn: &AsyncPgConnection,
     user_id: i64,
     refunds_only: bool,
 ) -> Result<Option<i64>, StoreError> {
-    let locked = || {
-        wallets::table
-            .find(user_id)
-            .select(wallets::balance)
-            .for_update()
-    };
-    if let Some(balance) = locked().first::<i64>(conn).await.optional()? {
-        return Ok(Some(balance));
-    }
-    // A concurrent first movement of the same user may be inserting it: the insert waits for
-    // that transaction to end and then does nothing, and the lock below sees its row. Either
-    // way, from here on this transaction holds the row's lock.
     let created = diesel::insert_into(wallets::table)
         .values(wallets::user_id.eq(user_id))
         .on_conflict_do_nothing()
-        .execute(conn)
+        .execute(&mut &*conn)
         .await?;
     if created == 1 && refunds_only {
         return Ok(None);
     }
-    Ok(Some(locked().first::<i64>(conn).await?))
+    Ok(Some(
+        LockWallet { user_id }
+            .get_result::<i64>(&mut &*conn)
+            .await?,
+    ))
+}
+
+/// `SELECT balance FROM wallets WHERE user_id = ... FOR UPDATE`: locks the user's wallet row
+/// until the transaction ends, and reads its balance. A query type of its own, prepared once
+/// per connection.
+#[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
+struct LockWallet {
+    user_id: i64,
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for LockWallet {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql("SELECT balance FROM wallets WHERE user_id = ");
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(&self.user_id)?;
+        out.push_sql(" FOR UPDATE");
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::Query for LockWallet {
+    type SqlType = diesel::sql_types::BigInt;
 }
 
 /// `UPDATE wallets SET balance = ..., updated_at = now() WHERE user_id = ...`, as a query type

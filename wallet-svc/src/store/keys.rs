@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use diesel::QueryResult;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::wallet::{KeyRecord, Recorded, Refusal};
@@ -56,13 +57,9 @@ pub enum Answer {
     Replayed(Ledger),
 }
 
-/// Reads what the batch's keys (and the keys its refunds name) already hold, and the refunds
-/// already made of those uses.
-pub async fn load_keys(
-    conn: &mut AsyncPgConnection,
-    user_id: i64,
-    batch: &[(&MoneyMovement, Vec<u8>)],
-) -> Result<Keys, StoreError> {
+/// The keys a batch reads: each movement's, and the `Use` key each refund names (as the caller
+/// stores it, and unscoped).
+pub fn key_names(batch: &[(&MoneyMovement, Vec<u8>)]) -> Vec<String> {
     let mut names: Vec<String> = Vec::with_capacity(batch.len());
     for (movement, _) in batch {
         let scope = &movement.scope;
@@ -73,22 +70,61 @@ pub async fn load_keys(
             names.extend(scope.unscoped(use_key));
         }
     }
-    let rows = wallet_transactions::table
+    names
+}
+
+/// The ledger rows under `names`.
+pub async fn rows_under(
+    conn: &AsyncPgConnection,
+    user_id: i64,
+    names: &[String],
+) -> QueryResult<Vec<TransactionRow>> {
+    wallet_transactions::table
         .filter(wallet_transactions::user_id.eq(user_id))
-        .filter(wallet_transactions::idempotency_key.eq_any(&names))
+        .filter(wallet_transactions::idempotency_key.eq_any(names))
         .select(TransactionRow::as_select())
-        .load(conn)
-        .await?;
-    let refused = wallet_refusals::table
+        .load(&mut &*conn)
+        .await
+}
+
+/// The refusals recorded under `names`: key, fingerprint, reason.
+pub async fn refusals_under(
+    conn: &AsyncPgConnection,
+    user_id: i64,
+    names: &[String],
+) -> QueryResult<Vec<(String, Vec<u8>, String)>> {
+    wallet_refusals::table
         .filter(wallet_refusals::user_id.eq(user_id))
-        .filter(wallet_refusals::idempotency_key.eq_any(&names))
+        .filter(wallet_refusals::idempotency_key.eq_any(names))
         .select((
             wallet_refusals::idempotency_key,
             wallet_refusals::request_hash,
             wallet_refusals::reason,
         ))
-        .load::<(String, Vec<u8>, String)>(conn)
-        .await?;
+        .load::<(String, Vec<u8>, String)>(&mut &*conn)
+        .await
+}
+
+/// Reads what the keys `names` already hold, and the refunds already made of those uses.
+pub async fn load_keys(
+    conn: &AsyncPgConnection,
+    user_id: i64,
+    names: &[String],
+) -> Result<Keys, StoreError> {
+    let (rows, refused) = futures::join!(
+        rows_under(conn, user_id, names),
+        refusals_under(conn, user_id, names),
+    );
+    keys_from(conn, rows?, refused?).await
+}
+
+/// What the batch knows from the rows and refusals under its keys, with the refunds already
+/// made of the uses among them (read when there are any).
+pub async fn keys_from(
+    conn: &AsyncPgConnection,
+    rows: Vec<TransactionRow>,
+    refused: Vec<(String, Vec<u8>, String)>,
+) -> Result<Keys, StoreError> {
     let uses: Vec<i64> = rows
         .iter()
         .filter(|row| row.kind == TransactionKind::Use.as_str())
@@ -100,7 +136,7 @@ pub async fn load_keys(
         wallet_transactions::table
             .filter(wallet_transactions::refund_of.eq_any(&uses))
             .select((TransactionRow::as_select(), wallet_transactions::refund_of))
-            .load::<(TransactionRow, Option<i64>)>(conn)
+            .load::<(TransactionRow, Option<i64>)>(&mut &*conn)
             .await?
     };
     let mut keys = Keys::default();
@@ -124,7 +160,7 @@ pub async fn load_keys(
 
 /// Records the batch's refusals under their keys, in one statement.
 pub async fn record_refusals(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     user_id: i64,
     keys: &Keys,
 ) -> Result<(), StoreError> {
@@ -144,7 +180,7 @@ pub async fn record_refusals(
     if !values.is_empty() {
         diesel::insert_into(wallet_refusals::table)
             .values(values)
-            .execute(conn)
+            .execute(&mut &*conn)
             .await?;
     }
     Ok(())
@@ -152,15 +188,22 @@ pub async fn record_refusals(
 
 /// Inserts the rows the batch has decided so far, in one statement.
 pub async fn flush(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     user_id: i64,
     keys: &mut Keys,
 ) -> Result<(), StoreError> {
-    let first = keys.inserted.len();
-    let pending = &keys.pending[first..];
-    if pending.is_empty() {
-        return Ok(());
-    }
+    let rows = insert_pending(conn, user_id, keys).await?;
+    keys.take_inserted(rows)
+}
+
+/// Inserts the rows the batch has decided and not inserted yet, in one statement, and returns
+/// them as inserted (for [`Keys::take_inserted`]).
+pub async fn insert_pending(
+    conn: &AsyncPgConnection,
+    user_id: i64,
+    keys: &Keys,
+) -> QueryResult<Vec<TransactionRow>> {
+    let pending = &keys.pending[keys.inserted.len()..];
     let values: Vec<NewTransaction<'_>> = pending
         .iter()
         .map(|(row, refund_of)| NewTransaction {
@@ -176,38 +219,43 @@ pub async fn flush(
         .collect();
     // One row (every movement of a user without contention) is a statement diesel prepares
     // once per connection; a multi-row insert is parsed each time.
-    let rows = match values.as_slice() {
+    match values.as_slice() {
+        [] => Ok(Vec::new()),
         [one] => {
             diesel::insert_into(wallet_transactions::table)
                 .values(one)
                 .returning(TransactionRow::as_returning())
-                .get_results::<TransactionRow>(conn)
-                .await?
+                .get_results::<TransactionRow>(&mut &*conn)
+                .await
         }
         _ => {
             diesel::insert_into(wallet_transactions::table)
                 .values(values)
                 .returning(TransactionRow::as_returning())
-                .get_results::<TransactionRow>(conn)
-                .await?
+                .get_results::<TransactionRow>(&mut &*conn)
+                .await
         }
-    };
-    let mut inserted: HashMap<String, TransactionRow> = rows
-        .into_iter()
-        .map(|row| (row.idempotency_key.clone(), row))
-        .collect();
-    // Matched by key (unique per user), not by the order rows come back in.
-    for at in first..keys.pending.len() {
-        let (new, _) = &keys.pending[at];
-        let row = inserted.remove(&new.key).ok_or_else(|| {
-            StoreError::Internal(format!("ledger row {:?} not returned", new.key))
-        })?;
-        keys.inserted.push(row);
     }
-    Ok(())
 }
 
 impl Keys {
+    /// Takes the rows [`insert_pending`] inserted as the pending rows they are, matched by key
+    /// (unique per user), not by the order rows come back in.
+    pub fn take_inserted(&mut self, rows: Vec<TransactionRow>) -> Result<(), StoreError> {
+        let mut inserted: HashMap<String, TransactionRow> = rows
+            .into_iter()
+            .map(|row| (row.idempotency_key.clone(), row))
+            .collect();
+        for at in self.inserted.len()..self.pending.len() {
+            let (new, _) = &self.pending[at];
+            let row = inserted.remove(&new.key).ok_or_else(|| {
+                StoreError::Internal(format!("ledger row {:?} not returned", new.key))
+            })?;
+            self.inserted.push(row);
+        }
+        Ok(())
+    }
+
     pub fn remember(&mut self, row: TransactionRow, refund_of: Option<i64>) {
         let at = Ledger::Stored(self.rows.len());
         self.by_key.insert(row.idempotency_key.clone(), at);

@@ -82,11 +82,10 @@ impl Store {
             .map(|movement| (movement, movement.fingerprint()))
             .collect();
         let mut conn = self.pool.get().await?;
-        let applied = conn
-            .build_transaction()
-            .read_committed()
-            .run(async |conn| apply_batch(conn, user_id.get(), &batch).await)
-            .await;
+        let applied = apply_batch(&mut conn, user_id.get(), &batch).await;
+        if matches!(applied, Err(Abort::Store(_))) {
+            shared::pipeline::roll_back_if_open(&mut conn).await;
+        }
         match applied {
             Ok(outcomes) | Err(Abort::Answered(outcomes)) => Ok(outcomes),
             Err(Abort::Store(error)) => Err(error),
