@@ -12,6 +12,7 @@ use diesel::QueryResult;
 use diesel::connection::TransactionDepthChange;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel_async::pooled_connection::deadpool::Object;
 use diesel_async::{AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, TransactionManager};
 
 /// `BEGIN ISOLATION LEVEL READ COMMITTED`, as a query type of its own: prepared once per
@@ -49,6 +50,60 @@ impl QueryFragment<Pg> for Rollback {
     }
 }
 
+/// A connection of the pool that, dropped while a transaction is still open on it (its future
+/// cancelled halfway, an error between `BEGIN` and `COMMIT` that could not be rolled back), is
+/// taken out of the pool and closed at once: Postgres rolls the transaction back and frees its
+/// locks then, not when the pool next checks the connection out.
+pub struct Checkout(Option<Object<AsyncPgConnection>>);
+
+impl std::fmt::Debug for Checkout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkout").finish_non_exhaustive()
+    }
+}
+
+impl Checkout {
+    pub fn new(conn: Object<AsyncPgConnection>) -> Self {
+        Self(Some(conn))
+    }
+}
+
+impl std::ops::Deref for Checkout {
+    type Target = AsyncPgConnection;
+
+    fn deref(&self) -> &AsyncPgConnection {
+        // Only `drop` takes it out.
+        self.0
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("a checkout holds its connection"))
+    }
+}
+
+impl std::ops::DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("a checkout holds its connection"))
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take()
+            && in_transaction(&mut conn)
+        {
+            drop(Object::take(conn));
+        }
+    }
+}
+
+/// Whether a transaction is open on `conn` (or its transaction manager is in error).
+fn in_transaction(conn: &mut AsyncPgConnection) -> bool {
+    <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .map_or(true, |depth| depth.is_some())
+}
+
 /// Tells diesel's transaction manager that a transaction of ours is about to begin on `conn`
 /// (call it before its `BEGIN` is sent).
 pub fn opening(conn: &mut AsyncPgConnection) -> QueryResult<()> {
@@ -76,17 +131,18 @@ pub async fn rollback(conn: &mut AsyncPgConnection) -> QueryResult<()> {
 /// After an error: rolls back our transaction on `conn` if it is still open, so that the pool
 /// can hand the connection out again (should that fail too, the pool closes it).
 pub async fn roll_back_if_open(conn: &mut AsyncPgConnection) {
-    let open = <AnsiTransactionManager as TransactionManager<AsyncPgConnection>>::transaction_manager_status_mut(conn)
-        .transaction_depth()
-        .is_ok_and(|depth| depth.is_some());
-    if open && let Err(error) = rollback(conn).await {
+    if in_transaction(conn)
+        && let Err(error) = rollback(conn).await
+    {
         tracing::debug!(%error, "rollback after an error failed: the pool closes the connection");
     }
 }
 
 /// Sends `write` and `COMMIT` together, ending our transaction on `conn`, and returns what
-/// `write` answered. Should `write` fail, `COMMIT` rolls back (Postgres ends a failed
-/// transaction so) and its error is returned.
+/// `write` answered. Should a statement of `write` fail in Postgres, `COMMIT` rolls back
+/// (Postgres ends a failed transaction so) and its error is returned. A statement that fails
+/// in the client instead (one whose values cannot be encoded) is never sent, while `COMMIT` is:
+/// `write`'s statements must bind only values that always encode.
 pub async fn commit_with<T>(
     conn: &mut AsyncPgConnection,
     write: impl AsyncFnOnce(&AsyncPgConnection) -> QueryResult<T>,

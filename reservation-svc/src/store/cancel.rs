@@ -7,6 +7,8 @@ use protocol::reservation::{CancelDecision, Status};
 
 use super::schema::reservations;
 use super::seat::{Locked, end_reservation, lock_reservation};
+use shared::pipeline::Checkout;
+
 use super::{Store, StoreError, micros};
 use crate::model::{CancelOutcome, OwnerRequest, PaidReservation, Refusal};
 
@@ -18,7 +20,7 @@ impl Store {
         request: OwnerRequest,
         refunded: bool,
     ) -> Result<CancelOutcome, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = Checkout::new(self.pool.get().await?);
         conn.build_transaction()
             .read_committed()
             .run(async |conn| cancel_in_transaction(conn, request, refunded).await)

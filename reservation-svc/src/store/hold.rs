@@ -29,6 +29,8 @@ use super::queries::{
 };
 use super::schema::{reservations, schedules};
 use super::seat::{end_reservation, move_seat};
+use shared::pipeline::Checkout;
+
 use super::{Store, StoreError, micros};
 use crate::model::{HoldOutcome, HoldRequest, HoldTerms};
 
@@ -125,7 +127,7 @@ impl Store {
         let hold_ttl = chrono::Duration::from_std(terms.ttl)
             .map_err(|error| StoreError::Internal(error.to_string()))?;
         let max_user_holds = terms.max_per_user.get();
-        let mut conn = self.pool.get().await?;
+        let mut conn = Checkout::new(self.pool.get().await?);
         let user_id = request.user_id.get();
         let schedule_id = request.schedule_id.get();
         let seat_no = request.seat_no.get();

@@ -115,7 +115,9 @@ fn where_paying<'b>(
 }
 
 /// `PAYING -> CONFIRMED` for the attempt whose `Use` succeeded, and its seat `HELD -> SOLD`, in
-/// one statement; returns the confirmed reservation and how many seats moved (1).
+/// one statement that writes both or neither: the seat moves only while the reservation is
+/// that attempt paying, and the reservation only with its seat. Returns the confirmed
+/// reservation and how many seats moved (1); no row when nothing was written.
 #[derive(Debug, Clone, QueryId)]
 pub struct ConfirmAttempt {
     pub id: i64,
@@ -128,7 +130,16 @@ pub struct ConfirmAttempt {
 impl QueryFragment<Pg> for ConfirmAttempt {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
-            "WITH confirmed AS (UPDATE reservations SET status = 'CONFIRMED', \
+            "WITH sold AS (UPDATE seats SET status = 'SOLD' FROM reservations AS paying \
+                 WHERE paying.id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.id)?;
+        out.push_sql(" AND paying.status = 'PAYING' AND paying.pay_attempt = ");
+        out.push_bind_param::<Integer, _>(&self.attempt)?;
+        out.push_sql(
+            " AND seats.schedule_id = paying.schedule_id AND seats.seat_no = paying.seat_no \
+                 AND seats.status = 'HELD' RETURNING 1), \
+             confirmed AS (UPDATE reservations SET status = 'CONFIRMED', \
                  payment_transaction_id = ",
         );
         out.push_bind_param::<BigInt, _>(&self.transaction_id)?;
@@ -137,14 +148,9 @@ impl QueryFragment<Pg> for ConfirmAttempt {
         out.push_sql(", updated_at = ");
         out.push_bind_param::<Timestamptz, _>(&self.now)?;
         where_paying(&mut out, &self.id, &self.attempt)?;
-        out.push_sql(" RETURNING ");
+        out.push_sql(" AND EXISTS (SELECT 1 FROM sold) RETURNING ");
         out.push_sql(RESERVATION_COLUMNS);
-        out.push_sql(
-            "), sold AS (UPDATE seats SET status = 'SOLD' FROM confirmed \
-                 WHERE seats.schedule_id = confirmed.schedule_id \
-                 AND seats.seat_no = confirmed.seat_no AND seats.status = 'HELD' RETURNING 1) \
-             SELECT confirmed.*, (SELECT count(*) FROM sold) FROM confirmed",
-        );
+        out.push_sql(") SELECT confirmed.*, (SELECT count(*) FROM sold) FROM confirmed");
         Ok(())
     }
 }

@@ -10,6 +10,8 @@ use super::locked::{BackToHeld, ConfirmAttempt, RecordRefundDecision, StartAttem
 use super::models::ReservationRow;
 use super::pipeline::{begin_locked, commit, commit_with};
 use super::seat::{Locked, end_reservation};
+use shared::pipeline::Checkout;
+
 use super::{Store, StoreError, micros};
 use crate::model::{
     BeginOutcome, PayAttempt, PaymentAttempt, Refusal, ReservationId, SettleOutcome, UserId,
@@ -22,7 +24,7 @@ impl Store {
         reservation_id: ReservationId,
         user_id: UserId,
     ) -> Result<BeginOutcome, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = Checkout::new(self.pool.get().await?);
         let begun = begin(&mut conn, reservation_id, user_id).await;
         if begun.is_err() {
             shared::pipeline::roll_back_if_open(&mut conn).await;
@@ -39,7 +41,7 @@ impl Store {
         reply: UseReply,
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = Checkout::new(self.pool.get().await?);
         let settled = settle(&mut conn, reservation, attempt, reply, refunded).await;
         if settled.is_err() {
             shared::pipeline::roll_back_if_open(&mut conn).await;

@@ -537,19 +537,31 @@ async fn a_payment_dropped_inside_its_transaction_leaves_no_connection_in_it() {
         waiting_for_a_lock(app.db.url()).await == 1
     })
     .await;
-    // Dropped halfway: its connection goes back to the pool inside the transaction.
+    // Dropped halfway, inside its transaction.
     beginning.abort();
     assert!(beginning.await.is_err(), "aborted");
     commit(reservation_row).await;
 
-    // The pool's next checkout finds it broken and closes it: Postgres rolls it back.
-    drop(store.pool().get().await.expect("a connection"));
+    // Dropped inside its transaction, the connection was closed rather than given back to
+    // the pool: Postgres rolls it back once its statement has run, and the seat is free.
     until("no connection is left inside a transaction", || async {
         backends_in_state(app.db.url(), "idle in transaction")
             .await
             .is_empty()
     })
     .await;
+    let seat_free = app
+        .connect_db()
+        .await
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 \
+             FOR UPDATE NOWAIT; ROLLBACK"
+        ))
+        .await;
+    assert!(
+        seat_free.is_ok(),
+        "the seat's lock went with the transaction"
+    );
     let begun = store.begin_pay(reservation, owner).await.expect("begun");
     assert!(
         matches!(begun, reservation_svc::model::BeginOutcome::Pay(_)),

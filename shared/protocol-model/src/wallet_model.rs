@@ -8,8 +8,11 @@
 //! may be sent again (a retry under its key).
 //!
 //! One action is one statement of `wallet-svc/src/store` (`batch.rs`: `apply_batch`,
-//! `lock_wallet`; `keys.rs`: `load_keys`), or several when no other transaction can tell them
-//! apart:
+//! `create_wallet`, `LockWallet`; `keys.rs`: `rows_under`, `refusals_under`, `keys_from`), or
+//! several when no other transaction can tell them apart. (The batch sends `BEGIN`, the lock
+//! and the key reads as one pipeline, and its writes with `COMMIT`; Postgres still runs them one
+//! statement after another, and key reads that found no wallet row are read again after
+//! [`TxnPc::Create`] and [`TxnPc::Relock`]: the steps below are the statements that count.)
 //! - [`TxnPc::Lock`], `SELECT balance FROM wallets WHERE user_id = $1 FOR UPDATE`: locks the
 //!   committed row, waiting while another transaction holds its lock; finds nothing when there
 //!   is no row, or only another transaction's uncommitted insert of it (invisible, so not

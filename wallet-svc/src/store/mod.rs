@@ -81,7 +81,7 @@ impl Store {
             .iter()
             .map(|movement| (movement, movement.fingerprint()))
             .collect();
-        let mut conn = self.pool.get().await?;
+        let mut conn = shared::pipeline::Checkout::new(self.pool.get().await?);
         let applied = apply_batch(&mut conn, user_id.get(), &batch).await;
         if matches!(applied, Err(Abort::Store(_))) {
             shared::pipeline::roll_back_if_open(&mut conn).await;
