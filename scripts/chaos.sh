@@ -125,17 +125,19 @@ marked_pids() {
 }
 
 # A free loopback port below the kernel's ephemeral range (32768 up), so that nothing takes a
-# port while its server is down; none handed out twice.
+# port while its server is down; none handed out twice. Sets the variable named by $1 (not in
+# a subshell, which would forget the ports handed out).
 NEXT_PORT=$((20000 + RANDOM % 10000))
 TAKEN_PORTS=" "
 free_port() {
+    local -n chosen=$1
     while :; do
         NEXT_PORT=$((NEXT_PORT + 1))
         [ "$NEXT_PORT" -lt 32768 ] || NEXT_PORT=20000
         case "$TAKEN_PORTS" in *" $NEXT_PORT "*) continue ;; esac
         if ! port_open 127.0.0.1 "$NEXT_PORT" && [ -z "$(ss -Htan "( sport = :$NEXT_PORT )" 2>/dev/null)" ]; then
             TAKEN_PORTS="$TAKEN_PORTS$NEXT_PORT "
-            echo "$NEXT_PORT"
+            chosen=$NEXT_PORT
             return
         fi
     done
@@ -173,7 +175,7 @@ supervise() {
             echo "== $(date +%T.%N) exited" >>"$RUN/logs/$name.log"
             sleep 0.2
         done
-    ) &
+    ) 2>>"$RUN/logs/supervisor.log" &
     SUPERVISORS+=($!)
 }
 
@@ -185,7 +187,7 @@ wait_port() {
 
 # --- Postgres ---------------------------------------------------------------------------------
 if [ -n "$OWN_PG" ]; then
-    PG_PORT_OWN=$(free_port)
+    free_port PG_PORT_OWN
     PGDATA_DIR="$RUN/pg"
     mkdir -p "$PGDATA_DIR" "$RUN/pg-socket"
     as_postgres=()
@@ -219,7 +221,7 @@ REDIS_ARGS=(--bind 127.0.0.1 --save "" --appendonly no)
 DRIVER_REDIS=()
 case "$TOPOLOGY" in
     single)
-        port=$(free_port)
+        free_port port
         define redis-0 redis-server --port "$port" "${REDIS_ARGS[@]}" </dev/null
         supervise redis-0
         wait_port "$port" redis-0
@@ -227,13 +229,13 @@ case "$TOPOLOGY" in
         REDIS_URL="redis://127.0.0.1:$port"
         ;;
     sentinel)
-        primary=$(free_port)
+        free_port primary
         define redis-0 redis-server --port "$primary" "${REDIS_ARGS[@]}" </dev/null
         supervise redis-0
         wait_port "$primary" redis-0
         DRIVER_REDIS+=(--redis-node "redis-0=$primary")
         for n in 1 2; do
-            port=$(free_port)
+            free_port port
             define "redis-$n" redis-server --port "$port" --replicaof 127.0.0.1 "$primary" \
                 "${REDIS_ARGS[@]}" </dev/null
             supervise "redis-$n"
@@ -242,7 +244,7 @@ case "$TOPOLOGY" in
         done
         SENTINELS=()
         for n in 0 1 2; do
-            port=$(free_port)
+            free_port port
             printf '%s\n' "bind 127.0.0.1" "port $port" "dir $RUN" \
                 "sentinel monitor seats 127.0.0.1 $primary 2" \
                 "sentinel down-after-milliseconds seats 1000" \
@@ -274,8 +276,8 @@ case "$TOPOLOGY" in
         mkdir -p "$RUN/cluster"
         NODES=()
         for n in 0 1 2 3 4 5; do
-            port=$(free_port)
-            bus=$(free_port)
+            free_port port
+            free_port bus
             define "cluster-$n" redis-server --port "$port" --cluster-port "$bus" \
                 --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
                 --cluster-node-timeout 1000 --cluster-replica-validity-factor 0 \
@@ -306,7 +308,7 @@ esac
 DRIVER_SERVICES=()
 WALLET_PORTS=()
 for n in 0 1; do
-    port=$(free_port)
+    free_port port
     WALLET_PORTS+=("$port")
     define "wallet-$n" "$BIN/wallet-svc" <<EOF
 export INSECURE=true RUST_LOG=warn
@@ -318,7 +320,7 @@ EOF
     DRIVER_SERVICES+=(--wallet "127.0.0.1:$port")
 done
 for n in 0 1; do
-    port=$(free_port)
+    free_port port
     # Payments left PAYING are taken up after 2 s, every second; holds lapse after 20 s, so
     # the sweeper has work.
     define "reservation-$n" "$BIN/reservation-svc" <<EOF

@@ -49,8 +49,8 @@ const UNSETTLED: &str = "SELECT \
 /// reconciler's work after the workload. Err names what is left after `within`.
 pub async fn settle(args: &Args, within: Duration) -> Result<(), String> {
     let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < within {
+    let mut last;
+    loop {
         match psql(&args.reservation_db, UNSETTLED).await {
             Ok(rows) if rows.first().is_some_and(|r| r.iter().all(|n| n == "0")) => {
                 return Ok(());
@@ -63,6 +63,9 @@ pub async fn settle(args: &Args, within: Duration) -> Result<(), String> {
                 );
             }
             Err(e) => last = format!("{e:#}"),
+        }
+        if started.elapsed() >= within {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

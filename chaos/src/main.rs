@@ -99,6 +99,10 @@ pub struct Args {
     /// workload stops.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub settle_timeout: Duration,
+    /// Only read the invariants from both databases (of a run kept with `--keep`, say): no
+    /// workload, no faults.
+    #[arg(long)]
+    pub check_only: bool,
 }
 
 fn parse_node(text: &str) -> Result<(String, u16), String> {
@@ -129,6 +133,21 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let shared = Arc::new(workload::Shared::connect(&args).await?);
+    if args.check_only {
+        let mut violations = Vec::new();
+        if let Err(unsettled) = check::settle(&args, Duration::ZERO).await {
+            violations.push(unsettled);
+        }
+        match check::invariants(&args, &shared).await {
+            Ok(found) => violations.extend(found),
+            Err(e) => violations.push(format!("the invariants could not be read: {e:#}")),
+        }
+        println!("violations: {}", violations.len());
+        for violation in &violations {
+            println!("  - {violation}");
+        }
+        std::process::exit(i32::from(!violations.is_empty()));
+    }
     shared.setup(args.seed).await?;
     println!("chaos: setup done, workload starts");
 

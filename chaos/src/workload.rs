@@ -712,7 +712,7 @@ async fn flow(shared: &Shared, rng: &mut StdRng, paid: &mut Vec<pb::Reservation>
             }
         }
         if let Answer::Ok(()) = answer {
-            paid.push(held.clone());
+            paid.push(held);
             if rng.random_bool(0.3) {
                 cancel_until_decided(shared, rng, &held).await;
             }
@@ -900,7 +900,7 @@ async fn abandoned(
             if paid.is_empty() {
                 return;
             }
-            let reservation = paid[rng.random_range(0..paid.len())].clone();
+            let reservation = paid[rng.random_range(0..paid.len())];
             shared
                 .cancel("cancel-abandoned", wait, replica(shared, rng), &reservation)
                 .await;
