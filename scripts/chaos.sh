@@ -218,11 +218,14 @@ done
 
 # --- Redis --------------------------------------------------------------------------------------
 REDIS_ARGS=(--bind 127.0.0.1 --save "" --appendonly no)
+# Each node works in a directory of its own: a replica writes the snapshot it syncs from its
+# primary there.
+redis_dir() { mkdir -p "$RUN/redis/$1"; echo "$RUN/redis/$1"; }
 DRIVER_REDIS=()
 case "$TOPOLOGY" in
     single)
         free_port port
-        define redis-0 redis-server --port "$port" "${REDIS_ARGS[@]}" </dev/null
+        define redis-0 redis-server --port "$port" --dir "$(redis_dir redis-0)" "${REDIS_ARGS[@]}" </dev/null
         supervise redis-0
         wait_port "$port" redis-0
         DRIVER_REDIS+=(--redis-node "redis-0=$port")
@@ -230,14 +233,14 @@ case "$TOPOLOGY" in
         ;;
     sentinel)
         free_port primary
-        define redis-0 redis-server --port "$primary" "${REDIS_ARGS[@]}" </dev/null
+        define redis-0 redis-server --port "$primary" --dir "$(redis_dir redis-0)" "${REDIS_ARGS[@]}" </dev/null
         supervise redis-0
         wait_port "$primary" redis-0
         DRIVER_REDIS+=(--redis-node "redis-0=$primary")
         for n in 1 2; do
             free_port port
             define "redis-$n" redis-server --port "$port" --replicaof 127.0.0.1 "$primary" \
-                "${REDIS_ARGS[@]}" </dev/null
+                --dir "$(redis_dir "redis-$n")" "${REDIS_ARGS[@]}" </dev/null
             supervise "redis-$n"
             wait_port "$port" "redis-$n"
             DRIVER_REDIS+=(--redis-node "redis-$n=$port")
@@ -273,7 +276,6 @@ case "$TOPOLOGY" in
         REDIS_URL="redis-sentinel://127.0.0.1:${SENTINELS[0]}?sentinelServiceName=seats&node=127.0.0.1:${SENTINELS[1]}&node=127.0.0.1:${SENTINELS[2]}"
         ;;
     cluster)
-        mkdir -p "$RUN/cluster"
         NODES=()
         for n in 0 1 2 3 4 5; do
             free_port port
@@ -281,7 +283,7 @@ case "$TOPOLOGY" in
             define "cluster-$n" redis-server --port "$port" --cluster-port "$bus" \
                 --cluster-enabled yes --cluster-config-file "nodes-$port.conf" \
                 --cluster-node-timeout 1000 --cluster-replica-validity-factor 0 \
-                --dir "$RUN/cluster" "${REDIS_ARGS[@]}" </dev/null
+                --dir "$(redis_dir "cluster-$n")" "${REDIS_ARGS[@]}" </dev/null
             supervise "cluster-$n"
             wait_port "$port" "cluster-$n"
             NODES+=("127.0.0.1:$port")
