@@ -237,12 +237,17 @@ case "$TOPOLOGY" in
         supervise redis-0
         wait_port "$primary" redis-0
         DRIVER_REDIS+=(--redis-node "redis-0=$primary")
+        # Replicas by command, not by their command line: a node started again (after a fault)
+        # comes back a primary, empty, and Sentinel makes it a replica of whichever node is the
+        # primary then (a --replicaof naming the first primary could make two nodes replicas of
+        # each other).
         for n in 1 2; do
             free_port port
-            define "redis-$n" redis-server --port "$port" --replicaof 127.0.0.1 "$primary" \
-                --dir "$(redis_dir "redis-$n")" "${REDIS_ARGS[@]}" </dev/null
+            define "redis-$n" redis-server --port "$port" --dir "$(redis_dir "redis-$n")" \
+                "${REDIS_ARGS[@]}" </dev/null
             supervise "redis-$n"
             wait_port "$port" "redis-$n"
+            redis-cli -p "$port" REPLICAOF 127.0.0.1 "$primary" >/dev/null
             DRIVER_REDIS+=(--redis-node "redis-$n=$port")
         done
         SENTINELS=()
