@@ -126,14 +126,15 @@ marked_pids() {
 
 # A free loopback port below the kernel's ephemeral range (32768 up), so that nothing takes a
 # port while its server is down; none handed out twice. Sets the variable named by $1 (not in
-# a subshell, which would forget the ports handed out).
-NEXT_PORT=$((20000 + RANDOM % 10000))
+# a subshell, which would forget the ports handed out). From 12000 up: the integration tests
+# take theirs from 20000 up.
+NEXT_PORT=$((12000 + RANDOM % 6000))
 TAKEN_PORTS=" "
 free_port() {
     local -n chosen=$1
     while :; do
         NEXT_PORT=$((NEXT_PORT + 1))
-        [ "$NEXT_PORT" -lt 32768 ] || NEXT_PORT=20000
+        [ "$NEXT_PORT" -lt 20000 ] || NEXT_PORT=12000
         case "$TAKEN_PORTS" in *" $NEXT_PORT "*) continue ;; esac
         if ! port_open 127.0.0.1 "$NEXT_PORT" && [ -z "$(ss -Htan "( sport = :$NEXT_PORT )" 2>/dev/null)" ]; then
             TAKEN_PORTS="$TAKEN_PORTS$NEXT_PORT "
