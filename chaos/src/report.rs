@@ -64,6 +64,16 @@ pub fn print(
         }
     }
 
+    let odd = lock(&shared.odd_answers).clone();
+    if !odd.is_empty() {
+        println!("  INTERNAL and UNKNOWN answers, the first of each:");
+        for (what, messages) in &odd {
+            for message in messages {
+                println!("    {what}: {message}");
+            }
+        }
+    }
+
     println!();
     println!("faults injected ({})", faults.len());
     let mut by_fault: BTreeMap<&str, u64> = BTreeMap::new();

@@ -81,6 +81,9 @@ pub struct Shared {
     pub ops: Mutex<Vec<Op>>,
     pub tracked: Mutex<HashMap<i64, Tracked>>,
     pub acked: Mutex<Vec<Acked>>,
+    /// The messages of the first few INTERNAL and UNKNOWN answers, by kind and code: whose
+    /// they are (the service's or the client's transport) is read from them.
+    pub odd_answers: Mutex<std::collections::BTreeMap<String, Vec<String>>>,
     violations: Mutex<Vec<String>>,
     schedules: Mutex<Vec<i64>>,
     hot_schedule: AtomicU64,
@@ -185,6 +188,7 @@ impl Shared {
             ops: Mutex::new(Vec::new()),
             tracked: Mutex::new(HashMap::new()),
             acked: Mutex::new(Vec::new()),
+            odd_answers: Mutex::new(std::collections::BTreeMap::new()),
             violations: Mutex::new(Vec::new()),
             schedules: Mutex::new(Vec::new()),
             hot_schedule: AtomicU64::new(0),
@@ -328,6 +332,13 @@ impl Shared {
             Ok(Ok(response)) => (Answer::Ok(response.into_inner()), "OK".to_owned()),
             Ok(Err(status)) => {
                 let outcome = outcome_of(&status);
+                if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
+                    let mut odd = lock(&self.odd_answers);
+                    let messages = odd.entry(format!("{kind} {outcome}")).or_default();
+                    if messages.len() < 3 {
+                        messages.push(status.message().chars().take(200).collect());
+                    }
+                }
                 (Answer::Err(status), outcome)
             }
             Err(_) => (
