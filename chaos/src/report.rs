@@ -83,7 +83,8 @@ pub fn print(
     for (kind, count) in &by_fault {
         println!("  {kind:<42} {count:>8}");
     }
-    for fault in faults {
+    // A long run's list is the driver's output as it went.
+    for fault in faults.iter().filter(|_| faults.len() <= 40) {
         println!(
             "    {:>7.1}s..{:>7.1}s  {:<36} {:<14} {}",
             fault.start.as_secs_f64(),
@@ -120,36 +121,13 @@ fn is_hold(op: &Op) -> bool {
 /// The longest run of consecutive UNAVAILABLE answers to holds, in the order they were
 /// answered.
 fn unavailable_windows(ops: &[Op], faults: &[Injected]) {
-    let mut holds: Vec<&Op> = ops.iter().filter(|op| is_hold(op)).collect();
-    holds.sort_by_key(|op| op.start + op.latency);
-    let unavailable = holds
+    let holds = ops.iter().filter(|op| is_hold(op)).count();
+    let unavailable = ops
         .iter()
-        .filter(|op| op.outcome.starts_with("UNAVAILABLE"))
+        .filter(|op| is_hold(op) && op.outcome.starts_with("UNAVAILABLE"))
         .count();
-    let mut longest: Option<(Duration, Duration, usize)> = None;
-    let mut windows = 0;
-    let mut run: Option<(Duration, Duration, usize)> = None;
-    for op in &holds {
-        if op.outcome.starts_with("UNAVAILABLE") {
-            let end = op.start + op.latency;
-            run = Some(match run {
-                Some((start, _, n)) => (start, end, n + 1),
-                None => {
-                    windows += 1;
-                    (op.start, end, 1)
-                }
-            });
-        } else if let Some(done) = run.take() {
-            longest = longest_of(longest, done);
-        }
-    }
-    if let Some(done) = run {
-        longest = longest_of(longest, done);
-    }
-    println!(
-        "UNAVAILABLE holds: {unavailable} of {} holds, in {windows} stretches",
-        holds.len()
-    );
+    let (windows, longest) = stretches(ops);
+    println!("UNAVAILABLE holds: {unavailable} of {holds} holds, in {windows} stretches");
     match longest {
         Some((start, end, n)) => {
             let during: Vec<&str> = faults
@@ -171,6 +149,34 @@ fn unavailable_windows(ops: &[Op], faults: &[Injected]) {
         }
         None => println!("  longest: none"),
     }
+}
+
+/// The stretches of holds answered UNAVAILABLE one after another (by the time of the answer):
+/// how many, and the longest as (first sent, last answered, answers).
+fn stretches(ops: &[Op]) -> (usize, Option<(Duration, Duration, usize)>) {
+    let mut holds: Vec<&Op> = ops.iter().filter(|op| is_hold(op)).collect();
+    holds.sort_by_key(|op| op.start + op.latency);
+    let mut longest: Option<(Duration, Duration, usize)> = None;
+    let mut windows = 0;
+    let mut run: Option<(Duration, Duration, usize)> = None;
+    for op in &holds {
+        if op.outcome.starts_with("UNAVAILABLE") {
+            let end = op.start + op.latency;
+            run = Some(match run {
+                Some((start, _, n)) => (start, end, n + 1),
+                None => {
+                    windows += 1;
+                    (op.start, end, 1)
+                }
+            });
+        } else if let Some(done) = run.take() {
+            longest = longest_of(longest, done);
+        }
+    }
+    if let Some(done) = run {
+        longest = longest_of(longest, done);
+    }
+    (windows, longest)
 }
 
 fn longest_of(
@@ -333,4 +339,81 @@ fn grown(first: &[&Sample], last: &[&Sample], of: impl Fn(&Sample) -> u64, slack
     };
     let (before, after) = (median(first), median(last));
     after > before + slack && after * 4 > before * 5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: &'static str, outcome: &str, start_ms: u64, latency_ms: u64) -> Op {
+        Op {
+            kind,
+            outcome: outcome.to_owned(),
+            start: Duration::from_millis(start_ms),
+            latency: Duration::from_millis(latency_ms),
+        }
+    }
+
+    #[test]
+    fn the_longest_stretch_is_of_holds_answered_unavailable_one_after_another() {
+        let ops = [
+            op("hold", "OK", 0, 10),
+            op("hold", "UNAVAILABLE", 20, 10),
+            op("pay", "OK", 25, 1),
+            op("stampede-hold", "UNAVAILABLE", 40, 20),
+            op("hold", "OK", 70, 5),
+            op("hold", "UNAVAILABLE", 100, 1_000),
+            // Sent later, answered before the one above: it ends the first stretch of two.
+            op("hold", "ALREADY_EXISTS SEAT_TAKEN", 200, 10),
+        ];
+        let (windows, longest) = stretches(&ops);
+        assert_eq!(windows, 2);
+        assert_eq!(
+            longest,
+            Some((Duration::from_millis(100), Duration::from_millis(1_100), 1))
+        );
+        let (windows, longest) = stretches(&ops[..5]);
+        assert_eq!(windows, 1);
+        assert_eq!(
+            longest,
+            Some((Duration::from_millis(20), Duration::from_millis(60), 2))
+        );
+    }
+
+    fn sample(rss_kib: u64) -> Sample {
+        Sample {
+            name: "reservation-0".to_owned(),
+            pid: 1,
+            at: Duration::ZERO,
+            rss_kib,
+            fds: 20,
+            connections: 10,
+            quiet: false,
+        }
+    }
+
+    fn refs(samples: &[Sample]) -> Vec<&Sample> {
+        samples.iter().collect()
+    }
+
+    #[test]
+    fn growth_is_beyond_a_quarter_and_the_slack() {
+        let first = [sample(30_000), sample(31_000), sample(32_000)];
+        let small = [sample(40_000), sample(41_000), sample(42_000)];
+        let large = [sample(60_000), sample(61_000), sample(62_000)];
+        // +10 MiB: over a quarter, under the 16 MiB slack.
+        assert!(!grown(
+            &refs(&first),
+            &refs(&small),
+            |s| s.rss_kib,
+            16 * 1024
+        ));
+        assert!(grown(
+            &refs(&first),
+            &refs(&large),
+            |s| s.rss_kib,
+            16 * 1024
+        ));
+        assert!(!grown(&refs(&first), &refs(&first), |s| s.fds, 16));
+    }
 }
