@@ -353,7 +353,9 @@ DRIVER_ARGS=(--run-dir "$RUN" --topology "$TOPOLOGY" --fallback "$FALLBACK" --du
 
 log "chaos: $TOPOLOGY, $FALLBACK, $DURATION, seed $SEED (logs in $RUN/logs)"
 status=0
-"$BIN/chaos" "${DRIVER_ARGS[@]}" 2>"$RUN/logs/driver.err" | tee "$RUN/report.txt" || status=$?
+# The driver and tee carry the run's marker too: stopped with the rest if the script is.
+CHAOS_RUN="$RUN" "$BIN/chaos" "${DRIVER_ARGS[@]}" 2>"$RUN/logs/driver.err" |
+    CHAOS_RUN="$RUN" tee "$RUN/report.txt" || status=$?
 if [ "$status" -ne 0 ]; then
     tail -n 20 "$RUN/logs/driver.err" >&2
     exit "$status"
