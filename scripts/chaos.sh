@@ -79,6 +79,8 @@ PG_URL=
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    # Whatever fails here, the rest of the cleanup still runs.
+    set +e
     touch "$RUN/stopping"
     local pid name pids=()
     for pid in "${SUPERVISORS[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -109,7 +111,7 @@ cleanup() {
     wait 2>/dev/null || true
     if [ -n "$KEEP" ] || [ "$status" -ne 0 ]; then
         log "run directory (logs): $RUN"
-        [ -n "$KEEP" ] || log "databases dropped; rerun with --keep to keep them"
+        [ -n "$KEEP" ] || [ -n "$OWN_PG" ] || log "databases dropped; rerun with --keep to keep them"
     else
         rm -rf "$RUN"
     fi
@@ -353,9 +355,14 @@ DRIVER_ARGS=(--run-dir "$RUN" --topology "$TOPOLOGY" --fallback "$FALLBACK" --du
 
 log "chaos: $TOPOLOGY, $FALLBACK, $DURATION, seed $SEED (logs in $RUN/logs)"
 status=0
-# The driver and tee carry the run's marker too: stopped with the rest if the script is.
-CHAOS_RUN="$RUN" "$BIN/chaos" "${DRIVER_ARGS[@]}" 2>"$RUN/logs/driver.err" |
-    CHAOS_RUN="$RUN" tee "$RUN/report.txt" || status=$?
+# In the background, waited for: a signal to the script alone then stops everything at once
+# (bash runs a trap only once a foreground command has ended). The driver and tee carry the
+# run's marker, so the cleanup stops them too.
+(
+    CHAOS_RUN="$RUN" "$BIN/chaos" "${DRIVER_ARGS[@]}" 2>"$RUN/logs/driver.err" |
+        CHAOS_RUN="$RUN" tee "$RUN/report.txt"
+) &
+wait $! || status=$?
 if [ "$status" -ne 0 ]; then
     tail -n 20 "$RUN/logs/driver.err" >&2
     exit "$status"
