@@ -30,3 +30,5 @@ log "cargo test"
 cargo test --workspace --all-targets --locked --exclude protocol-model
 log "protocol model: every interleaving of the per-commit configuration, and each seeded bug"
 cargo test --release --locked -p protocol-model --all-targets -- --nocapture
+log "chaos suite, short profile: Sentinel, a Postgres of its own, 45 s of faults, then the invariants"
+./scripts/chaos.sh
