@@ -82,13 +82,22 @@ cleanup() {
     # Whatever fails here, the rest of the cleanup still runs.
     set +e
     touch "$RUN/stopping"
-    local pid name pids=()
+    local pid name pids=() postgres_pid=
+    # Each supervisor stops the process it started last as it goes.
     for pid in "${SUPERVISORS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    sleep 0.3
+    for _ in $(seq 1 50); do
+        local running=
+        for pid in "${SUPERVISORS[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
+        [ -z "$running" ] && break
+        sleep 0.1
+    done
     for name in "$RUN"/pids/*.pid; do
         [ -e "$name" ] || continue
         pid=$(cat "$name")
-        pids+=("$pid")
+        case "$name" in
+            */postgres.pid) postgres_pid=$pid ;;
+            *) pids+=("$pid") ;;
+        esac
     done
     for pid in $(marked_pids); do pids+=("$pid"); done
     for pid in "${pids[@]}"; do kill -CONT "$pid" 2>/dev/null || true; done
@@ -101,6 +110,12 @@ cleanup() {
         done
     fi
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # Postgres's fast shutdown (SIGTERM would wait for every session to end).
+    if [ -n "$postgres_pid" ]; then
+        kill -CONT "$postgres_pid" 2>/dev/null
+        kill -INT "$postgres_pid" 2>/dev/null
+        pids+=("$postgres_pid")
+    fi
     for _ in $(seq 1 50); do
         local alive=
         for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -163,11 +178,13 @@ define() {
 }
 
 # Keeps NAME running: starts it again whenever it exits, unless $RUN/pids/NAME.down exists
-# (the driver's way of keeping it down for a while) or the run is stopping.
+# (the driver's way of keeping it down for a while) or the run is stopping. Stopped (SIGTERM),
+# it stops the process it started last with signal $2 (default TERM) on its way out: even one
+# it started just now, whose pid file it has not written yet.
 supervise() {
-    local name=$1
+    local name=$1 stop=${2:-TERM}
     (
-        trap 'exit 0' TERM
+        trap 'kill -CONT $! 2>/dev/null; kill -'"$stop"' $! 2>/dev/null; exit 0' TERM
         while [ ! -e "$RUN/stopping" ]; do
             if [ -e "$RUN/pids/$name.down" ]; then sleep 0.1; continue; fi
             "$RUN/procs/$name.sh" >>"$RUN/logs/$name.log" 2>&1 &
@@ -206,7 +223,7 @@ if [ -n "$OWN_PG" ]; then
     define postgres "${as_postgres[@]}" "$PG_BIN/postgres" -D "$PGDATA_DIR" -p "$PG_PORT_OWN" \
         -c listen_addresses=127.0.0.1 -c unix_socket_directories="$RUN/pg-socket" \
         -c fsync=off -c full_page_writes=off -c max_connections=200 </dev/null
-    supervise postgres
+    supervise postgres INT
     wait_port "$PG_PORT_OWN" postgres
     PG_URL="postgres://postgres@127.0.0.1:$PG_PORT_OWN"
     for _ in $(seq 1 100); do psql -X -q -d "$PG_URL/postgres" -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.1; done
