@@ -29,9 +29,16 @@ impl From<diesel::result::Error> for StoreError {
                 DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
                 _,
             ) => Self::Unavailable(error.to_string()),
-            // lock_timeout and statement_timeout (SQLSTATE 55P03 and 57014).
+            // lock_timeout and statement_timeout (SQLSTATE 55P03 and 57014), and a server
+            // that is shutting down, restarting or starting up (57P01, 57P02, 57P03).
             Error::DatabaseError(_, info)
-                if info.message().starts_with("canceling statement due to") =>
+                if [
+                    "canceling statement due to",
+                    "terminating connection",
+                    "the database system is",
+                ]
+                .iter()
+                .any(|cause| info.message().starts_with(cause)) =>
             {
                 Self::Unavailable(error.to_string())
             }
@@ -388,6 +395,39 @@ mod tests {
         check_isolation(&pool)
             .await
             .expect("read committed, set by the pool's own connections");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_terminates_is_unavailable_not_internal() {
+        use diesel_async::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Pid {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            pid: i32,
+        }
+        let admin = std::env::var("TEST_DATABASE_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut doomed = AsyncPgConnection::establish(&admin).await.expect("connect");
+        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<Pid>(&mut doomed)
+            .await
+            .expect("its pid")
+            .pid;
+        // What a server that shuts down or restarts does to its sessions (SQLSTATE 57P01).
+        let mut admin_conn = AsyncPgConnection::establish(&admin).await.expect("connect");
+        diesel::sql_query("SELECT pg_terminate_backend($1)")
+            .bind::<diesel::sql_types::Integer, _>(pid)
+            .execute(&mut admin_conn)
+            .await
+            .expect("terminate");
+        let error = diesel::sql_query("SELECT 1")
+            .execute(&mut doomed)
+            .await
+            .expect_err("terminated");
+        assert!(
+            matches!(StoreError::from(error), StoreError::Unavailable(_)),
+            "a terminated connection is a dependency down, to be retried"
+        );
     }
 
     #[tokio::test]
