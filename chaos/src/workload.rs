@@ -150,6 +150,15 @@ enum Answer<T> {
 }
 
 impl<T> Answer<T> {
+    /// The same answer, with `f` applied to what an OK one carries.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Ok(value) => Answer::Ok(f(value)),
+            Answer::Err(status) => Answer::Err(status),
+            Answer::Gone => Answer::Gone,
+        }
+    }
+
     /// Whether the server may have done what was asked, though the client was not told so.
     fn unknown(&self) -> bool {
         match self {
@@ -431,8 +440,9 @@ impl Shared {
             },
             wait,
         );
-        match self.call(kind, wait, client.pay_reservation(request)).await {
-            Answer::Ok(paid) => {
+        self.call(kind, wait, client.pay_reservation(request))
+            .await
+            .map(|paid| {
                 if paid.status() != pb::ReservationStatus::Confirmed {
                     self.violation(format!(
                         "PayReservation({}) answered OK with status {:?}",
@@ -441,11 +451,7 @@ impl Shared {
                     ));
                 }
                 self.update(reservation.id, |t| t.paid = true);
-                Answer::Ok(())
-            }
-            Answer::Err(status) => Answer::Err(status),
-            Answer::Gone => Answer::Gone,
-        }
+            })
     }
 
     async fn cancel(
@@ -464,11 +470,9 @@ impl Shared {
             },
             wait,
         );
-        match self
-            .call(kind, wait, client.cancel_reservation(request))
+        self.call(kind, wait, client.cancel_reservation(request))
             .await
-        {
-            Answer::Ok(cancelled) => {
+            .map(|cancelled| {
                 if cancelled.status() != pb::ReservationStatus::Cancelled {
                     self.violation(format!(
                         "CancelReservation({}) answered OK with status {:?}",
@@ -477,11 +481,7 @@ impl Shared {
                     ));
                 }
                 self.update(reservation.id, |t| t.cancelled = true);
-                Answer::Ok(())
-            }
-            Answer::Err(status) => Answer::Err(status),
-            Answer::Gone => Answer::Gone,
-        }
+            })
     }
 
     async fn charge(
@@ -500,8 +500,9 @@ impl Shared {
             },
             wait,
         );
-        match self.call(kind, wait, wallet.charge(request)).await {
-            Answer::Ok(transaction) => {
+        self.call(kind, wait, wallet.charge(request))
+            .await
+            .map(|transaction| {
                 self.same_transaction(
                     "Charge",
                     &charge.key,
@@ -509,11 +510,7 @@ impl Shared {
                     transaction.id,
                 );
                 self.ack(transaction.id, charge.user_id, "CHARGE", charge.key.clone());
-                Answer::Ok(())
-            }
-            Answer::Err(status) => Answer::Err(status),
-            Answer::Gone => Answer::Gone,
-        }
+            })
     }
 
     /// A replay answers the transaction the key's first success did.
@@ -546,15 +543,12 @@ impl Shared {
             },
             Wait::Full,
         );
-        match self.call(kind, Wait::Full, wallet.r#use(request)).await {
-            Answer::Ok(transaction) => {
+        self.call(kind, Wait::Full, wallet.r#use(request))
+            .await
+            .map(|transaction| {
                 self.same_transaction("Use", key, known, transaction.id);
                 self.ack(transaction.id, user_id, "USE", key.to_owned());
-                Answer::Ok(())
-            }
-            Answer::Err(status) => Answer::Err(status),
-            Answer::Gone => Answer::Gone,
-        }
+            })
     }
 
     async fn refund(
@@ -575,16 +569,13 @@ impl Shared {
             },
             Wait::Full,
         );
-        match self.call(kind, Wait::Full, wallet.refund(request)).await {
-            Answer::Ok(transaction) => {
+        self.call(kind, Wait::Full, wallet.refund(request))
+            .await
+            .map(|transaction| {
                 // One refund per use, under any key: every refund of this use answers the first.
                 self.same_transaction("a Refund of the Use", use_key, known, transaction.id);
                 self.ack(transaction.id, user_id, "REFUND", key.to_owned());
-                Answer::Ok(())
-            }
-            Answer::Err(status) => Answer::Err(status),
-            Answer::Gone => Answer::Gone,
-        }
+            })
     }
 }
 
