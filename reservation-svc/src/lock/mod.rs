@@ -388,7 +388,7 @@ impl SeatLocks {
 
     /// Whether Redis took the canary write to `key` in time.
     async fn canary_written(&self, key: String) -> bool {
-        let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = self.ttl_ms();
         let written: Result<String, _> = self
             .run(
                 &self.canary,
@@ -437,7 +437,7 @@ impl SeatLocks {
         key: String,
         token: String,
     ) -> Result<SeatLock, Acquire> {
-        let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = self.ttl_ms();
         let answer: Result<String, _> = self
             .run(
                 &self.acquire,
@@ -560,7 +560,7 @@ impl SeatLocks {
     /// lapses with its hold, and until then it only refuses holds.
     pub async fn clear_taken(&self, schedule_id: i64, seat_no: i32, reservation: i64) {
         let key = self.key(schedule_id, seat_no);
-        let ttl_ms = i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms = self.ttl_ms();
         let cleared: Result<i64, _> = self
             .run(
                 &self.clear,
@@ -654,6 +654,11 @@ impl SeatLocks {
             }
             result => result,
         }
+    }
+
+    /// The lock's TTL in milliseconds, as the scripts take it.
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// When a command sent now is given up on (now plus the command timeout), in milliseconds

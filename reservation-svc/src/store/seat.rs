@@ -31,11 +31,11 @@ impl Locked {
 /// returns the reservation with the clock read under the seat's lock and its performance's
 /// start: one statement, [`LockReservation`].
 pub async fn lock_reservation(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     id: i64,
-) -> Result<Option<Locked>, StoreError> {
+) -> Result<Option<Locked>, DieselError> {
     let locked = LockReservation { id }
-        .get_result::<(ReservationRow, DateTime<Utc>, DateTime<Utc>)>(conn)
+        .get_result::<(ReservationRow, DateTime<Utc>, DateTime<Utc>)>(&mut &*conn)
         .await
         .optional()?;
     Ok(locked.map(|(row, now, starts_at)| Locked {

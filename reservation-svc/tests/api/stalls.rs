@@ -469,78 +469,89 @@ async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_step_locks_the_seat_before_the_reservation() {
-    use reservation_svc::model::{BeginOutcome, ReservationId, UserId};
+/// A payment's start, sent through `store`, of seat 1 of a fresh schedule held by user 1,
+/// waiting for the reservation's row, which the returned connection holds (commit it to let
+/// the payment go on).
+struct WaitingPayment {
+    schedule_id: i64,
+    reservation: reservation_svc::model::ReservationId,
+    owner: reservation_svc::model::UserId,
+    reservation_row: AsyncPgConnection,
+    beginning: tokio::task::JoinHandle<
+        Result<reservation_svc::model::BeginOutcome, reservation_svc::store::StoreError>,
+    >,
+}
 
-    let app = crate::helpers::spawn_app().await;
-    let schedule_id = app.schedule_with_seats(3).await;
-    let held = app.hold(1, schedule_id, 1).await.expect("hold");
-    // Another transaction has the reservation's row, not the seat's.
-    let reservation_row = hold_open(
-        app.db.url(),
-        &format!(
-            "SELECT * FROM reservations WHERE id = {} FOR UPDATE",
-            held.id
-        ),
-    )
-    .await;
-    let store = Store::new(app.db.pool("lock-order-test"));
-    let reservation = ReservationId::parse(held.id).expect("an id");
-    let owner = UserId::parse(1).expect("a user");
-    let beginning = tokio::spawn(async move { store.begin_pay(reservation, owner).await });
-    until("the payment waits for the reservation", || async {
-        waiting_for_a_lock(app.db.url()).await == 1
-    })
-    .await;
-    // While it waits for the reservation, it holds the seat: the order every writer follows.
-    let seat_free = app
-        .connect_db()
+impl WaitingPayment {
+    async fn start(app: &TestApp, store: Store) -> Self {
+        use reservation_svc::model::{ReservationId, UserId};
+
+        let schedule_id = app.schedule_with_seats(3).await;
+        let held = app.hold(1, schedule_id, 1).await.expect("hold");
+        let reservation_row = hold_open(
+            app.db.url(),
+            &format!(
+                "SELECT * FROM reservations WHERE id = {} FOR UPDATE",
+                held.id
+            ),
+        )
+        .await;
+        let reservation = ReservationId::parse(held.id).expect("an id");
+        let owner = UserId::parse(1).expect("a user");
+        let beginning = tokio::spawn(async move { store.begin_pay(reservation, owner).await });
+        until("the payment waits for the reservation", || async {
+            waiting_for_a_lock(app.db.url()).await == 1
+        })
+        .await;
+        Self {
+            schedule_id,
+            reservation,
+            owner,
+            reservation_row,
+            beginning,
+        }
+    }
+}
+
+/// Whether another transaction could lock seat 1 of `schedule_id` at once.
+async fn seat_free(app: &TestApp, schedule_id: i64) -> bool {
+    app.connect_db()
         .await
         .batch_execute(&format!(
             "BEGIN; SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 \
              FOR UPDATE NOWAIT; ROLLBACK"
         ))
-        .await;
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_locks_the_seat_before_the_reservation() {
+    let app = crate::helpers::spawn_app().await;
+    // Another transaction has the reservation's row, not the seat's.
+    let payment = WaitingPayment::start(&app, Store::new(app.db.pool("lock-order-test"))).await;
+    // While it waits for the reservation, it holds the seat: the order every writer follows.
     assert!(
-        seat_free.is_err(),
+        !seat_free(&app, payment.schedule_id).await,
         "the seat's row is locked by the payment"
     );
-    commit(reservation_row).await;
-    let begun = beginning.await.expect("task").expect("begun");
-    assert!(matches!(begun, BeginOutcome::Pay(_)), "{begun:?}");
+    commit(payment.reservation_row).await;
+    let begun = payment.beginning.await.expect("task").expect("begun");
+    assert!(
+        matches!(begun, reservation_svc::model::BeginOutcome::Pay(_)),
+        "{begun:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payment_dropped_inside_its_transaction_leaves_no_connection_in_it() {
-    use reservation_svc::model::{ReservationId, UserId};
-
     let app = crate::helpers::spawn_app().await;
-    let schedule_id = app.schedule_with_seats(3).await;
-    let held = app.hold(1, schedule_id, 1).await.expect("hold");
-    let reservation_row = hold_open(
-        app.db.url(),
-        &format!(
-            "SELECT * FROM reservations WHERE id = {} FOR UPDATE",
-            held.id
-        ),
-    )
-    .await;
     let store = Store::new(app.db.pool("dropped-payment-test"));
-    let reservation = ReservationId::parse(held.id).expect("an id");
-    let owner = UserId::parse(1).expect("a user");
-    let beginning = {
-        let store = store.clone();
-        tokio::spawn(async move { store.begin_pay(reservation, owner).await })
-    };
-    until("the payment waits inside its transaction", || async {
-        waiting_for_a_lock(app.db.url()).await == 1
-    })
-    .await;
+    let payment = WaitingPayment::start(&app, store.clone()).await;
     // Dropped halfway, inside its transaction.
-    beginning.abort();
-    assert!(beginning.await.is_err(), "aborted");
-    commit(reservation_row).await;
+    payment.beginning.abort();
+    assert!(payment.beginning.await.is_err(), "aborted");
+    commit(payment.reservation_row).await;
 
     // Dropped inside its transaction, the connection was closed rather than given back to
     // the pool: Postgres rolls it back once its statement has run, and the seat is free.
@@ -550,19 +561,14 @@ async fn a_payment_dropped_inside_its_transaction_leaves_no_connection_in_it() {
             .is_empty()
     })
     .await;
-    let seat_free = app
-        .connect_db()
-        .await
-        .batch_execute(&format!(
-            "BEGIN; SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 \
-             FOR UPDATE NOWAIT; ROLLBACK"
-        ))
-        .await;
     assert!(
-        seat_free.is_ok(),
+        seat_free(&app, payment.schedule_id).await,
         "the seat's lock went with the transaction"
     );
-    let begun = store.begin_pay(reservation, owner).await.expect("begun");
+    let begun = store
+        .begin_pay(payment.reservation, payment.owner)
+        .await
+        .expect("begun");
     assert!(
         matches!(begun, reservation_svc::model::BeginOutcome::Pay(_)),
         "{begun:?}"
