@@ -108,8 +108,14 @@ impl Breaker {
     /// Redis answered a lock command (whatever the answer): the count of failures starts
     /// again, and a probation ends with its back-off.
     pub fn answered(&self) {
-        self.inner.failures.store(0, Ordering::Release);
-        if self.inner.probation.swap(false, Ordering::AcqRel) {
+        // Read before written: every hold's lock answers here, and a write each time would
+        // bounce the line between cores for nothing.
+        if self.inner.failures.load(Ordering::Acquire) != 0 {
+            self.inner.failures.store(0, Ordering::Release);
+        }
+        if self.inner.probation.load(Ordering::Acquire)
+            && self.inner.probation.swap(false, Ordering::AcqRel)
+        {
             self.switching().backoff = PROBE_INTERVAL;
         }
     }
