@@ -17,12 +17,12 @@ use protocol::payment::{self, UseReply};
 use protocol::reservation::CancelDecision;
 use protocol_model::key::Key;
 use protocol_model::store::{
-    BeginOutcome, CancelOutcome, HoldOutcome, KEY_NONCE, NOW, Row, SeatRows, SeatView,
+    BeginOutcome, CancelOutcome, ClockRead, HoldOutcome, KEY_NONCE, NOW, Row, SeatRows, SeatView,
     SettleOutcome, Status, StoreBugs, UserHolds,
 };
 use reservation_svc::model::{
-    self as real, HoldRequest, HoldTerms, OwnerRequest, PayAttempt, Refusal, ReservationId,
-    ScheduleId, SeatNo, UserId,
+    self as real, HoldRequest, HoldTerms, OwnerRequest, PayAttempt, PaymentAttempt, PaymentKeys,
+    Price, Refusal, ReservationId, ScheduleId, SeatNo, UserId,
 };
 use reservation_svc::startup::MIGRATIONS;
 use reservation_svc::store::{Store, StoreError};
@@ -62,6 +62,9 @@ enum Transition {
     BeginPay {
         target: Target,
         user_id: i64,
+        /// The full transaction alone, without the statement that begins a held
+        /// reservation's payment first: it must decide alike where that statement would.
+        in_transaction: bool,
     },
     Settle {
         target: Target,
@@ -69,6 +72,8 @@ enum Transition {
         attempts_back: i32,
         reply: Reply,
         refunded: bool,
+        /// The full transaction alone, without the statement that confirms a debit first.
+        in_transaction: bool,
     },
     Cancel {
         target: Target,
@@ -187,21 +192,29 @@ fn transition() -> impl Strategy<Value = Transition> {
                     lock_in_postgres,
                 }
             }),
-        (target(), 1..=2i64).prop_map(|(target, user_id)| Transition::BeginPay { target, user_id }),
+        (target(), 1..=2i64, any::<bool>()).prop_map(|(target, user_id, in_transaction)| {
+            Transition::BeginPay {
+                target,
+                user_id,
+                in_transaction,
+            }
+        }),
         (
             target(),
             prop_oneof![3 => Just(0), 1 => Just(1)],
             reply,
-            any::<bool>()
+            any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(
-                |(target, attempts_back, reply, refunded)| Transition::Settle {
+            .prop_map(|(target, attempts_back, reply, refunded, in_transaction)| {
+                Transition::Settle {
                     target,
                     attempts_back,
                     reply,
                     refunded,
+                    in_transaction,
                 }
-            ),
+            }),
         (target(), 1..=2i64, any::<bool>()).prop_map(|(target, user_id, refunded)| {
             Transition::Cancel {
                 target,
@@ -544,15 +557,30 @@ async fn run_both(
             };
             (Answer::Hold(expected), Answer::Hold(actual))
         }
-        Transition::BeginPay { target, user_id } => {
+        Transition::BeginPay {
+            target,
+            user_id,
+            in_transaction,
+        } => {
             let id = pick(&rows, target);
-            let expected = Answer::Begin(model.begin_pay(id, *user_id));
             let request = owner(id, *user_id);
-            let actual = match store
-                .begin_pay(request.reservation_id, request.user_id)
-                .await
-                .unwrap_or_else(failed)
-            {
+            let (expected, begun) = if *in_transaction {
+                (
+                    model.begin_pay_in_transaction_at(id, *user_id, ClockRead::UnderLock),
+                    store
+                        .begin_pay_in_transaction(request.reservation_id, request.user_id)
+                        .await,
+                )
+            } else {
+                (
+                    model.begin_pay(id, *user_id),
+                    store
+                        .begin_pay(request.reservation_id, request.user_id)
+                        .await,
+                )
+            };
+            let expected = Answer::Begin(expected);
+            let actual = match begun.unwrap_or_else(failed) {
                 real::BeginOutcome::Pay(payment) => BeginOutcome::Pay {
                     attempt: payment.attempt.get(),
                 },
@@ -571,6 +599,7 @@ async fn run_both(
             attempts_back,
             reply,
             refunded,
+            in_transaction,
         } => {
             let id = pick(&rows, target);
             let row = rows.row(id);
@@ -589,17 +618,42 @@ async fn run_both(
                 Reply::Rejected => UseReply::Rejected,
                 Reply::Unknown => UseReply::Unknown,
             };
-            let expected = Answer::Settle(model.settle(id, attempt, reply, *refunded, bugs));
-            let actual = match store
-                .settle_attempt(
-                    ReservationId::parse(id).expect("an id"),
-                    PayAttempt::parse(attempt).expect("an attempt"),
-                    reply,
-                    *refunded,
+            let payment = PaymentAttempt {
+                reservation: ReservationId::parse(id).expect("an id"),
+                attempt: PayAttempt::parse(attempt).expect("an attempt"),
+                payer: UserId::parse(row.map_or(1, |row| row.user_id)).expect("a user"),
+                price: Price::parse(PRICE).expect("a price"),
+                schedule_id: ScheduleId::parse(schedule).expect("a schedule"),
+                seat_no: SeatNo::parse(1).expect("a seat"),
+                keys: PaymentKeys::new(id, Some(KEY_NONCE)),
+            };
+            let (expected, settled) = if *in_transaction {
+                (
+                    model.settle_in_transaction_at(
+                        id,
+                        attempt,
+                        reply,
+                        *refunded,
+                        bugs,
+                        ClockRead::UnderLock,
+                    ),
+                    store
+                        .settle_in_transaction(
+                            payment.reservation,
+                            payment.attempt,
+                            reply,
+                            *refunded,
+                        )
+                        .await,
                 )
-                .await
-                .unwrap_or_else(failed)
-            {
+            } else {
+                (
+                    model.settle(id, attempt, reply, *refunded, bugs),
+                    store.settle_attempt(&payment, reply, *refunded).await,
+                )
+            };
+            let expected = Answer::Settle(expected);
+            let actual = match settled.unwrap_or_else(failed) {
                 real::SettleOutcome::Confirmed(_) => SettleOutcome::Confirmed,
                 real::SettleOutcome::Refused => SettleOutcome::Refused,
                 real::SettleOutcome::StillPaying => SettleOutcome::StillPaying,

@@ -277,7 +277,7 @@ impl Reservations {
             attempt,
             payer,
             price,
-            keys,
+            ref keys,
             ..
         } = payment;
         let needs_wallet = protocol::payment::needs_wallet(price.get());
@@ -294,10 +294,7 @@ impl Reservations {
         } else {
             UseReply::Debited { transaction_id: 0 }
         };
-        let mut settled = self
-            .store
-            .settle_attempt(reservation, attempt, reply, false)
-            .await?;
+        let mut settled = self.store.settle_attempt(&payment, reply, false).await?;
         if let SettleOutcome::Refund { payer, use_key } = &settled {
             // Give the money back first: until the refund is done the reservation stays as it
             // is, so a failed refund is retried by the next pay or reconciliation. A free seat
@@ -307,10 +304,7 @@ impl Reservations {
                     .refund(payer.get(), &keys.refund_key(), use_key)
                     .await?;
             }
-            settled = self
-                .store
-                .settle_attempt(reservation, attempt, reply, true)
-                .await?;
+            settled = self.store.settle_attempt(&payment, reply, true).await?;
         }
         match settled {
             SettleOutcome::Confirmed(reservation) => Ok(reservation),

@@ -33,15 +33,50 @@ pub type ReservationSql = (
     Nullable<Text>,
 );
 
+/// [`RESERVATION_COLUMNS`] of the row `r`, for statements where another relation has columns
+/// of the same names.
+pub const RESERVATION_COLUMNS_OF_R: &str = "r.id, r.user_id, r.schedule_id, r.seat_no, r.price, \
+     r.status, r.expires_at, r.pay_attempt, r.payment_transaction_id, \
+     r.payment_idempotency_key, r.created_at, r.refund_requested_at, r.payment_key_nonce";
+
+/// Pushes `WITH` and the common table expressions that lock reservation `id`'s seat, then read
+/// the clock, then lock the reservation, ending in `locked`: the reservation's row (`r.*`) as
+/// its last writer committed it (a row locked in READ COMMITTED is read again at its latest
+/// version), with `at` (the clock), `seat_status` (the seat's, as locked) and `starts_at` (its
+/// performance's). No row when there is no such reservation.
+///
+/// The seat's row is locked by a materialized CTE, the clock read by another over its output
+/// (so after the lock, as [`super::queries::LockSeat`] reads it), and the reservation's row
+/// locked by a third whose rows exist only once both have run: the seat's lock is always
+/// taken first, the order every writer follows. What a statement decides from `locked` it
+/// decides on the latest rows, under both locks, whatever its own snapshot (taken before the
+/// lock waits) shows.
+fn push_locked<'b>(out: &mut AstPass<'_, 'b, Pg>, id: &'b i64) -> QueryResult<()> {
+    out.push_sql(
+        "WITH target AS MATERIALIZED \
+             (SELECT schedule_id, seat_no FROM reservations WHERE id = ",
+    );
+    out.push_bind_param::<BigInt, _>(id)?;
+    out.push_sql(
+        "), seat AS MATERIALIZED (SELECT seats.status FROM seats, target \
+             WHERE seats.schedule_id = target.schedule_id AND seats.seat_no = target.seat_no \
+             FOR UPDATE OF seats), \
+         clock AS MATERIALIZED \
+             (SELECT clock_timestamp() AS at, seat.status AS seat_status FROM seat), \
+         locked AS MATERIALIZED (SELECT r.*, clock.at, clock.seat_status, \
+                 schedules.starts_at \
+             FROM clock, reservations AS r JOIN schedules ON schedules.id = r.schedule_id \
+             WHERE r.id = ",
+    );
+    out.push_bind_param::<BigInt, _>(id)?;
+    out.push_sql(" FOR UPDATE OF r)");
+    Ok(())
+}
+
 /// Locks the reservation's seat, then the reservation (the order every writer follows), and
 /// returns the reservation, the clock read once the seat's row was locked, and when its
-/// performance begins; no row when there is no such reservation.
-///
-/// One statement: the seat's row is locked by a materialized CTE, the clock read by another
-/// over its output (so after the lock, as [`super::queries::LockSeat`] reads it), and the
-/// reservation's row is locked by the outer query, whose rows exist only once both have run:
-/// the seat's lock is always taken first. The reservation is read as its last writer committed
-/// it (a row locked in READ COMMITTED is read again at its latest version).
+/// performance begins; no row when there is no such reservation. One statement for what took
+/// three ([`push_locked`]).
 #[derive(Debug, Clone, Copy, QueryId)]
 pub struct LockReservation {
     pub id: i64,
@@ -49,31 +84,98 @@ pub struct LockReservation {
 
 impl QueryFragment<Pg> for LockReservation {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
-            "WITH target AS MATERIALIZED \
-                 (SELECT schedule_id, seat_no FROM reservations WHERE id = ",
-        );
-        out.push_bind_param::<BigInt, _>(&self.id)?;
-        out.push_sql(
-            "), seat AS MATERIALIZED (SELECT seats.schedule_id FROM seats, target \
-                 WHERE seats.schedule_id = target.schedule_id AND seats.seat_no = target.seat_no \
-                 FOR UPDATE OF seats), \
-             clock AS MATERIALIZED (SELECT clock_timestamp() AS at FROM seat) \
-             SELECT r.id, r.user_id, r.schedule_id, r.seat_no, r.price, r.status, \
-                 r.expires_at, r.pay_attempt, r.payment_transaction_id, \
-                 r.payment_idempotency_key, r.created_at, r.refund_requested_at, \
-                 r.payment_key_nonce, clock.at, schedules.starts_at \
-             FROM clock, reservations AS r JOIN schedules ON schedules.id = r.schedule_id \
-             WHERE r.id = ",
-        );
-        out.push_bind_param::<BigInt, _>(&self.id)?;
-        out.push_sql(" FOR UPDATE OF r");
+        push_locked(&mut out, &self.id)?;
+        out.push_sql(" SELECT ");
+        out.push_sql(RESERVATION_COLUMNS);
+        out.push_sql(", at, starts_at FROM locked");
         Ok(())
     }
 }
 
 impl Query for LockReservation {
     type SqlType = (ReservationSql, Timestamptz, Timestamptz);
+}
+
+/// The payment of a held reservation begun in one statement, its own transaction: under the
+/// seat's and the reservation's locks ([`push_locked`]), `HELD -> PAYING` at the next attempt
+/// when the caller owns it, its hold has not lapsed and its performance has not begun, as
+/// `protocol::payment::begin_pay` decides `Begin` (the conformance tests hold the two to the
+/// same answers). Returns the begun reservation and the clock; no row when it wrote nothing,
+/// and then the full transaction decides.
+#[derive(Debug, Clone, Copy, QueryId)]
+pub struct BeginHeldAttempt {
+    pub id: i64,
+    pub user_id: i64,
+}
+
+impl QueryFragment<Pg> for BeginHeldAttempt {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        push_locked(&mut out, &self.id)?;
+        out.push_sql(
+            ", begun AS (UPDATE reservations AS r SET status = 'PAYING', \
+                 pay_attempt = locked.pay_attempt + 1, updated_at = locked.at \
+             FROM locked WHERE r.id = locked.id AND locked.user_id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.user_id)?;
+        out.push_sql(
+            " AND locked.status = 'HELD' AND locked.expires_at > locked.at \
+                 AND locked.starts_at > locked.at \
+             RETURNING ",
+        );
+        out.push_sql(RESERVATION_COLUMNS_OF_R);
+        out.push_sql(", locked.at) SELECT * FROM begun");
+        Ok(())
+    }
+}
+
+impl Query for BeginHeldAttempt {
+    type SqlType = (ReservationSql, Timestamptz);
+}
+
+/// The debit of attempt `attempt` confirmed in one statement, its own transaction: under the
+/// seat's and the reservation's locks ([`push_locked`]), when the reservation is that attempt
+/// paying with no refund decided, its performance has not begun and its seat is held,
+/// `PAYING -> CONFIRMED` with the payment and the seat `HELD -> SOLD`, both or neither, as
+/// `protocol::payment::apply_use_reply` decides `Confirm`. Returns the confirmed reservation,
+/// the clock and how many seats moved (1); no row when it wrote nothing, and then the full
+/// transaction decides.
+#[derive(Debug, Clone, QueryId)]
+pub struct ConfirmDebitedAttempt {
+    pub id: i64,
+    pub attempt: i32,
+    pub transaction_id: i64,
+    /// The key the attempt's `Use` was sent under.
+    pub use_key: String,
+}
+
+impl QueryFragment<Pg> for ConfirmDebitedAttempt {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        push_locked(&mut out, &self.id)?;
+        out.push_sql(
+            ", paid AS MATERIALIZED (SELECT id, schedule_id, seat_no, at FROM locked \
+                 WHERE status = 'PAYING' AND pay_attempt = ",
+        );
+        out.push_bind_param::<Integer, _>(&self.attempt)?;
+        out.push_sql(
+            " AND refund_requested_at IS NULL AND starts_at > at AND seat_status = 'HELD'), \
+             sold AS (UPDATE seats SET status = 'SOLD' FROM paid \
+                 WHERE seats.schedule_id = paid.schedule_id AND seats.seat_no = paid.seat_no \
+                 RETURNING 1), \
+             confirmed AS (UPDATE reservations AS r SET status = 'CONFIRMED', \
+                 payment_transaction_id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.transaction_id)?;
+        out.push_sql(", payment_idempotency_key = ");
+        out.push_bind_param::<Text, _>(&self.use_key)?;
+        out.push_sql(", updated_at = paid.at FROM paid WHERE r.id = paid.id RETURNING ");
+        out.push_sql(RESERVATION_COLUMNS_OF_R);
+        out.push_sql(", paid.at) SELECT *, (SELECT count(*) FROM sold) FROM confirmed");
+        Ok(())
+    }
+}
+
+impl Query for ConfirmDebitedAttempt {
+    type SqlType = (ReservationSql, Timestamptz, BigInt);
 }
 
 /// `HELD -> PAYING` at a new attempt: `UPDATE reservations SET status = 'PAYING', pay_attempt =
@@ -233,4 +335,18 @@ impl QueryFragment<Pg> for EndReservation {
 
 impl Query for EndReservation {
     type SqlType = ReservationSql;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_columns_of_r_are_the_reservation_columns() {
+        let prefixed: Vec<String> = RESERVATION_COLUMNS
+            .split(", ")
+            .map(|column| format!("r.{column}"))
+            .collect();
+        assert_eq!(RESERVATION_COLUMNS_OF_R, prefixed.join(", "));
+    }
 }

@@ -16,7 +16,7 @@ use shared::proto::reservation::v1 as pb;
 use tonic::Code;
 
 use crate::helpers::{
-    RedisServer, ReplicaProcess, TestApp, TestWallet, assert_invariants, spawn_app_with,
+    RedisServer, ReplicaProcess, TestApp, TestWallet, assert_invariants, reason, spawn_app_with,
 };
 
 /// Sessions of the database at `url` waiting for a lock.
@@ -211,14 +211,20 @@ async fn a_settle_that_began_before_the_performance_never_confirms_a_debit_refun
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_frozen_between_its_settles_lock_and_its_write_decides_on_the_clock_it_locked_with()
- {
-    // Replica 1's settle has locked the seat and read its clock (before the performance), and
-    // the process is frozen before it writes: its transaction holds the seat. The performance
-    // begins; replica 2's reconciler cannot decide on the seat meanwhile (it skips what another
-    // transaction holds). Replica 1 goes on and confirms on the clock it read under the
-    // lock; the reconciler then finds the payment settled.
+/// A payment through replica 1 (a process of its own) whose `Use` has been answered and whose
+/// settle has just been given the seat, released by the test, with replica 1 frozen (SIGSTOP)
+/// before it could see that: its performance begins four seconds after the set-up began.
+struct FrozenSettle {
+    wallet: TestWallet,
+    app: TestApp,
+    replica: ReplicaProcess,
+    reservation: i64,
+    starts_at: chrono::DateTime<Utc>,
+    paying: tokio::task::JoinHandle<Result<tonic::Response<pb::Reservation>, tonic::Status>>,
+}
+
+/// Sets up a [`FrozenSettle`] for user 1 with `balance` points (the seat costs 100).
+async fn freeze_a_settle_given_the_seat(balance: i64) -> FrozenSettle {
     let wallet = TestWallet::start().await;
     let endpoint = wallet.endpoint();
     let app = spawn_app_with(|config| {
@@ -233,7 +239,7 @@ async fn a_replica_frozen_between_its_settles_lock_and_its_write_decides_on_the_
     .await;
     let starts_at = Utc::now() + chrono::Duration::seconds(4);
     let schedule_id = schedule_starting(&app, starts_at).await;
-    wallet.charge(1, 1_000, "top-up").await;
+    wallet.charge(1, balance, "top-up").await;
     let held = app.hold(1, schedule_id, 1).await.expect("hold");
 
     let wallet_row = hold_open(
@@ -268,42 +274,105 @@ async fn a_replica_frozen_between_its_settles_lock_and_its_write_decides_on_the_
     .await;
     replica.pause();
     commit(seat_row).await;
-    // The settle's lock statement ran: its transaction holds the seat for the frozen process.
+    FrozenSettle {
+        wallet,
+        app,
+        replica,
+        reservation: held.id,
+        starts_at,
+        paying,
+    }
+}
+
+/// Waits past the performance's start, then runs another replica's reconciliation: returns
+/// how many payments it settled.
+async fn reconcile_after_the_start(frozen: &FrozenSettle) -> (Reservations, usize) {
+    let wait = (frozen.starts_at - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    let other = another_replicas_reconciler(&frozen.app).await;
+    let reconciled = other
+        .reconcile(Duration::ZERO, 10)
+        .await
+        .expect("a reconciler's round");
+    (other, reconciled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_frozen_between_its_settles_lock_and_its_write_decides_on_the_clock_it_locked_with()
+ {
+    // The use is refused for the balance, so the settle is the full transaction: it has locked
+    // the seat and read its clock (before the performance), and the process is frozen before it
+    // writes: its transaction holds the seat. The performance begins; replica 2's reconciler
+    // cannot decide on the seat meanwhile (it skips what another transaction holds). Replica 1
+    // goes on and decides on the clock it read under the lock: back to HELD, not EXPIRED.
+    let frozen = freeze_a_settle_given_the_seat(10).await;
     until("the settle's transaction holds the seat", || async {
-        backends_in_state(app.db.url(), "idle in transaction")
+        backends_in_state(frozen.app.db.url(), "idle in transaction")
             .await
             .len()
             == 1
     })
     .await;
     assert!(
-        Utc::now() < starts_at,
+        Utc::now() < frozen.starts_at,
         "the settle read its clock before the start"
     );
 
-    let wait = (starts_at - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(100)).await;
-    let other = another_replicas_reconciler(&app).await;
-    let reconciled = other.reconcile(Duration::ZERO, 10).await;
+    let (other, reconciled) = reconcile_after_the_start(&frozen).await;
     assert_eq!(
-        reconciled.expect("a reconciler's round"),
-        0,
+        reconciled, 0,
         "the reconciler skips a payment whose seat another transaction holds"
     );
 
-    replica.resume();
-    let paid = paying.await.expect("pay task").expect("paid");
-    assert_eq!(
-        paid.into_inner().status,
-        pb::ReservationStatus::Confirmed as i32
-    );
+    frozen.replica.resume();
+    let refused = frozen
+        .paying
+        .await
+        .expect("pay task")
+        .expect_err("refused for the balance");
+    assert_eq!(reason(&refused), "INSUFFICIENT_BALANCE", "{refused:?}");
+    assert_eq!(status(&frozen.app, frozen.reservation).await, "HELD");
     other
         .reconcile(Duration::ZERO, 10)
         .await
         .expect("reconciled");
-    assert_invariants(&app, &wallet).await;
-    assert_eq!(status(&app, held.id).await, "CONFIRMED");
-    assert_eq!(wallet.balance(1).await, 900, "the debit kept, once");
+    assert_invariants(&frozen.app, &frozen.wallet).await;
+    assert_eq!(status(&frozen.app, frozen.reservation).await, "HELD");
+    assert_eq!(frozen.wallet.balance(1).await, 10, "nothing debited");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_debit_confirmed_in_one_statement_is_settled_though_its_replica_froze_once_it_was_sent() {
+    // The use debits, so the settle is the one statement that confirms a debit, sent before the
+    // test released the seat: its lock, its clock (before the performance) and its writes all
+    // run in Postgres, and commit while the process that sent it is frozen. Nothing of it is
+    // left holding the seat; after the start, another replica's reconciler finds the payment
+    // settled, and replica 1, once it goes on, answers CONFIRMED.
+    let frozen = freeze_a_settle_given_the_seat(1_000).await;
+    until("the frozen replica's confirmation commits", || async {
+        status(&frozen.app, frozen.reservation).await == "CONFIRMED"
+    })
+    .await;
+    assert!(Utc::now() < frozen.starts_at, "confirmed before the start");
+    assert!(
+        backends_in_state(frozen.app.db.url(), "idle in transaction")
+            .await
+            .is_empty(),
+        "no transaction left open"
+    );
+
+    let (_, reconciled) = reconcile_after_the_start(&frozen).await;
+    assert_eq!(reconciled, 0, "nothing is left paying");
+
+    frozen.replica.resume();
+    let paid = frozen.paying.await.expect("pay task").expect("paid");
+    assert_eq!(
+        paid.into_inner().status,
+        pb::ReservationStatus::Confirmed as i32
+    );
+    assert_invariants(&frozen.app, &frozen.wallet).await;
+    assert_eq!(status(&frozen.app, frozen.reservation).await, "CONFIRMED");
+    assert_eq!(frozen.wallet.balance(1).await, 900, "the debit kept, once");
 }
 
 /// An app on a Redis of the test's own, with a short command timeout and no memory of marks.
@@ -418,8 +487,39 @@ async fn a_taken_mark_that_reaches_redis_late_never_outlives_its_hold() {
     }
 }
 
+/// Which of a payment's starts a test runs: the one statement that begins a held
+/// reservation's payment (what `begin_pay` tries first), or the full transaction.
+#[derive(Debug, Clone, Copy)]
+enum Start {
+    OneStatement,
+    Transaction,
+}
+
+impl Start {
+    const BOTH: [Self; 2] = [Self::OneStatement, Self::Transaction];
+
+    async fn run(
+        self,
+        store: &Store,
+        reservation: reservation_svc::model::ReservationId,
+        owner: reservation_svc::model::UserId,
+    ) -> Result<reservation_svc::model::BeginOutcome, reservation_svc::store::StoreError> {
+        match self {
+            Self::OneStatement => store.begin_pay(reservation, owner).await,
+            Self::Transaction => store.begin_pay_in_transaction(reservation, owner).await,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
+    let app = crate::helpers::spawn_app().await;
+    for start in Start::BOTH {
+        a_start_decides_on_its_clock_under_the_seats_lock(&app, start).await;
+    }
+}
+
+async fn a_start_decides_on_its_clock_under_the_seats_lock(app: &TestApp, start: Start) {
     use reservation_svc::model::{BeginOutcome, ReservationId, UserId};
 
     #[derive(QueryableByName)]
@@ -427,7 +527,6 @@ async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
         #[diesel(sql_type = diesel::sql_types::Timestamptz)]
         at: chrono::DateTime<Utc>,
     }
-    let app = crate::helpers::spawn_app().await;
     let schedule_id = app.schedule_with_seats(3).await;
     let held = app.hold(1, schedule_id, 1).await.expect("hold");
     let mut seat_row = hold_open(
@@ -441,7 +540,7 @@ async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
     let store = Store::new(app.db.pool("clock-test"));
     let reservation = ReservationId::parse(held.id).expect("an id");
     let owner = UserId::parse(1).expect("a user");
-    let beginning = tokio::spawn(async move { store.begin_pay(reservation, owner).await });
+    let beginning = tokio::spawn(async move { start.run(&store, reservation, owner).await });
     until("the payment waits for the seat", || async {
         waiting_for_a_lock(app.db.url()).await == 1
     })
@@ -453,7 +552,10 @@ async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
         .at;
     commit(seat_row).await;
     let begun = beginning.await.expect("task").expect("begun");
-    assert!(matches!(begun, BeginOutcome::Pay(_)), "{begun:?}");
+    assert!(
+        matches!(begun, BeginOutcome::Pay(_)),
+        "{start:?}: {begun:?}"
+    );
 
     // The decision's time (written as the reservation's updated_at) is not older than the
     // release of the lock it waited for: its transaction began before, its clock was read after.
@@ -465,7 +567,7 @@ async fn a_decision_takes_its_clock_once_it_holds_the_seats_lock() {
         .at;
     assert!(
         decided_at >= released_at,
-        "decided at {decided_at}, before the seat was released at {released_at}"
+        "{start:?}: decided at {decided_at}, before the seat was released at {released_at}"
     );
 }
 
@@ -483,7 +585,7 @@ struct WaitingPayment {
 }
 
 impl WaitingPayment {
-    async fn start(app: &TestApp, store: Store) -> Self {
+    async fn start(app: &TestApp, store: Store, start: Start) -> Self {
         use reservation_svc::model::{ReservationId, UserId};
 
         let schedule_id = app.schedule_with_seats(3).await;
@@ -498,7 +600,7 @@ impl WaitingPayment {
         .await;
         let reservation = ReservationId::parse(held.id).expect("an id");
         let owner = UserId::parse(1).expect("a user");
-        let beginning = tokio::spawn(async move { store.begin_pay(reservation, owner).await });
+        let beginning = tokio::spawn(async move { start.run(&store, reservation, owner).await });
         until("the payment waits for the reservation", || async {
             waiting_for_a_lock(app.db.url()).await == 1
         })
@@ -528,26 +630,30 @@ async fn seat_free(app: &TestApp, schedule_id: i64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_step_locks_the_seat_before_the_reservation() {
     let app = crate::helpers::spawn_app().await;
-    // Another transaction has the reservation's row, not the seat's.
-    let payment = WaitingPayment::start(&app, Store::new(app.db.pool("lock-order-test"))).await;
-    // While it waits for the reservation, it holds the seat: the order every writer follows.
-    assert!(
-        !seat_free(&app, payment.schedule_id).await,
-        "the seat's row is locked by the payment"
-    );
-    commit(payment.reservation_row).await;
-    let begun = payment.beginning.await.expect("task").expect("begun");
-    assert!(
-        matches!(begun, reservation_svc::model::BeginOutcome::Pay(_)),
-        "{begun:?}"
-    );
+    let store = Store::new(app.db.pool("lock-order-test"));
+    for start in Start::BOTH {
+        // Another transaction has the reservation's row, not the seat's.
+        let payment = WaitingPayment::start(&app, store.clone(), start).await;
+        // While it waits for the reservation, it holds the seat: the order every writer
+        // follows.
+        assert!(
+            !seat_free(&app, payment.schedule_id).await,
+            "{start:?}: the seat's row is locked by the payment"
+        );
+        commit(payment.reservation_row).await;
+        let begun = payment.beginning.await.expect("task").expect("begun");
+        assert!(
+            matches!(begun, reservation_svc::model::BeginOutcome::Pay(_)),
+            "{start:?}: {begun:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_payment_dropped_inside_its_transaction_leaves_no_connection_in_it() {
     let app = crate::helpers::spawn_app().await;
     let store = Store::new(app.db.pool("dropped-payment-test"));
-    let payment = WaitingPayment::start(&app, store.clone()).await;
+    let payment = WaitingPayment::start(&app, store.clone(), Start::Transaction).await;
     // Dropped halfway, inside its transaction.
     payment.beginning.abort();
     assert!(payment.beginning.await.is_err(), "aborted");

@@ -430,8 +430,42 @@ impl SeatRows {
         self.begin_pay_at(id, user_id, ClockRead::UnderLock)
     }
 
-    /// [`SeatRows::begin_pay`], deciding with the clock read at `read`.
+    /// [`SeatRows::begin_pay`], deciding with the clock read at `read`: the statement that
+    /// begins the payment of a held reservation, else the full transaction.
     pub fn begin_pay_at(&mut self, id: i64, user_id: i64, read: ClockRead) -> BeginOutcome {
+        match self.begin_held_attempt(id, user_id, read) {
+            Some(attempt) => BeginOutcome::Pay { attempt },
+            None => self.begin_pay_in_transaction_at(id, user_id, read),
+        }
+    }
+
+    /// `BeginHeldAttempt`, the one statement `begin_pay` starts with: it locks the seat, reads
+    /// the clock, locks the reservation, and moves it `HELD -> PAYING` at the next attempt when
+    /// the caller owns it, its hold has not lapsed and the performance has not begun; otherwise
+    /// it writes nothing (`None`) and the full transaction decides. Written apart from
+    /// `protocol::payment::begin_pay`, as the SQL is: the tests check that the two agree.
+    pub fn begin_held_attempt(&mut self, id: i64, user_id: i64, read: ClockRead) -> Option<i32> {
+        let started = self.started_at(read);
+        let row = self.row_mut(id)?;
+        if row.user_id != user_id
+            || row.status != Status::Held
+            || row.expires_at(read) <= NOW
+            || started
+        {
+            return None;
+        }
+        row.status = Status::Paying;
+        row.pay_attempt += 1;
+        Some(row.pay_attempt)
+    }
+
+    /// `begin_pay`'s full transaction: lock, read the clock, decide, write conditionally.
+    pub fn begin_pay_in_transaction_at(
+        &mut self,
+        id: i64,
+        user_id: i64,
+        read: ClockRead,
+    ) -> BeginOutcome {
         let started = self.started;
         let Some(row) = self.row_mut(id) else {
             return BeginOutcome::NotFound;
@@ -465,8 +499,62 @@ impl SeatRows {
         self.settle_at(id, attempt, reply, refunded, bugs, ClockRead::UnderLock)
     }
 
-    /// [`SeatRows::settle`], deciding with the clock read at `read`.
+    /// [`SeatRows::settle`], deciding with the clock read at `read`: for a debit, the
+    /// statement that confirms it, else the full transaction.
     pub fn settle_at(
+        &mut self,
+        id: i64,
+        attempt: i32,
+        reply: UseReply,
+        refunded: bool,
+        bugs: StoreBugs,
+        read: ClockRead,
+    ) -> SettleOutcome {
+        if let UseReply::Debited { transaction_id } = reply
+            && !refunded
+            && self.confirm_debited_attempt(id, attempt, transaction_id, read)
+        {
+            return SettleOutcome::Confirmed;
+        }
+        self.settle_in_transaction_at(id, attempt, reply, refunded, bugs, read)
+    }
+
+    /// `ConfirmDebitedAttempt`, the one statement the settle of a debit starts with: it locks
+    /// the seat, reads the clock, locks the reservation, and when the debit is attempt
+    /// `attempt`'s, still paying with no refund decided, the performance not begun and the seat
+    /// held, moves it `PAYING -> CONFIRMED` with the payment and the seat `HELD -> SOLD`;
+    /// otherwise it writes nothing (`false`) and the full transaction decides. Written apart
+    /// from `protocol::payment::apply_use_reply`, as the SQL is.
+    pub fn confirm_debited_attempt(
+        &mut self,
+        id: i64,
+        attempt: i32,
+        transaction_id: i64,
+        read: ClockRead,
+    ) -> bool {
+        let started = self.started_at(read);
+        let seat_held = self.seat == SeatView::Held;
+        let Some(row) = self.row_mut(id) else {
+            return false;
+        };
+        if row.status != Status::Paying
+            || row.pay_attempt != attempt
+            || row.refunding
+            || started
+            || !seat_held
+        {
+            return false;
+        }
+        row.status = Status::Confirmed;
+        row.payment_transaction_id = Some(transaction_id);
+        row.payment_idempotency_key = Some(Key::new(&payment::use_key(KEY_NONCE, id, attempt)));
+        self.seat = SeatView::Sold;
+        true
+    }
+
+    /// `settle_attempt`'s full transaction: lock, read the clock, decide what the reply does,
+    /// write it conditionally on this very attempt still paying.
+    pub fn settle_in_transaction_at(
         &mut self,
         id: i64,
         attempt: i32,
