@@ -55,10 +55,14 @@ pub enum Bug {
     /// The wallet's old batch of refunds only for a user without a wallet row: see
     /// [`crate::wallet_model::WalletBugs::refunds_without_lock`]. Seeded in the wallet model.
     RefundsWithoutWalletLock,
+    /// A lone `Use` in one round trip that looks for its key in the ledger only: see
+    /// [`crate::wallet_model::WalletBugs::lone_use_overlooks_refusals`]. Seeded in the wallet
+    /// model.
+    LoneUseOverlooksRefusals,
 }
 
 impl Bug {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::HoldWithoutGuard,
         Self::SweeperExpiresPaying,
         Self::ReconcilerFreshKeys,
@@ -66,13 +70,17 @@ impl Bug {
         Self::BackToHeldAnyAttempt,
         Self::DecideWithTransactionStartClock,
         Self::RefundsWithoutWalletLock,
+        Self::LoneUseOverlooksRefusals,
     ];
 
     /// Whether the bug is one of wallet-svc's transactions, seeded in the wallet model
     /// ([`crate::wallet_model::WalletConfig::with_bug`]) rather than the protocol's
     /// ([`Config::with_bug`]).
     pub const fn in_wallet_model(self) -> bool {
-        matches!(self, Self::RefundsWithoutWalletLock)
+        matches!(
+            self,
+            Self::RefundsWithoutWalletLock | Self::LoneUseOverlooksRefusals
+        )
     }
 }
 
@@ -138,7 +146,7 @@ impl Config {
                 self.bugs.decide_with_transaction_start_clock = true;
             }
             // Not a bug of this model's transactions: see `WalletConfig::with_bug`.
-            Bug::RefundsWithoutWalletLock => {}
+            Bug::RefundsWithoutWalletLock | Bug::LoneUseOverlooksRefusals => {}
         }
         self
     }

@@ -29,6 +29,10 @@
 //!   in turn on the running balance, inserting the ledger rows and refusals, updating the
 //!   balance and committing, as one step: every writer of the user's rows holds the row lock,
 //!   and nothing of this transaction is visible before it commits.
+//! - a batch of one `Use` first goes in one round trip (`single_use.rs`): [`TxnPc::Lock`], then
+//!   `UseIfFresh` and `COMMIT` as one step ([`TxnPc::Locked`]), which applies the `Use` when its
+//!   key is fresh and the balance covers it, else writes nothing and the full transaction
+//!   starts over from the lock ([`Txn::one_round_trip`]).
 //! - a fault: a transaction rolls back midway (its batch's deadline, its connection lost); its
 //!   callers hear UNAVAILABLE and may send again.
 //!
@@ -75,6 +79,9 @@ pub struct WalletBugs {
     /// (which sees whatever committed meanwhile), decided on a balance of 0, inserted its
     /// ledger rows and committed without updating the balance (it had locked no row).
     pub refunds_without_lock: bool,
+    /// `UseIfFresh` looking for the `Use`'s key in the ledger only, not among the refusals: a
+    /// `Use` refused for the balance, sent again after a charge, would be applied.
+    pub lone_use_overlooks_refusals: bool,
 }
 
 impl WalletConfig {
@@ -110,8 +117,10 @@ impl WalletConfig {
     }
 
     pub fn with_bug(mut self, bug: Bug) -> Self {
-        if bug == Bug::RefundsWithoutWalletLock {
-            self.bugs.refunds_without_lock = true;
+        match bug {
+            Bug::RefundsWithoutWalletLock => self.bugs.refunds_without_lock = true,
+            Bug::LoneUseOverlooksRefusals => self.bugs.lone_use_overlooks_refusals = true,
+            _ => {}
         }
         self
     }
@@ -163,6 +172,10 @@ pub struct Txn {
     /// The batch's movements, in order.
     pub batch: Vec<u8>,
     pub pc: TxnPc,
+    /// A batch of one `Use` sent in one round trip (`store/single_use.rs`): `BEGIN`, the lock
+    /// ([`TxnPc::Lock`]), `UseIfFresh` and `COMMIT` ([`TxnPc::Locked`]). When that writes
+    /// nothing, the transaction ends having written nothing and the full one starts over.
+    pub one_round_trip: bool,
 }
 
 /// A transaction's next statement.
@@ -281,12 +294,30 @@ impl WalletModel {
             .drain(..queued.len().min(self.config.max_batch))
             .collect();
         if !next.is_empty() {
-            state.replicas[replica].txn = Some(Txn {
-                batch: next,
-                pc: TxnPc::Lock,
-            });
+            state.replicas[replica].txn = Some(self.transaction(next));
         }
         Some(())
+    }
+
+    /// A batch's transaction, from its first statement: in one round trip for a lone `Use`.
+    fn transaction(&self, batch: Vec<u8>) -> Txn {
+        let one_round_trip = matches!(
+            self.movements(&batch).as_slice(),
+            [(_, Request::Use { .. })]
+        );
+        Txn {
+            batch,
+            pc: TxnPc::Lock,
+            one_round_trip,
+        }
+    }
+
+    /// The one-round-trip transaction ended having written nothing: the full one starts.
+    fn start_over_in_full(state: &mut WalletState, replica: usize) {
+        if let Some(txn) = &mut state.replicas[replica].txn {
+            txn.pc = TxnPc::Lock;
+            txn.one_round_trip = false;
+        }
     }
 
     fn step(&self, state: &mut WalletState, replica: usize) -> Option<()> {
@@ -300,6 +331,19 @@ impl WalletModel {
             }
         };
         match (txn.pc, state.row) {
+            // The lock found no row (another's uncommitted insert of it is invisible): so
+            // does `UseIfFresh`, which writes nothing, and `COMMIT` ends the transaction.
+            (TxnPc::Lock, WalletRow::Missing | WalletRow::Inserting(_)) if txn.one_round_trip => {
+                Self::start_over_in_full(state, replica);
+            }
+            (TxnPc::Locked, WalletRow::Committed { .. }) if txn.one_round_trip => {
+                let movements = self.movements(&txn.batch);
+                state.row = WalletRow::Committed { locked_by: None };
+                match use_if_fresh(&state.wallets, &movements, self.config.bugs) {
+                    Some(used) => self.end(state, replica, Some((used, true)))?,
+                    None => Self::start_over_in_full(state, replica),
+                }
+            }
             (TxnPc::Lock | TxnPc::Relock, WalletRow::Committed { .. }) => {
                 state.row = WalletRow::Committed {
                     locked_by: Some(replica),
@@ -348,6 +392,47 @@ impl WalletModel {
         }
         Some(())
     }
+}
+
+/// `UseIfFresh` with the wallet row locked (the committed rows `committed`), written apart from
+/// `protocol::wallet::decide` as its SQL is: a lone `Use` applied when no ledger row or refusal
+/// of the user is under its key and the balance covers it; `None` when it writes nothing.
+fn use_if_fresh(
+    committed: &Wallets,
+    batch: &[(Key, Request)],
+    bugs: WalletBugs,
+) -> Option<Batched> {
+    let [(key, request @ Request::Use { amount })] = batch else {
+        return None;
+    };
+    let known = committed
+        .ledger
+        .iter()
+        .any(|entry| entry.user == USER && entry.key == *key)
+        || (!bugs.lone_use_overlooks_refusals
+            && committed
+                .refusals
+                .iter()
+                .any(|refused| refused.user == USER && refused.key == *key));
+    let balance = committed.balances[USER];
+    if known || balance < *amount {
+        return None;
+    }
+    Some(Batched {
+        answers: vec![Outcome::Applied {
+            entry: committed.ledger.len(),
+        }],
+        rows: vec![Entry {
+            user: USER,
+            key: *key,
+            fingerprint: request.fingerprint(),
+            delta: -amount,
+            refund_of: None,
+            reservation: None,
+        }],
+        refusals: Vec::new(),
+        balance: balance - amount,
+    })
 }
 
 /// What one `apply_batch` transaction answers and writes.
@@ -620,10 +705,7 @@ impl Model for WalletModel {
                 if batcher.txn.is_some() {
                     batcher.queue.push(request);
                 } else {
-                    batcher.txn = Some(Txn {
-                        batch: vec![request],
-                        pc: TxnPc::Lock,
-                    });
+                    batcher.txn = Some(self.transaction(vec![request]));
                 }
             }
             WalletAction::Step(replica) => self.step(&mut state, replica)?,
@@ -703,6 +785,31 @@ impl Model for WalletModel {
                             .txn
                             .as_ref()
                             .is_some_and(|txn| txn.pc == TxnPc::Locked && txn.batch.len() >= 2)
+                    })
+                },
+            ),
+            Property::sometimes(
+                "a lone use holds the wallet's lock in its one round trip",
+                |_: &Self, state: &WalletState| {
+                    state.replicas.iter().any(|replica| {
+                        replica
+                            .txn
+                            .as_ref()
+                            .is_some_and(|txn| txn.pc == TxnPc::Locked && txn.one_round_trip)
+                    })
+                },
+            ),
+            Property::sometimes(
+                "a lone use that its one round trip could not apply starts over in full",
+                |model: &Self, state: &WalletState| {
+                    state.replicas.iter().any(|replica| {
+                        replica.txn.as_ref().is_some_and(|txn| {
+                            !txn.one_round_trip
+                                && matches!(
+                                    model.movements(&txn.batch).as_slice(),
+                                    [(_, Request::Use { .. })]
+                                )
+                        })
                     })
                 },
             ),

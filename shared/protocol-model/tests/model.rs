@@ -118,6 +118,11 @@ fn a_wallet_batch_of_refunds_without_the_row_lock_is_caught() {
     assert_caught(Bug::RefundsWithoutWalletLock);
 }
 
+#[test]
+fn a_lone_use_in_one_round_trip_that_overlooks_refusals_is_caught() {
+    assert_caught(Bug::LoneUseOverlooksRefusals);
+}
+
 /// Every seeded bug, each in the model it belongs to, including any added to `Bug::ALL`
 /// without a test of its own.
 #[test]

@@ -14,6 +14,7 @@ use super::keys::{
     record_refusals, refusals_under, rows_under,
 };
 use super::schema::wallets;
+use super::single_use::use_if_fresh;
 use crate::model::{MoneyMovement, MovementKind, MovementOutcome, TransactionKind};
 
 /// Why a batch's transaction rolls back.
@@ -45,6 +46,9 @@ impl From<diesel::result::Error> for Abort {
 /// batch of refunds included: a key read without it could miss a movement that commits
 /// meanwhile and is then decided on a stale balance.
 ///
+/// A batch of one `Use` under a fresh key that the balance covers takes one round trip
+/// ([`super::single_use`]); when that writes nothing, the full transaction decides.
+///
 /// Two round trips for a wallet that exists ([`shared::pipeline`]): `BEGIN`, the row's lock and
 /// the reads of the keys sent together (Postgres runs them in order, so the reads begin once
 /// the lock is held), then the writes sent with `COMMIT`. For a wallet not there yet, the keys
@@ -54,6 +58,20 @@ pub async fn apply_batch(
     user_id: i64,
     batch: &[(&MoneyMovement, Vec<u8>)],
 ) -> Result<Vec<MovementOutcome>, Abort> {
+    if let [(movement, fingerprint)] = batch
+        && let MovementKind::Use { amount, reference } = &movement.kind
+        && let Some(row) = use_if_fresh(
+            conn,
+            user_id,
+            movement,
+            amount.get(),
+            reference.as_str(),
+            fingerprint,
+        )
+        .await?
+    {
+        return Ok(vec![MovementOutcome::Applied(row.try_into()?)]);
+    }
     let refunds_only = batch
         .iter()
         .all(|(movement, _)| matches!(movement.kind, MovementKind::Refund { .. }));
@@ -264,8 +282,8 @@ async fn create_wallet(
 /// until the transaction ends, and reads its balance. A query type of its own, prepared once
 /// per connection.
 #[derive(Debug, Clone, Copy, diesel::query_builder::QueryId)]
-struct LockWallet {
-    user_id: i64,
+pub(super) struct LockWallet {
+    pub user_id: i64,
 }
 
 impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for LockWallet {

@@ -6,6 +6,7 @@ mod batch;
 mod keys;
 mod models;
 pub mod schema;
+mod single_use;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

@@ -1,0 +1,148 @@
+//! A batch of one `Use` under a fresh key that the balance covers (every payment of a user
+//! paying one thing at a time), in one round trip: `BEGIN`, the wallet row's lock,
+//! [`UseIfFresh`] and `COMMIT`, sent together.
+//!
+//! Postgres runs them one after another, so the conditional statement begins once the row
+//! lock is held and, in READ COMMITTED, reads the keys and the balance as every earlier writer
+//! of the user (each held that lock) committed them. It applies the `Use` exactly when
+//! `protocol::wallet::decide` would (`Apply`: no ledger row or refusal under its key, the
+//! balance at least the amount): the ledger row and the balance together. Otherwise it writes
+//! nothing, the transaction commits nothing, and the full batch transaction decides (a replay,
+//! a reused key, a refusal to record, a wallet to create).
+
+use diesel::QueryResult;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Binary, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use shared::pipeline::{self, Begin, Commit};
+
+use super::batch::LockWallet;
+use super::models::TransactionRow;
+use crate::model::MoneyMovement;
+
+/// Applies `movement`, a `Use` of `amount` points, in one round trip when its key is fresh and
+/// the balance covers it: the ledger row written, or `None` when nothing was written (and then
+/// the full batch transaction decides).
+pub async fn use_if_fresh(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    movement: &MoneyMovement,
+    amount: i64,
+    reference: &str,
+    fingerprint: &[u8],
+) -> QueryResult<Option<TransactionRow>> {
+    let scope = &movement.scope;
+    let key = scope.stored(&movement.key);
+    let mut keys = vec![key.clone()];
+    keys.extend(scope.unscoped(&movement.key));
+    let statement = UseIfFresh {
+        user_id,
+        amount,
+        keys,
+        key,
+        fingerprint,
+        reference,
+    };
+    pipeline::opening(conn)?;
+    let shared = &*conn;
+    // `join!` polls in order: the four go out in this order, in one write.
+    let (begun, locked, used, committed) = futures::join!(
+        Begin.execute(&mut &*shared),
+        LockWallet { user_id }.execute(&mut &*shared),
+        statement.get_results::<TransactionRow>(&mut &*shared),
+        Commit.execute(&mut &*shared),
+    );
+    // A statement that failed in Postgres made `COMMIT` roll back; either way the transaction
+    // has ended once `COMMIT` is answered. (Should `COMMIT` itself fail, the transaction is
+    // still open and the pool closes the connection.)
+    committed?;
+    pipeline::closed(conn)?;
+    begun?;
+    locked?;
+    let mut used = used?;
+    debug_assert!(used.len() <= 1, "one row per key");
+    Ok(used.pop())
+}
+
+/// The `Use` applied when its key is fresh and the balance covers it: the ledger row
+/// inserted and the balance updated, both or neither, in one statement. Returns the ledger row,
+/// or no row when it wrote nothing.
+#[derive(Debug, Clone)]
+struct UseIfFresh<'a> {
+    user_id: i64,
+    amount: i64,
+    /// The keys the `Use` may be known under: as stored, and unscoped where its caller sees
+    /// those too.
+    keys: Vec<String>,
+    /// The key it is stored under.
+    key: String,
+    fingerprint: &'a [u8],
+    reference: &'a str,
+}
+
+/// One statement whatever it borrows: diesel prepares it once per connection.
+impl QueryId for UseIfFresh<'_> {
+    type QueryId = UseIfFresh<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for UseIfFresh<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH fresh AS MATERIALIZED (SELECT balance - ");
+        out.push_bind_param::<BigInt, _>(&self.amount)?;
+        out.push_sql(" AS balance_after FROM wallets WHERE user_id = ");
+        out.push_bind_param::<BigInt, _>(&self.user_id)?;
+        out.push_sql(" AND balance >= ");
+        out.push_bind_param::<BigInt, _>(&self.amount)?;
+        out.push_sql(
+            " AND NOT EXISTS (SELECT 1 FROM wallet_transactions AS known \
+                 WHERE known.user_id = wallets.user_id AND known.idempotency_key = ANY(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.keys)?;
+        out.push_sql(
+            ")) AND NOT EXISTS (SELECT 1 FROM wallet_refusals AS refused \
+                 WHERE refused.user_id = wallets.user_id AND refused.idempotency_key = ANY(",
+        );
+        out.push_bind_param::<Array<Text>, _>(&self.keys)?;
+        out.push_sql(
+            "))), debited AS (UPDATE wallets SET balance = fresh.balance_after, \
+                 updated_at = now() FROM fresh WHERE wallets.user_id = ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.user_id)?;
+        out.push_sql(
+            " RETURNING 1) \
+             INSERT INTO wallet_transactions (user_id, kind, amount, balance_after, \
+                 idempotency_key, request_hash, reference) SELECT ",
+        );
+        out.push_bind_param::<BigInt, _>(&self.user_id)?;
+        out.push_sql(", 'USE', ");
+        out.push_bind_param::<BigInt, _>(&self.amount)?;
+        out.push_sql(", balance_after, ");
+        out.push_bind_param::<Text, _>(&self.key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Binary, _>(&self.fingerprint)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.reference)?;
+        out.push_sql(
+            " FROM fresh RETURNING id, user_id, kind, amount, balance_after, idempotency_key, \
+                 request_hash, reference, created_at",
+        );
+        Ok(())
+    }
+}
+
+impl Query for UseIfFresh<'_> {
+    /// [`TransactionRow`]'s columns, in its order.
+    type SqlType = (
+        BigInt,
+        BigInt,
+        Text,
+        BigInt,
+        BigInt,
+        Text,
+        Binary,
+        Text,
+        Timestamptz,
+    );
+}
