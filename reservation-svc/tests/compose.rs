@@ -6,8 +6,13 @@ use std::collections::BTreeSet;
 use clap::CommandFactory;
 use yaml_rust2::YamlLoader;
 
-/// Read by the telemetry set-up rather than a flag.
-const TELEMETRY_VARIABLES: [&str; 2] = ["RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+/// Read by the telemetry set-up rather than a flag (OTEL_RESOURCE_ATTRIBUTES by the
+/// OpenTelemetry SDK's resource, which the set-up builds while traces are exported).
+const TELEMETRY_VARIABLES: [&str; 3] = [
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
 
 fn variables_read_by(command: clap::Command) -> BTreeSet<String> {
     command
