@@ -98,3 +98,34 @@ fn the_image_build_context_leaves_out_build_output_history_and_local_keys() {
         assert!(ignored.contains(entry), "{entry} is sent to docker build");
     }
 }
+
+#[test]
+fn the_compose_file_publishes_on_the_loopback_only_and_restarts_what_stops() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+    let text = std::fs::read_to_string(&path).expect("docker-compose.yml");
+    let compose = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let services = compose[0]["services"].as_hash().expect("services");
+    // Run once, to completion: the others wait for it to have succeeded.
+    let one_shot = ["pki"];
+    for (name, service) in services {
+        let name = name.as_str().expect("service names are strings");
+        // Postgres trusts every connection and Redis asks no password: nothing is offered to
+        // the network beyond this machine.
+        let ports = service["ports"].as_vec().map(Vec::as_slice);
+        for port in ports.unwrap_or_default() {
+            let port = port
+                .as_str()
+                .expect("ports as \"address:port:port\" strings");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
+            );
+        }
+        let restart = service["restart"].as_str();
+        if one_shot.contains(&name) {
+            assert_eq!(restart, Some("no"), "{name} runs once");
+        } else {
+            assert_eq!(restart, Some("unless-stopped"), "{name} is started again");
+        }
+    }
+}
