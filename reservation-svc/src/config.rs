@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use secrecy::SecretString;
 pub use shared::cli::Command;
 use shared::db::DbArgs;
 use shared::security::SecurityArgs;
@@ -38,6 +39,7 @@ pub struct Config {
     pub listen_addr: SocketAddr,
 
     /// Postgres database of concerts, schedules, seats and reservations.
+    // Secret: the URL may carry a password, which Config's Debug must not show.
     #[arg(
         long,
         global = true,
@@ -45,7 +47,7 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5432/reservation",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
 
     #[command(flatten)]
     pub db: DbArgs,
@@ -68,6 +70,7 @@ pub struct Config {
     pub metrics_addr: std::option::Option<SocketAddr>,
 
     /// Redis of the seat locks.
+    // Secret: the URL may carry a password (`redis://:PASSWORD@host`), as the database's.
     #[arg(
         long,
         global = true,
@@ -75,7 +78,7 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379",
         hide_env_values = true
     )]
-    pub redis_url: String,
+    pub redis_url: SecretString,
 
     /// PEM CA bundle that signs Redis's certificate, for a `rediss://` REDIS_URL; without it
     /// the system's roots.
@@ -248,5 +251,35 @@ impl Config {
     /// The defaults, as `--help` shows them, with no flags or environment.
     pub fn defaults() -> Self {
         Cli::parse_from(["reservation-svc"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+
+    #[test]
+    fn debug_leaves_out_the_database_and_redis_passwords() {
+        let database = "postgres://reservation:hunter2@db.example:5432/reservation";
+        let redis = "redis://:swordfish@redis.example:6379";
+        let cli = Cli::parse_from([
+            "reservation-svc",
+            "--database-url",
+            database,
+            "--redis-url",
+            redis,
+        ]);
+        assert_eq!(cli.config.database_url.expose_secret(), database);
+        assert_eq!(cli.config.redis_url.expose_secret(), redis);
+        for shown in [format!("{:?}", cli.config), format!("{cli:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains("swordfish"), "{shown}");
+            assert!(
+                shown.contains("seat_lock_prefix"),
+                "the rest is shown: {shown}"
+            );
+        }
     }
 }

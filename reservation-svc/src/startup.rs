@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use secrecy::ExposeSecret as _;
 use shared::connection::Acceptor;
 use shared::metrics::MetricsEndpoint;
 use shared::proto::reservation::v1::reservation_service_server::{
@@ -120,7 +121,7 @@ impl Service for Application {
 
     /// Applies the embedded migrations to the configured database.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
-        shared::db::run_migrations(&config.database_url, MIGRATIONS)
+        shared::db::run_migrations(config.database_url.expose_secret(), MIGRATIONS)
             .await
             .context("cannot migrate the reservation database")
     }
@@ -135,7 +136,7 @@ impl Service for Application {
             metrics,
         } = Foundation::lay(FoundationSettings {
             name: "reservation-svc",
-            database_url: &config.database_url,
+            database_url: config.database_url.expose_secret(),
             migrations: MIGRATIONS,
             db: &config.db,
             listen_addr: config.listen_addr,
@@ -146,7 +147,7 @@ impl Service for Application {
             crate::metrics::describe();
         }
         let locks = SeatLocks::connect(LockSettings {
-            redis_url: config.redis_url.clone(),
+            redis_url: config.redis_url.expose_secret().to_owned(),
             key_prefix: config.seat_lock_prefix.clone(),
             ttl: config.seat_lock_ttl,
             command_timeout: config.redis_command_timeout,
@@ -210,7 +211,7 @@ impl Service for Application {
         ));
         let reservations = self.reservations.clone();
         let database = std::sync::Arc::new(shared::db::DbProbe::new(
-            &self.config.database_url,
+            self.config.database_url.expose_secret(),
             self.config.db.db_acquire_timeout,
         ));
         let fallback = self.config.seat_lock_fallback;

@@ -6,8 +6,13 @@ use std::collections::BTreeSet;
 use clap::CommandFactory;
 use yaml_rust2::YamlLoader;
 
-/// Read by the telemetry set-up rather than a flag.
-const TELEMETRY_VARIABLES: [&str; 2] = ["RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+/// Read by the telemetry set-up rather than a flag (OTEL_RESOURCE_ATTRIBUTES by the
+/// OpenTelemetry SDK's resource, which the set-up builds while traces are exported).
+const TELEMETRY_VARIABLES: [&str; 3] = [
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
 
 fn variables_read_by(command: clap::Command) -> BTreeSet<String> {
     command
@@ -91,5 +96,36 @@ fn the_image_build_context_leaves_out_build_output_history_and_local_keys() {
         .chain([".git"])
     {
         assert!(ignored.contains(entry), "{entry} is sent to docker build");
+    }
+}
+
+#[test]
+fn the_compose_file_publishes_on_the_loopback_only_and_restarts_what_stops() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+    let text = std::fs::read_to_string(&path).expect("docker-compose.yml");
+    let compose = YamlLoader::load_from_str(&text).expect("valid YAML");
+    let services = compose[0]["services"].as_hash().expect("services");
+    // Run once, to completion: the others wait for it to have succeeded.
+    let one_shot = ["pki"];
+    for (name, service) in services {
+        let name = name.as_str().expect("service names are strings");
+        // Postgres trusts every connection and Redis asks no password: nothing is offered to
+        // the network beyond this machine.
+        let ports = service["ports"].as_vec().map(Vec::as_slice);
+        for port in ports.unwrap_or_default() {
+            let port = port
+                .as_str()
+                .expect("ports as \"address:port:port\" strings");
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface"
+            );
+        }
+        let restart = service["restart"].as_str();
+        if one_shot.contains(&name) {
+            assert_eq!(restart, Some("no"), "{name} runs once");
+        } else {
+            assert_eq!(restart, Some("unless-stopped"), "{name} is started again");
+        }
     }
 }

@@ -7,8 +7,13 @@ use std::collections::BTreeMap;
 
 use clap::CommandFactory;
 
-/// Read by the telemetry set-up rather than a flag.
-const TELEMETRY_VARIABLES: [&str; 2] = ["RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT"];
+/// Read by the telemetry set-up rather than a flag (OTEL_RESOURCE_ATTRIBUTES by the
+/// OpenTelemetry SDK's resource, which the set-up builds while traces are exported).
+const TELEMETRY_VARIABLES: [&str; 3] = [
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
 
 /// A row of the table: (flag, default), by variable.
 fn documented() -> BTreeMap<String, (String, String)> {

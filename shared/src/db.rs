@@ -168,13 +168,17 @@ pub fn build_pool(database_url: &str, settings: &PoolSettings) -> anyhow::Result
     Ok(pool)
 }
 
-/// Applies the pending migrations. Replicas starting together take turns on an advisory lock,
-/// so each migration runs once.
+/// The session-level advisory lock that [`run_migrations`] holds while it migrates: "ticket".
+/// Locks are per database, so the two services' databases do not share it.
+pub const MIGRATION_LOCK: i64 = 0x7469_636b_6574;
+
+/// Applies the pending migrations. Replicas starting together take turns on an advisory lock
+/// ([`MIGRATION_LOCK`]), so each migration runs once: the first applies them, the others wait
+/// and then find nothing pending.
 pub async fn run_migrations(
     database_url: &str,
     migrations: EmbeddedMigrations,
 ) -> anyhow::Result<()> {
-    const MIGRATION_LOCK: i64 = 0x7469_636b_6574; // "ticket"
     let url = database_url.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         use diesel::Connection;

@@ -45,12 +45,7 @@ impl TestDatabase {
         ensure_template(&mut admin, &admin_url, prefix, &template, migrations).await;
         drop_abandoned_databases(&mut admin, prefix).await;
 
-        let name = format!(
-            "{prefix}_test_{}_{}_{:04x}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u16>()
-        );
+        let name = Self::new_name(prefix);
         let create = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\"");
         let mut attempts = 0;
         // Postgres refuses to clone a template while another session is briefly connected to
@@ -64,6 +59,34 @@ impl TestDatabase {
             url: database_url(&admin_url, &name),
             name,
         }
+    }
+
+    /// An empty database of its own, not migrated: what a first deployment starts on.
+    /// `prefix` names the service (`wallet`).
+    pub async fn empty(prefix: &str) -> Self {
+        let admin_url = admin_url();
+        let mut admin = AsyncPgConnection::establish(&admin_url)
+            .await
+            .expect("connect to the admin database (is Postgres running?)");
+        drop_abandoned_databases(&mut admin, prefix).await;
+        let name = Self::new_name(prefix);
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create {name}: {error}"));
+        Self {
+            url: database_url(&admin_url, &name),
+            name,
+        }
+    }
+
+    fn new_name(prefix: &str) -> String {
+        format!(
+            "{prefix}_test_{}_{}_{:04x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u16>()
+        )
     }
 
     /// The connection URL of this database.
@@ -284,4 +307,121 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f6
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// Starts two processes of `binary migrate` on one empty database at once (its URL in
+/// `url_variable`), as two replicas of a first deployment start, and checks that they take
+/// turns: both wait while the migration lock is held, then both succeed, and every embedded
+/// migration was applied exactly once.
+pub async fn assert_replicas_migrate_one_database_in_turn(
+    prefix: &str,
+    binary: &str,
+    url_variable: &str,
+    migrations: EmbeddedMigrations,
+) {
+    use diesel::migration::MigrationSource;
+    use diesel_async::RunQueryDsl;
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    async fn count(conn: &mut AsyncPgConnection, query: &str) -> i64 {
+        diesel::sql_query(query)
+            .get_result::<Count>(conn)
+            .await
+            .unwrap_or_else(|error| panic!("{query}: {error}"))
+            .count
+    }
+
+    let db = TestDatabase::empty(prefix).await;
+    let mut holder = AsyncPgConnection::establish(db.url())
+        .await
+        .expect("connect to the new database");
+    let lock = crate::db::MIGRATION_LOCK;
+    // Held here first, so that both processes surely reach the lock before either migrates.
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_lock({lock})"))
+        .await
+        .expect("take the migration lock");
+
+    let mut replicas: Vec<tokio::process::Child> = (0..2)
+        .map(|_| {
+            tokio::process::Command::new(binary)
+                .arg("migrate")
+                .env(url_variable, db.url())
+                .env("RUST_LOG", "warn")
+                .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|error| panic!("start {binary} migrate: {error}"))
+        })
+        .collect();
+
+    // Both connected and waiting for the lock: two advisory lock requests not granted.
+    let waiting = format!(
+        "SELECT count(*) AS count FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND classid = {} AND objid = {}",
+        lock >> 32,
+        lock & 0xffff_ffff
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count(&mut holder, &waiting).await < 2 {
+        for replica in &mut replicas {
+            if let Some(status) = replica.try_wait().expect("a replica's status") {
+                panic!("a replica ended ({status}) instead of waiting for the migration lock");
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the replicas did not both wait for the migration lock within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let migrated_early = count(
+        &mut holder,
+        "SELECT count(*) AS count FROM pg_tables WHERE tablename = '__diesel_schema_migrations'",
+    )
+    .await;
+    assert_eq!(migrated_early, 0, "a replica migrated without the lock");
+
+    holder
+        .batch_execute(&format!("SELECT pg_advisory_unlock({lock})"))
+        .await
+        .expect("release the migration lock");
+    for replica in replicas {
+        let output = tokio::time::timeout(Duration::from_secs(60), replica.wait_with_output())
+            .await
+            .expect("a replica finished migrating within 60 s")
+            .expect("a replica's output");
+        assert!(
+            output.status.success(),
+            "a replica failed to migrate ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let embedded = MigrationSource::<diesel::pg::Pg>::migrations(&migrations)
+        .expect("the embedded migrations")
+        .len();
+    let applied = count(
+        &mut holder,
+        "SELECT count(*) AS count FROM __diesel_schema_migrations",
+    )
+    .await;
+    let distinct = count(
+        &mut holder,
+        "SELECT count(DISTINCT version) AS count FROM __diesel_schema_migrations",
+    )
+    .await;
+    assert_eq!(
+        (applied, distinct),
+        (embedded as i64, embedded as i64),
+        "every migration applied once"
+    );
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use secrecy::SecretString;
 pub use shared::cli::Command;
 use shared::db::DbArgs;
 use shared::security::SecurityArgs;
@@ -30,6 +31,7 @@ pub struct Config {
     pub listen_addr: SocketAddr,
 
     /// Postgres database of the wallets and their ledger.
+    // Secret: the URL may carry a password, which Config's Debug must not show.
     #[arg(
         long,
         global = true,
@@ -37,7 +39,7 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5432/wallet",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
 
     #[command(flatten)]
     pub db: DbArgs,
@@ -107,5 +109,23 @@ impl Config {
     /// The defaults, as `--help` shows them, with no flags or environment.
     pub fn defaults() -> Self {
         Cli::parse_from(["wallet-svc"]).config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret as _;
+
+    use super::*;
+
+    #[test]
+    fn debug_leaves_out_the_database_password() {
+        let url = "postgres://wallet:hunter2@db.example:5432/wallet";
+        let cli = Cli::parse_from(["wallet-svc", "--database-url", url]);
+        assert_eq!(cli.config.database_url.expose_secret(), url);
+        for shown in [format!("{:?}", cli.config), format!("{cli:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("listen_addr"), "the rest is shown: {shown}");
+        }
     }
 }

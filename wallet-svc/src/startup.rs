@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use secrecy::ExposeSecret as _;
 use shared::connection::Acceptor;
 use shared::db::PgPool;
 use shared::metrics::MetricsEndpoint;
@@ -77,7 +78,7 @@ impl Service for Application {
 
     /// Applies the embedded migrations to the configured database.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
-        shared::db::run_migrations(&config.database_url, MIGRATIONS)
+        shared::db::run_migrations(config.database_url.expose_secret(), MIGRATIONS)
             .await
             .context("cannot migrate the wallet database")
     }
@@ -97,7 +98,7 @@ impl Service for Application {
             metrics,
         } = Foundation::lay(FoundationSettings {
             name: "wallet-svc",
-            database_url: &config.database_url,
+            database_url: config.database_url.expose_secret(),
             migrations: MIGRATIONS,
             db: &config.db,
             listen_addr: config.listen_addr,
@@ -130,7 +131,7 @@ impl Service for Application {
             drain_timeout: config.drain_timeout,
             limits: config.server.clone(),
             database: std::sync::Arc::new(shared::db::DbProbe::new(
-                &config.database_url,
+                config.database_url.expose_secret(),
                 config.db.db_acquire_timeout,
             )),
         })

@@ -37,7 +37,7 @@ async fn health_becomes(app: &TestApp, service: &str, status: ServingStatus) -> 
 /// A reservation-svc on a Redis of the test's own, with the Postgres fallback.
 async fn app_with_fallback(redis: &RedisServer) -> TestApp {
     spawn_app_with(|config| {
-        config.redis_url = redis.url();
+        config.redis_url = redis.url().into();
         config.seat_lock_fallback = LockFallback::Postgres;
     })
     .await
@@ -180,7 +180,7 @@ async fn without_redis_a_seat_locked_in_postgres_is_refused_and_a_stalled_row_an
     // Row locks waited for far longer than the command timeout anywhere else: a hold that
     // answers at all within the test's bound was cut short by its own lock_timeout.
     let app = spawn_app_with(|config| {
-        config.redis_url = redis_server.url();
+        config.redis_url = redis_server.url().into();
         config.seat_lock_fallback = LockFallback::Postgres;
         config.db.db_lock_timeout = Duration::from_secs(120);
         config.db.db_statement_timeout = Duration::from_secs(120);

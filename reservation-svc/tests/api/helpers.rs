@@ -10,6 +10,7 @@ use diesel::sql_types::{BigInt, Integer, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use reservation_svc::config::Config;
 use reservation_svc::startup::{Application, MIGRATIONS};
+use secrecy::ExposeSecret as _;
 use shared::proto::reservation::v1 as pb;
 use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use shared::service::Service;
@@ -35,7 +36,7 @@ pub struct TestApp {
 pub fn test_config(db: &TestDatabase) -> Config {
     let mut config = Config::defaults();
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
-    config.database_url = db.url().to_owned();
+    config.database_url = db.url().into();
     // These tests are of other things than security (tests/api/security.rs has those).
     config.security.insecure = true;
     config.seat_lock_prefix = format!("test:{:016x}:", rand::random::<u64>());
@@ -597,9 +598,12 @@ impl ReplicaProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], restartable_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_reservation-svc"))
             .env("RESERVATION_LISTEN_ADDR", addr.to_string())
-            .env("RESERVATION_DATABASE_URL", &config.database_url)
+            .env(
+                "RESERVATION_DATABASE_URL",
+                config.database_url.expose_secret(),
+            )
             .env("RESERVATION_METRICS_ADDR", "")
-            .env("REDIS_URL", &config.redis_url)
+            .env("REDIS_URL", config.redis_url.expose_secret())
             .env("SEAT_LOCK_PREFIX", &config.seat_lock_prefix)
             .env("WALLET_ENDPOINT", &config.wallet_endpoint)
             .env("INSECURE", "true")
@@ -696,7 +700,7 @@ impl TestWallet {
     pub async fn restart(&mut self) {
         let mut config = wallet_svc::config::Config::defaults();
         config.listen_addr = self.addr;
-        config.database_url = self.db.url().to_owned();
+        config.database_url = self.db.url().into();
         config.metrics_addr = None;
         config.security.insecure = true;
         let app = wallet_svc::startup::Application::build(config)

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 
 use futures::future::join_all;
+use secrecy::ExposeSecret as _;
 use shared::proto::reservation::v1 as pb;
 use tonic::Code;
 
@@ -161,7 +162,7 @@ async fn a_lock_lost_while_a_hold_is_in_its_transaction_still_gives_one_reservat
 
     let app = spawn_app().await;
     let schedule_id = app.schedule_with_seats(10).await;
-    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let redis = crate::helpers::redis(app.config.redis_url.expose_secret()).await;
     let key = app.seat_key(schedule_id, 4);
 
     // Hold the seat's row so the first hold waits inside its transaction, lock in hand.
@@ -225,7 +226,7 @@ async fn after_a_hold_every_loser_is_answered_without_postgres() {
     let (second_addr, _stop_second, _second) = start(app.config.clone()).await;
     let clients = [app.client(), Client::new(channel(second_addr).await)];
     let held = app.hold(1, schedule_id, 4).await.expect("hold");
-    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let redis = crate::helpers::redis(app.config.redis_url.expose_secret()).await;
     let mark: Option<String> = redis.get(app.seat_key(schedule_id, 4)).await.expect("get");
     assert_eq!(mark, Some(format!("taken:{}", held.id)));
 
@@ -266,7 +267,7 @@ async fn a_cancelled_hold_leaves_no_taken_mark_behind() {
     app.cancel(first.id, 1).await.expect("cancel");
     let second_hold = app.hold(3, schedule_id, 6).await.expect("free again");
     app.cancel(second_hold.id, 3).await.expect("cancel");
-    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let redis = crate::helpers::redis(app.config.redis_url.expose_secret()).await;
     let key = app.seat_key(schedule_id, 6);
     assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0);
     // And through Redis on every other replica.
@@ -284,7 +285,7 @@ async fn a_taken_mark_lapses_no_later_than_its_hold() {
     .await;
     let schedule_id = app.schedule_with_seats(3).await;
     let held = app.hold(1, schedule_id, 2).await.expect("hold");
-    let redis = crate::helpers::redis(&app.config.redis_url).await;
+    let redis = crate::helpers::redis(app.config.redis_url.expose_secret()).await;
     let mark_expires_ms: i64 = redis
         .pexpire_time(app.seat_key(schedule_id, 2))
         .await

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fred::interfaces::KeysInterface;
 use reservation_svc::metrics::{PAYMENTS_RECONCILED, RESERVATIONS_EXPIRED, SEAT_LOCKS};
+use secrecy::ExposeSecret as _;
 use shared::metrics::{DB_POOL_CONNECTIONS, RPC_REQUESTS};
 use shared::test_support::{http_get, metric_value};
 use tonic::Code;
@@ -56,7 +57,7 @@ async fn seat_lock_outcomes_expired_holds_and_calls_are_counted() {
 
     let held = app.hold(1, schedule_id, 1).await.expect("hold");
     // Another request holds seat 2's lock: the hold is refused before Postgres.
-    redis(&app.config.redis_url)
+    redis(app.config.redis_url.expose_secret())
         .await
         .set::<(), _, _>(
             app.seat_key(schedule_id, 2),
@@ -103,7 +104,7 @@ async fn a_hold_without_redis_counts_as_redis_unavailable() {
     let mut own_redis = RedisServer::start();
     let app = spawn_app_with(|config| {
         serving_metrics(config);
-        config.redis_url = own_redis.url();
+        config.redis_url = own_redis.url().into();
     })
     .await;
     let schedule_id = app.schedule_with_seats(5).await;

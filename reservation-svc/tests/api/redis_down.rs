@@ -45,7 +45,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn holds_fail_closed_while_redis_is_down_and_recover_without_a_restart() {
     let mut redis = RedisServer::start();
-    let app = spawn_app_with(|config| config.redis_url = redis.url()).await;
+    let app = spawn_app_with(|config| config.redis_url = redis.url().into()).await;
     let schedule_id = app.schedule_with_seats(10).await;
     app.hold(1, schedule_id, 1)
         .await
@@ -94,7 +94,7 @@ async fn holds_fail_closed_while_redis_is_down_and_recover_without_a_restart() {
 async fn a_service_started_without_redis_serves_reads_and_picks_redis_up_later() {
     let mut redis = RedisServer::start();
     redis.stop();
-    let app = spawn_app_with(|config| config.redis_url = redis.url()).await;
+    let app = spawn_app_with(|config| config.redis_url = redis.url().into()).await;
     let schedule_id = app.schedule_with_seats(5).await;
 
     let refused = app.hold(1, schedule_id, 1).await.expect_err("no Redis yet");

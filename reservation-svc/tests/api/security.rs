@@ -69,7 +69,7 @@ async fn start_wallet(
     )
     .await;
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
-    config.database_url = db.url().to_owned();
+    config.database_url = db.url().into();
     config.metrics_addr = None;
     let app = wallet_svc::startup::Application::build(config)
         .await

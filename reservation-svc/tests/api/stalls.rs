@@ -12,6 +12,7 @@ use reservation_svc::domain::Reservations;
 use reservation_svc::lock::{LockFallback, LockSettings, SeatLocks};
 use reservation_svc::store::Store;
 use reservation_svc::wallet_client::Wallet;
+use secrecy::ExposeSecret as _;
 use shared::proto::reservation::v1 as pb;
 use tonic::Code;
 
@@ -129,7 +130,7 @@ async fn schedule_starting(app: &TestApp, starts_at: chrono::DateTime<Utc>) -> i
 async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
     let store = Store::new(app.db.pool("other-replica"));
     let locks = SeatLocks::connect(LockSettings {
-        redis_url: app.config.redis_url.clone(),
+        redis_url: app.config.redis_url.expose_secret().to_owned(),
         key_prefix: app.config.seat_lock_prefix.clone(),
         ttl: app.config.seat_lock_ttl,
         command_timeout: app.config.redis_command_timeout,
@@ -382,7 +383,7 @@ async fn app_on(
 ) -> TestApp {
     let url = redis.url();
     spawn_app_with(|config| {
-        config.redis_url = url;
+        config.redis_url = url.into();
         config.redis_command_timeout = Duration::from_millis(300);
         config.seat_taken_memory = Duration::ZERO;
         configure(config);

@@ -262,7 +262,7 @@ async fn holds_go_on_when_sentinel_promotes_a_replica_of_a_killed_primary() {
         sentinels[0].port,
         nodes.join("&")
     );
-    let app = spawn_app_with(|config| config.redis_url = url).await;
+    let app = spawn_app_with(|config| config.redis_url = url.into()).await;
     let schedule_id = app.schedule_with_seats(10_000).await;
     app.hold(1, schedule_id, 1)
         .await
@@ -335,7 +335,7 @@ async fn a_schedules_keys_share_one_cluster_slot_and_holds_go_on_after_its_prima
         "redis-cluster://{}?node={}&node={}",
         addresses[0], addresses[1], addresses[2]
     );
-    let app = spawn_app_with(|config| config.redis_url = url).await;
+    let app = spawn_app_with(|config| config.redis_url = url.into()).await;
 
     // Holds, cancels and marks on schedules spread over the primaries: every script touches
     // its seat's key and the key's tombstone, which share the schedule's slot.
@@ -427,7 +427,7 @@ async fn holds_go_through_redis_over_mutual_tls_with_a_password() {
             file("reservation-client-key.pem"),
         );
         move |config: &mut reservation_svc::config::Config| {
-            config.redis_url = url;
+            config.redis_url = url.into();
             config.redis_tls_ca_file = Some(ca);
             config.redis_tls_cert_file = Some(cert);
             config.redis_tls_key_file = Some(key);

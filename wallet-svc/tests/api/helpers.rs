@@ -38,7 +38,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     .await;
     let mut config = Config::defaults();
     config.listen_addr = "127.0.0.1:0".parse().expect("address");
-    config.database_url = db.url().to_owned();
+    config.database_url = db.url().into();
     // These tests are of other things than security (tests/api/security.rs has those).
     config.security.insecure = true;
     // Tests that look at metrics serve them on a port of their own.
