@@ -258,4 +258,47 @@ mod tests {
         let quoted: Vec<String> = active.iter().map(|name| format!("'{name}'")).collect();
         assert_eq!(ACTIVE_STATUSES_SQL, format!("({})", quoted.join(", ")));
     }
+
+    /// The statements are written out in full, status names and all, to be read as SQL; every
+    /// name in quotes in the stores' sources must be one the protocol gives a reservation
+    /// (`Status::as_str`) or a seat ([`seat_status`]).
+    #[test]
+    fn every_status_the_stores_sql_names_is_the_protocols() {
+        let mut known: Vec<&str> = [
+            Status::Held,
+            Status::Paying,
+            Status::Confirmed,
+            Status::Cancelled,
+            Status::Expired,
+        ]
+        .iter()
+        .map(|status| status.as_str())
+        .collect();
+        known.extend([SeatView::Available, SeatView::Held, SeatView::Sold].map(seat_status));
+        let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+        let mut named = 0;
+        for entry in std::fs::read_dir(&store).expect("the store's sources") {
+            let path = entry.expect("a source").path();
+            let text = std::fs::read_to_string(&path).expect("a readable source");
+            // Every run of capitals and underscores between two single quotes (whichever
+            // quote opens a literal, the text between a closing and an opening one is not
+            // such a run in SQL).
+            let segments: Vec<&str> = text.split('\'').collect();
+            for &quoted in segments
+                .iter()
+                .skip(1)
+                .take(segments.len().saturating_sub(2))
+            {
+                if quoted.len() >= 2 && quoted.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    assert!(
+                        known.contains(&quoted),
+                        "{} names {quoted:?}, no status of the protocol",
+                        path.display()
+                    );
+                    named += 1;
+                }
+            }
+        }
+        assert!(named > 10, "the stores' SQL names statuses ({named} found)");
+    }
 }

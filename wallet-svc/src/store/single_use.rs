@@ -19,7 +19,7 @@ use shared::pipeline::{self, Begin, Commit};
 
 use super::batch::LockWallet;
 use super::models::TransactionRow;
-use crate::model::MoneyMovement;
+use crate::model::{MoneyMovement, TransactionKind};
 
 /// Applies `movement`, a `Use` of `amount` points, in one round trip when its key is fresh and
 /// the balance covers it: the ledger row written, or `None` when nothing was written (and then
@@ -38,6 +38,7 @@ pub async fn use_if_fresh(
     keys.extend(scope.unscoped(&movement.key));
     let statement = UseIfFresh {
         user_id,
+        kind: TransactionKind::Use.as_str(),
         amount,
         keys,
         key,
@@ -71,6 +72,8 @@ pub async fn use_if_fresh(
 #[derive(Debug, Clone)]
 struct UseIfFresh<'a> {
     user_id: i64,
+    /// `USE`, as the ledger names it.
+    kind: &'static str,
     amount: i64,
     /// The keys the `Use` may be known under: as stored, and unscoped where its caller sees
     /// those too.
@@ -116,7 +119,9 @@ impl QueryFragment<Pg> for UseIfFresh<'_> {
                  idempotency_key, request_hash, reference) SELECT ",
         );
         out.push_bind_param::<BigInt, _>(&self.user_id)?;
-        out.push_sql(", 'USE', ");
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.kind)?;
+        out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.amount)?;
         out.push_sql(", balance_after, ");
         out.push_bind_param::<Text, _>(&self.key)?;
