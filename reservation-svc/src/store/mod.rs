@@ -11,6 +11,7 @@ mod catalog;
 mod hold;
 mod locked;
 mod models;
+mod one_statement;
 mod payment;
 mod pipeline;
 mod queries;

@@ -15,11 +15,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use protocol::payment::{AfterUse, BeginPay, UseReply};
 use protocol::reservation::Status;
 
-use super::locked::{
-    BackToHeld, BeginHeldAttempt, ConfirmAttempt, ConfirmDebitedAttempt, RecordRefundDecision,
-    StartAttempt,
-};
+use super::locked::{BackToHeld, ConfirmAttempt, RecordRefundDecision, StartAttempt};
 use super::models::ReservationRow;
+use super::one_statement::{BeginHeldAttempt, ConfirmDebitedAttempt};
 use super::pipeline::{begin_locked, commit, commit_with};
 use super::seat::{Locked, end_reservation};
 use shared::pipeline::Checkout;
