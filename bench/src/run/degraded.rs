@@ -1,0 +1,104 @@
+//! (c) and (d) again through the reservation-svc whose Redis is out of reach
+//! (`SEAT_LOCK_FALLBACK=postgres`): the cost of seat locks in Postgres during a Redis outage,
+//! against the same scenarios with Redis, and the stampede still to one winner.
+
+use super::context::{Bench, CLIENTS, DEGRADED_RESERVATION, STAMPEDE_CLIENTS};
+use super::{ScenarioResult, relative_target};
+use crate::load::OK;
+use crate::probe;
+use crate::report::{Scenario, Target, thousands};
+use crate::scenarios;
+
+impl Bench {
+    /// (c) and (d) again through the reservation-svc whose Redis is out of reach
+    /// (`SEAT_LOCK_FALLBACK=postgres`), against the same scenarios with Redis (`stampede`,
+    /// `distinct`): the stampede must still have one winner.
+    pub(super) async fn degraded(
+        &self,
+        stampede: &Scenario,
+        distinct: &Scenario,
+    ) -> anyhow::Result<Vec<ScenarioResult>> {
+        let (Some(service), Some(metrics)) =
+            (&self.degraded, &self.args.degraded_reservation_metrics)
+        else {
+            return Ok(Vec::new());
+        };
+        let through_postgres = async || {
+            probe::scrape(metrics, "ticketing_seat_lock_total{outcome=\"postgres\"}").await
+        };
+        let before = through_postgres().await?;
+        self.sampler.take();
+        let (measured, schedule_id) =
+            scenarios::stampede(service, self.sizes.stampede, STAMPEDE_CLIENTS).await?;
+        let mut degraded_stampede = Scenario::new(
+            "degraded-stampede",
+            "(c) stampede, seat locks in Postgres (Redis out of reach)",
+            &measured,
+            STAMPEDE_CLIENTS,
+            self.args.connections,
+            None,
+            "req/s",
+            None,
+        );
+        degraded_stampede.observe(&self.sampler.take(), &[DEGRADED_RESERVATION]);
+        degraded_stampede.note_outcomes();
+        let held = probe::psql_value(
+            &self.args.reservation_database_url,
+            &format!("SELECT count(*) FROM reservations WHERE schedule_id = {schedule_id}"),
+        )
+        .await?;
+        let mid = through_postgres().await?;
+        let measured = scenarios::distinct_seats(
+            service,
+            self.sizes.distinct_holds,
+            CLIENTS,
+            self.sizes.seats,
+            || drop(self.sampler.take()),
+        )
+        .await?;
+        let mut degraded_distinct = Scenario::new(
+            "degraded-distinct-seats",
+            "(d) distinct seats, seat locks in Postgres (Redis out of reach)",
+            &measured,
+            CLIENTS,
+            self.args.connections,
+            Some(&[OK]),
+            "req/s",
+            None,
+        );
+        degraded_distinct.observe(&self.sampler.take(), &[DEGRADED_RESERVATION]);
+        degraded_distinct.note_outcomes();
+        let after = through_postgres().await?;
+        let mut stampede_result = ScenarioResult::alone(degraded_stampede);
+        stampede_result.targets = vec![
+            Target {
+                what: "stampede with seat locks in Postgres: reservations of the seat".to_owned(),
+                goal: "exactly 1".to_owned(),
+                met: held == "1",
+                measured: held,
+            },
+            relative_target(
+                "stampede with seat locks in Postgres vs with Redis",
+                &stampede_result.scenario,
+                stampede,
+                0.4,
+            ),
+        ];
+        let mut distinct_result = ScenarioResult::alone(degraded_distinct);
+        distinct_result.targets = vec![relative_target(
+            "distinct-seat holds with seat locks in Postgres vs with Redis",
+            &distinct_result.scenario,
+            distinct,
+            0.9,
+        )];
+        distinct_result.notes = vec![format!(
+            "The reservation-svc of the rows \"seat locks in Postgres\" runs with a `REDIS_URL` \
+             where nothing listens and `SEAT_LOCK_FALLBACK=postgres`: {} of its stampede's \
+             holds and {} of its distinct-seat holds took the seat's lock in Postgres (the \
+             rest of the stampede was answered from the seat this replica remembered taken).",
+            thousands((mid - before).round() as u64),
+            thousands((after - mid).round() as u64),
+        )];
+        Ok(vec![stampede_result, distinct_result])
+    }
+}
