@@ -2,7 +2,7 @@
 //! rounds that alternate with the production pair's, each compared with its production run.
 //! The plaintext rounds are kept for the abuse scenario, whose run without attack is (d)'s.
 
-use super::context::{Bench, CLIENTS, HOT_USER, PAYMENT_FIRST_USER, Pair, STAMPEDE_CLIENTS};
+use super::context::{Bench, CLIENTS, HOT_USER, PAYMENT_FIRST_USER, Pair, Spec};
 use crate::load::{Measured, OK};
 use crate::report::{Comparison, Scenario};
 use crate::scenarios;
@@ -15,63 +15,6 @@ const SHORT_SCENARIO_ROUNDS: usize = 5;
 const LONG_SCENARIO_ROUNDS: usize = 1;
 
 impl Bench {
-    /// The pair of `side`.
-    fn pair(&self, side: Side) -> anyhow::Result<&Pair> {
-        match side {
-            Side::Production => Ok(&self.production),
-            Side::Plaintext => self
-                .plaintext
-                .as_ref()
-                .ok_or_else(|| anyhow::anyhow!("no plaintext pair")),
-        }
-    }
-
-    /// `first` (a production run) against rounds of the same work through the plaintext pair,
-    /// `measure` running one round on the given pair; `None` without a plaintext pair. The
-    /// sampler's window starts before `measure` (which may start it again once its fixtures
-    /// are made) and covers `services` of the pair.
-    async fn tls_cost(
-        &self,
-        first: &Scenario,
-        rounds: usize,
-        rate_of: Option<&[&str]>,
-        services: fn(&Pair) -> Vec<&'static str>,
-        measure: impl AsyncFn(&Pair, Side, usize) -> anyhow::Result<Measured>,
-    ) -> anyhow::Result<Option<Comparison>> {
-        if self.plaintext.is_none() {
-            return Ok(None);
-        }
-        let comparison = tls_cost::compare(first, rounds, async |side, round| {
-            let pair = self.pair(side)?;
-            self.sampler.take();
-            let measured = measure(pair, side, round).await?;
-            let mut scenario = Scenario::new(
-                &first.key,
-                &first.name,
-                &measured,
-                first.clients,
-                first.connections,
-                rate_of,
-                &first.rate_unit,
-                None,
-            );
-            scenario.observe(&self.sampler.take(), &services(pair));
-            if side == Side::Plaintext
-                && let Ok(mut rounds) = self.plaintext_rounds.lock()
-            {
-                rounds.push(scenario.clone());
-            }
-            Ok(scenario)
-        })
-        .await?;
-        Ok(Some(comparison))
-    }
-
-    /// This run's id with the side and round, for the keys of a comparison's round.
-    fn round_id(&self, side: Side, round: usize) -> String {
-        format!("{}-{}-{round}", self.run_id, side.label())
-    }
-
     /// (a) through both pairs: the same hot user, keys of each round's own.
     pub(super) async fn hot_wallet_cost(
         &self,
@@ -98,17 +41,12 @@ impl Bench {
         &self,
         stampede: &Scenario,
     ) -> anyhow::Result<Option<Comparison>> {
-        let requests = self.sizes.stampede;
         self.tls_cost(
             stampede,
             SHORT_SCENARIO_ROUNDS,
             None,
             |pair| vec![pair.reservation_name],
-            async |pair, _, _| {
-                let (measured, _) =
-                    scenarios::stampede(&pair.reservation, requests, STAMPEDE_CLIENTS).await?;
-                Ok(measured)
-            },
+            async |pair, _, _| Ok(self.stampede_holds(&pair.reservation).await?.0),
         )
         .await
     }
@@ -123,16 +61,7 @@ impl Bench {
             LONG_SCENARIO_ROUNDS,
             Some(&[OK]),
             |pair| vec![pair.reservation_name],
-            async |pair, _, _| {
-                scenarios::distinct_seats(
-                    &pair.reservation,
-                    self.sizes.distinct_holds,
-                    CLIENTS,
-                    self.sizes.seats,
-                    || drop(self.sampler.take()),
-                )
-                .await
-            },
+            async |pair, _, _| self.distinct_holds(&pair.reservation).await,
         )
         .await
     }
@@ -159,11 +88,67 @@ impl Bench {
                     first_user,
                     self.sizes.payment_users,
                     &self.round_id(side, round),
-                    || drop(self.sampler.take()),
+                    || self.start_window(),
                 )
                 .await
             },
         )
         .await
+    }
+
+    /// `first` (a production run) against rounds of the same work through the plaintext pair,
+    /// `measure` running one round on the given pair; `None` without a plaintext pair. The
+    /// sampler's window starts before `measure` (which may start it again once its fixtures
+    /// are made) and covers `services` of the pair.
+    async fn tls_cost(
+        &self,
+        first: &Scenario,
+        rounds: usize,
+        rate_of: Option<&[&str]>,
+        services: fn(&Pair) -> Vec<&'static str>,
+        measure: impl AsyncFn(&Pair, Side, usize) -> anyhow::Result<Measured>,
+    ) -> anyhow::Result<Option<Comparison>> {
+        if self.plaintext.is_none() {
+            return Ok(None);
+        }
+        let spec = Spec {
+            key: &first.key,
+            name: &first.name,
+            clients: first.clients,
+            rate_of,
+            rate_unit: &first.rate_unit,
+            latency_of: None,
+        };
+        let comparison = tls_cost::compare(first, rounds, async |side, round| {
+            let pair = self.pair(side)?;
+            self.start_window();
+            let measured = measure(pair, side, round).await?;
+            let mut scenario = spec.scenario(&measured, first.connections);
+            scenario.observe(&self.sampler.take(), &services(pair));
+            if side == Side::Plaintext
+                && let Ok(mut rounds) = self.plaintext_rounds.lock()
+            {
+                rounds.push(scenario.clone());
+            }
+            Ok(scenario)
+        })
+        .await?;
+        Ok(Some(comparison))
+    }
+
+    /// The pair of `side`.
+    fn pair(&self, side: Side) -> anyhow::Result<&Pair> {
+        match side {
+            Side::Production => Ok(&self.production),
+            Side::Plaintext => self
+                .plaintext
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no plaintext pair")),
+        }
+    }
+
+    /// This run's id with the side and round, for the keys of a comparison's round.
+    fn round_id(&self, side: Side, round: usize) -> String {
+        format!("{}-{}-{round}", self.run_id, side.label())
     }
 }

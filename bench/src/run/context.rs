@@ -12,6 +12,7 @@ use reservation_svc::store::CREATE_SCHEDULE_SQL;
 
 use super::{RunArgs, run_id};
 use crate::access::{Access, Caller, Service};
+use crate::load::{Measured, OK};
 use crate::probe::{self, Machine, RssSampler, Watched};
 use crate::report::{Scenario, Target, mebibytes, thousands};
 
@@ -70,6 +71,56 @@ impl Sizes {
             payment_users: 1_000,
             redis: scaled(100_000),
         }
+    }
+}
+
+/// What a scenario's row is before it is measured: its key and name, its clients, what its
+/// rate counts and in which unit, and whose latencies it gives.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spec<'a> {
+    pub(super) key: &'a str,
+    pub(super) name: &'a str,
+    pub(super) clients: usize,
+    /// The outcomes the rate counts (every outcome for `None`).
+    pub(super) rate_of: Option<&'a [&'a str]>,
+    pub(super) rate_unit: &'a str,
+    /// The outcomes whose latencies it gives (every outcome for `None`).
+    pub(super) latency_of: Option<&'a [&'a str]>,
+}
+
+impl<'a> Spec<'a> {
+    /// Calls of any outcome, per second, from `clients` clients.
+    pub(super) fn calls(key: &'a str, name: &'a str, clients: usize) -> Self {
+        Self {
+            key,
+            name,
+            clients,
+            rate_of: None,
+            rate_unit: "req/s",
+            latency_of: None,
+        }
+    }
+
+    /// Calls answered [`OK`], per second, from `clients` clients (latencies of every call).
+    pub(super) fn successes(key: &'a str, name: &'a str, clients: usize) -> Self {
+        Self {
+            rate_of: Some(&[OK]),
+            ..Self::calls(key, name, clients)
+        }
+    }
+
+    /// The figures of `measured`, over `connections` HTTP/2 connections to each service.
+    pub(super) fn scenario(&self, measured: &Measured, connections: usize) -> Scenario {
+        Scenario::new(
+            self.key,
+            self.name,
+            measured,
+            self.clients,
+            connections,
+            self.rate_of,
+            self.rate_unit,
+            self.latency_of,
+        )
     }
 }
 
@@ -187,6 +238,22 @@ impl Bench {
             sampler,
         };
         Ok((bench, machine))
+    }
+
+    /// Starts the sampler's window again: right before a scenario's first call, once its
+    /// fixtures are made.
+    pub(super) fn start_window(&self) {
+        drop(self.sampler.take());
+    }
+
+    /// The row of `measured`, run since the sampler's window last started: the peak RSS and
+    /// CPU of `services` (and the load generator) over the window, and a note of its outcomes
+    /// unless every call succeeded.
+    pub(super) fn observed(&self, spec: Spec, measured: &Measured, services: &[&str]) -> Scenario {
+        let mut scenario = spec.scenario(measured, self.args.connections);
+        scenario.observe(&self.sampler.take(), services);
+        scenario.note_outcomes();
+        scenario
     }
 
     pub(super) fn reservation_db(&self) -> &str {

@@ -2,12 +2,10 @@
 //! (`SEAT_LOCK_FALLBACK=postgres`): the cost of seat locks in Postgres during a Redis outage,
 //! against the same scenarios with Redis, and the stampede still to one winner.
 
-use super::context::{Bench, CLIENTS, DEGRADED_RESERVATION, STAMPEDE_CLIENTS};
+use super::context::{Bench, CLIENTS, DEGRADED_RESERVATION, STAMPEDE_CLIENTS, Spec};
 use super::{ScenarioResult, relative_target};
-use crate::load::OK;
 use crate::probe;
 use crate::report::{Scenario, Target, thousands};
-use crate::scenarios;
 
 impl Bench {
     /// (c) and (d) again through the reservation-svc whose Redis is out of reach
@@ -27,47 +25,33 @@ impl Bench {
             probe::scrape(metrics, "ticketing_seat_lock_total{outcome=\"postgres\"}").await
         };
         let before = through_postgres().await?;
-        self.sampler.take();
-        let (measured, schedule_id) =
-            scenarios::stampede(service, self.sizes.stampede, STAMPEDE_CLIENTS).await?;
-        let mut degraded_stampede = Scenario::new(
-            "degraded-stampede",
-            "(c) stampede, seat locks in Postgres (Redis out of reach)",
+        self.start_window();
+        let (measured, schedule_id) = self.stampede_holds(service).await?;
+        let degraded_stampede = self.observed(
+            Spec::calls(
+                "degraded-stampede",
+                "(c) stampede, seat locks in Postgres (Redis out of reach)",
+                STAMPEDE_CLIENTS,
+            ),
             &measured,
-            STAMPEDE_CLIENTS,
-            self.args.connections,
-            None,
-            "req/s",
-            None,
+            &[DEGRADED_RESERVATION],
         );
-        degraded_stampede.observe(&self.sampler.take(), &[DEGRADED_RESERVATION]);
-        degraded_stampede.note_outcomes();
         let held = probe::psql_value(
             &self.args.reservation_database_url,
             &format!("SELECT count(*) FROM reservations WHERE schedule_id = {schedule_id}"),
         )
         .await?;
         let mid = through_postgres().await?;
-        let measured = scenarios::distinct_seats(
-            service,
-            self.sizes.distinct_holds,
-            CLIENTS,
-            self.sizes.seats,
-            || drop(self.sampler.take()),
-        )
-        .await?;
-        let mut degraded_distinct = Scenario::new(
-            "degraded-distinct-seats",
-            "(d) distinct seats, seat locks in Postgres (Redis out of reach)",
+        let measured = self.distinct_holds(service).await?;
+        let degraded_distinct = self.observed(
+            Spec::successes(
+                "degraded-distinct-seats",
+                "(d) distinct seats, seat locks in Postgres (Redis out of reach)",
+                CLIENTS,
+            ),
             &measured,
-            CLIENTS,
-            self.args.connections,
-            Some(&[OK]),
-            "req/s",
-            None,
+            &[DEGRADED_RESERVATION],
         );
-        degraded_distinct.observe(&self.sampler.take(), &[DEGRADED_RESERVATION]);
-        degraded_distinct.note_outcomes();
         let after = through_postgres().await?;
         let mut stampede_result = ScenarioResult::alone(degraded_stampede);
         stampede_result.targets = vec![

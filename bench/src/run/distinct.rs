@@ -1,10 +1,11 @@
 //! (d) Holds of distinct seats of a 100,000-seat schedule, against pgbench of the same
 //! statement on a raw schedule of its own, with where each hold's CPU goes.
 
-use super::context::{Bench, CLIENTS, PGBENCH_CLIENTS, RESERVATION};
+use super::context::{Bench, CLIENTS, PGBENCH_CLIENTS, RESERVATION, Spec};
 use super::{ScenarioResult, ratio_target};
+use crate::access::Service;
 use crate::baseline::{self, Baseline, Pgbench};
-use crate::load::OK;
+use crate::load::Measured;
 use crate::probe;
 use crate::report::{Scenario, micros};
 use crate::scenarios;
@@ -18,7 +19,47 @@ impl Bench {
         &self,
         raw_schedule: &str,
     ) -> anyhow::Result<ScenarioResult> {
-        let raw_holds = Pgbench {
+        let raw_holds = self.hold_baseline(raw_schedule).await?;
+        let measured = self.distinct_holds(&self.production.reservation).await?;
+        let mut distinct = self.observed(
+            Spec::successes(
+                DISTINCT_SEATS,
+                "(d) distinct seats: `HoldSeat` over 100,000 seats",
+                CLIENTS,
+            ),
+            &measured,
+            &[RESERVATION],
+        );
+        distinct.against(&raw_holds);
+        let target = ratio_target(
+            "distinct-seat holds vs raw pgbench of the same SQL",
+            &distinct,
+            &raw_holds,
+            0.8,
+        );
+        let note = distinct_cpu_note(&distinct, &raw_holds);
+        let mut result = ScenarioResult::with_baselines(distinct, vec![raw_holds]);
+        result.targets.push(target);
+        result.notes.push(note);
+        Ok(result)
+    }
+
+    /// (d)'s holds through `reservation`, each of a distinct seat of a fresh schedule; the
+    /// sampler's window starts once the schedule is made.
+    pub(super) async fn distinct_holds(&self, reservation: &Service) -> anyhow::Result<Measured> {
+        scenarios::distinct_seats(
+            reservation,
+            self.sizes.distinct_holds,
+            CLIENTS,
+            self.sizes.seats,
+            || self.start_window(),
+        )
+        .await
+    }
+
+    /// pgbench of the hold's statement, as many holds as (d)'s, on `raw_schedule`.
+    async fn hold_baseline(&self, raw_schedule: &str) -> anyhow::Result<Baseline> {
+        Pgbench {
             key: "pgbench-hold",
             name: "pgbench `HoldSeat` SQL, distinct seats",
             database_url: &self.args.reservation_database_url,
@@ -37,41 +78,7 @@ impl Bench {
             work_dir: &self.work_dir,
         }
         .run()
-        .await?;
-        let measured = scenarios::distinct_seats(
-            &self.production.reservation,
-            self.sizes.distinct_holds,
-            CLIENTS,
-            self.sizes.seats,
-            || drop(self.sampler.take()),
-        )
-        .await?;
-        let mut distinct = Scenario::new(
-            DISTINCT_SEATS,
-            "(d) distinct seats: `HoldSeat` over 100,000 seats",
-            &measured,
-            CLIENTS,
-            self.args.connections,
-            Some(&[OK]),
-            "req/s",
-            None,
-        );
-        distinct.observe(&self.sampler.take(), &[RESERVATION]);
-        distinct.against(&raw_holds);
-        distinct.note_outcomes();
-        let target = ratio_target(
-            "distinct-seat holds vs raw pgbench of the same SQL",
-            &distinct,
-            &raw_holds,
-            0.8,
-        );
-        let note = distinct_cpu_note(&distinct, &raw_holds);
-        Ok(ScenarioResult {
-            scenario: distinct,
-            baselines: vec![raw_holds],
-            targets: vec![target],
-            notes: vec![note],
-        })
+        .await
     }
 }
 

@@ -215,9 +215,14 @@ struct ScenarioResult {
 impl ScenarioResult {
     /// A scenario with no baseline, target or note of its own.
     fn alone(scenario: Scenario) -> Self {
+        Self::with_baselines(scenario, Vec::new())
+    }
+
+    /// A scenario with its raw baselines, and no target or note yet.
+    fn with_baselines(scenario: Scenario, baselines: Vec<Baseline>) -> Self {
         Self {
             scenario,
-            baselines: Vec::new(),
+            baselines,
             targets: Vec::new(),
             notes: Vec::new(),
         }

@@ -3,12 +3,12 @@
 //! them before their steps were pipelined, and as one statement per decision.
 
 use super::context::{
-    Bench, CLIENTS, PAYMENT_FIRST_USER, RAW_PAYMENT_FIRST_USER, RESERVATION, WALLET,
+    Bench, CLIENTS, PAYMENT_FIRST_USER, RAW_PAYMENT_FIRST_USER, RESERVATION, Spec, WALLET,
 };
 use super::{ScenarioResult, ratio_target};
 use crate::load::{Measured, OK};
 use crate::payment_baseline;
-use crate::report::{Scenario, thousands};
+use crate::report::thousands;
 use crate::scenarios;
 
 /// Connections of each side of the payment baselines: with the services' pools open, the
@@ -26,21 +26,19 @@ impl Bench {
             PAYMENT_FIRST_USER,
             self.sizes.payment_users,
             &self.run_id,
-            || drop(self.sampler.take()),
+            || self.start_window(),
         )
         .await?;
-        let mut payments = Scenario::new(
-            "payments",
-            "(f) payment flow: `HoldSeat` + `PayReservation`",
-            &measured,
-            CLIENTS,
-            self.args.connections,
-            Some(&[OK]),
-            "paid/s",
-            Some(&[OK]),
-        );
-        payments.observe(&self.sampler.take(), &[RESERVATION, WALLET]);
-        payments.note_outcomes();
+        let spec = Spec {
+            rate_unit: "paid/s",
+            latency_of: Some(&[OK]),
+            ..Spec::successes(
+                "payments",
+                "(f) payment flow: `HoldSeat` + `PayReservation`",
+                CLIENTS,
+            )
+        };
+        let mut payments = self.observed(spec, &measured, &[RESERVATION, WALLET]);
         let setting = payment_baseline::Setting {
             reservation_database_url: &self.args.reservation_database_url,
             wallet_database_url: &self.args.wallet_database_url,

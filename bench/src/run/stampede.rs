@@ -8,7 +8,8 @@ use hdrhistogram::Histogram;
 use reservation_svc::lock::{RELEASE_SCRIPT, acquire_script};
 
 use super::ScenarioResult;
-use super::context::{Bench, CLIENTS, Commits, RESERVATION, STAMPEDE_CLIENTS};
+use super::context::{Bench, CLIENTS, Commits, RESERVATION, STAMPEDE_CLIENTS, Spec};
+use crate::access::Service;
 use crate::baseline::{self, Baseline, RedisBenchmark};
 use crate::load::{Measured, OK};
 use crate::probe::{self, Window};
@@ -30,90 +31,28 @@ const FAR_DEADLINE_MS: &str = "4102444800000";
 impl Bench {
     /// (e) The gRPC floor: the cheapest call, at the stampede's concurrency.
     pub(super) async fn health(&self) -> anyhow::Result<ScenarioResult> {
-        self.sampler.take();
+        self.start_window();
         let measured = scenarios::health(
             &self.production.reservation,
             self.sizes.health,
             STAMPEDE_CLIENTS,
         )
         .await?;
-        let mut health = Scenario::new(
-            "health",
-            "(e) health check RPC",
+        let health = self.observed(
+            Spec::calls("health", "(e) health check RPC", STAMPEDE_CLIENTS),
             &measured,
-            STAMPEDE_CLIENTS,
-            self.args.connections,
-            None,
-            "req/s",
-            None,
+            &[RESERVATION],
         );
-        health.observe(&self.sampler.take(), &[RESERVATION]);
-        health.note_outcomes();
         Ok(ScenarioResult::alone(health))
     }
 
-    /// The Redis side of a hold, as reservation-svc runs it: its Lua acquire of the seat lock
-    /// (`EVALSHA` of `acquire_script()`, on one key and on distinct keys) and its Lua release.
-    async fn redis_baselines(&self) -> anyhow::Result<[Baseline; 3]> {
-        let (host, port) = (self.args.redis_host.as_str(), self.args.redis_port);
-        let lock_key = format!("{}raw:seat:{{0}}:", self.args.redis_prefix);
-        let acquire_sha = baseline::redis_script_load(host, port, &acquire_script()).await?;
-        // KEYS[1] the seat's key; ARGV the token, the TTL and the deadline.
-        let acquire = |key: String| {
-            vec![
-                "EVALSHA".to_owned(),
-                acquire_sha.clone(),
-                "1".to_owned(),
-                key,
-                "bench-token".to_owned(),
-                LOCK_TTL_MS.to_owned(),
-                FAR_DEADLINE_MS.to_owned(),
-            ]
-        };
-        let raw_stampede = RedisBenchmark {
-            key: "redis-acquire-one-key",
-            name: "redis-benchmark Lua acquire (`EVALSHA`), one key",
-            host,
-            port,
-            clients: STAMPEDE_CLIENTS,
-            requests: self.sizes.redis,
-            keyspace: None,
-            command: acquire(format!("{lock_key}1")),
-        }
-        .run()
-        .await?;
-        let raw_lock = RedisBenchmark {
-            key: "redis-acquire",
-            name: "redis-benchmark Lua acquire (`EVALSHA`), distinct keys",
-            host,
-            port,
-            clients: CLIENTS,
-            requests: self.sizes.redis,
-            keyspace: Some(1_000_000),
-            command: acquire(format!("{lock_key}__rand_int__")),
-        }
-        .run()
-        .await?;
-        let release_sha = baseline::redis_script_load(host, port, RELEASE_SCRIPT).await?;
-        let raw_release = RedisBenchmark {
-            key: "redis-release",
-            name: "redis-benchmark Lua release (`EVALSHA`)",
-            host,
-            port,
-            clients: CLIENTS,
-            requests: self.sizes.redis,
-            keyspace: Some(1_000_000),
-            command: vec![
-                "EVALSHA".to_owned(),
-                release_sha,
-                "1".to_owned(),
-                format!("{lock_key}__rand_int__"),
-                "bench-token".to_owned(),
-            ],
-        }
-        .run()
-        .await?;
-        Ok([raw_stampede, raw_lock, raw_release])
+    /// The stampede's holds of one seat of a fresh schedule through `reservation`, and the
+    /// schedule's id.
+    pub(super) async fn stampede_holds(
+        &self,
+        reservation: &Service,
+    ) -> anyhow::Result<(Measured, i64)> {
+        scenarios::stampede(reservation, self.sizes.stampede, STAMPEDE_CLIENTS).await
     }
 
     /// (c) Stampede: one seat, many clients, compared with the Redis side of a hold (run raw
@@ -134,16 +73,12 @@ impl Bench {
                 .as_secs_f64()
                 .max(1.0);
         let run = self.run_stampede(background_to).await?;
-        let mut stampede = Scenario::new(
+        let mut stampede = Spec::calls(
             "stampede",
             "(c) stampede: `HoldSeat` of one seat",
-            &run.measured,
             STAMPEDE_CLIENTS,
-            self.args.connections,
-            None,
-            "req/s",
-            None,
-        );
+        )
+        .scenario(&run.measured, self.args.connections);
         stampede.observe(&run.seen, &[RESERVATION]);
         stampede.against(&raw[0]);
         let loser_latencies = run.measured.latencies(Some(&["ABORTED", "ALREADY_EXISTS"]));
@@ -164,26 +99,68 @@ impl Bench {
         stampede
             .notes
             .push(stampede_latency_note(&stampede, &loser_latencies));
-        Ok(ScenarioResult {
-            scenario: stampede,
-            baselines: raw.into(),
-            targets,
-            notes: Vec::new(),
-        })
+        let mut result = ScenarioResult::with_baselines(stampede, raw.into());
+        result.targets = targets;
+        Ok(result)
+    }
+
+    /// The Redis side of a hold, as reservation-svc runs it: its Lua acquire of the seat lock
+    /// (`EVALSHA` of `acquire_script()`, on one key and on distinct keys) and its Lua release.
+    async fn redis_baselines(&self) -> anyhow::Result<[Baseline; 3]> {
+        let (host, port) = (self.args.redis_host.as_str(), self.args.redis_port);
+        let lock_key = format!("{}raw:seat:{{0}}:", self.args.redis_prefix);
+        let benchmark = |key, name, clients, keyspace, command| RedisBenchmark {
+            key,
+            name,
+            host,
+            port,
+            clients,
+            requests: self.sizes.redis,
+            keyspace,
+            command,
+        };
+        let acquire_sha = baseline::redis_script_load(host, port, &acquire_script()).await?;
+        // KEYS[1] the seat's key; ARGV the token, the TTL and the deadline.
+        let acquire = |key: String| evalsha(&acquire_sha, key, &[LOCK_TTL_MS, FAR_DEADLINE_MS]);
+        let raw_stampede = benchmark(
+            "redis-acquire-one-key",
+            "redis-benchmark Lua acquire (`EVALSHA`), one key",
+            STAMPEDE_CLIENTS,
+            None,
+            acquire(format!("{lock_key}1")),
+        )
+        .run()
+        .await?;
+        let raw_lock = benchmark(
+            "redis-acquire",
+            "redis-benchmark Lua acquire (`EVALSHA`), distinct keys",
+            CLIENTS,
+            Some(1_000_000),
+            acquire(format!("{lock_key}__rand_int__")),
+        )
+        .run()
+        .await?;
+        let release_sha = baseline::redis_script_load(host, port, RELEASE_SCRIPT).await?;
+        let raw_release = benchmark(
+            "redis-release",
+            "redis-benchmark Lua release (`EVALSHA`)",
+            CLIENTS,
+            Some(1_000_000),
+            evalsha(&release_sha, format!("{lock_key}__rand_int__"), &[]),
+        )
+        .run()
+        .await?;
+        Ok([raw_stampede, raw_lock, raw_release])
     }
 
     /// Runs the stampede, reads the seat lock counters around it and `xact_commit` once idle
     /// backends have reported (counted from `background_to`), and the seat's reservations.
     async fn run_stampede(&self, background_to: Commits) -> anyhow::Result<StampedeRun> {
         let locks_before = seat_locks(&self.args.reservation_metrics).await?;
-        self.sampler.take();
+        self.start_window();
         let stampede_started = Instant::now();
-        let (measured, stampede_schedule) = scenarios::stampede(
-            &self.production.reservation,
-            self.sizes.stampede,
-            STAMPEDE_CLIENTS,
-        )
-        .await?;
+        let (measured, stampede_schedule) =
+            self.stampede_holds(&self.production.reservation).await?;
         let seen = self.sampler.take();
         let locks_after = seat_locks(&self.args.reservation_metrics).await?;
         // Idle backends report their counts up to 10 s late.
@@ -210,6 +187,20 @@ impl Bench {
             winner: winner.to_owned(),
         })
     }
+}
+
+/// `EVALSHA` of the script `sha` on one key, `key`, with the token and then `args` as ARGV.
+fn evalsha(sha: &str, key: String, args: &[&str]) -> Vec<String> {
+    [
+        "EVALSHA".to_owned(),
+        sha.to_owned(),
+        "1".to_owned(),
+        key,
+        "bench-token".to_owned(),
+    ]
+    .into_iter()
+    .chain(args.iter().map(|&arg| arg.to_owned()))
+    .collect()
 }
 
 /// What the stampede left besides its calls.

@@ -3,11 +3,10 @@
 
 use super::context::{
     Bench, CLIENTS, HOT_USER, PGBENCH_CLIENTS, RAW_HOT_USER, RAW_SPREAD_FIRST_USER,
-    SPREAD_FIRST_USER, WALLET,
+    SPREAD_FIRST_USER, Spec, WALLET,
 };
 use super::{ScenarioResult, ratio_target};
 use crate::baseline::{self, Baseline, Pgbench};
-use crate::load::OK;
 use crate::report::Scenario;
 use crate::scenarios;
 
@@ -28,34 +27,6 @@ struct WalletRun {
 }
 
 impl Bench {
-    /// pgbench of wallet-svc's `Use` SQL: `uses` transactions in all, over the raw wallets
-    /// `first_user..first_user + users`.
-    async fn wallet_baseline(
-        &self,
-        key: &str,
-        name: &str,
-        uses: u64,
-        first_user: i64,
-        users: u64,
-    ) -> anyhow::Result<Baseline> {
-        Pgbench {
-            key,
-            name,
-            database_url: &self.args.wallet_database_url,
-            script_name: "wallet_use.sql",
-            script: baseline::WALLET_USE_SQL,
-            clients: PGBENCH_CLIENTS,
-            transactions_per_client: uses.div_ceil(PGBENCH_CLIENTS as u64),
-            variables: vec![
-                ("first_user", first_user.to_string()),
-                ("users", users.to_string()),
-            ],
-            work_dir: &self.work_dir,
-        }
-        .run()
-        .await
-    }
-
     /// (a) One hot wallet row.
     pub(super) async fn hot_wallet(&self) -> anyhow::Result<ScenarioResult> {
         let (hot, raw_hot) = self
@@ -78,12 +49,9 @@ impl Bench {
             &raw_hot,
             5.0,
         );
-        Ok(ScenarioResult {
-            scenario: hot,
-            baselines: vec![raw_hot],
-            targets: vec![target],
-            notes: Vec::new(),
-        })
+        let mut result = ScenarioResult::with_baselines(hot, vec![raw_hot]);
+        result.targets.push(target);
+        Ok(result)
     }
 
     /// (b) The same over many users.
@@ -103,26 +71,13 @@ impl Bench {
                 charge_each: i64::try_from(uses.div_ceil(users))? + 1,
             })
             .await?;
-        Ok(ScenarioResult {
-            scenario: spread,
-            baselines: vec![raw_spread],
-            targets: Vec::new(),
-            notes: Vec::new(),
-        })
+        Ok(ScenarioResult::with_baselines(spread, vec![raw_spread]))
     }
 
     /// A wallet scenario: its raw baseline first, then its users charged (not timed), then
     /// `uses` uses of 1 point spread over them, measured.
     async fn wallet_scenario(&self, run: WalletRun) -> anyhow::Result<(Scenario, Baseline)> {
-        let raw = self
-            .wallet_baseline(
-                run.baseline_key,
-                run.baseline_name,
-                run.uses,
-                run.raw_first_user,
-                run.users,
-            )
-            .await?;
+        let raw = self.wallet_baseline(&run).await?;
         scenarios::charge_users(
             &self.production.wallet,
             run.first_user,
@@ -131,7 +86,7 @@ impl Bench {
             &self.run_id,
         )
         .await?;
-        self.sampler.take();
+        self.start_window();
         let measured = scenarios::wallet_uses(
             run.label,
             &self.production.payer,
@@ -142,19 +97,33 @@ impl Bench {
             &self.run_id,
         )
         .await?;
-        let mut scenario = Scenario::new(
-            run.key,
-            run.name,
+        let mut scenario = self.observed(
+            Spec::successes(run.key, run.name, CLIENTS),
             &measured,
-            CLIENTS,
-            self.args.connections,
-            Some(&[OK]),
-            "req/s",
-            None,
+            &[WALLET],
         );
-        scenario.observe(&self.sampler.take(), &[WALLET]);
         scenario.against(&raw);
-        scenario.note_outcomes();
         Ok((scenario, raw))
+    }
+
+    /// pgbench of wallet-svc's `Use` SQL: as many transactions in all as `run`'s uses, over
+    /// its raw wallets.
+    async fn wallet_baseline(&self, run: &WalletRun) -> anyhow::Result<Baseline> {
+        Pgbench {
+            key: run.baseline_key,
+            name: run.baseline_name,
+            database_url: &self.args.wallet_database_url,
+            script_name: "wallet_use.sql",
+            script: baseline::WALLET_USE_SQL,
+            clients: PGBENCH_CLIENTS,
+            transactions_per_client: run.uses.div_ceil(PGBENCH_CLIENTS as u64),
+            variables: vec![
+                ("first_user", run.raw_first_user.to_string()),
+                ("users", run.users.to_string()),
+            ],
+            work_dir: &self.work_dir,
+        }
+        .run()
+        .await
     }
 }
