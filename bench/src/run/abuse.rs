@@ -4,7 +4,7 @@
 
 use super::context::{Bench, CLIENTS};
 use super::distinct::DISTINCT_SEATS;
-use crate::abuse::{self, Abuse};
+use crate::abuse::{Abuse, Attack, Load, Subject, measure};
 use crate::report::Scenario;
 use crate::tls_cost;
 
@@ -21,6 +21,26 @@ impl Bench {
         ) else {
             return Ok(None);
         };
+        let subject = Subject {
+            described: "the plaintext pair (`INSECURE`: the same limits as production's, and \
+                        attackers that need no TLS)"
+                .to_owned(),
+            addr,
+            metrics,
+            load: &pair.reservation,
+            services: [pair.reservation_name, pair.wallet_name],
+        };
+        let load = Load {
+            requests: self.sizes.distinct_holds,
+            clients: CLIENTS,
+            seats: self.sizes.seats,
+        };
+        let measured = measure(&subject, load, &Attack::ALL, self.calm(), &self.sampler).await?;
+        Ok(Some(measured))
+    }
+
+    /// The abuse scenario's run without attack: the median of (d)'s plaintext rounds, if any.
+    fn calm(&self) -> Option<Scenario> {
         let calm_rounds: Vec<Scenario> = self
             .plaintext_rounds
             .lock()
@@ -32,28 +52,11 @@ impl Bench {
                     .collect()
             })
             .unwrap_or_default();
-        let calm = (!calm_rounds.is_empty()).then(|| {
+        (!calm_rounds.is_empty()).then(|| {
             let mut calm = tls_cost::median(calm_rounds);
             calm.key = "abuse-calm".to_owned();
             calm.name = "(d) distinct seats, no attack (its plaintext round above)".to_owned();
             calm
-        });
-        let subject = abuse::Subject {
-            described: "the plaintext pair (`INSECURE`: the same limits as production's, and \
-                        attackers that need no TLS)"
-                .to_owned(),
-            addr,
-            metrics,
-            load: &pair.reservation,
-            services: [pair.reservation_name, pair.wallet_name],
-        };
-        let load = abuse::Load {
-            requests: self.sizes.distinct_holds,
-            clients: CLIENTS,
-            seats: self.sizes.seats,
-        };
-        let measured =
-            abuse::measure(&subject, load, &abuse::Attack::ALL, calm, &self.sampler).await?;
-        Ok(Some(measured))
+        })
     }
 }

@@ -74,63 +74,6 @@ impl Sizes {
     }
 }
 
-/// What a scenario's row is before it is measured: its key and name, its clients, what its
-/// rate counts and in which unit, and whose latencies it gives.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Spec<'a> {
-    pub(super) key: &'a str,
-    pub(super) name: &'a str,
-    pub(super) clients: usize,
-    /// The outcomes the rate counts (every outcome for `None`).
-    pub(super) rate_of: Option<&'a [&'a str]>,
-    pub(super) rate_unit: &'a str,
-    /// The outcomes whose latencies it gives (every outcome for `None`).
-    pub(super) latency_of: Option<&'a [&'a str]>,
-}
-
-impl<'a> Spec<'a> {
-    /// Calls of any outcome, per second, from `clients` clients.
-    pub(super) fn calls(key: &'a str, name: &'a str, clients: usize) -> Self {
-        Self {
-            key,
-            name,
-            clients,
-            rate_of: None,
-            rate_unit: "req/s",
-            latency_of: None,
-        }
-    }
-
-    /// Calls answered [`OK`], per second, from `clients` clients (latencies of every call).
-    pub(super) fn successes(key: &'a str, name: &'a str, clients: usize) -> Self {
-        Self {
-            rate_of: Some(&[OK]),
-            ..Self::calls(key, name, clients)
-        }
-    }
-
-    /// The figures of `measured`, over `connections` HTTP/2 connections to each service.
-    pub(super) fn scenario(&self, measured: &Measured, connections: usize) -> Scenario {
-        Scenario::new(
-            self.key,
-            self.name,
-            measured,
-            self.clients,
-            connections,
-            self.rate_of,
-            self.rate_unit,
-            self.latency_of,
-        )
-    }
-}
-
-/// `xact_commit` of a database, and when it was read.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Commits {
-    pub(super) at: Instant,
-    pub(super) count: u64,
-}
-
 /// A wallet-svc and the reservation-svc that pays through it, and the names the sampler knows
 /// them by.
 #[derive(Debug)]
@@ -144,6 +87,35 @@ pub(super) struct Pair {
     pub(super) reservation_name: &'static str,
 }
 
+impl Pair {
+    /// Connects to the wallet-svc at `wallet` (as users, then as the payment service) and the
+    /// reservation-svc at `reservation`, which the sampler knows as `names`.
+    async fn connect(
+        args: &RunArgs,
+        [wallet, reservation]: [&String; 2],
+        access: &Access,
+        [wallet_name, reservation_name]: [&'static str; 2],
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            wallet: connect(args, wallet, access, Caller::Users).await?,
+            payer: connect(args, wallet, access, Caller::PaymentService).await?,
+            reservation: connect(args, reservation, access, Caller::Users).await?,
+            wallet_name,
+            reservation_name,
+        })
+    }
+}
+
+/// `--connections` connections to the service at `addr`, as `caller`.
+async fn connect(
+    args: &RunArgs,
+    addr: &String,
+    access: &Access,
+    caller: Caller,
+) -> anyhow::Result<Service> {
+    Service::connect(std::slice::from_ref(addr), args.connections, access, caller).await
+}
+
 /// What every scenario runs with: the arguments, the request counts, this run's id and
 /// scratch space, connections to the services, and the sampler of their memory and CPU.
 #[derive(Debug)]
@@ -152,6 +124,11 @@ pub(super) struct Bench {
     pub(super) sizes: Sizes,
     pub(super) run_id: String,
     pub(super) work_dir: PathBuf,
+    /// When the run started, and the machine's load average then.
+    pub(super) started: Instant,
+    load_before: String,
+    /// What the report says of the machine.
+    pub(super) machine: Machine,
     /// The services the scenarios measure, as production runs them (or as `--pki` says).
     pub(super) production: Pair,
     /// The pair run with `INSECURE` that the production pair is compared with, if any.
@@ -165,23 +142,22 @@ pub(super) struct Bench {
 }
 
 impl Bench {
-    /// Connects to both services and starts sampling them; also describes the machine.
-    pub(super) async fn set_up(args: RunArgs) -> anyhow::Result<(Self, Machine)> {
+    /// Connects to the services and starts sampling them; also describes the machine.
+    pub(super) async fn set_up(args: RunArgs) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let load_before = probe::load_average();
         let sizes = Sizes::scaled(args.scale);
         let run_id = run_id();
         let work_dir = args.work_dir.join(&run_id);
         let machine =
             Machine::describe(&args.admin_database_url, &args.redis_host, args.redis_port).await;
-        let connect = async |addr: &String, access: &Access, caller: Caller| {
-            Service::connect(std::slice::from_ref(addr), args.connections, access, caller).await
-        };
-        let production = Pair {
-            wallet: connect(&args.wallet, &args.access, Caller::Users).await?,
-            payer: connect(&args.wallet, &args.access, Caller::PaymentService).await?,
-            reservation: connect(&args.reservation, &args.access, Caller::Users).await?,
-            wallet_name: WALLET,
-            reservation_name: RESERVATION,
-        };
+        let production = Pair::connect(
+            &args,
+            [&args.wallet, &args.reservation],
+            &args.access,
+            [WALLET, RESERVATION],
+        )
+        .await?;
         let mut watched = vec![
             Watched {
                 name: WALLET,
@@ -192,52 +168,23 @@ impl Bench {
                 pid: args.reservation_pid,
             },
         ];
-        let plaintext = match (&args.plaintext_wallet, &args.plaintext_reservation) {
-            (Some(wallet), Some(reservation)) => {
-                watched.extend([
-                    Watched {
-                        name: PLAINTEXT_WALLET,
-                        pid: args.plaintext_wallet_pid.unwrap_or(0),
-                    },
-                    Watched {
-                        name: PLAINTEXT_RESERVATION,
-                        pid: args.plaintext_reservation_pid.unwrap_or(0),
-                    },
-                ]);
-                let plain = Access::default();
-                Some(Pair {
-                    wallet: connect(wallet, &plain, Caller::Users).await?,
-                    payer: connect(wallet, &plain, Caller::PaymentService).await?,
-                    reservation: connect(reservation, &plain, Caller::Users).await?,
-                    wallet_name: PLAINTEXT_WALLET,
-                    reservation_name: PLAINTEXT_RESERVATION,
-                })
-            }
-            _ => None,
-        };
-        let degraded = match (&args.degraded_reservation, args.degraded_reservation_pid) {
-            (Some(addr), Some(pid)) => {
-                watched.push(Watched {
-                    name: DEGRADED_RESERVATION,
-                    pid,
-                });
-                Some(connect(addr, &args.access, Caller::Users).await?)
-            }
-            _ => None,
-        };
+        let plaintext = connect_plaintext(&args, &mut watched).await?;
+        let degraded = connect_degraded(&args, &mut watched).await?;
         let sampler = RssSampler::start(watched);
-        let bench = Self {
+        Ok(Self {
             args,
             sizes,
             run_id,
             work_dir,
+            started,
+            load_before,
+            machine,
             production,
             plaintext,
             degraded,
             plaintext_rounds: Mutex::default(),
             sampler,
-        };
-        Ok((bench, machine))
+        })
     }
 
     /// Starts the sampler's window again: right before a scenario's first call, once its
@@ -306,8 +253,8 @@ impl Bench {
     }
 
     /// The run's request counts, clients and connections, and the machine's load average
-    /// before (`load_before`) and now, at the run's end.
-    pub(super) fn counts_note(&self, load_before: &str) -> String {
+    /// before the run and now, at its end.
+    pub(super) fn counts_note(&self) -> String {
         let sizes = &self.sizes;
         format!(
             "Request counts at scale {}: health {}, hot wallet {}, spread wallet {} (10,000 users \
@@ -328,10 +275,116 @@ impl Bench {
             thousands(STAMPEDE_CLIENTS as u64),
             self.args.connections,
             PGBENCH_CLIENTS,
-            load_before,
+            self.load_before,
             probe::load_average(),
         )
     }
+}
+
+/// The plaintext pair, if `--plaintext-wallet` and `--plaintext-reservation` name one; its
+/// services join `watched`.
+async fn connect_plaintext(
+    args: &RunArgs,
+    watched: &mut Vec<Watched>,
+) -> anyhow::Result<Option<Pair>> {
+    let (Some(wallet), Some(reservation)) = (&args.plaintext_wallet, &args.plaintext_reservation)
+    else {
+        return Ok(None);
+    };
+    watched.extend([
+        Watched {
+            name: PLAINTEXT_WALLET,
+            pid: args.plaintext_wallet_pid.unwrap_or(0),
+        },
+        Watched {
+            name: PLAINTEXT_RESERVATION,
+            pid: args.plaintext_reservation_pid.unwrap_or(0),
+        },
+    ]);
+    let pair = Pair::connect(
+        args,
+        [wallet, reservation],
+        &Access::default(),
+        [PLAINTEXT_WALLET, PLAINTEXT_RESERVATION],
+    )
+    .await?;
+    Ok(Some(pair))
+}
+
+/// The reservation-svc with seat locks in Postgres, if `--degraded-reservation` names one;
+/// it joins `watched`.
+async fn connect_degraded(
+    args: &RunArgs,
+    watched: &mut Vec<Watched>,
+) -> anyhow::Result<Option<Service>> {
+    let (Some(addr), Some(pid)) = (&args.degraded_reservation, args.degraded_reservation_pid)
+    else {
+        return Ok(None);
+    };
+    watched.push(Watched {
+        name: DEGRADED_RESERVATION,
+        pid,
+    });
+    Ok(Some(
+        connect(args, addr, &args.access, Caller::Users).await?,
+    ))
+}
+
+/// What a scenario's row is before it is measured: its key and name, its clients, what its
+/// rate counts and in which unit, and whose latencies it gives.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spec<'a> {
+    pub(super) key: &'a str,
+    pub(super) name: &'a str,
+    pub(super) clients: usize,
+    /// The outcomes the rate counts (every outcome for `None`).
+    pub(super) rate_of: Option<&'a [&'a str]>,
+    pub(super) rate_unit: &'a str,
+    /// The outcomes whose latencies it gives (every outcome for `None`).
+    pub(super) latency_of: Option<&'a [&'a str]>,
+}
+
+impl<'a> Spec<'a> {
+    /// Calls of any outcome, per second, from `clients` clients.
+    pub(super) fn calls(key: &'a str, name: &'a str, clients: usize) -> Self {
+        Self {
+            key,
+            name,
+            clients,
+            rate_of: None,
+            rate_unit: "req/s",
+            latency_of: None,
+        }
+    }
+
+    /// Calls answered [`OK`], per second, from `clients` clients (latencies of every call).
+    pub(super) fn successes(key: &'a str, name: &'a str, clients: usize) -> Self {
+        Self {
+            rate_of: Some(&[OK]),
+            ..Self::calls(key, name, clients)
+        }
+    }
+
+    /// The figures of `measured`, over `connections` HTTP/2 connections to each service.
+    pub(super) fn scenario(&self, measured: &Measured, connections: usize) -> Scenario {
+        Scenario::new(
+            self.key,
+            self.name,
+            measured,
+            self.clients,
+            connections,
+            self.rate_of,
+            self.rate_unit,
+            self.latency_of,
+        )
+    }
+}
+
+/// `xact_commit` of a database, and when it was read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Commits {
+    pub(super) at: Instant,
+    pub(super) count: u64,
 }
 
 /// Creates the raw baseline's schedule of `seats` seats with reservation-svc's own statement

@@ -4,13 +4,14 @@
 
 use super::context::{Bench, CLIENTS, DEGRADED_RESERVATION, STAMPEDE_CLIENTS, Spec};
 use super::{ScenarioResult, relative_target};
+use crate::access::Service;
 use crate::probe;
 use crate::report::{Scenario, Target, thousands};
 
 impl Bench {
-    /// (c) and (d) again through the reservation-svc whose Redis is out of reach
-    /// (`SEAT_LOCK_FALLBACK=postgres`), against the same scenarios with Redis (`stampede`,
-    /// `distinct`): the stampede must still have one winner.
+    /// (c) and (d) through the reservation-svc with seat locks in Postgres, against the same
+    /// scenarios with Redis (`stampede`, `distinct`): the stampede must still have one winner.
+    /// Nothing without that service.
     pub(super) async fn degraded(
         &self,
         stampede: &Scenario,
@@ -21,38 +22,12 @@ impl Bench {
         else {
             return Ok(Vec::new());
         };
-        let through_postgres = async || {
-            probe::scrape(metrics, "ticketing_seat_lock_total{outcome=\"postgres\"}").await
-        };
-        let before = through_postgres().await?;
-        self.start_window();
-        let (measured, schedule_id) = self.stampede_holds(service).await?;
-        let degraded_stampede = self.observed(
-            Spec::calls(
-                "degraded-stampede",
-                "(c) stampede, seat locks in Postgres (Redis out of reach)",
-                STAMPEDE_CLIENTS,
-            ),
-            &measured,
-            &[DEGRADED_RESERVATION],
-        );
-        let held = probe::psql_value(
-            &self.args.reservation_database_url,
-            &format!("SELECT count(*) FROM reservations WHERE schedule_id = {schedule_id}"),
-        )
-        .await?;
-        let mid = through_postgres().await?;
-        let measured = self.distinct_holds(service).await?;
-        let degraded_distinct = self.observed(
-            Spec::successes(
-                "degraded-distinct-seats",
-                "(d) distinct seats, seat locks in Postgres (Redis out of reach)",
-                CLIENTS,
-            ),
-            &measured,
-            &[DEGRADED_RESERVATION],
-        );
-        let after = through_postgres().await?;
+        let before = locks_in_postgres(metrics).await?;
+        let (degraded_stampede, held) = self.degraded_stampede(service).await?;
+        let mid = locks_in_postgres(metrics).await?;
+        let degraded_distinct = self.degraded_distinct(service).await?;
+        let after = locks_in_postgres(metrics).await?;
+
         let mut stampede_result = ScenarioResult::alone(degraded_stampede);
         stampede_result.targets = vec![
             Target {
@@ -85,4 +60,44 @@ impl Bench {
         )];
         Ok(vec![stampede_result, distinct_result])
     }
+
+    /// (c) through `service`, and the reservations of its seat.
+    async fn degraded_stampede(&self, service: &Service) -> anyhow::Result<(Scenario, String)> {
+        self.start_window();
+        let (measured, schedule_id) = self.stampede_holds(service).await?;
+        let scenario = self.observed(
+            Spec::calls(
+                "degraded-stampede",
+                "(c) stampede, seat locks in Postgres (Redis out of reach)",
+                STAMPEDE_CLIENTS,
+            ),
+            &measured,
+            &[DEGRADED_RESERVATION],
+        );
+        let held = probe::psql_value(
+            &self.args.reservation_database_url,
+            &format!("SELECT count(*) FROM reservations WHERE schedule_id = {schedule_id}"),
+        )
+        .await?;
+        Ok((scenario, held))
+    }
+
+    /// (d) through `service`.
+    async fn degraded_distinct(&self, service: &Service) -> anyhow::Result<Scenario> {
+        let measured = self.distinct_holds(service).await?;
+        Ok(self.observed(
+            Spec::successes(
+                "degraded-distinct-seats",
+                "(d) distinct seats, seat locks in Postgres (Redis out of reach)",
+                CLIENTS,
+            ),
+            &measured,
+            &[DEGRADED_RESERVATION],
+        ))
+    }
+}
+
+/// The seat locks the service at `metrics` has taken in Postgres so far.
+async fn locks_in_postgres(metrics: &str) -> anyhow::Result<f64> {
+    probe::scrape(metrics, "ticketing_seat_lock_total{outcome=\"postgres\"}").await
 }

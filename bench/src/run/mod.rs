@@ -24,12 +24,11 @@ mod stampede;
 mod wallet;
 
 use std::path::PathBuf;
-use std::time::Instant;
 
+use crate::abuse::Abuse;
 use crate::access::Access;
 use crate::baseline::Baseline;
-use crate::probe;
-use crate::report::{Report, Scenario, Target, thousands};
+use crate::report::{Comparison, Report, Scenario, Target, thousands};
 use crate::tls_cost;
 
 use self::context::Bench;
@@ -124,9 +123,7 @@ pub fn run_id() -> String {
 
 /// Sets up, runs every scenario with its raw baselines in order, and writes the report.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let load_before = probe::load_average();
-    let (bench, machine) = Bench::set_up(args).await?;
+    let bench = Bench::set_up(args).await?;
     let health = bench.health().await?;
     // The reservation database sees only background work (sweeper, reconciler, health probes)
     // until the stampede: its rate tells how much of the stampede's count is background.
@@ -151,55 +148,72 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Last, so that what the attacks leave in the plaintext reservation-svc's memory (its
     // allocator keeps some) weighs on no other scenario.
     let abuse = bench.abuse().await?;
-    let (service_peak_rss_kib, memory_targets) = bench.peak_rss();
-    let counts = bench.counts_note(&load_before);
 
-    let mut report = Report {
-        generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
-        command: bench.args.command_line.clone(),
-        revision: bench.args.revision.clone(),
-        machine,
-        scale: bench.args.scale,
-        duration_s: started.elapsed().as_secs_f64(),
-        scenarios: Vec::new(),
-        baselines: Vec::new(),
-        tls_cost: Vec::new(),
-        abuse: None,
-        service_peak_rss_kib,
-        targets: Vec::new(),
-        notes: Vec::new(),
-    };
-    for result in [health, hot, spread, stampede, distinct]
-        .into_iter()
-        .chain(degraded)
-        .chain([payments])
-    {
-        report.scenarios.push(result.scenario);
-        report.baselines.extend(result.baselines);
-        report.targets.extend(result.targets);
-        report.notes.extend(result.notes);
-    }
-    for comparison in [hot_cost, stampede_cost, distinct_cost, payments_cost]
-        .into_iter()
-        .flatten()
-    {
-        report.targets.push(tls_cost::target(&comparison));
-        report.notes.push(tls_cost::note(&comparison));
-        report.tls_cost.push(comparison);
-    }
-    if let Some(abuse) = abuse {
-        report.targets.extend(abuse.targets());
-        report.notes.extend(abuse.notes());
-        report.abuse = Some(abuse);
-    }
-    report.targets.extend(memory_targets);
-    report.notes.push(counts);
+    let report = bench.report(
+        [health, hot, spread, stampede, distinct]
+            .into_iter()
+            .chain(degraded)
+            .chain([payments]),
+        [hot_cost, stampede_cost, distinct_cost, payments_cost]
+            .into_iter()
+            .flatten(),
+        abuse,
+    );
     report.write(&bench.args.out_dir)?;
     if let Some(readme) = &bench.args.readme {
         report.update_readme(readme)?;
     }
     println!("{}", report.markdown());
     Ok(())
+}
+
+impl Bench {
+    /// The report of the whole run: the scenarios' results in the table's order, the
+    /// comparisons of production with plaintext, the abuse scenario, then the services' peak
+    /// memory and the run's counts, read now, at its end.
+    fn report(
+        &self,
+        results: impl IntoIterator<Item = ScenarioResult>,
+        comparisons: impl IntoIterator<Item = Comparison>,
+        abuse: Option<Abuse>,
+    ) -> Report {
+        let (service_peak_rss_kib, memory_targets) = self.peak_rss();
+        let counts = self.counts_note();
+        let mut report = Report {
+            generated_at: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            command: self.args.command_line.clone(),
+            revision: self.args.revision.clone(),
+            machine: self.machine.clone(),
+            scale: self.args.scale,
+            duration_s: self.started.elapsed().as_secs_f64(),
+            scenarios: Vec::new(),
+            baselines: Vec::new(),
+            tls_cost: Vec::new(),
+            abuse: None,
+            service_peak_rss_kib,
+            targets: Vec::new(),
+            notes: Vec::new(),
+        };
+        for result in results {
+            report.scenarios.push(result.scenario);
+            report.baselines.extend(result.baselines);
+            report.targets.extend(result.targets);
+            report.notes.extend(result.notes);
+        }
+        for comparison in comparisons {
+            report.targets.push(tls_cost::target(&comparison));
+            report.notes.push(tls_cost::note(&comparison));
+            report.tls_cost.push(comparison);
+        }
+        if let Some(abuse) = abuse {
+            report.targets.extend(abuse.targets());
+            report.notes.extend(abuse.notes());
+            report.abuse = Some(abuse);
+        }
+        report.targets.extend(memory_targets);
+        report.notes.push(counts);
+        report
+    }
 }
 
 /// What one scenario adds to the report: its measured figures, its raw baselines, the targets
