@@ -9,6 +9,7 @@
 mod cancel;
 mod catalog;
 mod hold;
+mod hold_transaction;
 mod locked;
 mod models;
 mod one_statement;

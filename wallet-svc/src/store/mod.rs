@@ -7,6 +7,8 @@ mod keys;
 mod models;
 pub mod schema;
 mod single_use;
+mod wallet_row;
+mod writes;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

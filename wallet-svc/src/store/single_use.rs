@@ -17,8 +17,8 @@ use diesel::sql_types::{Array, BigInt, Binary, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use shared::pipeline::{self, Begin, Commit};
 
-use super::batch::LockWallet;
 use super::models::TransactionRow;
+use super::wallet_row::LockWallet;
 use crate::model::{MoneyMovement, TransactionKind};
 
 /// Applies `movement`, a `Use` of `amount` points, in one round trip when its key is fresh and
