@@ -39,19 +39,12 @@ pub const RESERVATION_COLUMNS_OF_R: &str = "r.id, r.user_id, r.schedule_id, r.se
      r.status, r.expires_at, r.pay_attempt, r.payment_transaction_id, \
      r.payment_idempotency_key, r.created_at, r.refund_requested_at, r.payment_key_nonce";
 
-/// Pushes `WITH` and the common table expressions that lock reservation `id`'s seat, then read
-/// the clock, then lock the reservation, ending in `locked`: the reservation's row (`r.*`) as
-/// its last writer committed it (a row locked in READ COMMITTED is read again at its latest
-/// version), with `at` (the clock), `seat_status` (the seat's, as locked) and `starts_at` (its
-/// performance's). No row when there is no such reservation.
-///
-/// The seat's row is locked by a materialized CTE, the clock read by another over its output
-/// (so after the lock, as [`super::queries::LockSeat`] reads it), and the reservation's row
-/// locked by a third whose rows exist only once both have run: the seat's lock is always
-/// taken first, the order every writer follows. What a statement decides from `locked` it
-/// decides on the latest rows, under both locks, whatever its own snapshot (taken before the
-/// lock waits) shows.
-pub fn push_locked<'b>(out: &mut AstPass<'_, 'b, Pg>, id: &'b i64) -> QueryResult<()> {
+/// Pushes `WITH` and the common table expressions that lock reservation `id`'s seat and then
+/// read the clock: `target` (the reservation's seat), `seat` (its row, locked) and `clock`
+/// (`at`, read over the locked row, so after the lock as [`super::queries::LockSeat`] reads
+/// it, and `seat_status`, the seat's as locked, that is its latest). No row when there is no
+/// such reservation.
+pub fn push_seat_and_clock<'b>(out: &mut AstPass<'_, 'b, Pg>, id: &'b i64) -> QueryResult<()> {
     out.push_sql(
         "WITH target AS MATERIALIZED \
              (SELECT schedule_id, seat_no FROM reservations WHERE id = ",
@@ -62,8 +55,19 @@ pub fn push_locked<'b>(out: &mut AstPass<'_, 'b, Pg>, id: &'b i64) -> QueryResul
              WHERE seats.schedule_id = target.schedule_id AND seats.seat_no = target.seat_no \
              FOR UPDATE OF seats), \
          clock AS MATERIALIZED \
-             (SELECT clock_timestamp() AS at, seat.status AS seat_status FROM seat), \
-         locked AS MATERIALIZED (SELECT r.*, clock.at, clock.seat_status, \
+             (SELECT clock_timestamp() AS at, seat.status AS seat_status FROM seat)",
+    );
+    Ok(())
+}
+
+/// [`push_seat_and_clock`], then `locked`: the reservation's row (`r.*`), locked, as its last
+/// writer committed it (a row locked in READ COMMITTED is read again at its latest version),
+/// with `at`, `seat_status` and `starts_at` (its performance's). Its rows exist only once the
+/// seat's lock is held: the seat's lock is always taken first, the order every writer follows.
+fn push_locked<'b>(out: &mut AstPass<'_, 'b, Pg>, id: &'b i64) -> QueryResult<()> {
+    push_seat_and_clock(out, id)?;
+    out.push_sql(
+        ", locked AS MATERIALIZED (SELECT r.*, clock.at, clock.seat_status, \
                  schedules.starts_at \
              FROM clock, reservations AS r JOIN schedules ON schedules.id = r.schedule_id \
              WHERE r.id = ",
