@@ -440,7 +440,7 @@ impl SeatRows {
     }
 
     /// `BeginHeldAttempt`, the one statement `begin_pay` starts with: it locks the seat, reads
-    /// the clock, locks the reservation, and moves it `HELD -> PAYING` at the next attempt when
+    /// the clock, and updates the reservation `HELD -> PAYING` at the next attempt when
     /// the caller owns it, its hold has not lapsed and the performance has not begun; otherwise
     /// it writes nothing (`None`) and the full transaction decides. Written apart from
     /// `protocol::payment::begin_pay`, as the SQL is: the tests check that the two agree.
@@ -520,7 +520,7 @@ impl SeatRows {
     }
 
     /// `ConfirmDebitedAttempt`, the one statement the settle of a debit starts with: it locks
-    /// the seat, reads the clock, locks the reservation, and when the debit is attempt
+    /// the seat, reads the clock, and when the debit is attempt
     /// `attempt`'s, still paying with no refund decided, the performance not begun and the seat
     /// held, moves it `PAYING -> CONFIRMED` with the payment and the seat `HELD -> SOLD`;
     /// otherwise it writes nothing (`false`) and the full transaction decides. Written apart
