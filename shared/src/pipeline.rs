@@ -53,7 +53,9 @@ impl QueryFragment<Pg> for Rollback {
 /// A connection of the pool that, dropped while a transaction is still open on it (its future
 /// cancelled halfway, an error between `BEGIN` and `COMMIT` that could not be rolled back), is
 /// taken out of the pool and closed at once: Postgres rolls the transaction back and frees its
-/// locks then, not when the pool next checks the connection out.
+/// locks then, not when the pool next checks the connection out. (Unless its `COMMIT` was
+/// already sent with the rest of a pipeline: Postgres runs what it received, commit included,
+/// before it reads that the connection closed.)
 pub struct Checkout(Option<Object<AsyncPgConnection>>);
 
 impl std::fmt::Debug for Checkout {

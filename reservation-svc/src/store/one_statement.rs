@@ -8,8 +8,9 @@
 //! taken before it waited for the seat: the conditions are on the `UPDATE`'s own row, and in
 //! READ COMMITTED an `UPDATE` that finds its row changed since the snapshot evaluates its
 //! conditions again on the latest version (and skips the row if they no longer hold). Every
-//! writer of a reservation holds its seat's lock, so once the seat is locked that version stays
-//! the latest. The seat's status is read by the locking read itself (its latest version), and
+//! writer of a reservation's status, attempt, expiry or refund decision holds its seat's lock,
+//! so once the seat is locked those stay as that version has them (the reconciler's claims,
+//! which touch only `updated_at` and `cancel_requested_at`, take no seat lock and never wait). The seat's status is read by the locking read itself (its latest version), and
 //! the performance's start from `schedules`, which a payment never changes. The reservation's
 //! row is locked by the `UPDATE`, after the seat's, whose row its rows need: the order every
 //! writer follows.

@@ -32,7 +32,9 @@
 //! - a batch of one `Use` first goes in one round trip (`single_use.rs`): [`TxnPc::Lock`], then
 //!   `UseIfFresh` and `COMMIT` as one step ([`TxnPc::Locked`]), which applies the `Use` when its
 //!   key is fresh and the balance covers it, else writes nothing and the full transaction
-//!   starts over from the lock ([`Txn::one_round_trip`]).
+//!   starts over from the lock ([`Txn::one_round_trip`]). A lock that finds no row locks
+//!   nothing; `UseIfFresh` writes only when its lock statement marked the row as locked, so
+//!   that round trip writes nothing, whatever commits meanwhile: one step.
 //! - a fault: a transaction rolls back midway (its batch's deadline, its connection lost); its
 //!   callers hear UNAVAILABLE and may send again.
 //!

@@ -2,13 +2,19 @@
 //! paying one thing at a time), in one round trip: `BEGIN`, the wallet row's lock,
 //! [`UseIfFresh`] and `COMMIT`, sent together.
 //!
-//! Postgres runs them one after another, so the conditional statement begins once the row
-//! lock is held and, in READ COMMITTED, reads the keys and the balance as every earlier writer
-//! of the user (each held that lock) committed them. It applies the `Use` exactly when
+//! Postgres runs them one after another, so the conditional statement begins once the lock
+//! statement has ended and, in READ COMMITTED, reads the keys and the balance as every earlier
+//! writer of the user (each held that lock) committed them. It applies the `Use` exactly when
 //! `protocol::wallet::decide` would (`Apply`: no ledger row or refusal under its key, the
 //! balance at least the amount): the ledger row and the balance together. Otherwise it writes
 //! nothing, the transaction commits nothing, and the full batch transaction decides (a replay,
 //! a reused key, a refusal to record, a wallet to create).
+//!
+//! It writes only if the lock statement did lock the row ([`LockWalletMarked`] records that in
+//! a transaction-local setting, which [`UseIfFresh`] checks). A lock that found no row (no
+//! wallet yet, or one whose insert had not committed) took no lock; had the conditional
+//! statement gone on, it could have seen the wallet committed meanwhile and written, without
+//! the lock, beside another batch holding it.
 
 use diesel::QueryResult;
 use diesel::pg::Pg;
@@ -18,7 +24,6 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use shared::pipeline::{self, Begin, Commit};
 
 use super::models::TransactionRow;
-use super::wallet_row::LockWallet;
 use crate::model::{MoneyMovement, TransactionKind};
 
 /// Applies `movement`, a `Use` of `amount` points, in one round trip when its key is fresh and
@@ -50,7 +55,7 @@ pub async fn use_if_fresh(
     // `join!` polls in order: the four go out in this order, in one write.
     let (begun, locked, used, committed) = futures::join!(
         Begin.execute(&mut &*shared),
-        LockWallet { user_id }.execute(&mut &*shared),
+        LockWalletMarked { user_id }.execute(&mut &*shared),
         statement.get_results::<TransactionRow>(&mut &*shared),
         Commit.execute(&mut &*shared),
     );
@@ -66,9 +71,32 @@ pub async fn use_if_fresh(
     Ok(used.pop())
 }
 
-/// The `Use` applied when its key is fresh and the balance covers it: the ledger row
-/// inserted and the balance updated, both or neither, in one statement. Returns the ledger row,
-/// or no row when it wrote nothing.
+/// The transaction-local setting in which [`LockWalletMarked`] records whose wallet row it
+/// locked.
+const LOCKED_WALLET: &str = "wallet_svc.locked_wallet";
+
+/// `SELECT balance FROM wallets WHERE user_id = ... FOR UPDATE`, recording in [`LOCKED_WALLET`]
+/// (until the transaction ends) that it locked the row: only a row it returns sets it.
+#[derive(Debug, Clone, Copy, QueryId)]
+struct LockWalletMarked {
+    user_id: i64,
+}
+
+impl QueryFragment<Pg> for LockWalletMarked {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT balance, set_config('");
+        out.push_sql(LOCKED_WALLET);
+        out.push_sql("', CAST(user_id AS text), true) FROM (SELECT user_id, balance FROM wallets WHERE user_id = ");
+        out.push_bind_param::<BigInt, _>(&self.user_id)?;
+        out.push_sql(" FOR UPDATE) AS locked");
+        Ok(())
+    }
+}
+
+/// The `Use` applied when the lock statement before it locked the wallet row, its key is fresh
+/// and the balance covers it: the balance updated and, from what that returned, the ledger row
+/// inserted, both or neither, in one statement. Returns the ledger row, or no row when it wrote
+/// nothing.
 #[derive(Debug, Clone)]
 struct UseIfFresh<'a> {
     user_id: i64,
@@ -96,7 +124,9 @@ impl QueryFragment<Pg> for UseIfFresh<'_> {
         out.push_bind_param::<BigInt, _>(&self.amount)?;
         out.push_sql(" AS balance_after FROM wallets WHERE user_id = ");
         out.push_bind_param::<BigInt, _>(&self.user_id)?;
-        out.push_sql(" AND balance >= ");
+        out.push_sql(" AND current_setting('");
+        out.push_sql(LOCKED_WALLET);
+        out.push_sql("', true) = CAST(wallets.user_id AS text) AND balance >= ");
         out.push_bind_param::<BigInt, _>(&self.amount)?;
         out.push_sql(
             " AND NOT EXISTS (SELECT 1 FROM wallet_transactions AS known \
@@ -114,7 +144,7 @@ impl QueryFragment<Pg> for UseIfFresh<'_> {
         );
         out.push_bind_param::<BigInt, _>(&self.user_id)?;
         out.push_sql(
-            " RETURNING 1) \
+            " RETURNING wallets.balance AS balance_after) \
              INSERT INTO wallet_transactions (user_id, kind, amount, balance_after, \
                  idempotency_key, request_hash, reference) SELECT ",
         );
@@ -130,7 +160,7 @@ impl QueryFragment<Pg> for UseIfFresh<'_> {
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(&self.reference)?;
         out.push_sql(
-            " FROM fresh RETURNING id, user_id, kind, amount, balance_after, idempotency_key, \
+            " FROM debited RETURNING id, user_id, kind, amount, balance_after, idempotency_key, \
                  request_hash, reference, created_at",
         );
         Ok(())

@@ -6,7 +6,7 @@
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 use tonic::Code;
 
-use crate::helpers::{TestApp, reason, spawn_app};
+use crate::helpers::{TestApp, reason, spawn_app, spawn_app_with};
 
 const USER: i64 = 7;
 
@@ -132,4 +132,82 @@ async fn a_refund_of_a_user_without_a_wallet_writes_nothing() {
     assert_eq!(refused.code(), Code::NotFound);
     assert_eq!(reason(&refused), "UNKNOWN_USE");
     assert_eq!(app.rows_written().await, written, "no wallet left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_use_that_found_no_wallet_row_to_lock_never_writes_in_its_round_trip() {
+    // A lone use goes in one round trip: the row's lock, then the conditional write. Here the
+    // lock finds no row (another replica's insert of the wallet is not committed), the write
+    // is held back (a lock on the refusals' table) while that replica commits the wallet and
+    // a third transaction takes the row's lock to charge again. Had the write gone on without
+    // the lock, it would have decided on the balance it saw (100) and overwritten the third's
+    // (200): balance 50 against a ledger of 150. It writes nothing, and the full transaction
+    // decides under the lock.
+    for round in 0..3 {
+        // One connection, so that its statements are prepared by the warm-up below and the
+        // held-back write waits at its table lock, after the row's lock statement has run.
+        let app = spawn_app_with(|config| config.db.db_pool_size = 1).await;
+        app.charge(USER + 1, 10, "warm-up-charge")
+            .await
+            .expect("warm-up charge");
+        app.use_points(USER + 1, 1, "warm-up-use")
+            .await
+            .expect("warm-up use");
+        let mut refusals = begin(&app, "LOCK TABLE wallet_refusals IN ACCESS EXCLUSIVE MODE").await;
+        let mut creating = begin(
+            &app,
+            "INSERT INTO wallets (user_id, balance) VALUES (7, 100); \
+             INSERT INTO wallet_transactions \
+                 (user_id, kind, amount, balance_after, idempotency_key, request_hash) \
+             VALUES (7, 'CHARGE', 100, 100, 'charge-1', '\\x01');",
+        )
+        .await;
+        let using = {
+            let app_client = app.client();
+            tokio::spawn(async move {
+                let mut client = app_client;
+                client
+                    .r#use(shared::proto::wallet::v1::UseRequest {
+                        user_id: USER,
+                        amount: 50,
+                        idempotency_key: "use-1".to_owned(),
+                        reference: "order-1".to_owned(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        };
+        app.until_waiting_for_a_lock(1).await;
+        creating
+            .batch_execute("COMMIT")
+            .await
+            .expect("commit the wallet");
+        let mut charging = begin(
+            &app,
+            "SELECT * FROM wallets WHERE user_id = 7 FOR UPDATE; \
+             INSERT INTO wallet_transactions \
+                 (user_id, kind, amount, balance_after, idempotency_key, request_hash) \
+             VALUES (7, 'CHARGE', 100, 200, 'charge-2', '\\x02'); \
+             UPDATE wallets SET balance = 200 WHERE user_id = 7;",
+        )
+        .await;
+        refusals
+            .batch_execute("COMMIT")
+            .await
+            .expect("release the refusals");
+        // The full transaction now waits for the charging replica's row lock.
+        app.until_waiting_for_a_lock(1).await;
+        charging
+            .batch_execute("COMMIT")
+            .await
+            .expect("commit the second charge");
+        let used = using
+            .await
+            .expect("the use task")
+            .unwrap_or_else(|status| panic!("round {round}: {status:?}"));
+        assert_eq!(used.balance_after, 150, "round {round}");
+        let ledger = app.assert_ledger_matches_balance(USER).await;
+        assert_eq!(ledger.balance, 150, "round {round}");
+        assert_eq!(ledger.rows, 3, "round {round}");
+    }
 }
