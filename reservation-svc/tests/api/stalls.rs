@@ -681,3 +681,81 @@ async fn a_payment_dropped_inside_its_transaction_leaves_no_connection_in_it() {
         "{begun:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_that_waits_for_the_seat_decides_on_what_was_committed_while_it_waited() {
+    // Another transaction holds the seat and changes the reservation: another replica's start
+    // of the payment (PAYING, attempt 1), or its cancellation. The one-statement start waits
+    // for the seat with a snapshot older than that change; it must decide on the committed
+    // row: resume attempt 1 (never begin a second), or refuse the cancelled reservation.
+    use reservation_svc::model::{BeginOutcome, Refusal, ReservationId, UserId};
+
+    let app = crate::helpers::spawn_app().await;
+    let store = Store::new(app.db.pool("waiting-start-test"));
+    for (change, paying) in [
+        ("status = 'PAYING', pay_attempt = 1", true),
+        ("status = 'CANCELLED'", false),
+    ] {
+        let schedule_id = app.schedule_with_seats(3).await;
+        let held = app.hold(1, schedule_id, 1).await.expect("hold");
+        let mut other = hold_open(
+            app.db.url(),
+            &format!(
+                "SELECT * FROM seats WHERE schedule_id = {schedule_id} AND seat_no = 1 \
+                 FOR UPDATE; UPDATE reservations SET {change} WHERE id = {}",
+                held.id
+            ),
+        )
+        .await;
+        if !paying {
+            other
+                .batch_execute(&format!(
+                    "UPDATE seats SET status = 'AVAILABLE' \
+                     WHERE schedule_id = {schedule_id} AND seat_no = 1"
+                ))
+                .await
+                .expect("free the seat");
+        }
+        let reservation = ReservationId::parse(held.id).expect("an id");
+        let owner = UserId::parse(1).expect("a user");
+        let starting = {
+            let store = store.clone();
+            tokio::spawn(async move { Start::OneStatement.run(&store, reservation, owner).await })
+        };
+        until("the payment waits for the seat", || async {
+            waiting_for_a_lock(app.db.url()).await == 1
+        })
+        .await;
+        commit(other).await;
+        let begun = starting.await.expect("task").expect("an answer");
+        if paying {
+            assert!(
+                matches!(&begun, BeginOutcome::Pay(payment) if payment.attempt.get() == 1),
+                "resumed attempt 1: {begun:?}"
+            );
+            assert_eq!(status(&app, held.id).await, "PAYING");
+        } else {
+            assert!(
+                matches!(begun, BeginOutcome::Refused(Refusal::InvalidState)),
+                "{begun:?}"
+            );
+            assert_eq!(status(&app, held.id).await, "CANCELLED");
+        }
+        #[derive(QueryableByName)]
+        struct Attempt {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            pay_attempt: i32,
+        }
+        let attempt = diesel::sql_query("SELECT pay_attempt FROM reservations WHERE id = $1")
+            .bind::<BigInt, _>(held.id)
+            .get_result::<Attempt>(&mut app.connect_db().await)
+            .await
+            .expect("the reservation")
+            .pay_attempt;
+        assert_eq!(
+            attempt,
+            i32::from(paying),
+            "no attempt begun on a stale row"
+        );
+    }
+}
