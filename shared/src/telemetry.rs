@@ -4,10 +4,11 @@
 
 use std::io::IsTerminal;
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic_tracing_opentelemetry::middleware::server::{OtelGrpcLayer, OtelGrpcService};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -74,20 +75,112 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
-/// The span of one incoming gRPC call, child of the caller's trace when its metadata carries a
-/// `traceparent`. Used as the server's `trace_fn`.
-pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "grpc",
-        rpc.method = %request.uri().path(),
-        otel.kind = "server",
-    );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
+/// The layer that gives every incoming call its SERVER span, as the OpenTelemetry RPC
+/// conventions name it: `{rpc.service}/{rpc.method}`, with `rpc.system`, `rpc.service`,
+/// `rpc.method`, `rpc.grpc.status_code`, `server.address` and `server.port`, and an error
+/// status for the codes that are a server's fault (`UNKNOWN`, `DEADLINE_EXCEEDED`,
+/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`). The span continues the caller's
+/// trace when its metadata carries a `traceparent`. Health checks and reflection get none.
+#[derive(Debug, Clone)]
+pub struct ServerTraceLayer(OtelGrpcLayer);
+
+/// The [`ServerTraceLayer`] every server runs.
+pub fn server_trace_layer() -> ServerTraceLayer {
+    ServerTraceLayer(OtelGrpcLayer::default().filter(is_traced))
+}
+
+impl<S> tower::Layer<S> for ServerTraceLayer {
+    type Service = HostFromAuthority<OtelGrpcService<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HostFromAuthority(self.0.layer(inner))
+    }
+}
+
+/// Gives a request without a `Host` header (every HTTP/2 request: it has `:authority`) one
+/// of its URI's authority, where the span layer reads `server.address` and `server.port`.
+#[derive(Debug, Clone)]
+pub struct HostFromAuthority<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for HostFromAuthority<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !request.headers().contains_key(http::header::HOST)
+            && let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        self.0.call(request)
+    }
+}
+
+/// Whether a call to `path` gets a span: not health checks (every probe, every few seconds)
+/// nor reflection (grpcurl's `list` and `describe`), which would fill a trace store with noise.
+fn is_traced(path: &str) -> bool {
+    !(path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection."))
+}
+
+/// A CLIENT span of one outgoing unary gRPC call to `path` (`/package.Service/Method`) at
+/// `server`, named and attributed as the OpenTelemetry RPC conventions ask. Enter it (or
+/// instrument the call with it) while the call's metadata is written, so the server's span
+/// becomes its child, and end it with [`record_client_outcome`].
+pub fn grpc_client_span(path: &str, server: &http::Uri) -> tracing::Span {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let port = server.port_u16().or(match server.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
     });
-    // Without a valid remote parent this span simply starts a new trace.
-    let _ = span.set_parent(parent);
-    span
+    tracing::info_span!(
+        "grpc client",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = server.host().unwrap_or_default(),
+        server.port = port,
+    )
+}
+
+/// Records the answer of the call of `span` (from [`grpc_client_span`]): its gRPC code, and
+/// for a client any code but `OK` is an error (the conventions' rule for CLIENT spans).
+pub fn record_client_outcome(span: &tracing::Span, outcome: Result<(), &tonic::Status>) {
+    match outcome {
+        Ok(()) => {
+            span.record("rpc.grpc.status_code", i64::from(tonic::Code::Ok as i32));
+        }
+        Err(status) => {
+            span.record("rpc.grpc.status_code", i64::from(status.code() as i32));
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "otel.status_description",
+                format!("{:?}: {}", status.code(), status.message()),
+            );
+        }
+    }
 }
 
 /// Writes the current span's trace context into outgoing gRPC metadata.
@@ -96,18 +189,6 @@ pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(metadata));
     });
-}
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
