@@ -128,6 +128,27 @@ async fn a_payment_is_one_trace_across_both_services() {
         pay.span_context.trace_id()
     );
     assert_eq!(attribute(movement, "user_id").as_deref(), Some("1"));
+    // Every round trip of the payment is in its trace: both of reservation-svc's steps and
+    // the wallet's batched transaction.
+    for step in ["begin_pay", "settle_attempt", "apply_batch"] {
+        let span = span_named(step);
+        assert_eq!(span.span_kind, SpanKind::Client, "{step}");
+        assert_eq!(
+            attribute(span, "db.system.name").as_deref(),
+            Some("postgresql"),
+            "{step}"
+        );
+        assert_eq!(
+            attribute(span, "db.operation.name").as_deref(),
+            Some(step),
+            "{step}"
+        );
+        assert_eq!(
+            span.span_context.trace_id(),
+            pay.span_context.trace_id(),
+            "{step} is in the payment's trace"
+        );
+    }
 
     // With the wallet stopped the payment is UNAVAILABLE: an error on both sides.
     wallet.stop().await;
