@@ -41,6 +41,25 @@ async fn a_payment_is_one_trace_across_both_services() {
     let schedule_id = app.schedule_with_seats(5).await;
     wallet.charge(1, 1_000, "top-up").await;
     let held = app.hold(1, schedule_id, 1).await.expect("hold");
+    provider.force_flush().expect("flush");
+    let spans = exporter.get_finished_spans().expect("spans");
+    let hold = spans
+        .iter()
+        .find(|span| span.name == "ticketing.reservation.v1.ReservationService/HoldSeat")
+        .expect("the hold's span");
+    for (step, system) in [
+        ("seat_lock", "redis"),
+        ("hold_seat", "postgresql"),
+        ("seat_mark", "redis"),
+    ] {
+        let span = spans
+            .iter()
+            .find(|span| span.name == step)
+            .unwrap_or_else(|| panic!("no span {step} among {spans:#?}"));
+        assert_eq!(span.span_kind, SpanKind::Client, "{step}");
+        assert_eq!(attribute(span, "db.system.name").as_deref(), Some(system));
+        assert_eq!(span.span_context.trace_id(), hold.span_context.trace_id());
+    }
     exporter.reset();
 
     app.client()

@@ -271,6 +271,20 @@ pub fn record_client_outcome(span: &tracing::Span, outcome: Result<(), &tonic::S
     }
 }
 
+/// A CLIENT span of one step of the seat lock in Redis (`lock`, `mark`, `clear_taken`): a Lua
+/// script sent with `EVALSHA` (none when the replica answers from what it remembers, or takes
+/// the lock in Postgres). Keys and tokens are not recorded.
+pub fn redis_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "redis",
+        otel.name = step,
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = "EVALSHA",
+        db.query.summary = step,
+    )
+}
+
 /// Writes the current span's trace context into outgoing gRPC metadata.
 pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();
