@@ -11,6 +11,11 @@ use shared::tls::ClientTls;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
+use tracing::Instrument as _;
+
+/// The methods this client calls, as their spans name them.
+const USE_PATH: &str = "/ticketing.wallet.v1.WalletService/Use";
+const REFUND_PATH: &str = "/ticketing.wallet.v1.WalletService/Refund";
 
 type TracedChannel = InterceptedService<
     Channel,
@@ -41,6 +46,8 @@ pub enum RefundError {
 pub struct Wallet {
     client: WalletServiceClient<TracedChannel>,
     timeout: Duration,
+    /// The wallet's address, for the `server.address` and `server.port` of each call's span.
+    server: tonic::codegen::http::Uri,
 }
 
 impl Wallet {
@@ -64,12 +71,13 @@ impl Wallet {
         Ok(Self {
             client: WalletServiceClient::with_interceptor(channel, interceptor),
             timeout,
+            server: endpoint.parse()?,
         })
     }
 
     /// Debits `amount` under `key`. The wallet's first outcome for a key is final, so sending
     /// the same key again is always safe.
-    #[tracing::instrument(skip(self), fields(otel.kind = "client"))]
+    #[tracing::instrument(skip(self))]
     pub async fn use_points(
         &self,
         user_id: i64,
@@ -84,7 +92,15 @@ impl Wallet {
             reference: reference.to_owned(),
         });
         request.set_timeout(self.timeout);
-        match self.client.clone().r#use(request).await {
+        let span = shared::telemetry::grpc_client_span(USE_PATH, &self.server);
+        let answer = self
+            .client
+            .clone()
+            .r#use(request)
+            .instrument(span.clone())
+            .await;
+        shared::telemetry::record_client_outcome(&span, answer.as_ref().map(drop));
+        match answer {
             Ok(reply) => UseReply::Debited {
                 transaction_id: reply.into_inner().id,
             },
@@ -105,7 +121,7 @@ impl Wallet {
     }
 
     /// Refunds the `Use` made under `use_key`, once whatever the key or the number of calls.
-    #[tracing::instrument(skip(self), fields(otel.kind = "client"))]
+    #[tracing::instrument(skip(self))]
     pub async fn refund(&self, user_id: i64, key: &str, use_key: &str) -> Result<i64, RefundError> {
         let mut request = tonic::Request::new(pb::RefundRequest {
             user_id,
@@ -113,7 +129,15 @@ impl Wallet {
             use_idempotency_key: use_key.to_owned(),
         });
         request.set_timeout(self.timeout);
-        match self.client.clone().refund(request).await {
+        let span = shared::telemetry::grpc_client_span(REFUND_PATH, &self.server);
+        let answer = self
+            .client
+            .clone()
+            .refund(request)
+            .instrument(span.clone())
+            .await;
+        shared::telemetry::record_client_outcome(&span, answer.as_ref().map(drop));
+        match answer {
             Ok(reply) => Ok(reply.into_inner().id),
             Err(status) => {
                 let detail = format!("{:?}: {}", status.code(), status.message());

@@ -9,9 +9,10 @@ use clap::CommandFactory;
 
 /// Read by the telemetry set-up rather than a flag (OTEL_RESOURCE_ATTRIBUTES by the
 /// OpenTelemetry SDK's resource, which the set-up builds while traces are exported).
-const TELEMETRY_VARIABLES: [&str; 3] = [
+const TELEMETRY_VARIABLES: [&str; 4] = [
     "RUST_LOG",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
 ];
 

@@ -20,6 +20,7 @@ use crate::connection::Acceptor;
 use crate::metrics::RpcMetricsLayer;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::security::{Security, SecurityArgs};
+use crate::telemetry::ServerTraceLayer;
 
 /// The router type of [`router`], to which a service adds itself.
 pub type GrpcRouter = Router<
@@ -27,7 +28,10 @@ pub type GrpcRouter = Router<
         CatchPanicLayer,
         Stack<
             DecodeErrorsLayer,
-            Stack<AdmissionLayer, Stack<ReceiveLayer, Stack<RpcMetricsLayer, Identity>>>,
+            Stack<
+                AdmissionLayer,
+                Stack<ReceiveLayer, Stack<RpcMetricsLayer, Stack<ServerTraceLayer, Identity>>>,
+            >,
         >,
     >,
 >;
@@ -206,10 +210,11 @@ pub fn router(
         .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout))
         // A request's headers: far more than any of ours, far less than hyper's 16 MiB.
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .trace_fn(crate::telemetry::grpc_request_span)
-        // Outermost first: the metrics see every answer, refused and timed-out calls included;
+        // Outermost first: the call's span (the caller's trace continued) covers all that
+        // follows; the metrics see every answer, refused and timed-out calls included;
         // a call is received whole before it takes a place, and a timed-out call gives its
         // place back to the limit.
+        .layer(crate::telemetry::server_trace_layer())
         .layer(RpcMetricsLayer::new(methods))
         .layer(ReceiveLayer::new(
             limits.request_receive_timeout,

@@ -3,35 +3,87 @@
 //! one call is one trace across services.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::KeyValue;
+
+use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic_tracing_opentelemetry::middleware::server::{OtelGrpcLayer, OtelGrpcService};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Flushes and stops the trace exporter when dropped, at the end of `main`.
+/// Keeps the trace exporter; [`TelemetryGuard::shutdown`] flushes and stops it at the end of
+/// `main`.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
 }
 
+/// How long the guard's drop, on a path that did not call [`TelemetryGuard::shutdown`] (an
+/// error at start-up), waits for the exporter.
+const DROP_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl TelemetryGuard {
+    /// Exports the spans still queued and stops the exporter, waiting at most `within`. The
+    /// SDK's shutdown blocks, so it runs on a thread of its own while this task only waits
+    /// for its answer: the runtime keeps running (the export itself needs it), and a
+    /// collector that never answers holds the process no longer than `within`; what it has
+    /// not taken by then is dropped.
+    pub async fn shutdown(mut self, within: Duration) {
+        let Some(provider) = self.provider.take() else {
+            return;
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        if let Err(error) = std::thread::Builder::new()
+            .name("trace-shutdown".to_owned())
+            .spawn(move || {
+                let _ = done_tx.send(provider.shutdown_with_timeout(within));
+            })
+        {
+            tracing::warn!(%error, "cannot start the trace exporter's shutdown");
+            return;
+        }
+        match tokio::time::timeout(within, done_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "trace exporter shutdown failed"),
+            Ok(Err(_)) => tracing::warn!("trace exporter shutdown ended without an answer"),
+            Err(_) => tracing::warn!(
+                ?within,
+                "trace exporter did not finish in time, unsent spans are dropped"
+            ),
+        }
+    }
+}
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
-            && let Err(error) = provider.shutdown()
-        {
-            eprintln!("trace exporter shutdown failed: {error}");
+        // Only when `shutdown` was not called: a short, bounded wait, on a thread of its own.
+        if let Some(provider) = self.provider.take() {
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("trace-shutdown".to_owned())
+                .spawn(move || {
+                    let _ = done_tx.send(provider.shutdown_with_timeout(DROP_FLUSH_TIMEOUT));
+                });
+            if spawned.is_ok() && done_rx.recv_timeout(DROP_FLUSH_TIMEOUT).is_err() {
+                eprintln!("trace exporter did not finish in time, unsent spans are dropped");
+            }
         }
     }
 }
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`); spans go to the OTLP
-/// collector at `OTEL_EXPORTER_OTLP_ENDPOINT` only when that variable is set.
-pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
+/// collector at `OTEL_EXPORTER_OTLP_ENDPOINT` only when that variable is set, as the service
+/// `service_name` (unless `OTEL_SERVICE_NAME`, or a `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`, names it otherwise) of version `version`.
+pub fn init(service_name: &'static str, version: &'static str) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -45,9 +97,18 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .build()?;
-            let resource = opentelemetry_sdk::Resource::builder()
-                .with_service_name(service_name)
+            let detected = Resource::builder_empty()
+                .with_detectors(&[
+                    Box::new(TelemetryResourceDetector),
+                    Box::new(EnvResourceDetector::new()),
+                ])
                 .build();
+            let resource = resource(
+                service_name,
+                version,
+                &detected,
+                std::env::var("OTEL_SERVICE_NAME").ok(),
+            );
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -74,20 +135,154 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
-/// The span of one incoming gRPC call, child of the caller's trace when its metadata carries a
-/// `traceparent`. Used as the server's `trace_fn`.
-pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "grpc",
-        rpc.method = %request.uri().path(),
-        otel.kind = "server",
-    );
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
+/// The traces' resource: `service.name` is `default_name` unless the environment names the
+/// service (`OTEL_SERVICE_NAME`, the `service_name_env` given, wins over a `service.name` among
+/// the `detected` attributes of `OTEL_RESOURCE_ATTRIBUTES`), `service.version` is the build's
+/// `version`, and every detected attribute is kept.
+fn resource(
+    default_name: &'static str,
+    version: &'static str,
+    detected: &Resource,
+    service_name_env: Option<String>,
+) -> Resource {
+    let builder = Resource::builder_empty()
+        .with_service_name(default_name)
+        .with_attribute(KeyValue::new(SERVICE_VERSION, version))
+        .with_attributes(
+            detected
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        );
+    match service_name_env {
+        Some(name) if !name.trim().is_empty() => builder.with_service_name(name),
+        _ => builder,
+    }
+    .build()
+}
+
+/// The resource attribute of the build's version.
+const SERVICE_VERSION: &str = "service.version";
+
+/// The layer that gives every incoming call its SERVER span, as the OpenTelemetry RPC
+/// conventions name it: `{rpc.service}/{rpc.method}`, with `rpc.system`, `rpc.service`,
+/// `rpc.method`, `rpc.grpc.status_code`, `server.address` and `server.port`, and an error
+/// status for the codes that are a server's fault (`UNKNOWN`, `DEADLINE_EXCEEDED`,
+/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`). The span continues the caller's
+/// trace when its metadata carries a `traceparent`. Health checks and reflection get none.
+#[derive(Debug, Clone)]
+pub struct ServerTraceLayer(OtelGrpcLayer);
+
+/// The [`ServerTraceLayer`] every server runs.
+pub fn server_trace_layer() -> ServerTraceLayer {
+    ServerTraceLayer(OtelGrpcLayer::default().filter(is_traced))
+}
+
+impl<S> tower::Layer<S> for ServerTraceLayer {
+    type Service = HostFromAuthority<OtelGrpcService<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HostFromAuthority(self.0.layer(inner))
+    }
+}
+
+/// Gives a request without a `Host` header (every HTTP/2 request: it has `:authority`) one
+/// of its URI's authority, where the span layer reads `server.address` and `server.port`.
+#[derive(Debug, Clone)]
+pub struct HostFromAuthority<S>(S);
+
+impl<S, B> tower::Service<http::Request<B>> for HostFromAuthority<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !request.headers().contains_key(http::header::HOST)
+            && let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok())
+        {
+            request.headers_mut().insert(http::header::HOST, host);
+        }
+        self.0.call(request)
+    }
+}
+
+/// Whether a call to `path` gets a span: not health checks (every probe, every few seconds)
+/// nor reflection (grpcurl's `list` and `describe`), which would fill a trace store with noise.
+fn is_traced(path: &str) -> bool {
+    !(path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection."))
+}
+
+/// A CLIENT span of one outgoing unary gRPC call to `path` (`/package.Service/Method`) at
+/// `server`, named and attributed as the OpenTelemetry RPC conventions ask. Enter it (or
+/// instrument the call with it) while the call's metadata is written, so the server's span
+/// becomes its child, and end it with [`record_client_outcome`].
+pub fn grpc_client_span(path: &str, server: &http::Uri) -> tracing::Span {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let port = server.port_u16().or(match server.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
     });
-    // Without a valid remote parent this span simply starts a new trace.
-    let _ = span.set_parent(parent);
-    span
+    tracing::info_span!(
+        "grpc client",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = server.host().unwrap_or_default(),
+        server.port = port,
+    )
+}
+
+/// Records the answer of the call of `span` (from [`grpc_client_span`]): its gRPC code, and
+/// for a client any code but `OK` is an error (the conventions' rule for CLIENT spans).
+pub fn record_client_outcome(span: &tracing::Span, outcome: Result<(), &tonic::Status>) {
+    match outcome {
+        Ok(()) => {
+            span.record("rpc.grpc.status_code", i64::from(tonic::Code::Ok as i32));
+        }
+        Err(status) => {
+            span.record("rpc.grpc.status_code", i64::from(status.code() as i32));
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "otel.status_description",
+                format!("{:?}: {}", status.code(), status.message()),
+            );
+        }
+    }
+}
+
+/// A CLIENT span of one step of the seat lock in Redis (`lock`, `mark`, `clear_taken`): a Lua
+/// script sent with `EVALSHA` (none when the replica answers from what it remembers, or takes
+/// the lock in Postgres). Keys and tokens are not recorded.
+pub fn redis_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "redis",
+        otel.name = step,
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = "EVALSHA",
+        db.query.summary = step,
+    )
 }
 
 /// Writes the current span's trace context into outgoing gRPC metadata.
@@ -96,18 +291,6 @@ pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(metadata));
     });
-}
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
@@ -120,5 +303,114 @@ impl Injector for MetadataInjector<'_> {
         ) {
             self.0.insert(key, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_otlp::WithExportConfig as _;
+
+    use super::*;
+
+    fn attribute(resource: &Resource, key: &'static str) -> Option<String> {
+        resource
+            .get(&opentelemetry::Key::from_static_str(key))
+            .map(|value| value.to_string())
+    }
+
+    fn detected(attributes: &[(&'static str, &'static str)]) -> Resource {
+        Resource::builder_empty()
+            .with_attributes(
+                attributes
+                    .iter()
+                    .map(|(key, value)| KeyValue::new(*key, *value)),
+            )
+            .build()
+    }
+
+    #[test]
+    fn the_service_is_named_by_the_environment_before_its_default() {
+        let none = resource("wallet-svc", "1.2.3", &detected(&[]), None);
+        assert_eq!(
+            attribute(&none, "service.name").as_deref(),
+            Some("wallet-svc")
+        );
+        assert_eq!(
+            attribute(&none, "service.version").as_deref(),
+            Some("1.2.3")
+        );
+
+        let attributes = detected(&[("service.name", "wallet-eu"), ("k8s.pod.name", "wallet-0")]);
+        let from_attributes = resource("wallet-svc", "1.2.3", &attributes, None);
+        assert_eq!(
+            attribute(&from_attributes, "service.name").as_deref(),
+            Some("wallet-eu")
+        );
+        assert_eq!(
+            attribute(&from_attributes, "k8s.pod.name").as_deref(),
+            Some("wallet-0")
+        );
+
+        let named = resource(
+            "wallet-svc",
+            "1.2.3",
+            &attributes,
+            Some("wallet-canary".to_owned()),
+        );
+        assert_eq!(
+            attribute(&named, "service.name").as_deref(),
+            Some("wallet-canary")
+        );
+        assert_eq!(
+            attribute(&named, "service.version").as_deref(),
+            Some("1.2.3")
+        );
+        let blank = resource("wallet-svc", "1.2.3", &detected(&[]), Some(" ".to_owned()));
+        assert_eq!(
+            attribute(&blank, "service.name").as_deref(),
+            Some("wallet-svc")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_collector_that_never_answers_holds_the_shutdown_no_longer_than_its_bound() {
+        // Accepts connections and never reads or answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let _accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(format!("http://{addr}"))
+            .build()
+            .expect("exporter");
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .build();
+        {
+            use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+            let tracer = provider.tracer("test");
+            for _ in 0..10 {
+                tracer.in_span("unsent", |_| {});
+            }
+        }
+        let guard = TelemetryGuard {
+            provider: Some(provider),
+        };
+        let bound = Duration::from_millis(500);
+        let started = std::time::Instant::now();
+        guard.shutdown(bound).await;
+        // The bound, and some room for a slow machine; the SDK's own wait is 5 s and more.
+        assert!(
+            started.elapsed() < bound + Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -7,7 +7,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = shared::telemetry::init("wallet-svc")?;
+    let telemetry = shared::telemetry::init("wallet-svc", env!("CARGO_PKG_VERSION"))?;
     let cli = Cli::parse();
-    shared::service::run::<Application>(cli.command, cli.config).await
+    let drain_timeout = cli.config.drain_timeout;
+    let served = shared::service::run::<Application>(cli.command, cli.config).await;
+    // The last spans go out within what the drain left of its time.
+    telemetry
+        .shutdown(shared::shutdown::left_of(drain_timeout))
+        .await;
+    served
 }

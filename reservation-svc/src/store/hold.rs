@@ -41,6 +41,11 @@ impl Store {
     /// user's holds, the seat's row lock and clock, its active reservation and the user's
     /// holds, the protocol's decision, the expiry of a lapsed hold, the seat's move AVAILABLE
     /// -> HELD and the insert.
+    #[tracing::instrument(
+        name = "hold_seat",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "hold_seat")
+    )]
     pub async fn hold_seat(
         &self,
         request: HoldRequest,
@@ -58,6 +63,11 @@ impl Store {
     /// join the pipeline of an available seat's hold: still one round trip. What is decided,
     /// and how, is the same, so holds with either lock, of any replica, may race: Postgres
     /// decides.
+    #[tracing::instrument(
+        name = "hold_seat_locked_in_postgres",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "hold_seat_locked_in_postgres")
+    )]
     pub async fn hold_seat_locked_in_postgres(
         &self,
         request: HoldRequest,

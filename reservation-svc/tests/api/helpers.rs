@@ -631,6 +631,18 @@ impl ReplicaProcess {
         signal(&self.child, "STOP");
     }
 
+    /// Stops it as an orchestrator does (SIGTERM) and waits until it has exited.
+    #[allow(dead_code, reason = "tests/otlp.rs uses it, the api tests do not")]
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for reservation-svc") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn resume(&self) {
         signal(&self.child, "CONT");
     }
@@ -638,6 +650,10 @@ impl ReplicaProcess {
 
 impl Drop for ReplicaProcess {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            // Exited already (terminated by the test).
+            return;
+        }
         signal(&self.child, "CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();

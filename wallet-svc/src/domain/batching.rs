@@ -53,7 +53,7 @@ struct Joined {
 struct Waiting {
     movement: MoneyMovement,
     outcome_tx: oneshot::Sender<Outcome>,
-    /// The caller's span, which the batch's span follows from.
+    /// The caller's span, in whose trace the batch appears.
     span: Span,
 }
 
@@ -214,15 +214,34 @@ impl Batcher {
     /// Applies one batch and answers each of its callers.
     async fn apply_batch(&self, user_id: UserId, batch: Vec<Waiting>) {
         metrics::histogram!(BATCH_SIZE).record(batch.len() as f64);
+        // The transaction's span is a child of the first caller's, so the trace of a lone
+        // request holds its transaction; every other caller's trace holds a span of its own
+        // for the time of the batch, linked to the transaction's (and it to theirs).
+        let first_caller = batch.first().map(|waiting| waiting.span.clone());
         let span = tracing::info_span!(
-            parent: None,
+            parent: first_caller.as_ref().and_then(Span::id),
             "apply_batch",
+            otel.kind = "client",
+            db.system.name = "postgresql",
+            db.operation.name = "apply_batch",
             user_id = user_id.get(),
             size = batch.len()
         );
-        for waiting in &batch {
-            span.follows_from(&waiting.span);
-        }
+        let _joined: Vec<Span> = batch
+            .iter()
+            .skip(1)
+            .map(|waiting| {
+                let joined = tracing::info_span!(
+                    parent: &waiting.span,
+                    "apply_batch joined",
+                    user_id = user_id.get(),
+                    size = batch.len()
+                );
+                joined.follows_from(&span);
+                span.follows_from(&waiting.span);
+                joined
+            })
+            .collect();
         let movements: Vec<MoneyMovement> = batch
             .iter()
             .map(|waiting| waiting.movement.clone())

@@ -29,6 +29,11 @@ use crate::model::{MoneyMovement, TransactionKind};
 /// Applies `movement`, a `Use` of `amount` points, in one round trip when its key is fresh and
 /// the balance covers it: the ledger row written, or `None` when nothing was written (and then
 /// the full batch transaction decides).
+#[tracing::instrument(
+    name = "UseIfFresh",
+    skip_all,
+    fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UseIfFresh")
+)]
 pub async fn use_if_fresh(
     conn: &mut AsyncPgConnection,
     user_id: i64,
