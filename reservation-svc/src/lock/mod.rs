@@ -391,6 +391,7 @@ impl SeatLocks {
         let ttl_ms = self.ttl_ms();
         let written: Result<String, _> = self
             .run(
+                "canary",
                 &self.canary,
                 vec![key],
                 vec![ttl_ms.max(1).to_string(), self.deadline_ms()],
@@ -440,6 +441,7 @@ impl SeatLocks {
         let ttl_ms = self.ttl_ms();
         let answer: Result<String, _> = self
             .run(
+                "acquire",
                 &self.acquire,
                 vec![key.clone()],
                 vec![token.clone(), ttl_ms.to_string(), self.deadline_ms()],
@@ -529,6 +531,7 @@ impl SeatLocks {
         let tombstone = tombstone_key(&lock.key);
         let marked: Result<i64, _> = self
             .run(
+                "mark",
                 &self.mark,
                 vec![lock.key.clone(), tombstone],
                 vec![
@@ -563,6 +566,7 @@ impl SeatLocks {
         let ttl_ms = self.ttl_ms();
         let cleared: Result<i64, _> = self
             .run(
+                "clear",
                 &self.clear,
                 vec![key.clone(), tombstone_key(&key)],
                 vec![taken_mark(reservation), ttl_ms.max(1).to_string()],
@@ -580,7 +584,12 @@ impl SeatLocks {
     /// another request is left alone. Failures are logged: the TTL ends the lock anyway.
     pub async fn release(&self, lock: SeatLock) {
         let released: Result<i64, _> = self
-            .run(&self.release, vec![lock.key.clone()], vec![lock.token])
+            .run(
+                "release",
+                &self.release,
+                vec![lock.key.clone()],
+                vec![lock.token],
+            )
             .await;
         match released {
             Ok(1) => {}
@@ -596,7 +605,7 @@ impl SeatLocks {
     /// NOT_SERVING and says why rather than refuse holds unexplained.
     pub async fn ping(&self) -> bool {
         let sent = SystemTime::now();
-        let redis_ms: Result<i64, _> = self.run(&self.clock, Vec::new(), Vec::new()).await;
+        let redis_ms: Result<i64, _> = self.run("clock", &self.clock, Vec::new(), Vec::new()).await;
         let redis_ms = match redis_ms {
             Ok(redis_ms) => redis_ms,
             Err(error) => {
@@ -629,11 +638,13 @@ impl SeatLocks {
         let _ = tokio::time::timeout(self.settings.command_timeout, self.client.quit()).await;
     }
 
-    /// `EVALSHA` of `script` (loading it on `NOSCRIPT`). Refused at once while the connection
-    /// is down, like every other command here (fred's per-command options do not reach
-    /// scripts); otherwise bounded by the command timeout.
+    /// `EVALSHA` of `script` (fred loads it and tries again on `NOSCRIPT`), timed as
+    /// `command`. Refused at once while the connection is down, like every other command here
+    /// (fred's per-command options do not reach scripts); otherwise bounded by the command
+    /// timeout.
     async fn run<R: FromValue>(
         &self,
+        command: &'static str,
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
@@ -644,16 +655,10 @@ impl SeatLocks {
                 "not connected to redis",
             ));
         }
-        match script
-            .evalsha(&self.client, keys.clone(), args.clone())
-            .await
-        {
-            Err(error) if error.details().starts_with("NOSCRIPT") => {
-                script.load(&self.client).await?;
-                script.evalsha(&self.client, keys, args).await
-            }
-            result => result,
-        }
+        let started = Instant::now();
+        let answer = script.evalsha_with_reload(&self.client, keys, args).await;
+        crate::metrics::redis_command(command, answer.is_ok(), started.elapsed());
+        answer
     }
 
     /// The lock's TTL in milliseconds, as the scripts take it.

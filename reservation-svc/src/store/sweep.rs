@@ -15,11 +15,14 @@ impl Store {
     /// work side by side, each on different seats, and a hold or payment in progress is never
     /// waited for.
     pub async fn expire_lapsed_holds(&self, batch_size: i64) -> Result<usize, StoreError> {
-        let mut conn = self.pool.get().await?;
-        conn.build_transaction()
-            .read_committed()
-            .run(async |conn| expire_in_transaction(conn, batch_size).await)
-            .await
+        crate::metrics::db_transaction("sweep", async move {
+            let mut conn = self.pool.get().await?;
+            conn.build_transaction()
+                .read_committed()
+                .run(async |conn| expire_in_transaction(conn, batch_size).await)
+                .await
+        })
+        .await
     }
 }
 
