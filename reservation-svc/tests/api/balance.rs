@@ -33,7 +33,7 @@ async fn pay(wallet: &Wallet, user_id: i64, calls: std::ops::Range<u32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spread_over_every_address_of_the_name_and_follow_it() {
-    let first = TestWallet::start().await;
+    let mut first = TestWallet::start().await;
     let second = TestWallet::start().await;
     let user_id = 7;
     first.charge(user_id, 1_000, "top-up").await;
@@ -65,4 +65,23 @@ async fn calls_spread_over_every_address_of_the_name_and_follow_it() {
     pay(&wallet, user_id, 40..60).await;
     assert_eq!(1_000 - second.balance(user_id).await, second_spent);
     assert_eq!(1_000 - first.balance(user_id).await, first_spent + 20);
+
+    // The one wallet left goes down and comes back on its address: calls fail meanwhile, and
+    // reach it again once it is back.
+    first.stop().await;
+    let reply = wallet.use_points(user_id, 1, "balance-down", "test").await;
+    assert!(matches!(reply, UseReply::Unknown), "{reply:?}");
+    first.restart().await;
+    let mut answered = false;
+    for _ in 0..50 {
+        if matches!(
+            wallet.use_points(user_id, 1, "balance-back", "test").await,
+            UseReply::Debited { .. }
+        ) {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "no call reached the wallet once it was back");
 }
