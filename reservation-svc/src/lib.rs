@@ -14,4 +14,5 @@ pub mod reconciler;
 pub mod startup;
 pub mod store;
 pub mod sweeper;
+pub mod wallet_balance;
 pub mod wallet_client;

@@ -24,8 +24,79 @@ pub const CANCELLATIONS_RECONCILED: &str = "ticketing_cancellations_reconciled_t
 /// Rounds of background work that failed as a whole, by `task`: `sweep` or `reconcile`.
 pub const BACKGROUND_FAILURES: &str = "ticketing_background_failures_total";
 
-/// Gives the metrics above their help text; call once the recorder is installed.
+/// Time of a Redis command of the seat locks, by `command` (the script: `acquire`, `release`,
+/// `mark`, `clear`, `canary`, `clock`) and `result` (`ok`, `error`: refused, timed out, or no
+/// connection).
+pub const REDIS_COMMAND_DURATION: &str = "ticketing_redis_command_duration_seconds";
+/// Time of a Postgres transaction (or single statement) of the store, from asking the pool for
+/// a connection to its answer, by `step` (`hold`, `hold_locked_in_postgres`, `begin_pay`,
+/// `settle`, `cancel`, `sweep`, `claim_stuck_payments`, `claim_unfinished_cancellations`) and
+/// `result` (`ok`, `error`: a refusal of the business rules counts as `ok`).
+pub const DB_TRANSACTION_DURATION: &str = "ticketing_db_transaction_duration_seconds";
+/// Commands of [`REDIS_COMMAND_DURATION`].
+pub const REDIS_COMMANDS: [&str; 6] = ["acquire", "release", "mark", "clear", "canary", "clock"];
+/// Steps of [`DB_TRANSACTION_DURATION`].
+pub const DB_STEPS: [&str; 8] = [
+    "hold",
+    "hold_locked_in_postgres",
+    "begin_pay",
+    "settle",
+    "cancel",
+    "sweep",
+    "claim_stuck_payments",
+    "claim_unfinished_cancellations",
+];
+
+/// Outcomes of [`SEAT_LOCKS`].
+pub const SEAT_LOCK_OUTCOMES: [&str; 6] = [
+    "acquired",
+    "contended",
+    "taken",
+    "taken_remembered",
+    "redis_unavailable",
+    "postgres",
+];
+/// Outcomes of [`PAYMENTS_RECONCILED`].
+pub const PAYMENT_OUTCOMES: [&str; 3] = ["confirmed", "refused", "unsettled"];
+/// Outcomes of [`CANCELLATIONS_RECONCILED`].
+pub const CANCELLATION_OUTCOMES: [&str; 2] = ["finished", "unfinished"];
+/// Tasks of [`BACKGROUND_FAILURES`].
+pub const BACKGROUND_TASKS: [&str; 2] = ["sweep", "reconcile"];
+
+/// Gives the metrics above their help text and registers every series of them at zero, so
+/// that a fresh process lists them; call once the recorder is installed.
 pub fn describe() {
+    for outcome in SEAT_LOCK_OUTCOMES {
+        metrics::counter!(SEAT_LOCKS, "outcome" => outcome).increment(0);
+    }
+    for outcome in PAYMENT_OUTCOMES {
+        metrics::counter!(PAYMENTS_RECONCILED, "outcome" => outcome).increment(0);
+    }
+    for outcome in CANCELLATION_OUTCOMES {
+        metrics::counter!(CANCELLATIONS_RECONCILED, "outcome" => outcome).increment(0);
+    }
+    for task in BACKGROUND_TASKS {
+        metrics::counter!(BACKGROUND_FAILURES, "task" => task).increment(0);
+    }
+    metrics::counter!(RESERVATIONS_EXPIRED).increment(0);
+    // Registered, so that they render with empty buckets.
+    for command in REDIS_COMMANDS {
+        let _ = metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command, "result" => "ok");
+    }
+    for step in DB_STEPS {
+        let _ = metrics::histogram!(DB_TRANSACTION_DURATION, "step" => step, "result" => "ok");
+    }
+    metrics::describe_histogram!(
+        REDIS_COMMAND_DURATION,
+        metrics::Unit::Seconds,
+        "Time of a Redis command of the seat locks, by command and result"
+    );
+    metrics::describe_histogram!(
+        DB_TRANSACTION_DURATION,
+        metrics::Unit::Seconds,
+        "Time of a Postgres transaction of the store, connection wait included, by step and result"
+    );
+    // The mode and its switches are published by the breaker, with SEAT_LOCK_FALLBACK=postgres.
     metrics::describe_counter!(SEAT_LOCKS, "Seat lock attempts, by outcome");
     metrics::describe_gauge!(
         SEAT_LOCK_MODE,
@@ -51,6 +122,26 @@ pub fn describe() {
         BACKGROUND_FAILURES,
         "Sweeps and reconciliation rounds that failed as a whole, by task"
     );
+}
+
+/// Records the time of a Redis command.
+pub fn redis_command(command: &'static str, ok: bool, took: std::time::Duration) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command, "result" => result)
+        .record(took.as_secs_f64());
+}
+
+/// Runs a store's transaction, recording its time as `step`.
+pub async fn db_transaction<T, E>(
+    step: &'static str,
+    transaction: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    let answer = transaction.await;
+    let result = if answer.is_ok() { "ok" } else { "error" };
+    metrics::histogram!(DB_TRANSACTION_DURATION, "step" => step, "result" => result)
+        .record(started.elapsed().as_secs_f64());
+    answer
 }
 
 /// Counts a seat lock attempt.

@@ -147,7 +147,7 @@ impl Service for Application {
             crate::metrics::describe();
         }
         let locks = SeatLocks::connect(LockSettings {
-            redis_url: config.redis_url.expose_secret().to_owned(),
+            redis_url: config.redis_url.clone(),
             key_prefix: config.seat_lock_prefix.clone(),
             ttl: config.seat_lock_ttl,
             command_timeout: config.redis_command_timeout,

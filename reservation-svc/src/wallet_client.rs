@@ -9,7 +9,6 @@ use shared::proto::wallet::v1 as pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
 use shared::tls::ClientTls;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 use tracing::Instrument as _;
 
@@ -17,8 +16,13 @@ use tracing::Instrument as _;
 const USE_PATH: &str = "/ticketing.wallet.v1.WalletService/Use";
 const REFUND_PATH: &str = "/ticketing.wallet.v1.WalletService/Refund";
 
+use crate::wallet_balance::{BalancedChannel, Resolve};
+
+/// How often the wallet's name is resolved again, to follow its pods as they come and go.
+pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(10);
+
 type TracedChannel = InterceptedService<
-    Channel,
+    BalancedChannel,
     fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
 >;
 
@@ -52,20 +56,27 @@ pub struct Wallet {
 
 impl Wallet {
     /// A client that connects on first use (and reconnects as needed), so reservation-svc
-    /// starts and serves holds while wallet-svc is down.
-    /// Over TLS with `tls` in force at each connection, when given.
+    /// starts and serves holds while wallet-svc is down; balanced over every address the
+    /// endpoint's host resolves to (the pods of a headless Service), resolved again every
+    /// [`RESOLVE_INTERVAL`]. Over TLS with `tls` in force at each connection, when given.
     pub fn connect_lazy(
         endpoint: &str,
         timeout: Duration,
         tls: Option<ClientTls>,
     ) -> anyhow::Result<Self> {
-        let channel = match tls {
-            Some(tls) => shared::tls::channel(endpoint, tls, timeout)?,
-            None => Endpoint::from_shared(endpoint.to_owned())?
-                .connect_timeout(timeout)
-                .timeout(timeout)
-                .connect_lazy(),
-        };
+        Self::connect_balanced(endpoint, timeout, tls, RESOLVE_INTERVAL, None)
+    }
+
+    /// [`Wallet::connect_lazy`] with the addresses from `resolve` (the system's resolver when
+    /// `None`), asked every `every`.
+    pub fn connect_balanced(
+        endpoint: &str,
+        timeout: Duration,
+        tls: Option<ClientTls>,
+        every: Duration,
+        resolve: Option<Resolve>,
+    ) -> anyhow::Result<Self> {
+        let channel = crate::wallet_balance::balanced(endpoint, timeout, tls, every, resolve)?;
         let interceptor: fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> =
             propagate_trace;
         Ok(Self {

@@ -5,7 +5,7 @@
 //! Until [`install`] runs (a service binds its endpoint), metrics are recorded nowhere, at
 //! almost no cost: a service whose endpoint is disabled records nothing.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,9 +27,13 @@ use tower::{Layer, Service};
 
 use crate::db::PgPool;
 
-/// Calls answered, by `method` (the full gRPC path) and `status` (the gRPC code's name).
+/// Calls answered, by `method` (the full gRPC path) and `status` (the gRPC code's name as the
+/// specification spells it), and by the same under the grpc-ecosystem's names: `grpc_service`,
+/// `grpc_method`, `grpc_code` (the code's name as Go spells it: `OK`, `Unavailable`) and
+/// `grpc_type` (`unary`, `client_stream`, `server_stream`, `bidi_stream`). Both sets are labels
+/// of the same series, so they never disagree and cost no series more.
 pub const RPC_REQUESTS: &str = "ticketing_rpc_requests_total";
-/// Time from a call's arrival to its answer, by `method` and `status`.
+/// Time from a call's arrival to its answer, with the labels of [`RPC_REQUESTS`].
 pub const RPC_DURATION: &str = "ticketing_rpc_duration_seconds";
 /// Calls holding a place among the calls in flight (until their answer has been sent).
 pub const RPC_IN_FLIGHT: &str = "ticketing_rpc_in_flight";
@@ -61,9 +65,24 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "ticketing_tls_handshake_failures_total
 pub const TLS_HANDSHAKES_REFUSED: &str = "ticketing_tls_handshakes_refused_total";
 /// Certificate, key and JWKS files read again after a change, by what and result.
 pub const RELOADS: &str = "ticketing_reloads_total";
+/// Always 1, by `version` (the crate's) and `revision` (the source's commit, from
+/// `TICKETING_REVISION` at build time, else `unknown`).
+pub const BUILD_INFO: &str = "ticketing_build_info";
 
-/// Upper bounds of the [`RPC_DURATION`] buckets, in seconds: from a cached read to the default
-/// RPC timeout.
+/// The version [`BUILD_INFO`] reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The revision [`BUILD_INFO`] reports: the commit the binary was built from, when the build
+/// said (`TICKETING_REVISION=$(git rev-parse HEAD) cargo build`, or the image's `REVISION`
+/// build argument).
+pub const REVISION: &str = match option_env!("TICKETING_REVISION") {
+    Some(revision) if !revision.is_empty() => revision,
+    _ => "unknown",
+};
+
+/// Upper bounds of the buckets of [`RPC_DURATION`] and every histogram named
+/// `*_duration_seconds` (Redis commands, Postgres transactions), in seconds: from a cached read
+/// to the default RPC timeout.
 const RPC_DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -89,7 +108,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(
-                    Matcher::Full(RPC_DURATION.to_owned()),
+                    Matcher::Suffix("_duration_seconds".to_owned()),
                     &RPC_DURATION_BUCKETS,
                 )
                 .and_then(|builder| {
@@ -101,6 +120,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                 .and_then(PrometheusBuilder::install_recorder)
                 .map_err(|error| error.to_string())?;
             describe();
+            register_at_zero();
+            metrics::gauge!(BUILD_INFO, "version" => VERSION, "revision" => REVISION).set(1.0);
+            // Prometheus's process_* series (CPU, memory, file descriptors, threads, start
+            // time), sampled at each scrape.
+            metrics_process::Collector::default().describe();
             let upkeep = handle.clone();
             // A thread rather than a task: it must outlive any one runtime.
             let spawned = std::thread::Builder::new()
@@ -189,6 +213,49 @@ fn describe() {
         RELOADS,
         "Certificate, key and JWKS files read again after a change, by what and result"
     );
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1, by the build's version and source revision"
+    );
+}
+
+/// Reasons of [`RPC_SHED`].
+pub const SHED_REASONS: [&str; 6] = [
+    "limit",
+    "too_large",
+    "slow_request",
+    "slow_reader",
+    "streams",
+    "buffers",
+];
+
+/// Registers the series of this module that have no per-server labels, at zero, so that a
+/// fresh process lists them (an alert's rate is then 0, not absent). Calls are registered by
+/// [`RpcMetricsLayer::new`], with the methods they know.
+fn register_at_zero() {
+    for reason in SHED_REASONS {
+        metrics::counter!(RPC_SHED, "reason" => reason).increment(0);
+    }
+    for counter in [
+        CONNECTIONS_IDLE_CLOSED,
+        CONNECTIONS_REFUSED,
+        TLS_HANDSHAKE_FAILURES,
+        TLS_HANDSHAKES_REFUSED,
+    ] {
+        metrics::counter!(counter).increment(0);
+    }
+    for gauge in [
+        RPC_IN_FLIGHT,
+        STREAMS_OPEN,
+        CONNECTIONS_OPEN,
+        BUFFERED_BYTES,
+        DB_POOL_WAITING,
+    ] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
+    for state in ["in_use", "idle"] {
+        metrics::gauge!(DB_POOL_CONNECTIONS, "state" => state).increment(0.0);
+    }
 }
 
 /// Records the pool's connections in use and idle, and the calls waiting for one.
@@ -238,6 +305,7 @@ impl MetricsEndpoint {
     pub async fn serve(self, before_render: impl Fn() + Send + Sync + 'static) {
         let scrape = Arc::new(Scrape {
             handle: self.handle,
+            process: metrics_process::Collector::default(),
             before_render: Box::new(before_render),
         });
         loop {
@@ -271,6 +339,7 @@ impl MetricsEndpoint {
 
 struct Scrape {
     handle: PrometheusHandle,
+    process: metrics_process::Collector,
     before_render: Box<dyn Fn() + Send + Sync>,
 }
 
@@ -282,6 +351,7 @@ impl Scrape {
         if !matches!(*request.method(), http::Method::GET | http::Method::HEAD) {
             return plain_text(http::StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
+        self.process.collect();
         (self.before_render)();
         let mut response = http::Response::new(Full::new(Bytes::from(self.handle.render())));
         response.headers_mut().insert(
@@ -302,9 +372,50 @@ fn plain_text(status: http::StatusCode, text: &'static str) -> http::Response<Fu
     response
 }
 
-/// The full paths (`/package.Service/Method`) of every method of `services` described in
-/// `descriptor_sets` (encoded `FileDescriptorSet`s).
-pub fn methods_of(descriptor_sets: &[&[u8]], services: &[&str]) -> anyhow::Result<Vec<String>> {
+/// A method a server offers, with the labels its calls are counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcMethod {
+    /// The full path, `/package.Service/Method`.
+    pub path: &'static str,
+    /// `package.Service`.
+    pub service: &'static str,
+    /// `Method`.
+    pub method: &'static str,
+    /// `unary`, `client_stream`, `server_stream` or `bidi_stream`.
+    pub kind: &'static str,
+}
+
+impl RpcMethod {
+    /// The labels of a call to a path the server does not offer: a client making up paths must
+    /// not make up series.
+    const UNKNOWN: Self = Self {
+        path: UNKNOWN_METHOD,
+        service: UNKNOWN_METHOD,
+        method: UNKNOWN_METHOD,
+        kind: UNKNOWN_METHOD,
+    };
+}
+
+/// The one `&'static str` of each distinct label value: a process offers a fixed set of
+/// methods, so each is kept once however many servers (tests start many) are built.
+fn intern(value: String) -> &'static str {
+    static INTERNED: OnceLock<std::sync::Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut interned = INTERNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match interned.get(value.as_str()) {
+        Some(kept) => kept,
+        None => {
+            let kept: &'static str = Box::leak(value.into_boxed_str());
+            interned.insert(kept);
+            kept
+        }
+    }
+}
+
+/// Every method of `services` described in `descriptor_sets` (encoded `FileDescriptorSet`s).
+pub fn methods_of(descriptor_sets: &[&[u8]], services: &[&str]) -> anyhow::Result<Vec<RpcMethod>> {
     let mut methods = Vec::new();
     for encoded in descriptor_sets {
         let set = prost_types::FileDescriptorSet::decode(*encoded)
@@ -316,12 +427,18 @@ pub fn methods_of(descriptor_sets: &[&[u8]], services: &[&str]) -> anyhow::Resul
                     package => format!("{package}.{}", service.name()),
                 };
                 if services.contains(&name.as_str()) {
-                    methods.extend(
-                        service
-                            .method
-                            .iter()
-                            .map(|method| format!("/{name}/{}", method.name())),
-                    );
+                    let service_name = intern(name);
+                    methods.extend(service.method.iter().map(|method| RpcMethod {
+                        path: intern(format!("/{service_name}/{}", method.name())),
+                        service: service_name,
+                        method: intern(method.name().to_owned()),
+                        kind: match (method.client_streaming(), method.server_streaming()) {
+                            (false, false) => "unary",
+                            (true, false) => "client_stream",
+                            (false, true) => "server_stream",
+                            (true, true) => "bidi_stream",
+                        },
+                    }));
                 }
             }
         }
@@ -329,20 +446,61 @@ pub fn methods_of(descriptor_sets: &[&[u8]], services: &[&str]) -> anyhow::Resul
     Ok(methods)
 }
 
+/// The codes whose series every method has from the start, at zero: those an alert or a ratio
+/// watches (the server's failures, overload, refusals of callers), so that a rate over them is
+/// 0 rather than absent before the first one.
+pub const CODES_AT_ZERO: [Code; 10] = [
+    Code::Ok,
+    Code::Cancelled,
+    Code::Unknown,
+    Code::InvalidArgument,
+    Code::DeadlineExceeded,
+    Code::ResourceExhausted,
+    Code::Aborted,
+    Code::Internal,
+    Code::Unavailable,
+    Code::Unauthenticated,
+];
+
+/// Registers, at zero, the calls of every one of `methods` with each of [`CODES_AT_ZERO`], and
+/// their durations with `OK`.
+fn register_rpc_series(methods: &[RpcMethod]) {
+    for method in methods {
+        for code in CODES_AT_ZERO {
+            metrics::counter!(RPC_REQUESTS, &rpc_labels(method, code)).increment(0);
+        }
+        // Registered, so that it renders with empty buckets.
+        let _ = metrics::histogram!(RPC_DURATION, &rpc_labels(method, Code::Ok));
+    }
+}
+
+fn rpc_labels(method: &RpcMethod, code: Code) -> [(&'static str, &'static str); 6] {
+    [
+        ("method", method.path),
+        ("status", code_name(code)),
+        ("grpc_service", method.service),
+        ("grpc_method", method.method),
+        ("grpc_code", go_code_name(code)),
+        ("grpc_type", method.kind),
+    ]
+}
+
 /// Counts and times every call by method and gRPC status, including the calls that layers
 /// inside it answer themselves (refused at the concurrency limit, timed out, panicked). A call
 /// whose client goes away before the answer counts as `CANCELLED`.
 #[derive(Debug, Clone)]
 pub struct RpcMetricsLayer {
-    methods: Arc<HashSet<String>>,
+    methods: Arc<HashMap<&'static str, RpcMethod>>,
 }
 
 impl RpcMetricsLayer {
-    /// Labels a call with its path when it is one of `methods` (see [`methods_of`]), and
-    /// `unknown` otherwise.
-    pub fn new(methods: impl IntoIterator<Item = String>) -> Self {
+    /// Labels a call with its method when it is one of `methods` (see [`methods_of`]), and
+    /// `unknown` otherwise; registers every method's series at zero (see [`CODES_AT_ZERO`]).
+    pub fn new(methods: impl IntoIterator<Item = RpcMethod>) -> Self {
+        let methods: Vec<RpcMethod> = methods.into_iter().collect();
+        register_rpc_series(&methods);
         Self {
-            methods: Arc::new(methods.into_iter().collect()),
+            methods: Arc::new(methods.into_iter().map(|m| (m.path, m)).collect()),
         }
     }
 }
@@ -362,7 +520,7 @@ impl<S> Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
-    methods: Arc<HashSet<String>>,
+    methods: Arc<HashMap<&'static str, RpcMethod>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -383,12 +541,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let path = request.uri().path();
-        let method = if self.methods.contains(path) {
-            path.to_owned()
-        } else {
-            UNKNOWN_METHOD.to_owned()
-        };
+        let method = self
+            .methods
+            .get(request.uri().path())
+            .copied()
+            .unwrap_or(RpcMethod::UNKNOWN);
         let mut call = CallRecord {
             method,
             started: Instant::now(),
@@ -410,7 +567,7 @@ where
 /// One call, recorded when dropped: with the code of its answer, or as cancelled when the
 /// call was dropped before it had one.
 struct CallRecord {
-    method: String,
+    method: RpcMethod,
     started: Instant,
     code: Code,
 }
@@ -423,11 +580,9 @@ impl CallRecord {
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        let status = code_name(self.code);
-        let method = std::mem::take(&mut self.method);
-        metrics::histogram!(RPC_DURATION, "method" => method.clone(), "status" => status)
-            .record(self.started.elapsed().as_secs_f64());
-        metrics::counter!(RPC_REQUESTS, "method" => method, "status" => status).increment(1);
+        let labels = rpc_labels(&self.method, self.code);
+        metrics::histogram!(RPC_DURATION, &labels).record(self.started.elapsed().as_secs_f64());
+        metrics::counter!(RPC_REQUESTS, &labels).increment(1);
     }
 }
 
@@ -466,6 +621,30 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The code's name as grpc-go spells it (`Code.String()`), the `grpc_code` the grpc-ecosystem's
+/// dashboards and alerts expect.
+pub fn go_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,12 +670,24 @@ mod tests {
             &["ticketing.wallet.v1.WalletService"],
         )
         .expect("descriptor sets decode");
-        assert!(methods.contains(&"/ticketing.wallet.v1.WalletService/Charge".to_owned()));
+        assert!(methods.contains(&RpcMethod {
+            path: "/ticketing.wallet.v1.WalletService/Charge",
+            service: "ticketing.wallet.v1.WalletService",
+            method: "Charge",
+            kind: "unary",
+        }));
         assert!(
             methods
                 .iter()
-                .all(|m| m.starts_with("/ticketing.wallet.v1.WalletService/"))
+                .all(|m| m.path.starts_with("/ticketing.wallet.v1.WalletService/"))
         );
+        let health = methods_of(
+            &[tonic_health::pb::FILE_DESCRIPTOR_SET],
+            &["grpc.health.v1.Health"],
+        )
+        .expect("descriptor sets decode");
+        let watch = health.iter().find(|m| m.method == "Watch").expect("Watch");
+        assert_eq!(watch.kind, "server_stream");
     }
 
     #[test]

@@ -408,6 +408,28 @@ pub fn channel(
     tls: ClientTls,
     timeout: Duration,
 ) -> anyhow::Result<tonic::transport::Channel> {
+    channel_at(endpoint, None, tls, timeout)
+}
+
+/// Like [`channel`], but to `addr` (one of the addresses `endpoint`'s host resolves to),
+/// checking the server's certificate against `endpoint`'s host name all the same; with HTTP/2
+/// keepalive, so that a dead peer is found while no call is sent. A balancing client makes one
+/// per address.
+pub fn channel_to(
+    endpoint: &str,
+    addr: SocketAddr,
+    tls: ClientTls,
+    timeout: Duration,
+) -> anyhow::Result<tonic::transport::Channel> {
+    channel_at(endpoint, Some(addr), tls, timeout)
+}
+
+fn channel_at(
+    endpoint: &str,
+    addr: Option<SocketAddr>,
+    tls: ClientTls,
+    timeout: Duration,
+) -> anyhow::Result<tonic::transport::Channel> {
     let uri: Uri = endpoint.parse().context("not a URI")?;
     anyhow::ensure!(
         uri.scheme_str() == Some("https"),
@@ -419,20 +441,39 @@ pub fn channel(
     let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
         .context("not a host name or an IP address")?;
     // tonic is given the plain scheme: the TLS is this connector's.
-    let plain = format!("http://{host}:{port}");
+    let plain = match addr {
+        Some(addr) => format!("http://{addr}"),
+        None => format!("http://{host}:{port}"),
+    };
     let connector = tower::service_fn(move |_: Uri| {
         let connector = TlsConnector::from(tls.current().as_ref().clone());
         let server_name = server_name.clone();
         let host = host.clone();
         async move {
-            let stream = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+            let stream = match addr {
+                Some(addr) => TcpStream::connect(addr).await?,
+                None => TcpStream::connect((host.trim_matches(['[', ']']), port)).await?,
+            };
             stream.set_nodelay(true)?;
             let stream = connector.connect(server_name, stream).await?;
             Ok::<_, io::Error>(TokioIo::new(stream))
         }
     });
-    Ok(tonic::transport::Endpoint::from_shared(plain)?
+    let endpoint = tonic::transport::Endpoint::from_shared(plain)?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect_with_connector_lazy(connector))
+        .timeout(timeout);
+    let endpoint = match addr {
+        Some(_) => with_keepalive(endpoint),
+        None => endpoint,
+    };
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// HTTP/2 pings every 10 s while a connection is open, even idle; no answer within 5 s closes
+/// it (and its calls fail over to the other addresses).
+pub fn with_keepalive(endpoint: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    endpoint
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
 }

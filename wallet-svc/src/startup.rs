@@ -105,6 +105,10 @@ impl Service for Application {
             metrics_addr: config.metrics_addr,
         })
         .await?;
+        if metrics.is_some() {
+            // Listed from the start, with empty buckets, like every series of known labels.
+            let _ = metrics::histogram!(crate::domain::BATCH_SIZE);
+        }
 
         // A batch may wait for the row lock and then run its statements; past that, its callers
         // have had their answer from the RPC timeout anyway.

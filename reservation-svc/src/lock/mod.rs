@@ -28,8 +28,6 @@ mod breaker;
 
 pub use breaker::{Breaker, LockFallback, LockMode};
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Utc};
@@ -40,6 +38,7 @@ use fred::prelude::{Builder, Config, ReconnectPolicy};
 use fred::types::FromValue;
 use fred::types::scripts::Script;
 use protocol::reservation::AfterHold;
+use secrecy::{ExposeSecret as _, SecretString};
 
 /// Deletes the key only while it still holds the caller's token (or the caller's taken mark).
 pub const RELEASE_SCRIPT: &str = r"
@@ -131,8 +130,8 @@ const TAKEN_PREFIX: &str = "taken:";
 /// for a lock in Postgres.
 const MAX_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Most taken marks a replica remembers at once; past that it asks Redis.
-const TAKEN_MEMORY_CAPACITY: usize = 65_536;
+/// Most taken marks a replica remembers at once; past that the cache evicts the least useful.
+const TAKEN_MEMORY_CAPACITY: u64 = 65_536;
 
 /// Why a lock was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +177,8 @@ fn parse_held(answer: &str) -> Option<(Duration, &str)> {
 /// How the seat locks talk to Redis.
 #[derive(Debug, Clone)]
 pub struct LockSettings {
-    pub redis_url: String,
+    /// May carry a password: its Debug shows none of it.
+    pub redis_url: SecretString,
     /// Prepended to every key, so several deployments (or tests) can share one Redis.
     pub key_prefix: String,
     /// How long a lock lives if its owner never releases it (a crash, a lost connection).
@@ -252,7 +252,7 @@ impl SeatLocks {
             !settings.command_timeout.is_zero() && settings.command_timeout <= MAX_COMMAND_TIMEOUT,
             "REDIS_COMMAND_TIMEOUT must be above 0 and at most {MAX_COMMAND_TIMEOUT:?}"
         );
-        let mut config = Config::from_url(&settings.redis_url)?;
+        let mut config = Config::from_url(settings.redis_url.expose_secret())?;
         if let Some(files) = &settings.tls {
             anyhow::ensure!(
                 config.tls.is_some(),
@@ -301,7 +301,7 @@ impl SeatLocks {
             mark: Script::from_lua(format!("{NOW_MS}{MARK_SCRIPT}")),
             clear: Script::from_lua(CLEAR_SCRIPT),
             canary: Script::from_lua(format!("{NOW_MS}{CANARY_SCRIPT}")),
-            taken: TakenMemory::default(),
+            taken: TakenMemory::new(settings.taken_memory.max(settings.command_timeout)),
             breaker: (settings.fallback == LockFallback::Postgres).then(Breaker::new),
             settings,
         })
@@ -391,6 +391,7 @@ impl SeatLocks {
         let ttl_ms = self.ttl_ms();
         let written: Result<String, _> = self
             .run(
+                "canary",
                 &self.canary,
                 vec![key],
                 vec![ttl_ms.max(1).to_string(), self.deadline_ms()],
@@ -440,6 +441,7 @@ impl SeatLocks {
         let ttl_ms = self.ttl_ms();
         let answer: Result<String, _> = self
             .run(
+                "acquire",
                 &self.acquire,
                 vec![key.clone()],
                 vec![token.clone(), ttl_ms.to_string(), self.deadline_ms()],
@@ -529,6 +531,7 @@ impl SeatLocks {
         let tombstone = tombstone_key(&lock.key);
         let marked: Result<i64, _> = self
             .run(
+                "mark",
                 &self.mark,
                 vec![lock.key.clone(), tombstone],
                 vec![
@@ -563,6 +566,7 @@ impl SeatLocks {
         let ttl_ms = self.ttl_ms();
         let cleared: Result<i64, _> = self
             .run(
+                "clear",
                 &self.clear,
                 vec![key.clone(), tombstone_key(&key)],
                 vec![taken_mark(reservation), ttl_ms.max(1).to_string()],
@@ -580,7 +584,12 @@ impl SeatLocks {
     /// another request is left alone. Failures are logged: the TTL ends the lock anyway.
     pub async fn release(&self, lock: SeatLock) {
         let released: Result<i64, _> = self
-            .run(&self.release, vec![lock.key.clone()], vec![lock.token])
+            .run(
+                "release",
+                &self.release,
+                vec![lock.key.clone()],
+                vec![lock.token],
+            )
             .await;
         match released {
             Ok(1) => {}
@@ -596,7 +605,7 @@ impl SeatLocks {
     /// NOT_SERVING and says why rather than refuse holds unexplained.
     pub async fn ping(&self) -> bool {
         let sent = SystemTime::now();
-        let redis_ms: Result<i64, _> = self.run(&self.clock, Vec::new(), Vec::new()).await;
+        let redis_ms: Result<i64, _> = self.run("clock", &self.clock, Vec::new(), Vec::new()).await;
         let redis_ms = match redis_ms {
             Ok(redis_ms) => redis_ms,
             Err(error) => {
@@ -629,11 +638,13 @@ impl SeatLocks {
         let _ = tokio::time::timeout(self.settings.command_timeout, self.client.quit()).await;
     }
 
-    /// `EVALSHA` of `script` (loading it on `NOSCRIPT`). Refused at once while the connection
-    /// is down, like every other command here (fred's per-command options do not reach
-    /// scripts); otherwise bounded by the command timeout.
+    /// `EVALSHA` of `script` (fred loads it and tries again on `NOSCRIPT`), timed as
+    /// `command`. Refused at once while the connection is down, like every other command here
+    /// (fred's per-command options do not reach scripts); otherwise bounded by the command
+    /// timeout.
     async fn run<R: FromValue>(
         &self,
+        command: &'static str,
         script: &Script,
         keys: Vec<String>,
         args: Vec<String>,
@@ -644,16 +655,10 @@ impl SeatLocks {
                 "not connected to redis",
             ));
         }
-        match script
-            .evalsha(&self.client, keys.clone(), args.clone())
-            .await
-        {
-            Err(error) if error.details().starts_with("NOSCRIPT") => {
-                script.load(&self.client).await?;
-                script.evalsha(&self.client, keys, args).await
-            }
-            result => result,
-        }
+        let started = Instant::now();
+        let answer = script.evalsha_with_reload(&self.client, keys, args).await;
+        crate::metrics::redis_command(command, answer.is_ok(), started.elapsed());
+        answer
     }
 
     /// The lock's TTL in milliseconds, as the scripts take it.
@@ -716,16 +721,65 @@ enum Memory {
     Cleared { at: Instant },
 }
 
-/// The taken marks this replica has seen lately, by seat.
-#[derive(Debug, Clone, Default)]
+/// How long each memory is kept: a mark until the moment it was remembered for (never longer
+/// than the mark itself lives); a cancel's clearing for as long as a read made before it may
+/// still be on its way back from Redis.
+#[derive(Debug)]
+struct MemoryExpiry {
+    cleared_for: Duration,
+}
+
+impl MemoryExpiry {
+    fn lifetime(&self, memory: &Memory) -> Duration {
+        match memory {
+            Memory::Taken { until } => until.saturating_duration_since(Instant::now()),
+            Memory::Cleared { .. } => self.cleared_for,
+        }
+    }
+}
+
+impl moka::Expiry<(i64, i32), Memory> for MemoryExpiry {
+    fn expire_after_create(
+        &self,
+        _seat: &(i64, i32),
+        memory: &Memory,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(memory))
+    }
+
+    fn expire_after_update(
+        &self,
+        _seat: &(i64, i32),
+        memory: &Memory,
+        _updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(memory))
+    }
+}
+
+/// The taken marks this replica has seen lately, by seat: a bounded cache whose entries expire
+/// with what they remember.
+#[derive(Debug, Clone)]
 struct TakenMemory {
-    seats: Arc<Mutex<HashMap<(i64, i32), Memory>>>,
+    seats: moka::sync::Cache<(i64, i32), Memory>,
 }
 
 impl TakenMemory {
+    /// A memory whose cancels' clearings are kept for `cleared_for` (at least the longest a
+    /// Redis command takes).
+    fn new(cleared_for: Duration) -> Self {
+        Self {
+            seats: moka::sync::Cache::builder()
+                .max_capacity(TAKEN_MEMORY_CAPACITY)
+                .expire_after(MemoryExpiry { cleared_for })
+                .build(),
+        }
+    }
+
     fn remembers(&self, seat: (i64, i32)) -> bool {
-        let seats = self.seats.lock().unwrap_or_else(PoisonError::into_inner);
-        matches!(seats.get(&seat), Some(Memory::Taken { until }) if *until > Instant::now())
+        matches!(self.seats.get(&seat), Some(Memory::Taken { until }) if until > Instant::now())
     }
 
     /// Remembers a mark read in Redis at `read`, for `ttl`, unless a cancel cleared it since.
@@ -733,28 +787,19 @@ impl TakenMemory {
         if ttl.is_zero() {
             return;
         }
-        let now = Instant::now();
-        let mut seats = self.seats.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(Memory::Cleared { at }) = seats.get(&seat)
-            && *at >= read
-        {
-            return;
-        }
-        if seats.len() >= TAKEN_MEMORY_CAPACITY {
-            seats.retain(|_, memory| match memory {
-                Memory::Taken { until } => *until > now,
-                Memory::Cleared { at } => now.duration_since(*at) < ttl,
-            });
-            if seats.len() >= TAKEN_MEMORY_CAPACITY {
-                return;
+        let until = Instant::now() + ttl;
+        // One step per seat: a cancel's clearing cannot slip between the look and the write.
+        self.seats.entry(seat).and_compute_with(|current| {
+            match current.map(|entry| entry.into_value()) {
+                Some(Memory::Cleared { at }) if at >= read => moka::ops::compute::Op::Nop,
+                _ => moka::ops::compute::Op::Put(Memory::Taken { until }),
             }
-        }
-        seats.insert(seat, Memory::Taken { until: now + ttl });
+        });
     }
 
     fn forget(&self, seat: (i64, i32)) {
-        let mut seats = self.seats.lock().unwrap_or_else(PoisonError::into_inner);
-        seats.insert(seat, Memory::Cleared { at: Instant::now() });
+        self.seats
+            .insert(seat, Memory::Cleared { at: Instant::now() });
     }
 }
 
@@ -781,7 +826,7 @@ mod tests {
 
     #[test]
     fn a_mark_read_before_a_cancel_of_this_replica_is_not_remembered() {
-        let memory = TakenMemory::default();
+        let memory = TakenMemory::new(Duration::from_secs(1));
         let seat = (1, 1);
         let read = Instant::now();
         memory.forget(seat);
@@ -792,5 +837,31 @@ mod tests {
         assert!(memory.remembers(seat));
         memory.remember((1, 2), Instant::now(), Duration::ZERO);
         assert!(!memory.remembers((1, 2)));
+    }
+
+    #[test]
+    fn a_mark_is_remembered_no_longer_than_asked() {
+        let memory = TakenMemory::new(Duration::from_secs(1));
+        memory.remember((1, 3), Instant::now(), Duration::from_millis(50));
+        assert!(memory.remembers((1, 3)));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!memory.remembers((1, 3)));
+        // The cache itself no longer answers the entry (it drops it at its next upkeep).
+        assert!(memory.seats.get(&(1, 3)).is_none());
+    }
+
+    #[test]
+    fn the_settings_debug_shows_no_redis_password() {
+        let settings = LockSettings {
+            redis_url: "redis://:hunter2@redis:6379".into(),
+            key_prefix: String::new(),
+            ttl: Duration::from_secs(3),
+            command_timeout: Duration::from_secs(1),
+            taken_memory: Duration::from_secs(1),
+            tls: None,
+            fallback: LockFallback::FailClosed,
+        };
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

@@ -25,11 +25,14 @@ impl Store {
         request: OwnerRequest,
         refunded: bool,
     ) -> Result<CancelOutcome, StoreError> {
-        let mut conn = Checkout::new(self.pool.get().await?);
-        conn.build_transaction()
-            .read_committed()
-            .run(async |conn| cancel_in_transaction(conn, request, refunded).await)
-            .await
+        crate::metrics::db_transaction("cancel", async move {
+            let mut conn = Checkout::new(self.pool.get().await?);
+            conn.build_transaction()
+                .read_committed()
+                .run(async |conn| cancel_in_transaction(conn, request, refunded).await)
+                .await
+        })
+        .await
     }
 }
 

@@ -51,7 +51,8 @@ impl Store {
         request: HoldRequest,
         terms: HoldTerms,
     ) -> Result<HoldOutcome, StoreError> {
-        self.hold(request, terms, None).await
+        crate::metrics::db_transaction("hold", async move { self.hold(request, terms, None).await })
+            .await
     }
 
     /// Holds a seat as [`Store::hold_seat`] does, for a hold that has no Redis lock (Redis is
@@ -74,7 +75,10 @@ impl Store {
         terms: HoldTerms,
         wait: std::time::Duration,
     ) -> Result<HoldOutcome, StoreError> {
-        self.hold(request, terms, Some(wait)).await
+        crate::metrics::db_transaction("hold_locked_in_postgres", async move {
+            self.hold(request, terms, Some(wait)).await
+        })
+        .await
     }
 
     /// A hold, with the seat's lock in Postgres and a `lock_timeout` of `postgres_lock` when set.

@@ -41,19 +41,22 @@ impl Store {
         reservation_id: ReservationId,
         user_id: UserId,
     ) -> Result<BeginOutcome, StoreError> {
-        let mut conn = Checkout::new(self.pool.get().await?);
-        let begun = BeginHeldAttempt {
-            id: reservation_id.get(),
-            user_id: user_id.get(),
-        }
-        .get_result::<(ReservationRow, DateTime<Utc>)>(&mut *conn)
+        crate::metrics::db_transaction("begin_pay", async move {
+            let mut conn = Checkout::new(self.pool.get().await?);
+            let begun = BeginHeldAttempt {
+                id: reservation_id.get(),
+                user_id: user_id.get(),
+            }
+            .get_result::<(ReservationRow, DateTime<Utc>)>(&mut *conn)
+            .await
+            .optional()?;
+            if let Some((row, _)) = begun {
+                debug_assert_eq!(row.status, Status::Paying.as_str());
+                return Ok(BeginOutcome::Pay(payment_attempt(&row, row.pay_attempt)?));
+            }
+            begin_in_transaction(&mut conn, reservation_id, user_id).await
+        })
         .await
-        .optional()?;
-        if let Some((row, _)) = begun {
-            debug_assert_eq!(row.status, Status::Paying.as_str());
-            return Ok(BeginOutcome::Pay(payment_attempt(&row, row.pay_attempt)?));
-        }
-        begin_in_transaction(&mut conn, reservation_id, user_id).await
     }
 
     /// [`Store::begin_pay`]'s full transaction, which decides every case: public so that the
@@ -82,36 +85,39 @@ impl Store {
         reply: UseReply,
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
-        let mut conn = Checkout::new(self.pool.get().await?);
-        if let UseReply::Debited { transaction_id } = reply
-            && !refunded
-        {
-            let confirmed = ConfirmDebitedAttempt {
-                id: payment.reservation.get(),
-                attempt: payment.attempt.get(),
-                transaction_id,
-                use_key: payment.keys.use_key(payment.attempt),
+        crate::metrics::db_transaction("settle", async move {
+            let mut conn = Checkout::new(self.pool.get().await?);
+            if let UseReply::Debited { transaction_id } = reply
+                && !refunded
+            {
+                let confirmed = ConfirmDebitedAttempt {
+                    id: payment.reservation.get(),
+                    attempt: payment.attempt.get(),
+                    transaction_id,
+                    use_key: payment.keys.use_key(payment.attempt),
+                }
+                .get_result::<(ReservationRow, DateTime<Utc>, i64)>(&mut *conn)
+                .await
+                .optional()?;
+                if let Some((row, now, sold)) = confirmed {
+                    debug_assert_eq!(sold, 1, "a paying reservation's seat reads HELD");
+                    debug_assert_eq!(
+                        row.payment_keys(),
+                        payment.keys,
+                        "the keys the attempt was sent under are its reservation's"
+                    );
+                    return Ok(SettleOutcome::Confirmed(row.into_reservation(now)?));
+                }
             }
-            .get_result::<(ReservationRow, DateTime<Utc>, i64)>(&mut *conn)
+            settle_in_transaction(
+                &mut conn,
+                payment.reservation,
+                payment.attempt,
+                reply,
+                refunded,
+            )
             .await
-            .optional()?;
-            if let Some((row, now, sold)) = confirmed {
-                debug_assert_eq!(sold, 1, "a paying reservation's seat reads HELD");
-                debug_assert_eq!(
-                    row.payment_keys(),
-                    payment.keys,
-                    "the keys the attempt was sent under are its reservation's"
-                );
-                return Ok(SettleOutcome::Confirmed(row.into_reservation(now)?));
-            }
-        }
-        settle_in_transaction(
-            &mut conn,
-            payment.reservation,
-            payment.attempt,
-            reply,
-            refunded,
-        )
+        })
         .await
     }
 

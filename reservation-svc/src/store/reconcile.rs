@@ -78,28 +78,31 @@ impl Store {
         grace: Duration,
         batch_size: i64,
     ) -> Result<Vec<OwnerRequest>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let claimed = diesel::sql_query(
-            "UPDATE reservations SET cancel_requested_at = now() WHERE id IN ( \
-                 SELECT id FROM reservations \
-                 WHERE status = 'CONFIRMED' \
-                   AND cancel_requested_at < now() - make_interval(secs => $1 / 1000.0) \
-                 ORDER BY cancel_requested_at LIMIT $2 FOR UPDATE SKIP LOCKED \
-             ) RETURNING id, user_id",
-        )
-        .bind::<BigInt, _>(millis(grace))
-        .bind::<BigInt, _>(batch_size)
-        .load::<Claimed>(&mut conn)
-        .await?;
-        claimed
-            .into_iter()
-            .map(|row| {
-                Ok(OwnerRequest {
-                    reservation_id: stored("reservation id", ReservationId::parse(row.id))?,
-                    user_id: stored("user id", UserId::parse(row.user_id))?,
+        crate::metrics::db_transaction("claim_unfinished_cancellations", async move {
+            let mut conn = self.pool.get().await?;
+            let claimed = diesel::sql_query(
+                "UPDATE reservations SET cancel_requested_at = now() WHERE id IN ( \
+                     SELECT id FROM reservations \
+                     WHERE status = 'CONFIRMED' \
+                       AND cancel_requested_at < now() - make_interval(secs => $1 / 1000.0) \
+                     ORDER BY cancel_requested_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+                 ) RETURNING id, user_id",
+            )
+            .bind::<BigInt, _>(millis(grace))
+            .bind::<BigInt, _>(batch_size)
+            .load::<Claimed>(&mut conn)
+            .await?;
+            claimed
+                .into_iter()
+                .map(|row| {
+                    Ok(OwnerRequest {
+                        reservation_id: stored("reservation id", ReservationId::parse(row.id))?,
+                        user_id: stored("user id", UserId::parse(row.user_id))?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Claims up to `batch_size` reservations left `PAYING` for longer than `grace`: each as
@@ -114,20 +117,23 @@ impl Store {
         grace: Duration,
         batch_size: i64,
     ) -> Result<Vec<PaymentAttempt>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let claimed = diesel::sql_query(
-            "UPDATE reservations SET updated_at = now() WHERE id IN ( \
-                 SELECT id FROM reservations \
-                 WHERE status = 'PAYING' \
-                   AND updated_at < now() - make_interval(secs => $1 / 1000.0) \
-                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED \
-             ) RETURNING id, pay_attempt, user_id, price, schedule_id, seat_no, \
-               payment_key_nonce",
-        )
-        .bind::<BigInt, _>(millis(grace))
-        .bind::<BigInt, _>(batch_size)
-        .load::<ClaimedPayment>(&mut conn)
-        .await?;
-        claimed.into_iter().map(TryInto::try_into).collect()
+        crate::metrics::db_transaction("claim_stuck_payments", async move {
+            let mut conn = self.pool.get().await?;
+            let claimed = diesel::sql_query(
+                "UPDATE reservations SET updated_at = now() WHERE id IN ( \
+                     SELECT id FROM reservations \
+                     WHERE status = 'PAYING' \
+                       AND updated_at < now() - make_interval(secs => $1 / 1000.0) \
+                     ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED \
+                 ) RETURNING id, pay_attempt, user_id, price, schedule_id, seat_no, \
+                   payment_key_nonce",
+            )
+            .bind::<BigInt, _>(millis(grace))
+            .bind::<BigInt, _>(batch_size)
+            .load::<ClaimedPayment>(&mut conn)
+            .await?;
+            claimed.into_iter().map(TryInto::try_into).collect()
+        })
+        .await
     }
 }

@@ -20,11 +20,14 @@ impl Store {
         fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "expire_lapsed_holds")
     )]
     pub async fn expire_lapsed_holds(&self, batch_size: i64) -> Result<usize, StoreError> {
-        let mut conn = self.pool.get().await?;
-        conn.build_transaction()
-            .read_committed()
-            .run(async |conn| expire_in_transaction(conn, batch_size).await)
-            .await
+        crate::metrics::db_transaction("sweep", async move {
+            let mut conn = self.pool.get().await?;
+            conn.build_transaction()
+                .read_committed()
+                .run(async |conn| expire_in_transaction(conn, batch_size).await)
+                .await
+        })
+        .await
     }
 }
 

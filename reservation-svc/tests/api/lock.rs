@@ -9,7 +9,7 @@ use reservation_svc::lock::{Acquire, HoldLock, LockError, LockFallback, LockSett
 
 fn settings(redis_url: &str) -> LockSettings {
     LockSettings {
-        redis_url: redis_url.to_owned(),
+        redis_url: redis_url.into(),
         key_prefix: format!("test:{:016x}:", rand::random::<u64>()),
         ttl: Duration::from_secs(30),
         command_timeout: Duration::from_secs(1),

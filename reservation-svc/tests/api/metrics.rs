@@ -160,3 +160,152 @@ async fn bounded<T>(call: impl Future<Output = T>) -> T {
         .await
         .expect("answered, not hung")
 }
+
+/// The series a fresh process lists at zero before any call, hold or round of background
+/// work: what the alerts of deploy/prometheus watch must be 0, not absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_process_lists_its_series_at_zero() {
+    use reservation_svc::metrics::{
+        BACKGROUND_FAILURES, BACKGROUND_TASKS, CANCELLATION_OUTCOMES, CANCELLATIONS_RECONCILED,
+        PAYMENT_OUTCOMES, SEAT_LOCK_MODE, SEAT_LOCK_OUTCOMES, SEAT_LOCK_SWITCHES,
+    };
+    use shared::metrics::{
+        CONNECTIONS_IDLE_CLOSED, CONNECTIONS_REFUSED, RPC_DURATION, RPC_SHED, SHED_REASONS,
+        TLS_HANDSHAKE_FAILURES, TLS_HANDSHAKES_REFUSED,
+    };
+
+    let app = spawn_app_with(|_| {}).await;
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::helpers::restartable_port()));
+    let metrics_addr = metrics.to_string();
+    let _process = crate::helpers::ReplicaProcess::start(
+        &app.config,
+        &[
+            ("RESERVATION_METRICS_ADDR", metrics_addr.as_str()),
+            // No round of background work in the test's time.
+            ("SWEEP_INTERVAL", "1h"),
+            ("RECONCILE_INTERVAL", "1h"),
+            // The seat locks' mode and switches are published with the fallback.
+            ("SEAT_LOCK_FALLBACK", "postgres"),
+        ],
+    )
+    .await;
+    let (code, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+
+    let mut expected: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
+    for method in [
+        "HoldSeat",
+        "PayReservation",
+        "CancelReservation",
+        "ListSeats",
+    ] {
+        for code in [
+            "OK",
+            "Unavailable",
+            "Internal",
+            "ResourceExhausted",
+            "DeadlineExceeded",
+        ] {
+            expected.push((
+                RPC_REQUESTS,
+                vec![
+                    (
+                        "grpc_service",
+                        "ticketing.reservation.v1.ReservationService",
+                    ),
+                    ("grpc_method", method),
+                    ("grpc_code", code),
+                    ("grpc_type", "unary"),
+                ],
+            ));
+        }
+        expected.push((
+            "ticketing_rpc_duration_seconds_count",
+            vec![("grpc_method", method), ("status", "OK")],
+        ));
+    }
+    expected.push((
+        RPC_REQUESTS,
+        vec![("method", HOLD_SEAT), ("status", "UNAVAILABLE")],
+    ));
+    expected.extend(SEAT_LOCK_OUTCOMES.map(|outcome| (SEAT_LOCKS, vec![("outcome", outcome)])));
+    expected
+        .extend(PAYMENT_OUTCOMES.map(|outcome| (PAYMENTS_RECONCILED, vec![("outcome", outcome)])));
+    expected.extend(
+        CANCELLATION_OUTCOMES.map(|outcome| (CANCELLATIONS_RECONCILED, vec![("outcome", outcome)])),
+    );
+    expected.extend(BACKGROUND_TASKS.map(|task| (BACKGROUND_FAILURES, vec![("task", task)])));
+    expected.extend(["redis", "postgres"].map(|to| (SEAT_LOCK_SWITCHES, vec![("to", to)])));
+    expected.push((SEAT_LOCK_MODE, vec![("mode", "postgres")]));
+    expected.push((RESERVATIONS_EXPIRED, vec![]));
+    // `clock` is the health check's, which runs from the start.
+    for command in ["acquire", "release", "mark", "clear"] {
+        expected.push((
+            "ticketing_redis_command_duration_seconds_count",
+            vec![("command", command), ("result", "ok")],
+        ));
+    }
+    for step in reservation_svc::metrics::DB_STEPS {
+        expected.push((
+            "ticketing_db_transaction_duration_seconds_count",
+            vec![("step", step), ("result", "ok")],
+        ));
+    }
+    expected.extend(SHED_REASONS.map(|reason| (RPC_SHED, vec![("reason", reason)])));
+    for name in [
+        CONNECTIONS_IDLE_CLOSED,
+        CONNECTIONS_REFUSED,
+        TLS_HANDSHAKE_FAILURES,
+        TLS_HANDSHAKES_REFUSED,
+    ] {
+        expected.push((name, vec![]));
+    }
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(name, labels)| series_value(&text, name, labels) != Some(0.0))
+        .map(|(name, labels)| format!("{name}{labels:?}"))
+        .collect();
+    assert!(missing.is_empty(), "not listed at 0: {missing:#?}\n{text}");
+    assert!(text.contains(&format!("{RPC_DURATION}_bucket{{")), "{text}");
+    // The process's own series, and the build's.
+    for name in [
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            series_value(&text, name, &[]).is_some_and(|value| value >= 0.0),
+            "{name}:\n{text}"
+        );
+    }
+    assert_eq!(
+        series_value(
+            &text,
+            shared::metrics::BUILD_INFO,
+            &[("version", shared::metrics::VERSION)]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+/// The value of the one series `name` whose labels include `labels`, if the text lists it.
+fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = series_name == name
+                && labels.iter().all(|(label, wanted)| {
+                    series_labels
+                        .split(',')
+                        .any(|pair| pair == format!("{label}=\"{wanted}\""))
+                });
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+}

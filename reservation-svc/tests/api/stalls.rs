@@ -12,7 +12,6 @@ use reservation_svc::domain::Reservations;
 use reservation_svc::lock::{LockFallback, LockSettings, SeatLocks};
 use reservation_svc::store::Store;
 use reservation_svc::wallet_client::Wallet;
-use secrecy::ExposeSecret as _;
 use shared::proto::reservation::v1 as pb;
 use tonic::Code;
 
@@ -130,7 +129,7 @@ async fn schedule_starting(app: &TestApp, starts_at: chrono::DateTime<Utc>) -> i
 async fn another_replicas_reconciler(app: &TestApp) -> Reservations {
     let store = Store::new(app.db.pool("other-replica"));
     let locks = SeatLocks::connect(LockSettings {
-        redis_url: app.config.redis_url.expose_secret().to_owned(),
+        redis_url: app.config.redis_url.clone(),
         key_prefix: app.config.seat_lock_prefix.clone(),
         ttl: app.config.seat_lock_ttl,
         command_timeout: app.config.redis_command_timeout,

@@ -4,6 +4,8 @@
 
 mod batching;
 
+pub use batching::BATCH_SIZE;
+
 use std::sync::Arc;
 
 use crate::model::{

@@ -73,3 +73,76 @@ async fn an_empty_metrics_address_serves_no_endpoint() {
     let app = spawn_app_with(|config| config.metrics_addr = disabled.config.metrics_addr).await;
     assert_eq!(app.metrics_addr, None);
 }
+
+/// A port free when asked.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A wallet-svc process of its own lists, before any call, its calls of every method with the
+/// codes an alert watches, its batch sizes, the process's series and its build, at 0 (or 1 for
+/// the build).
+#[tokio::test]
+async fn a_fresh_process_lists_its_series_at_zero() {
+    let db = shared::test_support::TestDatabase::create(
+        "wallet",
+        wallet_svc::startup::MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wallet-svc"))
+        .env("WALLET_LISTEN_ADDR", listen.to_string())
+        .env("WALLET_METRICS_ADDR", metrics.to_string())
+        .env("WALLET_DATABASE_URL", db.url())
+        .env("INSECURE", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start wallet-svc");
+    let mut text = String::new();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            text = http_get(metrics, "/metrics").await.1;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    for method in ["Charge", "Use", "Refund", "GetBalance"] {
+        for code in ["OK", "Unavailable", "Internal", "ResourceExhausted"] {
+            let labels = [
+                ("grpc_service", "ticketing.wallet.v1.WalletService"),
+                ("grpc_method", method),
+                ("grpc_code", code),
+                ("grpc_type", "unary"),
+            ];
+            assert!(
+                text.lines().any(|line| line.starts_with(RPC_REQUESTS)
+                    && labels
+                        .iter()
+                        .all(|(label, value)| line.contains(&format!("{label}=\"{value}\"")))
+                    && line.ends_with(" 0")),
+                "{method} {code} not listed at 0:\n{text}"
+            );
+        }
+    }
+    assert!(
+        text.contains("ticketing_wallet_batch_size_count 0"),
+        "{text}"
+    );
+    assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+    assert!(
+        text.contains(&format!(
+            "ticketing_build_info{{version=\"{}\",revision=\"",
+            shared::metrics::VERSION
+        )),
+        "{text}"
+    );
+}
