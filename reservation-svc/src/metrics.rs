@@ -29,20 +29,22 @@ pub const BACKGROUND_FAILURES: &str = "ticketing_background_failures_total";
 /// connection).
 pub const REDIS_COMMAND_DURATION: &str = "ticketing_redis_command_duration_seconds";
 /// Time of a Postgres transaction (or single statement) of the store, from asking the pool for
-/// a connection to its answer, by `step` (`hold`, `hold_locked_in_postgres`, `begin_pay`,
-/// `settle`, `cancel`, `sweep`, `claim_stuck_payments`, `claim_unfinished_cancellations`) and
-/// `result` (`ok`, `error`: a refusal of the business rules counts as `ok`).
+/// a connection to its answer, by `step` (the store's methods: `hold_seat`,
+/// `hold_seat_locked_in_postgres`, `begin_pay`, `settle_attempt`, `cancel`,
+/// `expire_lapsed_holds`, `claim_stuck_payments`, `claim_unfinished_cancellations`, the names
+/// of their trace spans too) and `result` (`ok`, `error`: a refusal of the business rules
+/// counts as `ok`).
 pub const DB_TRANSACTION_DURATION: &str = "ticketing_db_transaction_duration_seconds";
 /// Commands of [`REDIS_COMMAND_DURATION`].
 pub const REDIS_COMMANDS: [&str; 6] = ["acquire", "release", "mark", "clear", "canary", "clock"];
 /// Steps of [`DB_TRANSACTION_DURATION`].
 pub const DB_STEPS: [&str; 8] = [
-    "hold",
-    "hold_locked_in_postgres",
+    "hold_seat",
+    "hold_seat_locked_in_postgres",
     "begin_pay",
-    "settle",
+    "settle_attempt",
     "cancel",
-    "sweep",
+    "expire_lapsed_holds",
     "claim_stuck_payments",
     "claim_unfinished_cancellations",
 ];
@@ -131,13 +133,18 @@ pub fn redis_command(command: &'static str, ok: bool, took: std::time::Duration)
         .record(took.as_secs_f64());
 }
 
-/// Runs a store's transaction, recording its time as `step`.
+/// Runs one step of the store in its Postgres span ([`shared::telemetry::postgres_span`]),
+/// recording its time as `step`.
 pub async fn db_transaction<T, E>(
     step: &'static str,
     transaction: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    use tracing::Instrument;
+
     let started = std::time::Instant::now();
-    let answer = transaction.await;
+    let answer = transaction
+        .instrument(shared::telemetry::postgres_span(step))
+        .await;
     let result = if answer.is_ok() { "ok" } else { "error" };
     metrics::histogram!(DB_TRANSACTION_DURATION, "step" => step, "result" => result)
         .record(started.elapsed().as_secs_f64());

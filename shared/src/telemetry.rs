@@ -285,6 +285,18 @@ pub fn redis_span(step: &'static str) -> tracing::Span {
     )
 }
 
+/// A CLIENT span of one step of a store in Postgres (a transaction, or a single statement),
+/// named by the step. No statement's values are recorded.
+pub fn postgres_span(step: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "postgres",
+        otel.name = step,
+        otel.kind = "client",
+        db.system.name = "postgresql",
+        db.operation.name = step,
+    )
+}
+
 /// Writes the current span's trace context into outgoing gRPC metadata.
 pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();

@@ -15,11 +15,6 @@ use crate::model::{CancelOutcome, OwnerRequest, PaidReservation, Refusal};
 impl Store {
     /// Cancels a reservation as the protocol decides, under the seat's row lock. A paid one is
     /// released only when `refunded` says its refund is done.
-    #[tracing::instrument(
-        name = "cancel",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "cancel")
-    )]
     pub async fn cancel(
         &self,
         request: OwnerRequest,

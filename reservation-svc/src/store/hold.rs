@@ -41,18 +41,16 @@ impl Store {
     /// user's holds, the seat's row lock and clock, its active reservation and the user's
     /// holds, the protocol's decision, the expiry of a lapsed hold, the seat's move AVAILABLE
     /// -> HELD and the insert.
-    #[tracing::instrument(
-        name = "hold_seat",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "hold_seat")
-    )]
     pub async fn hold_seat(
         &self,
         request: HoldRequest,
         terms: HoldTerms,
     ) -> Result<HoldOutcome, StoreError> {
-        crate::metrics::db_transaction("hold", async move { self.hold(request, terms, None).await })
-            .await
+        crate::metrics::db_transaction(
+            "hold_seat",
+            async move { self.hold(request, terms, None).await },
+        )
+        .await
     }
 
     /// Holds a seat as [`Store::hold_seat`] does, for a hold that has no Redis lock (Redis is
@@ -64,18 +62,13 @@ impl Store {
     /// join the pipeline of an available seat's hold: still one round trip. What is decided,
     /// and how, is the same, so holds with either lock, of any replica, may race: Postgres
     /// decides.
-    #[tracing::instrument(
-        name = "hold_seat_locked_in_postgres",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "hold_seat_locked_in_postgres")
-    )]
     pub async fn hold_seat_locked_in_postgres(
         &self,
         request: HoldRequest,
         terms: HoldTerms,
         wait: std::time::Duration,
     ) -> Result<HoldOutcome, StoreError> {
-        crate::metrics::db_transaction("hold_locked_in_postgres", async move {
+        crate::metrics::db_transaction("hold_seat_locked_in_postgres", async move {
             self.hold(request, terms, Some(wait)).await
         })
         .await

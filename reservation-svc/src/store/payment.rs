@@ -31,11 +31,6 @@ impl Store {
     /// Starts (or resumes) a payment: `HELD -> PAYING` with a new attempt, conditionally. A
     /// held reservation's payment begins in one statement; anything else goes to
     /// [`Store::begin_pay_in_transaction`].
-    #[tracing::instrument(
-        name = "begin_pay",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "begin_pay")
-    )]
     pub async fn begin_pay(
         &self,
         reservation_id: ReservationId,
@@ -74,18 +69,13 @@ impl Store {
     /// refund an earlier call asked for is done. A debit of a payment that can still be
     /// honoured is confirmed in one statement; anything else goes to
     /// [`Store::settle_in_transaction`].
-    #[tracing::instrument(
-        name = "settle_attempt",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "settle_attempt")
-    )]
     pub async fn settle_attempt(
         &self,
         payment: &PaymentAttempt,
         reply: UseReply,
         refunded: bool,
     ) -> Result<SettleOutcome, StoreError> {
-        crate::metrics::db_transaction("settle", async move {
+        crate::metrics::db_transaction("settle_attempt", async move {
             let mut conn = Checkout::new(self.pool.get().await?);
             if let UseReply::Debited { transaction_id } = reply
                 && !refunded

@@ -68,11 +68,6 @@ impl Store {
     /// Claims up to `batch_size` paid reservations whose cancellation began more than `grace`
     /// ago and never finished (the process stopped between the refund and the release): each
     /// as its owner's cancellation, to run again.
-    #[tracing::instrument(
-        name = "claim_unfinished_cancellations",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "claim_unfinished_cancellations")
-    )]
     pub async fn claim_unfinished_cancellations(
         &self,
         grace: Duration,
@@ -107,11 +102,6 @@ impl Store {
 
     /// Claims up to `batch_size` reservations left `PAYING` for longer than `grace`: each as
     /// the attempt to drive again.
-    #[tracing::instrument(
-        name = "claim_stuck_payments",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "claim_stuck_payments")
-    )]
     pub async fn claim_stuck_payments(
         &self,
         grace: Duration,

@@ -14,13 +14,8 @@ impl Store {
     /// Seats another transaction holds are skipped (`SKIP LOCKED`), so any number of sweepers
     /// work side by side, each on different seats, and a hold or payment in progress is never
     /// waited for.
-    #[tracing::instrument(
-        name = "expire_lapsed_holds",
-        skip_all,
-        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "expire_lapsed_holds")
-    )]
     pub async fn expire_lapsed_holds(&self, batch_size: i64) -> Result<usize, StoreError> {
-        crate::metrics::db_transaction("sweep", async move {
+        crate::metrics::db_transaction("expire_lapsed_holds", async move {
             let mut conn = self.pool.get().await?;
             conn.build_transaction()
                 .read_committed()

@@ -22,6 +22,7 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Binary, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use shared::pipeline::{self, Begin, Commit};
+use tracing::Instrument;
 
 use super::models::TransactionRow;
 use crate::model::{MoneyMovement, TransactionKind};
@@ -29,11 +30,6 @@ use crate::model::{MoneyMovement, TransactionKind};
 /// Applies `movement`, a `Use` of `amount` points, in one round trip when its key is fresh and
 /// the balance covers it: the ledger row written, or `None` when nothing was written (and then
 /// the full batch transaction decides).
-#[tracing::instrument(
-    name = "UseIfFresh",
-    skip_all,
-    fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UseIfFresh")
-)]
 pub async fn use_if_fresh(
     conn: &mut AsyncPgConnection,
     user_id: i64,
@@ -57,13 +53,18 @@ pub async fn use_if_fresh(
     };
     pipeline::opening(conn)?;
     let shared = &*conn;
+    let span = shared::telemetry::postgres_span("UseIfFresh");
     // `join!` polls in order: the four go out in this order, in one write.
-    let (begun, locked, used, committed) = futures::join!(
-        Begin.execute(&mut &*shared),
-        LockWalletMarked { user_id }.execute(&mut &*shared),
-        statement.get_results::<TransactionRow>(&mut &*shared),
-        Commit.execute(&mut &*shared),
-    );
+    let (begun, locked, used, committed) = async {
+        futures::join!(
+            Begin.execute(&mut &*shared),
+            LockWalletMarked { user_id }.execute(&mut &*shared),
+            statement.get_results::<TransactionRow>(&mut &*shared),
+            Commit.execute(&mut &*shared),
+        )
+    }
+    .instrument(span)
+    .await;
     // A statement that failed in Postgres made `COMMIT` roll back; either way the transaction
     // has ended once `COMMIT` is answered. (Should `COMMIT` itself fail, the transaction is
     // still open and the pool closes the connection.)
