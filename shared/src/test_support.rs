@@ -289,10 +289,25 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// The value of the series of `name` whose labels include every one of `labels`, in the
 /// Prometheus text `exposition`; 0 when there is none. Several matching series are added up.
 pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_values(exposition, name, labels).sum()
+}
+
+/// The value of the first series of `name` whose labels include every one of `labels`, in the
+/// Prometheus text `exposition`, or `None` when the text lists none.
+pub fn listed_metric(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric_values(exposition, name, labels).next()
+}
+
+/// The values of the series of `name` whose labels include every one of `labels`.
+fn metric_values<'a>(
+    exposition: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
     exposition
         .lines()
         .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
+        .filter_map(move |line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (series_name, series_labels) = match series.split_once('{') {
                 Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
@@ -306,7 +321,6 @@ pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> f6
                 });
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
 }
 
 /// Starts two processes of `binary migrate` on one empty database at once (its URL in
