@@ -119,6 +119,10 @@ impl Service for Application {
         &config.security
     }
 
+    fn drain_timeout(config: &Config) -> std::time::Duration {
+        config.drain_timeout
+    }
+
     /// Applies the embedded migrations to the configured database.
     async fn migrate(config: &Config) -> anyhow::Result<()> {
         shared::db::run_migrations(config.database_url.expose_secret(), MIGRATIONS)

@@ -24,6 +24,9 @@ pub trait Service: Sized + Send {
     /// The server's security settings, which `health-check` follows.
     fn security(config: &Self::Config) -> &SecurityArgs;
 
+    /// How long a stop may take (`DRAIN_TIMEOUT`); the last spans go out within what is left.
+    fn drain_timeout(config: &Self::Config) -> std::time::Duration;
+
     /// Applies the database migrations (the `migrate` subcommand; `build` applies them too).
     fn migrate(config: &Self::Config) -> impl Future<Output = anyhow::Result<()>> + Send;
 
@@ -35,8 +38,25 @@ pub trait Service: Sized + Send {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Runs a service binary's subcommand (`serve` when none is given): the whole of its `main`
-/// after telemetry and the command line.
+/// The whole of a service binary's `main` once its command line is parsed: telemetry as
+/// `name` at `version`, the subcommand ([`run`]), then the last spans sent within what the
+/// drain left of its time.
+pub async fn main<S: Service>(
+    name: &'static str,
+    version: &'static str,
+    command: Option<Command>,
+    config: S::Config,
+) -> anyhow::Result<()> {
+    let telemetry = crate::telemetry::init(name, version)?;
+    let drain_timeout = S::drain_timeout(&config);
+    let served = run::<S>(command, config).await;
+    telemetry
+        .shutdown(crate::shutdown::left_of(drain_timeout))
+        .await;
+    served
+}
+
+/// Runs a service binary's subcommand (`serve` when none is given).
 pub async fn run<S: Service>(command: Option<Command>, config: S::Config) -> anyhow::Result<()> {
     match command.unwrap_or(Command::Serve) {
         Command::Migrate => S::migrate(&config).await,
