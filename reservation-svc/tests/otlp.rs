@@ -312,7 +312,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
     assert_rpc(hold, reservation, "HoldSeat", "0");
     let trace = trace_of(hold);
     assert_eq!(
-        attribute(one(&trace, "seat_lock", SpanKind::Client), "db.system.name").as_deref(),
+        attribute(one(&trace, "acquire", SpanKind::Client), "db.system.name").as_deref(),
         Some("redis")
     );
     one(&trace, "hold_seat", SpanKind::Client);

@@ -48,9 +48,9 @@ async fn a_payment_is_one_trace_across_both_services() {
         .find(|span| span.name == "ticketing.reservation.v1.ReservationService/HoldSeat")
         .expect("the hold's span");
     for (step, system) in [
-        ("seat_lock", "redis"),
+        ("acquire", "redis"),
         ("hold_seat", "postgresql"),
-        ("seat_mark", "redis"),
+        ("mark", "redis"),
     ] {
         let span = spans
             .iter()

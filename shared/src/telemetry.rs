@@ -271,17 +271,21 @@ pub fn record_client_outcome(span: &tracing::Span, outcome: Result<(), &tonic::S
     }
 }
 
-/// A CLIENT span of one step of the seat lock in Redis (`lock`, `mark`, `clear_taken`): a Lua
-/// script sent with `EVALSHA` (none when the replica answers from what it remembers, or takes
-/// the lock in Postgres). Keys and tokens are not recorded.
-pub fn redis_span(step: &'static str) -> tracing::Span {
+/// A CLIENT span of one command sent to Redis: `script`, a Lua script of the seat lock
+/// (`acquire`, `release`, `mark`, `clear`, ...) sent with `EVALSHA`. Keys and tokens are not
+/// recorded. Disabled (and so neither recorded nor exported) outside a traced call: a command
+/// of a background check starts no trace of its own.
+pub fn redis_span(script: &'static str) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "redis",
-        otel.name = step,
+        otel.name = script,
         otel.kind = "client",
         db.system.name = "redis",
         db.operation.name = "EVALSHA",
-        db.query.summary = step,
+        db.query.summary = script,
     )
 }
 

@@ -7,7 +7,6 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use protocol::payment::UseReply;
-use tracing::Instrument as _;
 
 use crate::lock::{HoldLock, LockError, SeatLocks};
 use crate::model::{
@@ -188,7 +187,6 @@ impl Reservations {
         let outcome = shared::task::run_to_end(span, async move {
             let lock = locks
                 .lock_for_hold(request.schedule_id.get(), request.seat_no.get())
-                .instrument(shared::telemetry::redis_span("seat_lock"))
                 .await?;
             // Counted from before the transaction, whose clock starts the hold: no more than
             // the hold has left (the mark itself expires at the hold's `expires_at`).
@@ -213,7 +211,6 @@ impl Reservations {
             );
             locks
                 .finish(lock, after, taken.map(|reservation| reservation.expires_at))
-                .instrument(shared::telemetry::redis_span("seat_mark"))
                 .await;
             Ok::<_, ReservationError>(held?)
         })
@@ -416,7 +413,6 @@ impl Reservations {
                             reservation.seat_no.get(),
                             reservation.id.get(),
                         )
-                        .instrument(shared::telemetry::redis_span("clear_taken"))
                         .await;
                     Ok(reservation)
                 }

@@ -39,6 +39,7 @@ use fred::types::FromValue;
 use fred::types::scripts::Script;
 use protocol::reservation::AfterHold;
 use secrecy::{ExposeSecret as _, SecretString};
+use tracing::Instrument;
 
 /// Deletes the key only while it still holds the caller's token (or the caller's taken mark).
 pub const RELEASE_SCRIPT: &str = r"
@@ -656,7 +657,10 @@ impl SeatLocks {
             ));
         }
         let started = Instant::now();
-        let answer = script.evalsha_with_reload(&self.client, keys, args).await;
+        let answer = script
+            .evalsha_with_reload(&self.client, keys, args)
+            .instrument(shared::telemetry::redis_span(command))
+            .await;
         crate::metrics::redis_command(command, answer.is_ok(), started.elapsed());
         answer
     }
