@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         proto_root.join("ticketing/wallet/v1/wallet.proto"),
         proto_root.join("ticketing/reservation/v1/reservation.proto"),
+        proto_root.join("ticketing/admission/v1/admission.proto"),
     ];
     let descriptor_path = PathBuf::from(env::var("OUT_DIR")?).join("ticketing_descriptor.bin");
 

@@ -185,6 +185,14 @@ pub struct Config {
         default_value_t = crate::model::DEFAULT_MAX_ACTIVE_HOLDS_PER_USER
     )]
     pub max_active_holds_per_user: std::num::NonZeroU32,
+
+    /// The keys that sign and check admission tokens of the waiting rooms: a JWKS of symmetric
+    /// keys (`"kty": "oct"`, a `kid` each, at least 32 bytes), the first one signing, read
+    /// again every `RELOAD_INTERVAL`; every replica holds the same file. Unset: no room can be
+    /// configured or entered on this replica (with `INSECURE`, a key of the process's own
+    /// signs, good on this replica only).
+    #[arg(long, global = true, env = "ADMISSION_TOKEN_KEYS_FILE")]
+    pub admission_token_keys_file: Option<PathBuf>,
 }
 
 /// The client certificate and key of the settings `<prefix>_CERT_FILE` and `<prefix>_KEY_FILE`:
@@ -202,6 +210,31 @@ fn identity(
 }
 
 impl Config {
+    /// The admission tokens' keys, as the settings ask: `None` when rooms are off here.
+    pub fn admission_tokens(&self) -> anyhow::Result<Option<crate::admission::AdmissionTokens>> {
+        use anyhow::Context as _;
+        match &self.admission_token_keys_file {
+            Some(file) => crate::admission::AdmissionTokens::load(
+                file.clone(),
+                Some(self.security.reload_interval),
+            )
+            .map(Some)
+            .context("ADMISSION_TOKEN_KEYS_FILE"),
+            None if self.security.insecure => {
+                tracing::warn!(
+                    "no ADMISSION_TOKEN_KEYS_FILE: admission tokens are signed with a key of this process, good on this replica only"
+                );
+                crate::admission::AdmissionTokens::of_this_process().map(Some)
+            }
+            None => {
+                tracing::warn!(
+                    "no ADMISSION_TOKEN_KEYS_FILE: waiting rooms are off on this replica"
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// The TLS files of a `rediss://` Redis, if any are set.
     pub fn redis_tls(&self) -> anyhow::Result<Option<ClientFiles>> {
         let identity = identity(

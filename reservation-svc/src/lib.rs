@@ -3,6 +3,7 @@
 //! seat (losers of a stampede answer at once), then Postgres decides under the seat's row lock,
 //! with a partial unique index as the final guard against double booking.
 
+pub mod admission;
 pub mod config;
 pub mod domain;
 mod error;

@@ -24,9 +24,10 @@ pub const CANCELLATIONS_RECONCILED: &str = "ticketing_cancellations_reconciled_t
 /// Rounds of background work that failed as a whole, by `task`: `sweep` or `reconcile`.
 pub const BACKGROUND_FAILURES: &str = "ticketing_background_failures_total";
 
-/// Time of a Redis command of the seat locks, by `command` (the script: `acquire`, `release`,
-/// `mark`, `clear`, `canary`, `clock`) and `result` (`ok`, `error`: refused, timed out, or no
-/// connection).
+/// Time of a Redis command, by `command` (the script: of the seat locks `acquire`, `release`,
+/// `mark`, `clear`, `canary`, `clock`; of the waiting rooms `room_enter`, `room_look`,
+/// `room_leave`, `room_release`, `room_tick`) and `result` (`ok`, `error`: refused, timed out,
+/// or no connection).
 pub const REDIS_COMMAND_DURATION: &str = "ticketing_redis_command_duration_seconds";
 /// Time of a Postgres transaction (or single statement) of the store, from asking the pool for
 /// a connection to its answer, by `step` (the store's methods: `hold_seat`,
@@ -36,7 +37,19 @@ pub const REDIS_COMMAND_DURATION: &str = "ticketing_redis_command_duration_secon
 /// counts as `ok`).
 pub const DB_TRANSACTION_DURATION: &str = "ticketing_db_transaction_duration_seconds";
 /// Commands of [`REDIS_COMMAND_DURATION`].
-pub const REDIS_COMMANDS: [&str; 6] = ["acquire", "release", "mark", "clear", "canary", "clock"];
+pub const REDIS_COMMANDS: [&str; 11] = [
+    "acquire",
+    "release",
+    "mark",
+    "clear",
+    "canary",
+    "clock",
+    "room_enter",
+    "room_look",
+    "room_leave",
+    "room_release",
+    "room_tick",
+];
 /// Steps of [`DB_TRANSACTION_DURATION`].
 pub const DB_STEPS: [&str; 8] = [
     "hold_seat",
@@ -91,7 +104,7 @@ pub fn describe() {
     metrics::describe_histogram!(
         REDIS_COMMAND_DURATION,
         metrics::Unit::Seconds,
-        "Time of a Redis command of the seat locks, by command and result"
+        "Time of a Redis command of the seat locks and waiting rooms, by command and result"
     );
     metrics::describe_histogram!(
         DB_TRANSACTION_DURATION,

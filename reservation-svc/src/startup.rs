@@ -10,6 +10,9 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use secrecy::ExposeSecret as _;
 use shared::connection::Acceptor;
 use shared::metrics::MetricsEndpoint;
+use shared::proto::admission::v1::admission_service_server::{
+    AdmissionServiceServer, SERVICE_NAME as ADMISSION_SERVICE,
+};
 use shared::proto::reservation::v1::reservation_service_server::{
     ReservationServiceServer, SERVICE_NAME,
 };
@@ -20,9 +23,10 @@ use tokio::net::TcpListener;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admission::{Admission, Queue};
 use crate::config::Config;
 use crate::domain::Reservations;
-use crate::grpc::ReservationGrpc;
+use crate::grpc::{AdmissionGrpc, ReservationGrpc};
 use crate::lock::{LockFallback, LockMode, LockSettings, SeatLocks};
 use crate::store::Store;
 use crate::wallet_client::Wallet;
@@ -172,13 +176,34 @@ impl Service for Application {
         let wallet =
             Wallet::connect_lazy(&config.wallet_endpoint, config.wallet_timeout, wallet_tls)
                 .context("invalid WALLET_ENDPOINT")?;
-        let reservations = Reservations::new(Store::new(pool), locks, wallet, config.seat_hold_ttl)
-            .with_max_active_holds_per_user(config.max_active_holds_per_user);
-        let (router, health) = shared::server::router(&[SERVICE_NAME], &config.server)?;
-        let router = router.add_service(ReservationServiceServer::with_interceptor(
-            ReservationGrpc::new(reservations.clone()),
-            security.authenticate(),
-        ));
+        let store = Store::new(pool);
+        let admission = Admission::new(
+            store.clone(),
+            Queue::new(
+                locks.client().clone(),
+                &config.seat_lock_prefix,
+                config.redis_command_timeout,
+            ),
+            config.admission_tokens()?,
+        );
+        admission
+            .refresh()
+            .await
+            .context("cannot read the waiting rooms")?;
+        let reservations = Reservations::new(store, locks, wallet, config.seat_hold_ttl)
+            .with_max_active_holds_per_user(config.max_active_holds_per_user)
+            .with_admission(admission.clone());
+        let (router, health) =
+            shared::server::router(&[SERVICE_NAME, ADMISSION_SERVICE], &config.server)?;
+        let router = router
+            .add_service(ReservationServiceServer::with_interceptor(
+                ReservationGrpc::new(reservations.clone()),
+                security.authenticate(),
+            ))
+            .add_service(AdmissionServiceServer::with_interceptor(
+                AdmissionGrpc::new(admission),
+                security.authenticate(),
+            ));
         Ok(Self {
             listener,
             router,
@@ -213,6 +238,16 @@ impl Service for Application {
             self.config.reconcile_grace,
             self.config.sweep_batch_size,
         ));
+        let (room_refresh, room_ticks) = match self.reservations.admission() {
+            Some(admission) => (
+                tokio::spawn(admission.clone().refresh_every()),
+                tokio::spawn(admission.clone().tick_every()),
+            ),
+            None => (
+                tokio::spawn(std::future::pending()),
+                tokio::spawn(std::future::pending()),
+            ),
+        };
         let reservations = self.reservations.clone();
         let database = std::sync::Arc::new(shared::db::DbProbe::new(
             self.config.database_url.expose_secret(),
@@ -223,7 +258,7 @@ impl Service for Application {
         // Holds need Postgres, and Redis unless they may fall back to Postgres without it.
         let health_watch = tokio::spawn(shared::server::watch_dependencies(
             self.health.clone(),
-            &[SERVICE_NAME],
+            &[SERVICE_NAME, ADMISSION_SERVICE],
             HEALTH_CHECK_INTERVAL,
             move || {
                 let (reservations, database) = (reservations.clone(), database.clone());
@@ -255,6 +290,8 @@ impl Service for Application {
             probe.abort();
             sweeper.abort();
             reconciler.abort();
+            room_refresh.abort();
+            room_ticks.abort();
         };
         let acceptor = Acceptor::new(self.listener, &self.config.server);
         let served = shared::server::serve(
@@ -262,7 +299,7 @@ impl Service for Application {
             acceptor,
             &self.security,
             self.health,
-            &[SERVICE_NAME],
+            &[SERVICE_NAME, ADMISSION_SERVICE],
             shutdown,
             self.config.drain_timeout,
         )

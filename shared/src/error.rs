@@ -36,6 +36,11 @@ pub enum Reason {
     PaymentServiceOnly,
     /// Too many of one user's wallet requests are waiting; retry after the `RetryInfo` delay.
     UserBusy,
+    /// A hold on a schedule with a waiting room, without an admission token or with one
+    /// that has expired.
+    AdmissionRequired,
+    /// An admission token that does not verify, or is another user's or schedule's.
+    AdmissionInvalid,
 }
 
 impl Reason {
@@ -58,6 +63,8 @@ impl Reason {
             Self::OtherUser => "OTHER_USER",
             Self::PaymentServiceOnly => "PAYMENT_SERVICE_ONLY",
             Self::UserBusy => "USER_BUSY",
+            Self::AdmissionRequired => "ADMISSION_REQUIRED",
+            Self::AdmissionInvalid => "ADMISSION_INVALID",
         }
     }
 }

@@ -14,7 +14,14 @@ pub mod reservation {
     }
 }
 
-/// Every message and service of both packages, for `grpc.reflection.v1` and `v1alpha`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod admission {
+    pub mod v1 {
+        tonic::include_proto!("ticketing.admission.v1");
+    }
+}
+
+/// Every message and service of the three packages, for `grpc.reflection.v1` and `v1alpha`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ticketing_descriptor");
 
 /// Converts a database timestamp to its protobuf form.

@@ -97,6 +97,8 @@ pub struct Reservations {
     locks: SeatLocks,
     wallet: Wallet,
     hold_terms: HoldTerms,
+    /// The waiting rooms, whose slots a payment, a cancellation or an expiry frees.
+    admission: Option<crate::admission::Admission>,
 }
 
 impl Reservations {
@@ -112,6 +114,25 @@ impl Reservations {
                 ttl: hold_ttl,
                 max_per_user: DEFAULT_MAX_ACTIVE_HOLDS_PER_USER,
             },
+            admission: None,
+        }
+    }
+
+    /// Frees users' waiting room slots when their turns end here.
+    pub fn with_admission(mut self, admission: crate::admission::Admission) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// The waiting rooms, if this service has them.
+    pub fn admission(&self) -> Option<&crate::admission::Admission> {
+        self.admission.as_ref()
+    }
+
+    /// The user's turn in the schedule's waiting room is over: their slot is freed.
+    async fn end_turn(&self, user_id: i64, schedule_id: i64) {
+        if let Some(admission) = &self.admission {
+            admission.release(user_id, schedule_id).await;
         }
     }
 
@@ -307,7 +328,11 @@ impl Reservations {
             settled = self.store.settle_attempt(&payment, reply, true).await?;
         }
         match settled {
-            SettleOutcome::Confirmed(reservation) => Ok(reservation),
+            SettleOutcome::Confirmed(reservation) => {
+                self.end_turn(reservation.user_id.get(), reservation.schedule_id.get())
+                    .await;
+                Ok(reservation)
+            }
             SettleOutcome::Refused if reply == UseReply::Insufficient => {
                 Err(ReservationError::InsufficientBalance)
             }
@@ -414,6 +439,9 @@ impl Reservations {
                             reservation.id.get(),
                         )
                         .await;
+                    service
+                        .end_turn(reservation.user_id.get(), reservation.schedule_id.get())
+                        .await;
                     Ok(reservation)
                 }
                 CancelOutcome::NotFound => Err(ReservationError::NotFound("reservation")),
@@ -445,7 +473,11 @@ impl Reservations {
 
     /// Expires one batch of lapsed holds; returns how many.
     pub async fn sweep(&self, batch_size: i64) -> Result<usize, ReservationError> {
-        Ok(self.store.expire_lapsed_holds(batch_size).await?)
+        let expired = self.store.expire_lapsed_holds(batch_size).await?;
+        for &(user_id, schedule_id) in &expired {
+            self.end_turn(user_id, schedule_id).await;
+        }
+        Ok(expired.len())
     }
 
     pub fn locks(&self) -> &SeatLocks {

@@ -1,6 +1,9 @@
 //! The gRPC adapter: parse the request, call the domain, convert the answer.
 
+mod admission;
 mod convert;
+
+pub use admission::AdmissionGrpc;
 
 use shared::auth::Caller;
 use shared::proto::reservation::v1 as pb;
@@ -93,9 +96,13 @@ impl ReservationService for ReservationGrpc {
         request: Request<pb::HoldSeatRequest>,
     ) -> Result<Response<pb::Reservation>, Status> {
         let caller = Caller::of(&request)?;
+        let token = admission::hold_token(&request);
         let mut request = request.into_inner();
         request.user_id = caller.acting_for(request.user_id)?;
-        let hold = request.try_into()?;
+        let hold: crate::model::HoldRequest = request.try_into()?;
+        if let Some(admission) = self.reservations.admission() {
+            admission.check_hold(token.as_deref(), hold.user_id.get(), hold.schedule_id.get())?;
+        }
         let reservation = self.reservations.hold(hold).await?;
         Ok(Response::new(reservation.into()))
     }

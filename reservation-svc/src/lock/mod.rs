@@ -639,10 +639,6 @@ impl SeatLocks {
         let _ = tokio::time::timeout(self.settings.command_timeout, self.client.quit()).await;
     }
 
-    /// `EVALSHA` of `script` (fred loads it and tries again on `NOSCRIPT`), timed as
-    /// `command`. Refused at once while the connection is down, like every other command here
-    /// (fred's per-command options do not reach scripts); otherwise bounded by the command
-    /// timeout.
     async fn run<R: FromValue>(
         &self,
         command: &'static str,
@@ -650,19 +646,12 @@ impl SeatLocks {
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<R, fred::error::Error> {
-        if !self.client.is_connected() {
-            return Err(fred::error::Error::new(
-                fred::error::ErrorKind::IO,
-                "not connected to redis",
-            ));
-        }
-        let started = Instant::now();
-        let answer = script
-            .evalsha_with_reload(&self.client, keys, args)
-            .instrument(shared::telemetry::redis_span(command))
-            .await;
-        crate::metrics::redis_command(command, answer.is_ok(), started.elapsed());
-        answer
+        run_script(&self.client, command, script, keys, args).await
+    }
+
+    /// The connection to Redis, which the waiting rooms' queues share.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The lock's TTL in milliseconds, as the scripts take it.
@@ -670,15 +659,45 @@ impl SeatLocks {
         i64::try_from(self.settings.ttl.as_millis()).unwrap_or(i64::MAX)
     }
 
-    /// When a command sent now is given up on (now plus the command timeout), in milliseconds
-    /// since the Unix epoch on this host's clock, for the scripts to check against Redis's.
     fn deadline_ms(&self) -> String {
-        let deadline = SystemTime::now() + self.settings.command_timeout;
-        let ms = deadline
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis());
-        ms.to_string()
+        deadline_ms(self.settings.command_timeout)
     }
+}
+
+/// `EVALSHA` of `script` (fred loads it and tries again on `NOSCRIPT`), timed as `command`
+/// and traced in a span of that name. Refused at once while the connection is down, like every
+/// other command here (fred's per-command options do not reach scripts); otherwise bounded by
+/// the command timeout.
+pub(crate) async fn run_script<R: FromValue>(
+    client: &Client,
+    command: &'static str,
+    script: &Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> Result<R, fred::error::Error> {
+    if !client.is_connected() {
+        return Err(fred::error::Error::new(
+            fred::error::ErrorKind::IO,
+            "not connected to redis",
+        ));
+    }
+    let started = Instant::now();
+    let answer = script
+        .evalsha_with_reload(client, keys, args)
+        .instrument(shared::telemetry::redis_span(command))
+        .await;
+    crate::metrics::redis_command(command, answer.is_ok(), started.elapsed());
+    answer
+}
+
+/// When a command sent now is given up on (now plus `timeout`), in milliseconds since the Unix
+/// epoch on this host's clock, for the scripts to check against Redis's.
+pub(crate) fn deadline_ms(timeout: Duration) -> String {
+    let deadline = SystemTime::now() + timeout;
+    let ms = deadline
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    ms.to_string()
 }
 
 fn taken_mark(reservation: i64) -> String {

@@ -1,5 +1,5 @@
 //! Postgres access, one file per step: the catalog and its reads, a hold, a payment, a
-//! cancellation, the sweep of lapsed holds, the reconciler's claims. Every change of a seat
+//! cancellation, the sweep of lapsed holds, the reconciler's claims, the waiting rooms' settings. Every change of a seat
 //! or of its reservations first locks the seat's row ([`seat::lock_reservation`],
 //! [`queries::LockSeat`]) and takes its clock only then, so holds, payments, cancellations and
 //! the sweeper of any replica serialize per seat, see time move forward in that order, and
@@ -17,6 +17,7 @@ mod payment;
 mod pipeline;
 mod queries;
 mod reconcile;
+mod rooms;
 pub mod schema;
 mod seat;
 mod sweep;

@@ -10,11 +10,15 @@ use super::models::parse_status;
 use super::{Store, StoreError, micros};
 
 impl Store {
-    /// Expires up to `batch_size` lapsed holds and frees their seats, in one transaction.
+    /// Expires up to `batch_size` lapsed holds and frees their seats, in one transaction;
+    /// answers the user and schedule of each hold expired.
     /// Seats another transaction holds are skipped (`SKIP LOCKED`), so any number of sweepers
     /// work side by side, each on different seats, and a hold or payment in progress is never
     /// waited for.
-    pub async fn expire_lapsed_holds(&self, batch_size: i64) -> Result<usize, StoreError> {
+    pub async fn expire_lapsed_holds(
+        &self,
+        batch_size: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
         crate::metrics::db_transaction("expire_lapsed_holds", async move {
             let mut conn = self.pool.get().await?;
             conn.build_transaction()
@@ -29,7 +33,7 @@ impl Store {
 async fn expire_in_transaction(
     conn: &mut AsyncPgConnection,
     batch_size: i64,
-) -> Result<usize, StoreError> {
+) -> Result<Vec<(i64, i64)>, StoreError> {
     #[derive(QueryableByName)]
     struct Lapsed {
         #[diesel(sql_type = BigInt)]
@@ -62,7 +66,7 @@ async fn expire_in_transaction(
     // The outer query reads the clock as each locked row comes out, so the last reading is
     // taken once every seat of the batch is locked: one clock for every decision below.
     let Some(now) = candidates.iter().map(|candidate| candidate.now).max() else {
-        return Ok(0);
+        return Ok(Vec::new());
     };
     let mut sweepable = Vec::with_capacity(candidates.len());
     for candidate in &candidates {
@@ -77,23 +81,35 @@ async fn expire_in_transaction(
         }
     }
     if sweepable.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     // Conditional on still being a lapsed hold: the candidate list was read from a snapshot
     // that may predate a commit on one of these seats.
+    #[derive(QueryableByName)]
+    struct Expired {
+        #[diesel(sql_type = BigInt)]
+        user_id: i64,
+        #[diesel(sql_type = BigInt)]
+        schedule_id: i64,
+    }
     let expired = diesel::sql_query(
         "WITH expired AS ( \
              UPDATE reservations SET status = 'EXPIRED', updated_at = $2 \
              WHERE id = ANY($1) AND status = 'HELD' AND expires_at <= $2 \
-             RETURNING schedule_id, seat_no \
+             RETURNING user_id, schedule_id, seat_no \
+         ), freed AS ( \
+             UPDATE seats SET status = 'AVAILABLE' FROM expired \
+             WHERE seats.schedule_id = expired.schedule_id AND seats.seat_no = expired.seat_no \
+               AND seats.status = 'HELD' \
          ) \
-         UPDATE seats SET status = 'AVAILABLE' FROM expired \
-         WHERE seats.schedule_id = expired.schedule_id AND seats.seat_no = expired.seat_no \
-           AND seats.status = 'HELD'",
+         SELECT user_id, schedule_id FROM expired",
     )
     .bind::<Array<BigInt>, _>(&sweepable)
     .bind::<Timestamptz, _>(now)
-    .execute(conn)
+    .load::<Expired>(conn)
     .await?;
-    Ok(expired)
+    Ok(expired
+        .into_iter()
+        .map(|expired| (expired.user_id, expired.schedule_id))
+        .collect())
 }

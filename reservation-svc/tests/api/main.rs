@@ -1,5 +1,6 @@
 //! reservation-svc over a real socket, against a real Postgres and Redis.
 
+mod admission_rules;
 mod balance;
 mod cancel;
 mod catalog;

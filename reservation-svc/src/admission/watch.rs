@@ -1,0 +1,204 @@
+//! Position streams: each follows its room's progress as this replica's ticks see it, and asks
+//! Redis about its own user only through the next tick (once when it starts, once when the
+//! user's number is called), so a room costs Redis one call per tick however many streams
+//! watch it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use protocol::admission::Standing;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{Admission, AdmissionError, QueueError, RoomSettings, TickReport, TicketView};
+
+/// Most looks one tick carries; the rest wait for the next.
+const MAX_LOOKS_PER_TICK: usize = 2_000;
+
+/// How often a stream whose room's ticks stopped (the room removed, or its performance begun)
+/// checks that the room is still there.
+const ROOM_GONE_CHECK: Duration = Duration::from_secs(5);
+
+/// A ticket stream: the messages of a `WatchPosition`.
+pub type TicketStream = tokio_stream::wrappers::ReceiverStream<Result<TicketView, AdmissionError>>;
+
+/// Where a room's queue stood at this replica's last tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Progress {
+    opened: bool,
+    served: i64,
+}
+
+type Reply = oneshot::Sender<Result<Standing, String>>;
+
+#[derive(Debug)]
+struct RoomWatch {
+    looks: Vec<(i64, Reply)>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Default for RoomWatch {
+    fn default() -> Self {
+        Self {
+            looks: Vec::new(),
+            progress: watch::Sender::new(Progress::default()),
+        }
+    }
+}
+
+/// The streams of this replica, by room: the looks they wait for and the rooms' progress.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Watchers {
+    rooms: Arc<Mutex<HashMap<i64, RoomWatch>>>,
+}
+
+impl Watchers {
+    fn with_room<T>(&self, schedule_id: i64, f: impl FnOnce(&mut RoomWatch) -> T) -> T {
+        let mut rooms = self
+            .rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(rooms.entry(schedule_id).or_default())
+    }
+
+    /// The looks the room's next tick carries (taken from the waiting ones).
+    pub(super) fn waiting_looks(&self, schedule_id: i64) -> Vec<(i64, Reply)> {
+        self.with_room(schedule_id, |room| {
+            let take = room.looks.len().min(MAX_LOOKS_PER_TICK);
+            room.looks.drain(..take).collect()
+        })
+    }
+
+    /// Publishes a tick's progress and answers the looks it carried.
+    pub(super) fn answer(
+        &self,
+        schedule_id: i64,
+        looks: Vec<(i64, Reply)>,
+        report: Result<TickReport, QueueError>,
+    ) {
+        match report {
+            Ok(report) => {
+                self.with_room(schedule_id, |room| {
+                    room.progress.send_if_modified(|progress| {
+                        let now = Progress {
+                            opened: report.counters.opened,
+                            served: report.counters.served,
+                        };
+                        std::mem::replace(progress, now) != now
+                    })
+                });
+                for ((_, reply), standing) in looks.into_iter().zip(report.looks) {
+                    let _ = reply.send(Ok(standing));
+                }
+            }
+            Err(error) => {
+                for (_, reply) in looks {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+        }
+    }
+
+    /// The user's standing at the room's next tick.
+    async fn look(&self, schedule_id: i64, user: i64) -> Result<Standing, AdmissionError> {
+        let (reply, answer) = oneshot::channel();
+        self.with_room(schedule_id, |room| room.looks.push((user, reply)));
+        match answer.await {
+            Ok(Ok(standing)) => Ok(standing),
+            Ok(Err(error)) => Err(AdmissionError::Unavailable(error)),
+            Err(_) => Err(AdmissionError::Unavailable(
+                "the waiting room's ticks stopped".to_owned(),
+            )),
+        }
+    }
+
+    fn progress(&self, schedule_id: i64) -> watch::Receiver<Progress> {
+        self.with_room(schedule_id, |room| room.progress.subscribe())
+    }
+}
+
+/// Follows the user's ticket until their turn comes or ends, or the client goes away.
+pub(super) fn stream(admission: Admission, room: RoomSettings, user: i64) -> TicketStream {
+    let (sender, receiver) = mpsc::channel(4);
+    tokio::spawn(async move {
+        tokio::select! {
+            () = sender.closed() => {}
+            () = follow(&admission, room, user, &sender) => {}
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+async fn follow(
+    admission: &Admission,
+    room: RoomSettings,
+    user: i64,
+    sender: &mpsc::Sender<Result<TicketView, AdmissionError>>,
+) {
+    let schedule_id = room.schedule_id;
+    let mut progress = admission.watch.progress(schedule_id);
+    let mut standing = match admission.watch.look(schedule_id, user).await {
+        Ok(Standing::Absent) => {
+            let _ = sender.send(Err(AdmissionError::NotFound("ticket"))).await;
+            return;
+        }
+        Ok(standing) => standing,
+        Err(error) => {
+            let _ = sender.send(Err(error)).await;
+            return;
+        }
+    };
+    let mut last_sent: Option<TicketView> = None;
+    loop {
+        if standing == Standing::Absent {
+            // Left through another call meanwhile.
+            let _ = sender.send(Err(AdmissionError::NotFound("ticket"))).await;
+            return;
+        }
+        let view = match admission.view(&room, user, standing) {
+            Ok(view) => view,
+            Err(error) => {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+        };
+        if last_sent.as_ref() != Some(&view) {
+            if sender.send(Ok(view.clone())).await.is_err() {
+                return;
+            }
+            last_sent = Some(view);
+        }
+        let number = match standing {
+            Standing::Waiting { number, .. } => Some(number),
+            Standing::BeforeOpening => None,
+            Standing::Admitted { .. } | Standing::Expired { .. } | Standing::Absent => return,
+        };
+        // The next progress of the room; a room whose ticks stopped ends the stream.
+        match tokio::time::timeout(ROOM_GONE_CHECK, progress.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) if admission.room(schedule_id).is_none() => {
+                let _ = sender
+                    .send(Err(AdmissionError::NotFound("waiting room")))
+                    .await;
+                return;
+            }
+            Err(_) => continue,
+        }
+        let now = *progress.borrow_and_update();
+        standing = match number {
+            Some(number) if now.served < number => Standing::Waiting {
+                number,
+                ahead: number - now.served - 1,
+            },
+            _ if !now.opened => continue,
+            _ => match admission.watch.look(schedule_id, user).await {
+                Ok(standing) => standing,
+                Err(error) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+            },
+        };
+    }
+}
