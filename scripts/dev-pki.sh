@@ -12,6 +12,9 @@
 #   admin.pem, admin-key.pem              a client certificate for an operator's tools (grpcurl),
 #                                         URI SAN spiffe://ticketing.local/admin
 #   token-key.pem, jwks.json              the Ed25519 key that signs access tokens, and its JWKS
+#   admission-keys.json                   the HMAC key (a JWKS of one "oct" key) with which
+#                                         reservation-svc's replicas sign and check the waiting
+#                                         rooms' admission tokens
 #   wallet.env, reservation.env           the services' TLS and token settings (KEY=VALUE lines)
 # Leaf certificates are valid 825 days, for DNS:localhost, IP:127.0.0.1 and the service's own
 # name (DNS:wallet-svc, DNS:reservation-svc: its host in docker-compose and Kubernetes);
@@ -34,7 +37,7 @@ RENEW_SECONDS=$((30 * 24 * 3600))
 LEAVES=(wallet reservation reservation-client admin)
 FILES=(ca.pem ca-key.pem wallet.pem wallet-key.pem reservation.pem reservation-key.pem
     reservation-client.pem reservation-client-key.pem admin.pem admin-key.pem token-key.pem
-    jwks.json wallet.env reservation.env)
+    jwks.json admission-keys.json wallet.env reservation.env)
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'dev-pki.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -163,6 +166,17 @@ make_token_key() {
         "$kid" "$x" >"$WORK/jwks.json"
 }
 
+# admission-keys.json: 32 random bytes as one symmetric key, its kid "dev-admission-" and 8 hex
+# digits of its own.
+make_admission_key() {
+    log "making the admission token key"
+    local kid k
+    kid="dev-admission-$(openssl rand -hex 4)"
+    k=$(openssl rand 32 | b64url)
+    (umask 077 && printf '{"keys":[{"kty":"oct","alg":"HS256","use":"sig","kid":"%s","k":"%s"}]}\n' \
+        "$kid" "$k" >"$WORK/admission-keys.json")
+}
+
 write_env_files() {
     cat >"$WORK/wallet.env" <<EOF
 # wallet-svc's TLS and token settings (made by scripts/dev-pki.sh); load before starting it: set -a; . $DIR/wallet.env; set +a
@@ -185,6 +199,7 @@ WALLET_ENDPOINT=$WALLET_ENDPOINT
 WALLET_TLS_CA_FILE=$DIR/ca.pem
 WALLET_TLS_CERT_FILE=$DIR/reservation-client.pem
 WALLET_TLS_KEY_FILE=$DIR/reservation-client-key.pem
+ADMISSION_TOKEN_KEYS_FILE=$DIR/admission-keys.json
 EOF
 }
 
@@ -226,6 +241,7 @@ Development PKI in $DIR
                $(spiffe_id reservation-svc)  reservation.pem (server), reservation-client.pem (toward wallet-svc)
                $(spiffe_id admin)            admin.pem (client, for grpcurl)
   tokens:      signed with token-key.pem, verified with jwks.json (issuer $AUTH_ISSUER, audience $AUTH_AUDIENCE)
+  admission:   reservation-svc signs and checks admission tokens with admission-keys.json
 Use:
   set -a; . $DIR/wallet.env; set +a          before starting wallet-svc
   set -a; . $DIR/reservation.env; set +a     before starting reservation-svc
@@ -257,6 +273,7 @@ main() {
     make_ca
     make_leaves
     make_token_key
+    make_admission_key
     write_env_files
     verify_all
     install_files

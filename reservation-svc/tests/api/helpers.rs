@@ -506,6 +506,8 @@ pub async fn assert_invariants(app: &TestApp, wallet: &TestWallet) {
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// Where a server that keeps its data across restarts writes its append-only file.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// A free port for a server that a test stops and restarts on the same port. It comes from
@@ -530,6 +532,26 @@ impl RedisServer {
         let mut server = Self {
             port: restartable_port(),
             child: None,
+            data_dir: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// A server that writes every command to its append-only file before answering, so a
+    /// restart finds every key as it was.
+    #[allow(
+        dead_code,
+        reason = "tests/otlp.rs shares these helpers and does not use it"
+    )]
+    pub fn start_persistent() -> Self {
+        let data_dir =
+            std::env::temp_dir().join(format!("redis-test-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&data_dir).expect("a data directory");
+        let mut server = Self {
+            port: restartable_port(),
+            child: None,
+            data_dir: Some(data_dir),
         };
         server.restart();
         server
@@ -541,9 +563,23 @@ impl RedisServer {
 
     /// Starts it (again) on its port and waits until it accepts connections.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        match &self.data_dir {
+            Some(dir) => command
+                .args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ])
+                .arg("--dir")
+                .arg(dir),
+            None => command.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -666,6 +702,9 @@ impl Drop for RedisServer {
             signal(child, "CONT");
         }
         self.stop();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! reservation-svc over a real socket, against a real Postgres and Redis.
 
+mod admission;
+mod admission_queue;
 mod admission_rules;
 mod balance;
 mod cancel;
