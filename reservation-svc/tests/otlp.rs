@@ -133,6 +133,34 @@ fn assert_rpc(received: &Received, service: &str, method: &str, code: &str) {
     );
 }
 
+/// Checks `received` is a Postgres span of the database conventions, of the database named
+/// `database` at the URL `database_url`.
+fn assert_postgres(received: &Received, database: &str, database_url: &str) {
+    let server = shared::telemetry::PostgresTarget::of_url(database_url);
+    assert_eq!(
+        attribute(received, "db.system.name").as_deref(),
+        Some("postgresql")
+    );
+    assert_eq!(
+        attribute(received, "db.namespace").as_deref(),
+        Some(database),
+        "{received:#?}"
+    );
+    assert_eq!(
+        attribute(received, "server.address"),
+        Some(server.address.expect("the test database's host")),
+        "{received:#?}"
+    );
+    assert_eq!(
+        attribute(received, "server.port"),
+        Some(server.port.expect("the test database's port").to_string()),
+        "{received:#?}"
+    );
+    for credential in ["db.user", "user", "password"] {
+        assert_eq!(attribute(received, credential), None, "{received:#?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_the_services_export_is_one_tree_per_call() {
     let receiver = Receiver::default();
@@ -285,10 +313,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
     assert_rpc(use_server, wallet_service, "Use", "0");
     assert_eq!(use_server.span.parent_span_id, use_client.span.span_id);
     let batch = one(&trace, "apply_batch", SpanKind::Client);
-    assert_eq!(
-        attribute(batch, "db.system.name").as_deref(),
-        Some("postgresql")
-    );
+    assert_postgres(batch, wallet.db.name(), wallet.db.url());
     // Every span of the payment's trace leads up to its server span.
     for received in &trace {
         let mut at = received;
@@ -302,6 +327,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
     for step in ["begin_pay", "settle_attempt"] {
         let span = one(&trace, step, SpanKind::Client);
         assert_eq!(attribute(span, "db.operation.name").as_deref(), Some(step));
+        assert_postgres(span, app.db.name(), app.db.url());
     }
 
     // The hold: the seat's lock in Redis and its transaction in Postgres.
@@ -315,7 +341,11 @@ async fn what_the_services_export_is_one_tree_per_call() {
         attribute(one(&trace, "acquire", SpanKind::Client), "db.system.name").as_deref(),
         Some("redis")
     );
-    one(&trace, "hold_seat", SpanKind::Client);
+    assert_postgres(
+        one(&trace, "hold_seat", SpanKind::Client),
+        app.db.name(),
+        app.db.url(),
+    );
 
     // The cancel: its refund is one more client call in its trace.
     let cancel = served

@@ -111,9 +111,11 @@ impl std::fmt::Debug for Foundation {
 }
 
 impl Foundation {
-    /// Migrates the database, builds the pool and checks that it runs transactions at READ
-    /// COMMITTED, and binds the gRPC and metrics listeners (port 0 picks a free one).
+    /// Names the database in the process's Postgres spans, migrates it, builds the pool and
+    /// checks that it runs transactions at READ COMMITTED, and binds the gRPC and metrics
+    /// listeners (port 0 picks a free one).
     pub async fn lay(settings: FoundationSettings<'_>) -> anyhow::Result<Self> {
+        crate::telemetry::set_postgres_target(settings.database_url);
         crate::db::run_migrations(settings.database_url, settings.migrations)
             .await
             .with_context(|| format!("cannot migrate the database of {}", settings.name))?;

@@ -3,6 +3,7 @@
 //! one call is one trace across services.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -290,15 +291,89 @@ pub fn redis_span(script: &'static str) -> tracing::Span {
 }
 
 /// A CLIENT span of one step of a store in Postgres (a transaction, or a single statement),
-/// named by the step. No statement's values are recorded.
+/// named by the step, with the database and server of [`postgres_target`]. No statement's
+/// values are recorded.
 pub fn postgres_span(step: &'static str) -> tracing::Span {
+    let target = postgres_target();
     tracing::info_span!(
         "postgres",
         otel.name = step,
         otel.kind = "client",
         db.system.name = "postgresql",
         db.operation.name = step,
+        db.namespace = target.namespace.as_deref(),
+        server.address = target.address.as_deref(),
+        server.port = target.port,
     )
+}
+
+/// The database and server a process's Postgres spans name, as the conventions' `db.namespace`,
+/// `server.address` and `server.port`. Only these are kept of a connection URL: never its user
+/// or password.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PostgresTarget {
+    /// The database's name. The schema, which the conventions would add, is not in the URL
+    /// (the services use the default one).
+    pub namespace: Option<String>,
+    /// The first host the URL names (libpq tries them in order): a name, an address, or the
+    /// directory of a Unix socket.
+    pub address: Option<String>,
+    /// That host's port, 5432 unless the URL says otherwise; none for a Unix socket.
+    pub port: Option<u16>,
+}
+
+/// Postgres's port when a connection URL names none.
+const POSTGRES_DEFAULT_PORT: u16 = 5432;
+
+impl PostgresTarget {
+    /// The target of `database_url`, in either of libpq's forms (a `postgres://` URL or
+    /// `key=value` words), read by the parser that opens the pool's connections. A URL that
+    /// does not parse names nothing: the pool refuses it anyway.
+    pub fn of_url(database_url: &str) -> Self {
+        use tokio_postgres::config::Host;
+
+        let Ok(config) = database_url.parse::<tokio_postgres::Config>() else {
+            return Self::default();
+        };
+        let namespace = config.get_dbname().map(str::to_owned);
+        let port = config
+            .get_ports()
+            .first()
+            .copied()
+            .unwrap_or(POSTGRES_DEFAULT_PORT);
+        let (address, port) = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => (Some(host.clone()), Some(port)),
+            Some(Host::Unix(directory)) => (Some(directory.display().to_string()), None),
+            None => match config.get_hostaddrs().first() {
+                Some(address) => (Some(address.to_string()), Some(port)),
+                None => (None, None),
+            },
+        };
+        Self {
+            namespace,
+            address,
+            port,
+        }
+    }
+}
+
+static POSTGRES_TARGET: OnceLock<PostgresTarget> = OnceLock::new();
+
+/// Names the database of `database_url` in this process's Postgres spans from now on. A
+/// process has one database: the first call sets it, later ones change nothing.
+pub fn set_postgres_target(database_url: &str) {
+    let _ = POSTGRES_TARGET.set(PostgresTarget::of_url(database_url));
+}
+
+/// The database and server this process's Postgres spans name: nothing until
+/// [`set_postgres_target`].
+pub fn postgres_target() -> &'static PostgresTarget {
+    static UNSET: PostgresTarget = PostgresTarget {
+        namespace: None,
+        address: None,
+        port: None,
+    };
+    POSTGRES_TARGET.get().unwrap_or(&UNSET)
 }
 
 /// Writes the current span's trace context into outgoing gRPC metadata.
@@ -385,6 +460,53 @@ mod tests {
         assert_eq!(
             attribute(&blank, "service.name").as_deref(),
             Some("wallet-svc")
+        );
+    }
+
+    #[test]
+    fn a_postgres_target_is_the_database_host_and_port_and_never_the_credentials() {
+        let target = PostgresTarget::of_url(
+            "postgres://ticketing:s3cret@db.internal:5433/wallet?sslmode=require",
+        );
+        assert_eq!(
+            target,
+            PostgresTarget {
+                namespace: Some("wallet".to_owned()),
+                address: Some("db.internal".to_owned()),
+                port: Some(5433),
+            }
+        );
+        let shown = format!("{target:?}");
+        assert!(
+            !shown.contains("ticketing") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+
+        let default_port = PostgresTarget::of_url("postgresql://db/reservation");
+        assert_eq!(default_port.address.as_deref(), Some("db"));
+        assert_eq!(default_port.port, Some(5432));
+
+        let first_host = PostgresTarget::of_url("postgres://u@[::1]:6432,db-2:6433/wallet");
+        assert_eq!(first_host.address.as_deref(), Some("::1"));
+        assert_eq!(first_host.port, Some(6432));
+
+        let words = PostgresTarget::of_url(
+            "host=/var/run/postgresql port=5433 dbname=wallet user=ticketing password=s3cret",
+        );
+        assert_eq!(
+            words,
+            PostgresTarget {
+                namespace: Some("wallet".to_owned()),
+                address: Some("/var/run/postgresql".to_owned()),
+                port: None,
+            }
+        );
+
+        let no_database = PostgresTarget::of_url("postgres://ticketing:s3cret@db");
+        assert_eq!(no_database.namespace, None);
+        assert_eq!(
+            PostgresTarget::of_url("not a url"),
+            PostgresTarget::default()
         );
     }
 

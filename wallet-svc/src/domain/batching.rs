@@ -218,12 +218,16 @@ impl Batcher {
         // request holds its transaction; every other caller's trace holds a span of its own
         // for the time of the batch, linked to the transaction's (and it to theirs).
         let first_caller = batch.first().map(|waiting| waiting.span.clone());
+        let target = shared::telemetry::postgres_target();
         let span = tracing::info_span!(
             parent: first_caller.as_ref().and_then(Span::id),
             "apply_batch",
             otel.kind = "client",
             db.system.name = "postgresql",
             db.operation.name = "apply_batch",
+            db.namespace = target.namespace.as_deref(),
+            server.address = target.address.as_deref(),
+            server.port = target.port,
             user_id = user_id.get(),
             size = batch.len()
         );
