@@ -94,12 +94,18 @@ fn attribute(received: &Received, key: &str) -> Option<String> {
     text(&received.span.attributes, key)
 }
 
-fn is_error(received: &Received) -> bool {
+/// The span's status code (unset when it came without a status).
+fn status(received: &Received) -> StatusCode {
     received
         .span
         .status
         .as_ref()
-        .is_some_and(|status| status.code == StatusCode::Error as i32)
+        .and_then(|status| StatusCode::try_from(status.code).ok())
+        .unwrap_or(StatusCode::Unset)
+}
+
+fn is_error(received: &Received) -> bool {
+    status(received) == StatusCode::Error
 }
 
 /// The one span named `name` of `kind` among `spans`.
@@ -303,6 +309,8 @@ async fn what_the_services_export_is_one_tree_per_call() {
     assert_eq!(pay.span.kind, SpanKind::Server as i32);
     assert!(pay.span.parent_span_id.is_empty(), "a root");
     assert_rpc(pay, reservation, "PayReservation", "0");
+    // A server's success is no status of its own: unset, as the RPC conventions ask.
+    assert_eq!(status(pay), StatusCode::Unset, "{pay:#?}");
     let trace = trace_of(pay);
     let spans_of = by_id(&trace);
     let use_client = one(&trace, &format!("{wallet_service}/Use"), SpanKind::Client);
@@ -311,6 +319,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
     let use_server = one(&trace, &format!("{wallet_service}/Use"), SpanKind::Server);
     assert_eq!(use_server.service, "wallet-svc");
     assert_rpc(use_server, wallet_service, "Use", "0");
+    assert_eq!(status(use_server), StatusCode::Unset, "{use_server:#?}");
     assert_eq!(use_server.span.parent_span_id, use_client.span.span_id);
     let batch = one(&trace, "apply_batch", SpanKind::Client);
     assert_postgres(batch, wallet.db.name(), wallet.db.url());
@@ -336,6 +345,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
         .find(|received| received.span.name == format!("{reservation}/HoldSeat"))
         .expect("the hold");
     assert_rpc(hold, reservation, "HoldSeat", "0");
+    assert_eq!(status(hold), StatusCode::Unset, "{hold:#?}");
     let trace = trace_of(hold);
     assert_eq!(
         attribute(one(&trace, "acquire", SpanKind::Client), "db.system.name").as_deref(),
@@ -353,6 +363,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
         .find(|received| received.span.name == format!("{reservation}/CancelReservation"))
         .expect("the cancel");
     assert_rpc(cancel, reservation, "CancelReservation", "0");
+    assert_eq!(status(cancel), StatusCode::Unset, "{cancel:#?}");
     let trace = trace_of(cancel);
     let refund = one(
         &trace,
@@ -373,6 +384,7 @@ async fn what_the_services_export_is_one_tree_per_call() {
         .find(|received| is_error(received))
         .expect("the failed payment is an error");
     assert_rpc(failed, reservation, "PayReservation", "14");
+    assert_eq!(status(failed), StatusCode::Error, "{failed:#?}");
     let trace = trace_of(failed);
     let use_client = one(&trace, &format!("{wallet_service}/Use"), SpanKind::Client);
     assert!(is_error(use_client), "{use_client:#?}");

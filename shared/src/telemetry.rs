@@ -14,8 +14,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tonic_tracing_opentelemetry::middleware::server::{OtelGrpcLayer, OtelGrpcService};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_opentelemetry_instrumentation_sdk::{self as otel_sdk, http as otel_http};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -168,36 +168,38 @@ const SERVICE_VERSION: &str = "service.version";
 /// conventions name it: `{rpc.service}/{rpc.method}`, with `rpc.system`, `rpc.service`,
 /// `rpc.method`, `rpc.grpc.status_code`, `server.address` and `server.port`, and an error
 /// status for the codes that are a server's fault (`UNKNOWN`, `DEADLINE_EXCEEDED`,
-/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`). The span continues the caller's
-/// trace when its metadata carries a `traceparent`. Health checks and reflection get none.
-#[derive(Debug, Clone)]
-pub struct ServerTraceLayer(OtelGrpcLayer);
+/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`); any other answer leaves the status
+/// unset, as the conventions ask of a server (the instrumentation crate's own layer marks them
+/// `OK`, which a later record cannot undo). The span continues the caller's trace when its
+/// metadata carries a `traceparent`. Health checks and reflection get none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerTraceLayer;
 
 /// The [`ServerTraceLayer`] every server runs.
 pub fn server_trace_layer() -> ServerTraceLayer {
-    ServerTraceLayer(OtelGrpcLayer::default().filter(is_traced))
+    ServerTraceLayer
 }
 
 impl<S> tower::Layer<S> for ServerTraceLayer {
-    type Service = HostFromAuthority<OtelGrpcService<S>>;
+    type Service = ServerTrace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HostFromAuthority(self.0.layer(inner))
+        ServerTrace(inner)
     }
 }
 
-/// Gives a request without a `Host` header (every HTTP/2 request: it has `:authority`) one
-/// of its URI's authority, where the span layer reads `server.address` and `server.port`.
+/// The service of [`ServerTraceLayer`].
 #[derive(Debug, Clone)]
-pub struct HostFromAuthority<S>(S);
+pub struct ServerTrace<S>(S);
 
-impl<S, B> tower::Service<http::Request<B>> for HostFromAuthority<S>
+impl<S, B, ResponseBody> tower::Service<http::Request<B>> for ServerTrace<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<ResponseBody>>,
+    S::Error: std::fmt::Display,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = ServerTraceFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -207,6 +209,15 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !is_traced(request.uri().path()) {
+            return ServerTraceFuture {
+                inner: self.0.call(request),
+                span: tracing::Span::none(),
+                remote_context: None,
+            };
+        }
+        // An HTTP/2 request has no `Host` header but an `:authority`, where the span's
+        // `server.address` and `server.port` are read from.
         if !request.headers().contains_key(http::header::HOST)
             && let Some(host) = request
                 .uri()
@@ -215,8 +226,108 @@ where
         {
             request.headers_mut().insert(http::header::HOST, host);
         }
-        self.0.call(request)
+        let span = otel_http::grpc_server::make_span_from_request(&request);
+        // The caller's context, kept to be attached while the call runs when the span cannot
+        // hold it (no OpenTelemetry layer, say), so outgoing calls still carry its trace.
+        let remote_context =
+            otel_sdk::set_parent_or_fallback(&span, otel_http::extract_context(request.headers()));
+        let inner = {
+            let _attached = remote_context.clone().map(opentelemetry::Context::attach);
+            let _entered = span.enter();
+            self.0.call(request)
+        };
+        ServerTraceFuture {
+            inner,
+            span,
+            remote_context,
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a call of [`ServerTrace`], which records its outcome on the call's span.
+    pub struct ServerTraceFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        remote_context: Option<opentelemetry::Context>,
+    }
+}
+
+impl<F, ResponseBody, E> std::future::Future for ServerTraceFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<ResponseBody>, E>>,
+    E: std::fmt::Display,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let _attached = this
+            .remote_context
+            .as_ref()
+            .map(|context| context.clone().attach());
+        let _entered = this.span.enter();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        record_server_outcome(this.span, &answer);
+        std::task::Poll::Ready(answer)
+    }
+}
+
+/// Records the answer of a call on its SERVER span: its gRPC code, and an error status only
+/// for a code that is the server's fault. A success is left unset: the conventions keep `OK`
+/// for an operator's or an application's explicit word, not for every answered call.
+fn record_server_outcome<B, E: std::fmt::Display>(
+    span: &tracing::Span,
+    answer: &Result<http::Response<B>, E>,
+) {
+    match answer {
+        Ok(response) => {
+            let code = grpc_code(response);
+            span.record("rpc.grpc.status_code", code);
+            if otel_http::grpc::status_is_error(code, true) {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        Err(error) => {
+            span.record("rpc.grpc.status_code", tonic::Code::Unknown as u16);
+            span.record("otel.status_code", "ERROR");
+            span.record("exception.message", error.to_string());
+        }
+    }
+}
+
+/// The gRPC code of `response` as far as its headers tell: `grpc-status` when the answer has
+/// no body (an error, mostly), else the code gRPC gives its HTTP status; a 200 without it is
+/// `OK` (the code of a full answer comes in its trailers, after the span's end).
+fn grpc_code<B>(response: &http::Response<B>) -> u16 {
+    use http::StatusCode;
+    use tonic::Code;
+
+    if let Some(code) = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u16>().ok())
+    {
+        return code;
+    }
+    let code = match response.status() {
+        StatusCode::OK => Code::Ok,
+        StatusCode::BAD_REQUEST => Code::Internal,
+        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+        StatusCode::FORBIDDEN => Code::PermissionDenied,
+        StatusCode::NOT_FOUND => Code::Unimplemented,
+        StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
+        _ => Code::Unknown,
+    };
+    code as u16
 }
 
 /// Whether a call to `path` gets a span: not health checks (every probe, every few seconds)
