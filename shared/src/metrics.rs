@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,8 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "ticketing_tls_handshake_failures_total
 pub const TLS_HANDSHAKES_REFUSED: &str = "ticketing_tls_handshakes_refused_total";
 /// Certificate, key and JWKS files read again after a change, by what and result.
 pub const RELOADS: &str = "ticketing_reloads_total";
+/// The `result`s of [`RELOADS`].
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 /// Always 1, by `version` (the crate's) and `revision` (the source's commit, from
 /// `TICKETING_REVISION` at build time, else `unknown`).
 pub const BUILD_INFO: &str = "ticketing_build_info";
@@ -121,6 +123,9 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                 .map_err(|error| error.to_string())?;
             describe();
             register_at_zero();
+            for what in reloaded_so_far() {
+                register_reloads_at_zero(what);
+            }
             metrics::gauge!(BUILD_INFO, "version" => VERSION, "revision" => REVISION).set(1.0);
             // Prometheus's process_* series (CPU, memory, file descriptors, threads, start
             // time), sampled at each scrape.
@@ -217,6 +222,35 @@ fn describe() {
         BUILD_INFO,
         "Always 1, by the build's version and source revision"
     );
+}
+
+/// What this process reloads, each `what` of [`RELOADS`] once. A server's TLS and JWKS are
+/// loaded before its metrics endpoint installs the recorder: this keeps them for it.
+static RELOADED: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+
+/// Lists the reloads of `what`, both results, at zero: a process lists the reloads of what it
+/// reloads, and of nothing else. Now when the recorder is installed, else when it is.
+pub(crate) fn register_reloads(what: &'static str) {
+    let mut reloaded = RELOADED.lock().unwrap_or_else(PoisonError::into_inner);
+    if !reloaded.contains(&what) {
+        reloaded.push(what);
+    }
+    // Under the lock: an `install` that has not read the list yet will, and one that has
+    // read it installed the recorder first, so this reaches it.
+    register_reloads_at_zero(what);
+}
+
+fn reloaded_so_far() -> Vec<&'static str> {
+    RELOADED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+fn register_reloads_at_zero(what: &'static str) {
+    for result in RELOAD_RESULTS {
+        metrics::counter!(RELOADS, "what" => what, "result" => result).increment(0);
+    }
 }
 
 /// Reasons of [`RPC_SHED`].

@@ -53,7 +53,8 @@ impl<T> std::fmt::Debug for Reloading<T> {
 impl<T: Send + Sync + 'static> Reloading<T> {
     /// Reads `paths` and builds the value from them: an error names the file or says why the
     /// value does not build. When `every` is given (inside a Tokio runtime), the files are read
-    /// again at that interval for as long as the value is in use.
+    /// again at that interval for as long as the value is in use, and their reloads are listed
+    /// at zero from now on (`what` names them).
     pub fn load(
         what: &'static str,
         paths: Vec<PathBuf>,
@@ -72,6 +73,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             }),
         });
         if let Some(every) = every {
+            crate::metrics::register_reloads(what);
             tokio::spawn(poll(Arc::downgrade(&shared), every));
         }
         Ok(Self { shared })

@@ -310,6 +310,28 @@ impl SecureSetup {
     }
 }
 
+/// The environment that gives a service process `args`: `INSECURE` and the variables of its
+/// TLS files, tokens and reload interval.
+pub fn environment(args: &SecurityArgs) -> Vec<(&'static str, String)> {
+    let path = |path: &Option<PathBuf>| path.as_ref().map(|path| path.display().to_string());
+    [
+        ("INSECURE", Some(args.insecure.to_string())),
+        ("TLS_CERT_FILE", path(&args.tls_cert_file)),
+        ("TLS_KEY_FILE", path(&args.tls_key_file)),
+        ("TLS_CLIENT_CA_FILE", path(&args.tls_client_ca_file)),
+        ("AUTH_JWKS_FILE", path(&args.auth_jwks_file)),
+        ("AUTH_ISSUER", args.auth_issuer.clone()),
+        ("AUTH_AUDIENCE", args.auth_audience.clone()),
+        (
+            "RELOAD_INTERVAL",
+            Some(humantime::format_duration(args.reload_interval).to_string()),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect()
+}
+
 impl Default for SecureSetup {
     fn default() -> Self {
         Self::new()

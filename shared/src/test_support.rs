@@ -315,12 +315,29 @@ fn metric_values<'a>(
             };
             let matches = series_name == name
                 && labels.iter().all(|(label, wanted)| {
-                    series_labels
-                        .split(',')
-                        .any(|pair| pair == format!("{label}=\"{wanted}\""))
+                    label_pairs(series_labels).any(|pair| pair == format!("{label}=\"{wanted}\""))
                 });
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
+}
+
+/// The `label="value"` pairs of a series, split at the commas between them: a value may hold
+/// commas of its own (`what="client TLS CA, certificate and key"`).
+fn label_pairs(labels: &str) -> impl Iterator<Item = &str> {
+    let mut quoted = false;
+    let mut escaped = false;
+    labels
+        .split(move |c: char| {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => return true,
+                _ => {}
+            }
+            false
+        })
+        .filter(|pair| !pair.is_empty())
 }
 
 /// Starts two processes of `binary migrate` on one empty database at once (its URL in

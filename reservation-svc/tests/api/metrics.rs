@@ -311,4 +311,56 @@ async fn a_fresh_process_lists_its_series_at_zero() {
         Some(1.0),
         "{text}"
     );
+    // It reloads no file, so lists no reload.
+    assert_eq!(
+        shared::test_support::listed_metric(&text, shared::metrics::RELOADS, &[]),
+        None,
+        "{text}"
+    );
+}
+
+/// A secure process lists the reloads of what it reloads, both results, at zero before any
+/// change: its TLS certificate and key, the JWKS, and the files of its calls to wallet-svc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_secure_process_lists_its_reloads_at_zero() {
+    const IDENTITY: &str = "spiffe://ticketing.local/reservation-svc";
+    let app = spawn_app_with(|_| {}).await;
+    let setup = shared::test_pki::SecureSetup::new();
+    let mut env = shared::test_pki::environment(&setup.server("reservation", IDENTITY, false));
+    let wallet_files = setup.client("reservation-client", Some(IDENTITY));
+    let (wallet_cert, wallet_key) = wallet_files.identity.expect("a client certificate");
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], crate::helpers::restartable_port()));
+    env.extend([
+        ("RESERVATION_METRICS_ADDR", metrics.to_string()),
+        // Never called: the channel connects at its first call.
+        ("WALLET_ENDPOINT", "https://localhost:1".to_owned()),
+        ("WALLET_TLS_CA_FILE", wallet_files.ca.display().to_string()),
+        ("WALLET_TLS_CERT_FILE", wallet_cert.display().to_string()),
+        ("WALLET_TLS_KEY_FILE", wallet_key.display().to_string()),
+    ]);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let _process = crate::helpers::ReplicaProcess::start(&app.config, &env).await;
+    let (code, text) = http_get(metrics, "/metrics").await;
+    assert_eq!(code, 200, "{text}");
+
+    for what in [
+        "server TLS certificate and key",
+        "JWKS",
+        "client TLS CA, certificate and key",
+    ] {
+        for result in shared::metrics::RELOAD_RESULTS {
+            assert_eq!(
+                shared::test_support::listed_metric(
+                    &text,
+                    shared::metrics::RELOADS,
+                    &[("what", what), ("result", result)]
+                ),
+                Some(0.0),
+                "{what} {result}:\n{text}"
+            );
+        }
+    }
 }

@@ -87,33 +87,7 @@ fn free_port() -> u16 {
 /// the build).
 #[tokio::test]
 async fn a_fresh_process_lists_its_series_at_zero() {
-    let db = shared::test_support::TestDatabase::create(
-        "wallet",
-        wallet_svc::startup::MIGRATIONS,
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
-    )
-    .await;
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wallet-svc"))
-        .env("WALLET_LISTEN_ADDR", listen.to_string())
-        .env("WALLET_METRICS_ADDR", metrics.to_string())
-        .env("WALLET_DATABASE_URL", db.url())
-        .env("INSECURE", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start wallet-svc");
-    let mut text = String::new();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(listen).await.is_ok() {
-            text = http_get(metrics, "/metrics").await.1;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    let text = fresh_process_metrics(&[("INSECURE", "true")]).await;
 
     for method in ["Charge", "Use", "Refund", "GetBalance"] {
         for code in ["OK", "Unavailable", "Internal", "ResourceExhausted"] {
@@ -145,4 +119,74 @@ async fn a_fresh_process_lists_its_series_at_zero() {
         )),
         "{text}"
     );
+    // It reloads no file, so lists no reload.
+    assert_eq!(
+        shared::test_support::listed_metric(&text, shared::metrics::RELOADS, &[]),
+        None,
+        "{text}"
+    );
+}
+
+/// A wallet-svc process of its own lists the reloads of what it reloads, both results, at 0
+/// before any change: its TLS certificate, key and client CA, and the JWKS.
+#[tokio::test]
+async fn a_fresh_secure_process_lists_its_reloads_at_zero() {
+    let setup = shared::test_pki::SecureSetup::new();
+    let env = shared::test_pki::environment(&setup.server(
+        "wallet",
+        "spiffe://ticketing.local/wallet-svc",
+        true,
+    ));
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect();
+    let text = fresh_process_metrics(&env).await;
+
+    for what in ["server TLS certificate and key", "JWKS"] {
+        for result in shared::metrics::RELOAD_RESULTS {
+            assert_eq!(
+                shared::test_support::listed_metric(
+                    &text,
+                    shared::metrics::RELOADS,
+                    &[("what", what), ("result", result)]
+                ),
+                Some(0.0),
+                "{what} {result}:\n{text}"
+            );
+        }
+    }
+}
+
+/// The metrics of a wallet-svc process started with `env` on a database of its own, scraped
+/// once it listens, before any call.
+async fn fresh_process_metrics(env: &[(&str, &str)]) -> String {
+    let db = shared::test_support::TestDatabase::create(
+        "wallet",
+        wallet_svc::startup::MIGRATIONS,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+    )
+    .await;
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wallet-svc"))
+        .env("WALLET_LISTEN_ADDR", listen.to_string())
+        .env("WALLET_METRICS_ADDR", metrics.to_string())
+        .env("WALLET_DATABASE_URL", db.url())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start wallet-svc");
+    let mut text = String::new();
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(listen).await.is_ok() {
+            text = http_get(metrics, "/metrics").await.1;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    text
 }
