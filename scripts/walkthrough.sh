@@ -66,5 +66,17 @@ grpcurl "${TLS[@]}" "${AS_ADMIN[@]}" -d "{\"user_id\": $V, \"page_size\": 10}" $
 
 # A new concert and a schedule of it (its seats 1..=seat_count come with it), an admin's calls:
 NEW=$(grpcurl "${TLS[@]}" "${AS_ADMIN[@]}" -d '{"title": "Spring tour"}' $R ticketing.reservation.v1.ReservationService/CreateConcert | sed -n 's/.*"id": "\([0-9]*\)".*/\1/p')
-grpcurl "${TLS[@]}" "${AS_ADMIN[@]}" -d "{\"concert_id\": $NEW, \"starts_at\": \"2030-03-01T19:00:00Z\", \"seat_count\": 500, \"seat_price\": 120}" $R ticketing.reservation.v1.ReservationService/CreateSchedule
+ONSALE=$(grpcurl "${TLS[@]}" "${AS_ADMIN[@]}" -d "{\"concert_id\": $NEW, \"starts_at\": \"2030-03-01T19:00:00Z\", \"seat_count\": 500, \"seat_price\": 120}" $R ticketing.reservation.v1.ReservationService/CreateSchedule | sed -n 's/.*"id": "\([0-9]*\)".*/\1/p')
+
+# Its on-sale through a waiting room (an admin's call): two buyers called a second, at most 100
+# active, a minute to claim a turn, ten minutes to buy, open now. A buyer takes a number, follows
+# it to the turn, and holds with the admission token the turn gives (without it: FAILED_PRECONDITION
+# / ADMISSION_REQUIRED):
+grpcurl "${TLS[@]}" "${AS_ADMIN[@]}" -d "{\"schedule_id\": $ONSALE, \"rate_per_s\": 2, \"burst\": 1, \"max_active\": 100, \"claim_window\": \"60s\", \"token_ttl\": \"600s\"}" $R ticketing.admission.v1.AdmissionService/ConfigureRoom
+grpcurl "${TLS[@]}" "${AS_U[@]}" -d "{\"user_id\": $U, \"schedule_id\": $ONSALE}" $R ticketing.admission.v1.AdmissionService/Enter
+grpcurl "${TLS[@]}" "${AS_U[@]}" -d "{\"user_id\": $U, \"schedule_id\": $ONSALE}" $R ticketing.admission.v1.AdmissionService/WatchPosition   # ends at ADMITTED
+grpcurl "${TLS[@]}" "${AS_U[@]}" -d "{\"user_id\": $U, \"schedule_id\": $ONSALE, \"seat_no\": 1}" $R ticketing.reservation.v1.ReservationService/HoldSeat
+ADMISSION=$(grpcurl "${TLS[@]}" "${AS_U[@]}" -d "{\"user_id\": $U, \"schedule_id\": $ONSALE}" $R ticketing.admission.v1.AdmissionService/GetPosition | sed -n 's/.*"admissionToken": "\([^"]*\)".*/\1/p')
+grpcurl "${TLS[@]}" "${AS_U[@]}" -H "x-admission-token: $ADMISSION" -d "{\"user_id\": $U, \"schedule_id\": $ONSALE, \"seat_no\": 1}" $R ticketing.reservation.v1.ReservationService/HoldSeat
+grpcurl "${TLS[@]}" "${AS_ADMIN[@]}" -d "{\"schedule_id\": $ONSALE}" $R ticketing.admission.v1.AdmissionService/GetRoomStatus
 EOF

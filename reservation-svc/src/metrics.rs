@@ -24,6 +24,21 @@ pub const CANCELLATIONS_RECONCILED: &str = "ticketing_cancellations_reconciled_t
 /// Rounds of background work that failed as a whole, by `task`: `sweep` or `reconcile`.
 pub const BACKGROUND_FAILURES: &str = "ticketing_background_failures_total";
 
+/// Users a replica's ticks called in a waiting room, by `schedule`: summed over the
+/// replicas, the room's admissions.
+pub const ROOM_ADMITTED: &str = "ticketing_room_admitted_total";
+/// A waiting room's users with a number not called yet (before its opening: entrants), by
+/// `schedule`, as this replica's last tick saw it.
+pub const ROOM_WAITING: &str = "ticketing_room_waiting";
+/// A waiting room's called users whose turn is not over, by `schedule`, as this replica's
+/// last tick saw it.
+pub const ROOM_ACTIVE: &str = "ticketing_room_active";
+/// HoldSeat's admission token checks on schedules with a room, by `result`: `ok`, `missing`,
+/// `expired`, `invalid` (forged, another user's or schedule's, or no key).
+pub const ADMISSION_CHECKS: &str = "ticketing_admission_checks_total";
+/// Results of [`ADMISSION_CHECKS`].
+pub const ADMISSION_CHECK_RESULTS: [&str; 4] = ["ok", "missing", "expired", "invalid"];
+
 /// Time of a Redis command, by `command` (the script: of the seat locks `acquire`, `release`,
 /// `mark`, `clear`, `canary`, `clock`; of the waiting rooms `room_enter`, `room_look`,
 /// `room_leave`, `room_release`, `room_tick`) and `result` (`ok`, `error`: refused, timed out,
@@ -94,6 +109,25 @@ pub fn describe() {
         metrics::counter!(BACKGROUND_FAILURES, "task" => task).increment(0);
     }
     metrics::counter!(RESERVATIONS_EXPIRED).increment(0);
+    for result in ADMISSION_CHECK_RESULTS {
+        metrics::counter!(ADMISSION_CHECKS, "result" => result).increment(0);
+    }
+    metrics::describe_counter!(
+        ROOM_ADMITTED,
+        "Users this replica's ticks called in a waiting room, by schedule"
+    );
+    metrics::describe_gauge!(
+        ROOM_WAITING,
+        "Users of a waiting room whose number is not called yet, by schedule"
+    );
+    metrics::describe_gauge!(
+        ROOM_ACTIVE,
+        "Called users of a waiting room whose turn is not over, by schedule"
+    );
+    metrics::describe_counter!(
+        ADMISSION_CHECKS,
+        "HoldSeat's admission token checks on schedules with a waiting room, by result"
+    );
     // Registered, so that they render with empty buckets.
     for command in REDIS_COMMANDS {
         let _ = metrics::histogram!(REDIS_COMMAND_DURATION, "command" => command, "result" => "ok");
@@ -209,4 +243,18 @@ pub fn cancellation_reconciled(outcome: &'static str) {
 /// Counts a sweep or reconciliation round that failed as a whole.
 pub fn background_failure(task: &'static str) {
     metrics::counter!(BACKGROUND_FAILURES, "task" => task).increment(1);
+}
+
+/// Publishes what a tick of a waiting room did and saw.
+pub fn room_tick(schedule_id: i64, admitted: i64, waiting: i64, active: i64) {
+    let schedule = schedule_id.to_string();
+    metrics::counter!(ROOM_ADMITTED, "schedule" => schedule.clone())
+        .increment(u64::try_from(admitted).unwrap_or(0));
+    metrics::gauge!(ROOM_WAITING, "schedule" => schedule.clone()).set(waiting as f64);
+    metrics::gauge!(ROOM_ACTIVE, "schedule" => schedule).set(active as f64);
+}
+
+/// Counts an admission token check of HoldSeat.
+pub fn admission_check(result: &'static str) {
+    metrics::counter!(ADMISSION_CHECKS, "result" => result).increment(1);
 }

@@ -63,6 +63,13 @@ fn is_streaming(path: &str) -> bool {
     path == "/grpc.health.v1.Health/Watch" || sends_a_stream(path)
 }
 
+/// Whether the call at `path` follows something for long and answers each change (a waiting
+/// room's `WatchPosition`): its request is one message, received whole, but its answer lasts as
+/// long as the wait, so it is neither timed nor counted among the calls in flight.
+fn is_watch(path: &str) -> bool {
+    path == "/ticketing.admission.v1.AdmissionService/WatchPosition"
+}
+
 /// Whether the client of the call at `path` sends a stream of messages (reflection): every
 /// other call's request is one message, received whole before it goes on.
 fn sends_a_stream(path: &str) -> bool {
@@ -287,6 +294,8 @@ pub struct AdmissionLayer {
     places: Arc<Semaphore>,
     watch: Arc<Watch>,
     streams: StreamLimits,
+    /// Places of the watch calls ([`is_watch`]), in all.
+    watches: StreamLimits,
     timeout: Duration,
 }
 
@@ -296,6 +305,7 @@ impl AdmissionLayer {
         timeout: Duration,
         max_streams: NonZeroUsize,
         max_streams_per_connection: NonZeroUsize,
+        max_watches: NonZeroUsize,
     ) -> Self {
         Self {
             places: Arc::new(Semaphore::new(
@@ -308,6 +318,13 @@ impl AdmissionLayer {
                 )),
                 connections: StreamsByConnection::default(),
                 per_connection: max_streams_per_connection.get(),
+            },
+            watches: StreamLimits {
+                server: Arc::new(Semaphore::new(
+                    max_watches.get().min(Semaphore::MAX_PERMITS),
+                )),
+                connections: StreamsByConnection::default(),
+                per_connection: usize::MAX,
             },
             timeout,
         }
@@ -364,8 +381,16 @@ where
         };
         let peer = request.extensions().get::<Peer>();
         let path = request.uri().path();
-        if is_streaming(path) {
-            let Some(place) = admission.streams.take(peer.and_then(|peer| peer.addr)) else {
+        let streams = if is_watch(path) {
+            // HTTP/2's limit of streams bounds them per connection.
+            Some((&admission.watches, None))
+        } else if is_streaming(path) {
+            Some((&admission.streams, peer.and_then(|peer| peer.addr)))
+        } else {
+            None
+        };
+        if let Some((limits, peer)) = streams {
+            let Some(place) = limits.take(peer) else {
                 Shed::Streams.count();
                 return refused(tonic::Status::resource_exhausted(
                     "too many streaming calls are open, on this connection or in all",
@@ -1004,7 +1029,13 @@ mod tests {
 
     fn admission(max_in_flight: usize, timeout: Duration) -> AdmissionLayer {
         let places = NonZeroUsize::new(max_in_flight).expect("some");
-        AdmissionLayer::new(places, timeout, NonZeroUsize::MIN, NonZeroUsize::MIN)
+        AdmissionLayer::new(
+            places,
+            timeout,
+            NonZeroUsize::MIN,
+            NonZeroUsize::MIN,
+            NonZeroUsize::MIN,
+        )
     }
 
     fn request(path: &str) -> http::Request<()> {

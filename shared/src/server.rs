@@ -114,6 +114,12 @@ pub struct ServerArgs {
     )]
     pub max_streaming_calls_per_connection: NonZeroUsize,
 
+    /// Most calls open at once on the whole server that follow something for long and answer
+    /// each change (reservation-svc's WatchPosition); not timed, as many per connection as
+    /// HTTP/2 allows.
+    #[arg(long, global = true, env = "MAX_WATCH_CALLS", default_value = "20000")]
+    pub max_watch_calls: NonZeroUsize,
+
     /// How long a connection may stay without a call before it is closed (pings do not
     /// count); 0 never closes one.
     #[arg(long, global = true, env = "IDLE_CONNECTION_TIMEOUT", default_value = "2m", value_parser = humantime::parse_duration)]
@@ -225,6 +231,7 @@ pub fn router(
             limits.rpc_timeout,
             limits.max_streaming_calls,
             limits.max_streaming_calls_per_connection,
+            limits.max_watch_calls,
         ))
         .layer(decode_errors_layer())
         .layer(CatchPanicLayer)

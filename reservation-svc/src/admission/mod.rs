@@ -223,6 +223,12 @@ impl Admission {
     pub async fn status(&self, schedule_id: i64) -> Result<RoomStatus, AdmissionError> {
         let settings = self.settings(schedule_id)?;
         let report = self.queue.tick(&settings, &[]).await?;
+        crate::metrics::room_tick(
+            schedule_id,
+            report.tick.admitted,
+            report.counters.waiting,
+            report.counters.active,
+        );
         Ok(RoomStatus { settings, report })
     }
 
@@ -237,11 +243,18 @@ impl Admission {
         if self.room(schedule_id).is_none() {
             return Ok(());
         }
-        let token = token.ok_or(TokenRefusal::Missing)?;
-        match &self.tokens {
-            Some(tokens) => tokens.check(token, user, schedule_id),
-            None => Err(TokenRefusal::Invalid("this replica has no admission keys")),
-        }
+        let checked = match (token, &self.tokens) {
+            (None, _) => Err(TokenRefusal::Missing),
+            (Some(token), Some(tokens)) => tokens.check(token, user, schedule_id),
+            (Some(_), None) => Err(TokenRefusal::Invalid("this replica has no admission keys")),
+        };
+        crate::metrics::admission_check(match &checked {
+            Ok(()) => "ok",
+            Err(TokenRefusal::Missing) => "missing",
+            Err(TokenRefusal::Expired) => "expired",
+            Err(TokenRefusal::Invalid(_)) => "invalid",
+        });
+        checked
     }
 
     /// The user's turn on the schedule is over (a payment, a cancellation, an expired hold):
@@ -323,8 +336,16 @@ impl Admission {
         let users = self.watch.waiting_looks(room.schedule_id);
         let ids: Vec<i64> = users.iter().map(|(user, _)| *user).collect();
         let report = self.queue.tick(room, &ids).await;
-        if let Err(error) = &report {
-            tracing::debug!(schedule_id = room.schedule_id, %error, "waiting room tick failed");
+        match &report {
+            Ok(report) => crate::metrics::room_tick(
+                room.schedule_id,
+                report.tick.admitted,
+                report.counters.waiting,
+                report.counters.active,
+            ),
+            Err(error) => {
+                tracing::debug!(schedule_id = room.schedule_id, %error, "waiting room tick failed");
+            }
         }
         self.watch.answer(room.schedule_id, users, report);
     }

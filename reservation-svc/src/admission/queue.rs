@@ -40,6 +40,8 @@ local rate, burst, max_active = tonumber(settings[2]), tonumber(settings[3]), to
 local claim_window, token_ttl = tonumber(settings[5]), tonumber(settings[6])
 local opens_at = tonumber(settings[7])
 local MICRO = 1000000
+-- The burst, or a second of the rate if that is more.
+local full = math.max(burst * MICRO, rate * 1000)
 local ABSENT, BEFORE_OPENING, WAITING, ADMITTED, EXPIRED = 0, 1, 2, 3, 4
 
 local function field(name)
@@ -55,7 +57,7 @@ end
 local function open_if_due()
     if not opened() and now >= opens_at then
         redis.call('HSET', state, 'opened', int(redis.call('ZCARD', early)),
-            'bucket', int(burst * MICRO), 'bucket_at', int(now))
+            'bucket', int(full), 'bucket_at', int(now))
     end
 end
 local function number_of(user, member)
@@ -172,7 +174,6 @@ local entrants = opened()
 if entrants then
     local bucket, bucket_at = field('bucket'), field('bucket_at')
     if now > bucket_at then
-        local full = burst * MICRO
         local elapsed = now - bucket_at
         if elapsed >= math.floor(full / rate) + 1 then
             bucket = full

@@ -37,7 +37,8 @@ pub const MAX_STEPS_PER_TICK: i64 = 1_000;
 pub struct RoomConfig {
     /// Admissions per second, in thousandths (600 a minute is 10,000).
     pub rate_milli_per_s: i64,
-    /// Admissions a full bucket allows at once.
+    /// Admissions a full bucket allows at once (at least a second of the rate: see
+    /// [`RoomConfig::full_bucket`]).
     pub burst: i64,
     /// Most users called and not yet done at once.
     pub max_active: i64,
@@ -89,9 +90,12 @@ impl RoomConfig {
         bad
     }
 
-    /// The bucket when full, in millionths of a token.
+    /// The bucket when full, in millionths of a token: the burst, or a second of the rate if
+    /// that is more, so that ticks up to a second apart call every number the rate allows.
     pub const fn full_bucket(&self) -> i64 {
-        self.burst * MICRO_TOKENS
+        let burst = self.burst * MICRO_TOKENS;
+        let second = self.rate_milli_per_s * 1_000;
+        if burst > second { burst } else { second }
     }
 }
 
@@ -393,7 +397,8 @@ impl Room {
 /// grows, so neither bound ever goes up for them while the settings stay.
 pub fn eta_seconds(config: &RoomConfig, ahead: i64, tick_ms: Millis) -> (i64, i64) {
     let ahead = ahead.max(0);
-    let fastest = (ahead + 1 - config.burst).max(0) * 1_000 / config.rate_milli_per_s;
+    let at_once = config.full_bucket() / MICRO_TOKENS;
+    let fastest = (ahead + 1 - at_once).max(0) * 1_000 / config.rate_milli_per_s;
     // The slowest pace in thousandths per second: the rate, or max_active turns per longest
     // slot life, whichever is lower.
     let longest_turn = config.token_ttl_ms.max(config.claim_window_ms);
@@ -447,14 +452,17 @@ mod tests {
 
     #[test]
     fn a_tick_calls_no_more_than_the_bucket_and_the_free_slots_allow() {
-        let config = config();
+        let config = RoomConfig {
+            rate_milli_per_s: 1_000,
+            ..config()
+        };
         let mut room = Room::default();
         for user in 1..=10 {
             room.enter(&config, user, 0, 2_000);
         }
         assert_eq!(room.tick(&config, 2_000).admitted, 2, "the burst");
-        assert_eq!(room.tick(&config, 2_050).admitted, 0, "half a token");
-        assert_eq!(room.tick(&config, 2_100).admitted, 1, "one slot left");
+        assert_eq!(room.tick(&config, 2_500).admitted, 0, "half a token");
+        assert_eq!(room.tick(&config, 3_000).admitted, 1, "one slot left");
         assert_eq!(room.tick(&config, 5_000).admitted, 0, "every slot taken");
         assert_eq!(room.counters(5_000).active, 3);
         // Claimed or not, slots end: unclaimed ones after the window.
@@ -463,7 +471,19 @@ mod tests {
         assert_eq!(room.tick(&config, 5_000).admitted, 1);
         assert_eq!(room.standing(2, 12_001), Standing::Expired { number: 2 });
         assert_eq!(room.tick(&config, 12_001).admitted, 1, "one window over");
-        assert_eq!(room.tick(&config, 12_100).admitted, 1, "and the next");
+        assert_eq!(room.tick(&config, 12_100).admitted, 0);
+        assert_eq!(room.tick(&config, 13_000).admitted, 1, "and the next");
+    }
+
+    #[test]
+    fn a_full_bucket_holds_at_least_a_second_of_the_rate() {
+        let config = config();
+        assert_eq!(config.full_bucket(), 10 * MICRO_TOKENS);
+        let bursty = RoomConfig {
+            burst: 50,
+            ..config
+        };
+        assert_eq!(bursty.full_bucket(), 50 * MICRO_TOKENS);
     }
 
     #[test]
