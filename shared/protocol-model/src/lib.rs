@@ -19,6 +19,7 @@
 //! reservation-svc's store, [`wallet`] and [`wallet_model`] wallet-svc's, and conformance tests
 //! run both from the same rows.
 
+pub mod admission_model;
 pub mod check;
 pub mod config;
 pub mod key;
@@ -27,7 +28,10 @@ pub mod store;
 pub mod wallet;
 pub mod wallet_model;
 
-pub use check::{Report, check, check_bug, check_until, check_wallet};
+pub use admission_model::{AdmissionBug, AdmissionConfig, AdmissionModel};
+pub use check::{
+    Report, check, check_admission, check_admission_bug, check_bug, check_until, check_wallet,
+};
 pub use config::{Bug, Config};
 pub use model::ProtocolModel;
 pub use wallet_model::{WalletConfig, WalletModel};
