@@ -57,28 +57,35 @@ pub struct AdmissionConfig {
 /// Seeded bugs of the waiting room, each a variant of one of [`Room`]'s steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AdmissionBug {
-    /// A tick that calls numbers while the bucket has tokens, without counting free slots.
+    /// A tick that calls numbers while the bucket has tokens, without counting free slots:
+    /// more slots are taken than `max_active`.
     TickIgnoresSlots,
-    /// `Enter` gives a waiting user a new number at the back (their old one is left to be
-    /// called, with nobody to claim it).
+    /// `Enter` gives a waiting user a new number at the back: their old one is nobody's yet
+    /// still counted as waiting, to be called with nobody to claim it.
     EnterRenumbersWaiting,
     /// `Leave` after the opening also removes a drawn entrant from the early set, which
-    /// renumbers every entrant drawn after them.
+    /// renumbers every entrant drawn after them: they no longer hold their draw's rank, and
+    /// the leaver's number, marked left, is now another's.
     LeaveAfterOpeningRenumbers,
-    /// A claim that adds the claimed slot without removing the called one.
+    /// A claim that adds the claimed slot without removing the called one: one turn takes two
+    /// slots.
     ClaimKeepsCalledSlot,
     /// A refill that moves the bucket's time back with a clock that stepped back, so the same
-    /// span earns its tokens twice.
+    /// span earns its tokens twice: numbers are called faster than the bucket fills.
     RefillFollowsClockBack,
+    /// A look that reads the standing before it claims: a called user is told their turn is
+    /// over while their claim takes the slot.
+    LookAnswersBeforeClaim,
 }
 
 impl AdmissionBug {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::TickIgnoresSlots,
         Self::EnterRenumbersWaiting,
         Self::LeaveAfterOpeningRenumbers,
         Self::ClaimKeepsCalledSlot,
         Self::RefillFollowsClockBack,
+        Self::LookAnswersBeforeClaim,
     ];
 }
 
@@ -280,6 +287,12 @@ impl AdmissionModel {
                     .insert(Slot::Claimed(user), now + config.token_ttl_ms);
             }
             return room.standing(user, now);
+        }
+        if self.config.bug == Some(AdmissionBug::LookAnswersBeforeClaim) {
+            room.open_if_due(config, now);
+            let answer = room.standing(user, now);
+            room.claim(config, user, now);
+            return answer;
         }
         room.look(config, user, now)
     }

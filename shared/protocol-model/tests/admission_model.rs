@@ -85,6 +85,11 @@ fn a_refill_that_follows_the_clock_back_is_caught() {
     assert_caught(AdmissionBug::RefillFollowsClockBack);
 }
 
+#[test]
+fn a_look_that_answers_before_it_claims_is_caught() {
+    assert_caught(AdmissionBug::LookAnswersBeforeClaim);
+}
+
 /// Every seeded bug, including any added to `AdmissionBug::ALL` without a test of its own.
 #[test]
 fn every_seeded_bug_of_the_waiting_room_is_caught() {
