@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use stateright::{Checker, HasDiscoveries, Model};
 
+use crate::admission_model::{AdmissionBug, AdmissionConfig, AdmissionModel};
 use crate::config::{Bug, Config};
 use crate::model::ProtocolModel;
 use crate::wallet_model::{WalletConfig, WalletModel};
@@ -53,6 +54,20 @@ pub fn check_wallet(config: WalletConfig, stop_at_first_failure: bool) -> Report
         WalletModel::new(config),
         stop_at_first_failure.then_some(HasDiscoveries::AnyFailures),
     )
+}
+
+/// Explores the waiting room's steps under `config`, as [`check`] does the protocol.
+pub fn check_admission(config: AdmissionConfig, stop_at_first_failure: bool) -> Report {
+    explore(
+        AdmissionModel::new(config),
+        stop_at_first_failure.then_some(HasDiscoveries::AnyFailures),
+    )
+}
+
+/// Explores the waiting room's per-commit configuration with `bug` seeded, until a property
+/// breaks.
+pub fn check_admission_bug(bug: AdmissionBug) -> Report {
+    check_admission(AdmissionConfig::per_commit().with_bug(bug), true)
 }
 
 /// Explores the per-commit configuration of the model the bug belongs to, with `bug` seeded,
