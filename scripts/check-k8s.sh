@@ -66,6 +66,7 @@ EXTERNAL = {
         ("Secret", "wallet-svc-tls"): {"tls.crt", "tls.key", "ca.crt"},
         ("Secret", "reservation-svc-tls"): {"tls.crt", "tls.key", "ca.crt"},
         ("Secret", "reservation-svc-client-tls"): {"tls.crt", "tls.key", "ca.crt"},
+        ("Secret", "reservation-svc-admission"): {"admission-keys.json"},
         ("ConfigMap", "ticketing-jwks"): {"jwks.json"},
     },
 }

@@ -164,7 +164,9 @@ async fn entrants_before_the_opening_are_numbered_whatever_their_order_of_arriva
 
 #[tokio::test]
 async fn a_position_stream_follows_the_queue_and_ends_with_the_turn() {
-    let (app, mut clients, _stop) = two_replicas(|_| {}).await;
+    // A stream outlives the deadline of a call.
+    let (app, mut clients, _stop) =
+        two_replicas(|config| config.server.rpc_timeout = Duration::from_secs(1)).await;
     let schedule = app.schedule_with_seats(10).await;
     configure(&mut clients[0], room(schedule, 4.0, 100)).await;
     replicas_read_the_room().await;

@@ -15,6 +15,9 @@ use shared::tls::ClientFiles;
 use tonic::Code;
 use tonic::transport::Channel;
 
+use shared::proto::admission::v1 as adm;
+use shared::proto::admission::v1::admission_service_client::AdmissionServiceClient;
+
 use crate::helpers::{Client, reason, start, test_config};
 
 const RESERVATION: &str = "spiffe://ticketing.local/reservation-svc";
@@ -46,6 +49,7 @@ async fn start_system() -> System {
     let (cert, key) = client_files.identity.expect("an identity");
     config.wallet_tls_cert_file = Some(cert);
     config.wallet_tls_key_file = Some(key);
+    config.admission_token_keys_file = Some(crate::admission::keys_file());
     let (reservation, reservation_stop, _) = start(config).await;
     System {
         setup,
@@ -127,6 +131,10 @@ impl System {
 
     fn reservations(&self) -> Client {
         Client::new(tls_channel(self.reservation, &self.files(None)))
+    }
+
+    fn rooms(&self) -> AdmissionServiceClient<Channel> {
+        AdmissionServiceClient::new(tls_channel(self.reservation, &self.files(None)))
     }
 
     fn wallet(&self) -> WalletServiceClient<Channel> {
@@ -689,4 +697,103 @@ async fn nobody_but_reservation_svc_pre_empts_or_refunds_a_reservations_payment(
         .into_inner();
     assert_eq!(cancelled.status(), pb::ReservationStatus::Cancelled);
     assert_eq!(balance(wallet.clone(), admin.clone()).await, 500);
+}
+
+#[tokio::test]
+async fn a_waiting_room_knows_its_users_by_their_tokens_and_only_admins_configure_it() {
+    let system = start_system().await;
+    let schedule = system.schedule(3).await;
+    let mut rooms = system.rooms();
+    let settings = crate::admission::room(schedule, 100.0, 10);
+    assert_refused(
+        rooms
+            .configure_room(with_token(settings.clone(), &system.token(42)))
+            .await,
+        Code::PermissionDenied,
+        "ADMIN_ONLY",
+    );
+    assert_refused(
+        rooms.configure_room(settings.clone()).await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    assert_eq!(system.count("waiting_rooms").await, 0);
+    rooms
+        .configure_room(with_token(settings, &system.admin()))
+        .await
+        .expect("an admin configures the room");
+    assert_refused(
+        rooms
+            .get_room_status(with_token(
+                adm::GetRoomStatusRequest {
+                    schedule_id: schedule,
+                },
+                &system.token(42),
+            ))
+            .await,
+        Code::PermissionDenied,
+        "ADMIN_ONLY",
+    );
+
+    // The user is the token's: user_id 0 is the caller, another user's id is refused.
+    let enter = |user_id: i64, token: &str| {
+        with_token(
+            adm::EnterRequest {
+                schedule_id: schedule,
+                user_id,
+            },
+            token,
+        )
+    };
+    let ticket = rooms
+        .enter(enter(0, &system.token(42)))
+        .await
+        .expect("enter as oneself")
+        .into_inner();
+    assert_eq!((ticket.user_id, ticket.number), (42, 1));
+    assert_refused(
+        rooms.enter(enter(43, &system.token(42))).await,
+        Code::PermissionDenied,
+        "OTHER_USER",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let admitted = loop {
+        let ticket = rooms
+            .get_position(with_token(
+                adm::GetPositionRequest {
+                    schedule_id: schedule,
+                    user_id: 0,
+                },
+                &system.token(42),
+            ))
+            .await
+            .expect("position")
+            .into_inner();
+        if ticket.state() == adm::TicketState::Admitted {
+            break ticket;
+        }
+        assert!(std::time::Instant::now() < deadline, "never admitted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+
+    // The admission token is the user's own: another user's bearer token does not go with it.
+    let with_admission = |token: &str| {
+        let mut request = hold_as(token, schedule, 1);
+        request.metadata_mut().insert(
+            "x-admission-token",
+            admitted.admission_token.parse().expect("metadata"),
+        );
+        request
+    };
+    let mut client = system.reservations();
+    assert_refused(
+        client.hold_seat(with_admission(&system.token(43))).await,
+        Code::PermissionDenied,
+        "ADMISSION_INVALID",
+    );
+    assert_eq!(system.count("reservations").await, 0);
+    client
+        .hold_seat(with_admission(&system.token(42)))
+        .await
+        .expect("the admitted user holds");
 }
