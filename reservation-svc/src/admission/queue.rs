@@ -9,7 +9,9 @@
 //!
 //! Every script reads Redis's clock (`TIME`) and does nothing when Redis runs it after the
 //! moment its caller gave up on it; each carries the room's settings with their version, and
-//! the newest version any replica has sent is the one every script uses.
+//! the newest version any replica has sent is the one every script uses. Every tick sets the
+//! keys to expire a day later: a room whose performance has begun is ticked no more, and its
+//! keys go a day after.
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
@@ -214,6 +216,11 @@ if entrants then
     if admitted > 0 then
         redis.call('HINCRBY', state, 'minute_admitted', admitted)
     end
+end
+-- The room's keys outlive their last tick by a day: a room whose performance has begun is no
+-- longer ticked, and its queue goes.
+for _, key in ipairs(KEYS) do
+    redis.call('PEXPIRE', key, 86400000)
 end
 local active = redis.call('ZCOUNT', slots, '(' .. int(now), '+inf')
 local answer

@@ -15,6 +15,10 @@ use super::{Admission, AdmissionError, QueueError, RoomSettings, TickReport, Tic
 /// Most looks one tick carries; the rest wait for the next.
 const MAX_LOOKS_PER_TICK: usize = 2_000;
 
+/// Longest a stream waits for its look to ride on a tick: a few ticks, and the Redis command's
+/// own time, which is bounded by its timeout (at most a minute).
+const LOOK_TIMEOUT: Duration = Duration::from_secs(65);
+
 /// How often a stream whose room's ticks stopped (the room removed, or its performance begun)
 /// checks that the room is still there.
 const ROOM_GONE_CHECK: Duration = Duration::from_secs(5);
@@ -103,10 +107,10 @@ impl Watchers {
     async fn look(&self, schedule_id: i64, user: i64) -> Result<Standing, AdmissionError> {
         let (reply, answer) = oneshot::channel();
         self.with_room(schedule_id, |room| room.looks.push((user, reply)));
-        match answer.await {
-            Ok(Ok(standing)) => Ok(standing),
-            Ok(Err(error)) => Err(AdmissionError::Unavailable(error)),
-            Err(_) => Err(AdmissionError::Unavailable(
+        match tokio::time::timeout(LOOK_TIMEOUT, answer).await {
+            Ok(Ok(Ok(standing))) => Ok(standing),
+            Ok(Ok(Err(error))) => Err(AdmissionError::Unavailable(error)),
+            Ok(Err(_)) | Err(_) => Err(AdmissionError::Unavailable(
                 "the waiting room's ticks stopped".to_owned(),
             )),
         }

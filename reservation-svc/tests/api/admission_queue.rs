@@ -119,7 +119,7 @@ async fn entrants_before_the_opening_are_numbered_whatever_their_order_of_arriva
     let schedule = app.schedule_with_seats(10).await;
     let mut settings = room(schedule, 1.0, 1);
     settings.opens_at = later(3_600);
-    configure(&mut clients[0], settings.clone()).await;
+    configure(&mut clients[0], settings).await;
     replicas_read_the_room().await;
     // Ten at a time, so that users arrive nearly in the order of their ids.
     let tickets = enter_all(&clients, schedule, 1..=10_000, 10).await;
@@ -290,7 +290,7 @@ async fn three_minutes_at_six_hundred_a_minute_admit_a_hundred_every_ten_seconds
     let schedule = app.schedule_with_seats(10).await;
     let mut settings = room(schedule, 10.0, i32::try_from(MAX_ACTIVE).unwrap_or(1));
     settings.opens_at = later(3_600);
-    configure(&mut clients[0], settings.clone()).await;
+    configure(&mut clients[0], settings).await;
     replicas_read_the_room().await;
     enter_all(&clients, schedule, 1..=50_000, 256).await;
     assert_eq!(status(&mut clients[0], schedule).await.waiting, 50_000);

@@ -707,13 +707,13 @@ async fn a_waiting_room_knows_its_users_by_their_tokens_and_only_admins_configur
     let settings = crate::admission::room(schedule, 100.0, 10);
     assert_refused(
         rooms
-            .configure_room(with_token(settings.clone(), &system.token(42)))
+            .configure_room(with_token(settings, &system.token(42)))
             .await,
         Code::PermissionDenied,
         "ADMIN_ONLY",
     );
     assert_refused(
-        rooms.configure_room(settings.clone()).await,
+        rooms.configure_room(settings).await,
         Code::Unauthenticated,
         "TOKEN_MISSING",
     );
