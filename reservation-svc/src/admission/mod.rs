@@ -34,6 +34,9 @@ pub const ROOM_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// How often every replica ticks each room, and answers the looks its streams wait for.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// When an entrant before the opening is told to ask again.
+const BEFORE_OPENING_REFRESH_MS: i64 = 5_000;
+
 /// The metadata key HoldSeat reads the admission token from.
 pub const TOKEN_METADATA: &str = "x-admission-token";
 
@@ -99,6 +102,10 @@ pub struct Admission {
     queue: Queue,
     tokens: Option<AdmissionTokens>,
     rooms: Arc<RwLock<Arc<RoomMap>>>,
+    /// Held by a refresh from its read to its write, and by a change from its write to its
+    /// update of the map, so that a refresh that read before a change cannot put back what was
+    /// there before it.
+    rooms_written: Arc<tokio::sync::Mutex<()>>,
     watch: watch::Watchers,
 }
 
@@ -111,6 +118,7 @@ impl Admission {
             queue,
             tokens,
             rooms: Arc::default(),
+            rooms_written: Arc::default(),
             watch: watch::Watchers::default(),
         }
     }
@@ -137,6 +145,7 @@ impl Admission {
 
     /// Reads the rooms' settings from Postgres.
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _writing = self.rooms_written.lock().await;
         let rooms = self.store.rooms().await?;
         if !rooms.is_empty() && self.tokens.is_none() {
             tracing::error!(
@@ -163,16 +172,19 @@ impl Admission {
     }
 
     /// Creates or changes a room; in force on this replica at once, on the others within
-    /// [`ROOM_REFRESH_INTERVAL`].
+    /// [`ROOM_REFRESH_INTERVAL`]. Without `opens_at_ms`, a new room opens now and a room
+    /// changed keeps its opening (`config.opens_at_ms` is not read).
     pub async fn configure(
         &self,
         schedule_id: i64,
         config: RoomConfig,
+        opens_at_ms: Option<Millis>,
     ) -> Result<RoomSettings, AdmissionError> {
         self.tokens()?;
+        let _writing = self.rooms_written.lock().await;
         let settings = self
             .store
-            .configure_room(schedule_id, &config)
+            .configure_room(schedule_id, &config, opens_at_ms)
             .await?
             .ok_or(AdmissionError::NotFound("schedule"))?;
         let mut rooms = RoomMap::clone(&self.current());
@@ -257,15 +269,21 @@ impl Admission {
         checked
     }
 
-    /// The user's turn on the schedule is over (a payment, a cancellation, an expired hold):
-    /// their slot is freed. A failure is logged: the slot ends with its token anyway.
-    pub async fn release(&self, user: i64, schedule_id: i64) {
+    /// A hold the user made at `held_at` on the schedule is over (a payment, a cancellation,
+    /// an expiry): if it was made in their current turn, the turn's slot is freed. Sent in a
+    /// task of its own, so that the call that ended the hold does not wait on Redis; a failure
+    /// is logged: the slot ends with its token anyway.
+    pub fn release(&self, user: i64, schedule_id: i64, held_at: chrono::DateTime<chrono::Utc>) {
         let Some(room) = self.room(schedule_id) else {
             return;
         };
-        if let Err(error) = self.queue.release(&room, user).await {
-            tracing::warn!(user, schedule_id, %error, "waiting room slot not freed");
-        }
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            let held_at = held_at.timestamp_millis();
+            if let Err(error) = queue.release(&room, user, held_at).await {
+                tracing::warn!(user, schedule_id, %error, "waiting room slot not freed");
+            }
+        });
     }
 
     /// A ticket from a standing: the token signed if the user is admitted.
@@ -275,10 +293,6 @@ impl Admission {
         user: i64,
         standing: Standing,
     ) -> Result<TicketView, AdmissionError> {
-        let ahead = match standing {
-            Standing::Waiting { ahead, .. } => ahead,
-            _ => 0,
-        };
         let tick_ms = i64::try_from(TICK_INTERVAL.as_millis()).unwrap_or(i64::MAX);
         let token = match standing {
             Standing::Admitted { until, .. } => Some((
@@ -290,10 +304,12 @@ impl Admission {
             _ => None,
         };
         let (eta_seconds, refresh_after_ms) = match standing {
-            Standing::Waiting { .. } | Standing::BeforeOpening => (
+            Standing::Waiting { ahead, .. } => (
                 protocol::admission::eta_seconds(&room.config, ahead, tick_ms),
                 protocol::admission::refresh_after_ms(&room.config, ahead),
             ),
+            // No number yet, so no wait to bound.
+            Standing::BeforeOpening => ((0, 0), BEFORE_OPENING_REFRESH_MS),
             _ => ((0, 0), 0),
         };
         Ok(TicketView {
@@ -334,7 +350,7 @@ impl Admission {
 
     async fn tick_room(&self, room: &RoomSettings) {
         let users = self.watch.waiting_looks(room.schedule_id);
-        let ids: Vec<i64> = users.iter().map(|(user, _)| *user).collect();
+        let ids = watch::unique_users(&users);
         let report = self.queue.tick(room, &ids).await;
         match &report {
             Ok(report) => crate::metrics::room_tick(

@@ -161,9 +161,14 @@ end
 return {1, now}
 ";
 
-/// `Room::release`: answers `{1 if a slot was freed else 0, now}`.
+/// `Room::release`: `ARGV[11]` when the hold was made (ms). Answers `{1 if a slot was freed
+/// else 0, now}`.
 const RELEASE: &str = r"
-return {redis.call('ZREM', slots, 'u:' .. ARGV[9]), now}
+local ends = redis.call('ZSCORE', slots, 'u:' .. ARGV[9])
+if ends and tonumber(ends) - token_ttl <= tonumber(ARGV[11]) then
+    return {redis.call('ZREM', slots, 'u:' .. ARGV[9]), now}
+end
+return {0, now}
 ";
 
 /// `Room::tick`, then the counters, then `Room::look` for each user of `ARGV[9..]` (user and
@@ -402,14 +407,16 @@ impl Queue {
         changed(&answer)
     }
 
-    /// Frees the user's slot (their turn is over): whether they had one, and when.
+    /// A hold the user made at `held_at` is over: frees their slot if the hold was of their
+    /// current turn. Whether it did, and when.
     pub async fn release(
         &self,
         room: &RoomSettings,
         user: i64,
+        held_at: Millis,
     ) -> Result<(bool, Millis), QueueError> {
         let answer = self
-            .run("room_release", &self.release, room, &[user], None)
+            .run("room_release", &self.release, room, &[user], Some(held_at))
             .await?;
         changed(&answer)
     }

@@ -93,7 +93,9 @@ impl AdmissionTokens {
         let claims = Claims {
             sub: user.to_string(),
             sch: schedule,
-            exp: u64::try_from(until_ms / 1_000).unwrap_or(0),
+            // A token is taken through the whole second of its `exp`: it ends a second early
+            // rather than outlive its turn.
+            exp: u64::try_from(until_ms / 1_000 - 1).unwrap_or(0),
             aud: AUDIENCE.to_owned(),
         };
         jsonwebtoken::encode(&header, &claims, key).map_err(|error| error.to_string())

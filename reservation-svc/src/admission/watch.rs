@@ -15,6 +15,11 @@ use super::{Admission, AdmissionError, QueueError, RoomSettings, TickReport, Tic
 /// Most looks one tick carries; the rest wait for the next.
 const MAX_LOOKS_PER_TICK: usize = 2_000;
 
+/// Most looks waiting for a room's ticks on this replica; a stream that would wait beyond them
+/// is answered UNAVAILABLE (retry), so that streams opened and dropped faster than ticks carry
+/// their looks cannot grow the queue without bound.
+const MAX_WAITING_LOOKS: usize = 50_000;
+
 /// Longest a stream waits for its look to ride on a tick: a few ticks, and the Redis command's
 /// own time, which is bounded by its timeout (at most a minute).
 const LOOK_TIMEOUT: Duration = Duration::from_secs(65);
@@ -68,6 +73,8 @@ impl Watchers {
     /// The looks the room's next tick carries (taken from the waiting ones).
     pub(super) fn waiting_looks(&self, schedule_id: i64) -> Vec<(i64, Reply)> {
         self.with_room(schedule_id, |room| {
+            // A stream that has gone needs no answer.
+            room.looks.retain(|(_, reply)| !reply.is_closed());
             let take = room.looks.len().min(MAX_LOOKS_PER_TICK);
             room.looks.drain(..take).collect()
         })
@@ -91,8 +98,15 @@ impl Watchers {
                         std::mem::replace(progress, now) != now
                     })
                 });
-                for ((_, reply), standing) in looks.into_iter().zip(report.looks) {
-                    let _ = reply.send(Ok(standing));
+                // Looks were asked once per user (in the order first asked).
+                let standings: HashMap<i64, Standing> =
+                    unique_users(&looks).into_iter().zip(report.looks).collect();
+                for (user, reply) in looks {
+                    let answer = standings
+                        .get(&user)
+                        .copied()
+                        .ok_or_else(|| "the tick did not look".to_owned());
+                    let _ = reply.send(answer);
                 }
             }
             Err(error) => {
@@ -106,7 +120,18 @@ impl Watchers {
     /// The user's standing at the room's next tick.
     async fn look(&self, schedule_id: i64, user: i64) -> Result<Standing, AdmissionError> {
         let (reply, answer) = oneshot::channel();
-        self.with_room(schedule_id, |room| room.looks.push((user, reply)));
+        let queued = self.with_room(schedule_id, |room| {
+            if room.looks.len() >= MAX_WAITING_LOOKS {
+                return false;
+            }
+            room.looks.push((user, reply));
+            true
+        });
+        if !queued {
+            return Err(AdmissionError::Unavailable(
+                "too many position streams are starting at once".to_owned(),
+            ));
+        }
         match tokio::time::timeout(LOOK_TIMEOUT, answer).await {
             Ok(Ok(Ok(standing))) => Ok(standing),
             Ok(Ok(Err(error))) => Err(AdmissionError::Unavailable(error)),
@@ -119,6 +144,16 @@ impl Watchers {
     fn progress(&self, schedule_id: i64) -> watch::Receiver<Progress> {
         self.with_room(schedule_id, |room| room.progress.subscribe())
     }
+}
+
+/// The users of `looks`, each once, in the order first asked: what a tick looks up.
+pub(super) fn unique_users(looks: &[(i64, Reply)]) -> Vec<i64> {
+    let mut seen = std::collections::HashSet::with_capacity(looks.len());
+    looks
+        .iter()
+        .map(|(user, _)| *user)
+        .filter(|user| seen.insert(*user))
+        .collect()
 }
 
 /// Follows the user's ticket until their turn comes or ends, or the client goes away.

@@ -129,10 +129,11 @@ impl Reservations {
         self.admission.as_ref()
     }
 
-    /// The user's turn in the schedule's waiting room is over: their slot is freed.
-    async fn end_turn(&self, user_id: i64, schedule_id: i64) {
+    /// A hold the user made at `held_at` is over: if it was of their turn in the schedule's
+    /// waiting room, the turn's slot is freed.
+    fn end_turn(&self, user_id: i64, schedule_id: i64, held_at: chrono::DateTime<chrono::Utc>) {
         if let Some(admission) = &self.admission {
-            admission.release(user_id, schedule_id).await;
+            admission.release(user_id, schedule_id, held_at);
         }
     }
 
@@ -329,8 +330,11 @@ impl Reservations {
         }
         match settled {
             SettleOutcome::Confirmed(reservation) => {
-                self.end_turn(reservation.user_id.get(), reservation.schedule_id.get())
-                    .await;
+                self.end_turn(
+                    reservation.user_id.get(),
+                    reservation.schedule_id.get(),
+                    reservation.created_at,
+                );
                 Ok(reservation)
             }
             SettleOutcome::Refused if reply == UseReply::Insufficient => {
@@ -439,9 +443,11 @@ impl Reservations {
                             reservation.id.get(),
                         )
                         .await;
-                    service
-                        .end_turn(reservation.user_id.get(), reservation.schedule_id.get())
-                        .await;
+                    service.end_turn(
+                        reservation.user_id.get(),
+                        reservation.schedule_id.get(),
+                        reservation.created_at,
+                    );
                     Ok(reservation)
                 }
                 CancelOutcome::NotFound => Err(ReservationError::NotFound("reservation")),
@@ -474,8 +480,8 @@ impl Reservations {
     /// Expires one batch of lapsed holds; returns how many.
     pub async fn sweep(&self, batch_size: i64) -> Result<usize, ReservationError> {
         let expired = self.store.expire_lapsed_holds(batch_size).await?;
-        for &(user_id, schedule_id) in &expired {
-            self.end_turn(user_id, schedule_id).await;
+        for &(user_id, schedule_id, held_at) in &expired {
+            self.end_turn(user_id, schedule_id, held_at);
         }
         Ok(expired.len())
     }

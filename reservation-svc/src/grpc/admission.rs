@@ -76,7 +76,11 @@ fn user_and_schedule(
 }
 
 /// The settings of a `ConfigureRoom`, every bad one named.
-fn room_config(request: &pb::ConfigureRoomRequest) -> Result<(i64, RoomConfig), Status> {
+/// The schedule, the settings, and the opening if the request names one (`opens_at_ms` of the
+/// settings is then that, else 0 and not read).
+fn room_config(
+    request: &pb::ConfigureRoomRequest,
+) -> Result<(i64, RoomConfig, Option<i64>), Status> {
     let mut violations = FieldViolations::new();
     let schedule = violations.check("schedule_id", ScheduleId::parse(request.schedule_id));
     let rate = request.rate_per_s * 1_000.0;
@@ -89,7 +93,7 @@ fn room_config(request: &pb::ConfigureRoomRequest) -> Result<(i64, RoomConfig), 
     } else {
         violations.add(
             "rate_per_s",
-            "must be at least 0.001 and at most 1,000,000 admissions per second",
+            "must be at least 0.001 and at most 1,000 admissions per second",
         );
         None
     };
@@ -141,8 +145,10 @@ fn room_config(request: &pb::ConfigureRoomRequest) -> Result<(i64, RoomConfig), 
         " ms (1 s to 24 h)",
     );
     let opens_at = match &request.opens_at {
-        Some(at) => violations.check("opens_at", parse_timestamp(at)),
-        None => Some(chrono::Utc::now()),
+        Some(at) => violations
+            .check("opens_at", parse_timestamp(at))
+            .map(|at| Some(at.timestamp_millis())),
+        None => Some(None),
     };
     let (schedule, rate_milli_per_s, burst, max_active, claim_window_ms, token_ttl_ms, opens_at) = all_valid!(
         violations,
@@ -162,8 +168,9 @@ fn room_config(request: &pb::ConfigureRoomRequest) -> Result<(i64, RoomConfig), 
             max_active,
             claim_window_ms,
             token_ttl_ms,
-            opens_at_ms: opens_at.timestamp_millis(),
+            opens_at_ms: opens_at.unwrap_or(0),
         },
+        opens_at,
     ))
 }
 
@@ -296,8 +303,8 @@ impl AdmissionService for AdmissionGrpc {
         request: Request<pb::ConfigureRoomRequest>,
     ) -> Result<Response<pb::Room>, Status> {
         Caller::of(&request)?.require_admin()?;
-        let (schedule, config) = room_config(request.get_ref())?;
-        let room = self.admission.configure(schedule, config).await?;
+        let (schedule, config, opens_at) = room_config(request.get_ref())?;
+        let room = self.admission.configure(schedule, config, opens_at).await?;
         Ok(Response::new(room.into()))
     }
 

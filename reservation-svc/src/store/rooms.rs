@@ -48,24 +48,29 @@ impl From<RoomRow> for RoomSettings {
 
 impl Store {
     /// Creates or changes the room of `schedule_id`; `None` when there is no such schedule.
-    /// Each change gets a later version than the one before, however the clock moves.
+    /// Each change gets a later version than the one before, however the clock moves. Without
+    /// `opens_at_ms`, a new room opens now and a changed one keeps its opening
+    /// (`config.opens_at_ms` is not read).
     pub async fn configure_room(
         &self,
         schedule_id: i64,
         config: &RoomConfig,
+        opens_at_ms: Option<i64>,
     ) -> Result<Option<RoomSettings>, StoreError> {
         let int = |value: i64| i32::try_from(value).unwrap_or(i32::MAX);
-        let opens_at = DateTime::<Utc>::from_timestamp_millis(config.opens_at_ms)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let opens_at = opens_at_ms.map(|ms| {
+            DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
+        });
         let mut conn = self.pool.get().await?;
         let row = diesel::sql_query(
             "INSERT INTO waiting_rooms AS room (schedule_id, rate_milli_per_s, burst, max_active, \
                  claim_window_ms, token_ttl_ms, opens_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM schedules WHERE id = $1) \
+             SELECT $1, $2, $3, $4, $5, $6, COALESCE($7, clock_timestamp()) \
+             WHERE EXISTS (SELECT 1 FROM schedules WHERE id = $1) \
              ON CONFLICT (schedule_id) DO UPDATE SET rate_milli_per_s = EXCLUDED.rate_milli_per_s, \
                  burst = EXCLUDED.burst, max_active = EXCLUDED.max_active, \
                  claim_window_ms = EXCLUDED.claim_window_ms, token_ttl_ms = EXCLUDED.token_ttl_ms, \
-                 opens_at = EXCLUDED.opens_at, \
+                 opens_at = COALESCE($7, room.opens_at), \
                  updated_at = GREATEST(clock_timestamp(), room.updated_at + interval '1 microsecond') \
              RETURNING *",
         )
@@ -75,7 +80,7 @@ impl Store {
         .bind::<Integer, _>(int(config.max_active))
         .bind::<Integer, _>(int(config.claim_window_ms))
         .bind::<Integer, _>(int(config.token_ttl_ms))
-        .bind::<Timestamptz, _>(opens_at)
+        .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(opens_at)
         .get_result::<RoomRow>(&mut conn)
         .await;
         match row {

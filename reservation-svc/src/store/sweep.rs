@@ -11,14 +11,14 @@ use super::{Store, StoreError, micros};
 
 impl Store {
     /// Expires up to `batch_size` lapsed holds and frees their seats, in one transaction;
-    /// answers the user and schedule of each hold expired.
+    /// answers the user, schedule and creation of each hold expired.
     /// Seats another transaction holds are skipped (`SKIP LOCKED`), so any number of sweepers
     /// work side by side, each on different seats, and a hold or payment in progress is never
     /// waited for.
     pub async fn expire_lapsed_holds(
         &self,
         batch_size: i64,
-    ) -> Result<Vec<(i64, i64)>, StoreError> {
+    ) -> Result<Vec<(i64, i64, DateTime<Utc>)>, StoreError> {
         crate::metrics::db_transaction("expire_lapsed_holds", async move {
             let mut conn = self.pool.get().await?;
             conn.build_transaction()
@@ -33,7 +33,7 @@ impl Store {
 async fn expire_in_transaction(
     conn: &mut AsyncPgConnection,
     batch_size: i64,
-) -> Result<Vec<(i64, i64)>, StoreError> {
+) -> Result<Vec<(i64, i64, DateTime<Utc>)>, StoreError> {
     #[derive(QueryableByName)]
     struct Lapsed {
         #[diesel(sql_type = BigInt)]
@@ -91,18 +91,20 @@ async fn expire_in_transaction(
         user_id: i64,
         #[diesel(sql_type = BigInt)]
         schedule_id: i64,
+        #[diesel(sql_type = Timestamptz)]
+        created_at: DateTime<Utc>,
     }
     let expired = diesel::sql_query(
         "WITH expired AS ( \
              UPDATE reservations SET status = 'EXPIRED', updated_at = $2 \
              WHERE id = ANY($1) AND status = 'HELD' AND expires_at <= $2 \
-             RETURNING user_id, schedule_id, seat_no \
+             RETURNING user_id, schedule_id, seat_no, created_at \
          ), freed AS ( \
              UPDATE seats SET status = 'AVAILABLE' FROM expired \
              WHERE seats.schedule_id = expired.schedule_id AND seats.seat_no = expired.seat_no \
                AND seats.status = 'HELD' \
          ) \
-         SELECT user_id, schedule_id FROM expired",
+         SELECT user_id, schedule_id, created_at FROM expired",
     )
     .bind::<Array<BigInt>, _>(&sweepable)
     .bind::<Timestamptz, _>(now)
@@ -110,6 +112,6 @@ async fn expire_in_transaction(
     .await?;
     Ok(expired
         .into_iter()
-        .map(|expired| (expired.user_id, expired.schedule_id))
+        .map(|expired| (expired.user_id, expired.schedule_id, expired.created_at))
         .collect())
 }

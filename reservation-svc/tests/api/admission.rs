@@ -337,3 +337,34 @@ async fn an_unclaimed_turn_a_leave_and_a_cancel_each_free_their_slot() {
         .into_inner();
     assert_eq!((status.served, status.issued, status.active), (4, 4, 1));
 }
+
+#[tokio::test]
+async fn a_hold_of_an_earlier_turn_ends_no_later_turn() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut rooms = admission(app.addr).await;
+    let schedule = app.schedule_with_seats(10).await;
+    configure(&mut rooms, room(schedule, 100.0, 1)).await;
+    enter(&mut rooms, 1, schedule).await;
+    let first_turn = admitted(&mut rooms, 1, schedule).await;
+    let old_hold = hold_with(&app, Some(&first_turn.admission_token), 1, schedule, 1)
+        .await
+        .expect("a hold in the first turn");
+    // User 1 leaves and queues again, behind nobody: a second turn, with user 2 behind.
+    rooms
+        .leave(adm::LeaveRequest {
+            schedule_id: schedule,
+            user_id: 1,
+        })
+        .await
+        .expect("leave");
+    assert_eq!(enter(&mut rooms, 1, schedule).await.number, 2);
+    assert_eq!(enter(&mut rooms, 2, schedule).await.number, 3);
+    admitted(&mut rooms, 1, schedule).await;
+    // The first turn's hold ends: the second turn goes on, and user 2 is not called.
+    app.cancel(old_hold.id, 1).await.expect("cancel");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let first = position(&mut rooms, 1, schedule).await.expect("position");
+    assert_eq!(first.state(), adm::TicketState::Admitted, "{first:?}");
+    let second = position(&mut rooms, 2, schedule).await.expect("position");
+    assert_eq!(second.state(), adm::TicketState::Waiting, "{second:?}");
+}

@@ -16,7 +16,7 @@ enum Step {
     Enter { user: i64, draw: i64 },
     Look { user: i64 },
     Leave { user: i64 },
-    Release { user: i64 },
+    Release { user: i64, ago: i64 },
     Tick { looks: Vec<i64> },
     Wait { ms: u64 },
 }
@@ -31,7 +31,11 @@ fn random_step(rng: &mut rand::rngs::StdRng, users: i64) -> Step {
         },
         30..45 => Step::Look { user },
         45..52 => Step::Leave { user },
-        52..58 => Step::Release { user },
+        52..58 => Step::Release {
+            user,
+            // A hold of this turn or of an earlier one.
+            ago: rng.random_range(0..60),
+        },
         58..85 => Step::Tick {
             looks: (0..rng.random_range(0..3))
                 .map(|_| rng.random_range(1..=users))
@@ -107,9 +111,13 @@ async fn the_queue_scripts_take_every_step_as_the_reference_rules_do() {
                         reached.insert("left");
                     }
                 }
-                Step::Release { user } => {
-                    let (released, _) = queue.release(&settings, user).await.expect("release");
-                    assert_eq!(released, room.release(user), "{}", at());
+                Step::Release { user, ago } => {
+                    let held_at = chrono::Utc::now().timestamp_millis() - ago;
+                    let (released, _) = queue
+                        .release(&settings, user, held_at)
+                        .await
+                        .expect("release");
+                    assert_eq!(released, room.release(&config, user, held_at), "{}", at());
                     if released {
                         reached.insert("released");
                     }

@@ -469,7 +469,8 @@ impl Model for AdmissionModel {
                 }
             }
             AdmissionAction::Release(user) => {
-                room.release(id(user));
+                // A hold of this turn, made now.
+                room.release(&config, id(user), now);
             }
             AdmissionAction::Tick => {
                 let done = self.tick(room, &config, now);

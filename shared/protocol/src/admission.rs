@@ -62,7 +62,9 @@ pub enum ConfigError {
 
 /// The largest settings a room takes: with them no sum or product of the steps leaves the
 /// integers a Lua number holds exactly (2^53).
-pub const MAX_RATE_MILLI_PER_S: i64 = 1_000_000_000;
+/// 1,000 a second: a tick calls at most [`MAX_STEPS_PER_TICK`] numbers, and a full bucket
+/// (a second of the rate) must fit in one tick.
+pub const MAX_RATE_MILLI_PER_S: i64 = 1_000_000;
 pub const MAX_BURST: i64 = 1_000_000;
 pub const MAX_ACTIVE: i64 = 10_000_000;
 pub const MAX_CLAIM_WINDOW_MS: Millis = 3_600_000;
@@ -312,10 +314,18 @@ impl Room {
         true
     }
 
-    /// The user's turn is over (paid, cancelled, hold expired): their slot is freed at once.
-    /// Their number stays, as used.
-    pub fn release(&mut self, user: i64) -> bool {
-        self.slots.remove(&Slot::Claimed(user)).is_some()
+    /// A hold the user made at `held_at` is over (paid, cancelled, expired): their turn is
+    /// over if the hold was made in it, and its slot is freed at once; their number stays, as
+    /// used. A hold of an earlier turn (made before this turn was claimed, `token_ttl` before
+    /// its slot ends) leaves the turn alone.
+    pub fn release(&mut self, config: &RoomConfig, user: i64, held_at: Millis) -> bool {
+        match self.slots.get(&Slot::Claimed(user)) {
+            Some(&until) if until - config.token_ttl_ms <= held_at => {
+                self.slots.remove(&Slot::Claimed(user));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A tick: refills the bucket, frees slots whose time is up, and calls the next numbers
@@ -392,20 +402,20 @@ impl Room {
 }
 
 /// How long a user `ahead` numbers from their turn may wait, in seconds: at least what the rate
-/// allows after a full burst, at most what the slowest steady pace takes, every slot held for
-/// a whole turn, plus a tick's delay. Both bounds grow with `ahead`, and a user's `ahead` never
-/// grows, so neither bound ever goes up for them while the settings stay.
+/// allows after a full bucket; at most the rate's time for them and everyone ahead, plus, for
+/// every `max_active` of them, a slot's longest life (called and claimed only at the end of
+/// the window, then held a whole turn), plus a tick's delay. Both bounds grow with `ahead`, and
+/// a user's `ahead` never grows, so neither bound ever goes up for them while the settings stay.
 pub fn eta_seconds(config: &RoomConfig, ahead: i64, tick_ms: Millis) -> (i64, i64) {
-    let ahead = ahead.max(0);
+    let called = ahead.max(0) + 1;
     let at_once = config.full_bucket() / MICRO_TOKENS;
-    let fastest = (ahead + 1 - at_once).max(0) * 1_000 / config.rate_milli_per_s;
-    // The slowest pace in thousandths per second: the rate, or max_active turns per longest
-    // slot life, whichever is lower.
-    let longest_turn = config.token_ttl_ms.max(config.claim_window_ms);
-    let turns = config.max_active * 1_000_000 / longest_turn;
-    let slowest_pace = config.rate_milli_per_s.min(turns).max(1);
-    let slowest = ((ahead + 1) * 1_000 + slowest_pace - 1) / slowest_pace + (tick_ms / 1_000 + 1);
-    (fastest, slowest.max(fastest))
+    let fastest = (called - at_once).max(0) * 1_000 / config.rate_milli_per_s;
+    let rate = config.rate_milli_per_s;
+    let by_rate_ms = (called * 1_000_000 + rate - 1) / rate;
+    let slot_life_ms = config.claim_window_ms + config.token_ttl_ms;
+    let by_cap_ms = (called + config.max_active - 1) / config.max_active * slot_life_ms;
+    let slowest_ms = by_rate_ms + by_cap_ms + tick_ms;
+    (fastest, ((slowest_ms + 999) / 1_000).max(fastest))
 }
 
 /// When to ask again, in milliseconds: a second near the head, up to half a minute far back,
@@ -467,7 +477,11 @@ mod tests {
         assert_eq!(room.counters(5_000).active, 3);
         // Claimed or not, slots end: unclaimed ones after the window.
         room.claim(&config, 1, 5_000);
-        assert!(room.release(1));
+        assert!(
+            !room.release(&config, 1, 4_999),
+            "a hold of an earlier turn"
+        );
+        assert!(room.release(&config, 1, 5_000));
         assert_eq!(room.tick(&config, 5_000).admitted, 1);
         assert_eq!(room.standing(2, 12_001), Standing::Expired { number: 2 });
         assert_eq!(room.tick(&config, 12_001).admitted, 1, "one window over");
