@@ -852,8 +852,22 @@ where
         }
     }
 
+    /// An answer whose body ended before its first frame (an error's, whose status is all in
+    /// its headers) is over: HTTP/2 then ends the stream with those headers, the "trailers-only"
+    /// answer that gRPC clients (grpc-go's, so grpcurl and ghz) read a status from; an empty
+    /// data frame after them would be read as a stream closed without its trailers.
     fn is_end_stream(&self) -> bool {
-        self.refused || (self.rest.is_empty() && self.first.is_none() && self.inner.is_end_stream())
+        if self.refused {
+            return true;
+        }
+        if !self.rest.is_empty() {
+            return false;
+        }
+        match &self.first {
+            Some(None) => true,
+            Some(Some(_)) => false,
+            None => self.inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -709,3 +709,33 @@ async fn health_stays_serving_while_every_pooled_connection_is_busy() {
         let _ = hold.await.expect("a hold's task");
     }
 }
+
+/// An error's status comes in the headers that end its stream ("trailers-only"), as gRPC
+/// clients other than tonic's (grpc-go: grpcurl, ghz) require: headers followed by an empty
+/// data frame would read to them as a stream closed without its trailers.
+#[tokio::test]
+async fn an_error_answer_ends_its_stream_with_its_headers() {
+    let app = crate::helpers::spawn_app().await;
+    let mut h2 = h2_connection(app.addr, 65_535).await;
+    h2 = h2.ready().await.expect("a stream");
+    // GetReservation of id 0: INVALID_ARGUMENT, answered by the handler.
+    let (response, mut body) = h2
+        .send_request(
+            grpc_request(
+                app.addr,
+                "/ticketing.reservation.v1.ReservationService/GetReservation",
+            ),
+            false,
+        )
+        .expect("headers sent");
+    body.send_data(frame(&[]), true).expect("the message");
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered")
+        .expect("a response");
+    assert_eq!(code_of(&response), Some(Code::InvalidArgument));
+    assert!(
+        response.body().is_end_stream(),
+        "the headers end the stream: {response:?}"
+    );
+}
