@@ -345,6 +345,7 @@ impl Admission {
             let rooms = self.current();
             let ticked = rooms.values().map(|room| self.tick_room(room));
             futures::future::join_all(ticked).await;
+            self.watch.keep_only(&self.current());
         }
     }
 

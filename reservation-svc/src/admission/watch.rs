@@ -117,6 +117,24 @@ impl Watchers {
         }
     }
 
+    /// Forgets the rooms not in `rooms` (their performance has begun): their waiting looks are
+    /// answered that the room is gone, and their streams end at their next check.
+    pub(super) fn keep_only(&self, rooms: &HashMap<i64, RoomSettings>) {
+        let mut watched = self
+            .rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        watched.retain(|schedule_id, room| {
+            let kept = rooms.contains_key(schedule_id);
+            if !kept {
+                for (_, reply) in room.looks.drain(..) {
+                    let _ = reply.send(Err("the waiting room is gone".to_owned()));
+                }
+            }
+            kept
+        });
+    }
+
     /// The user's standing at the room's next tick.
     async fn look(&self, schedule_id: i64, user: i64) -> Result<Standing, AdmissionError> {
         let (reply, answer) = oneshot::channel();
