@@ -368,3 +368,26 @@ async fn a_hold_of_an_earlier_turn_ends_no_later_turn() {
     let second = position(&mut rooms, 2, schedule).await.expect("position");
     assert_eq!(second.state(), adm::TicketState::Waiting, "{second:?}");
 }
+
+#[tokio::test]
+async fn a_room_changed_without_an_opening_keeps_its_own() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut rooms = admission(app.addr).await;
+    let schedule = app.schedule_with_seats(1).await;
+    let mut settings = room(schedule, 1.0, 1);
+    let opens_at = chrono::Utc::now().timestamp() + 3_600;
+    settings.opens_at = Some(prost_types::Timestamp {
+        seconds: opens_at,
+        nanos: 0,
+    });
+    configure(&mut rooms, settings).await;
+    settings.opens_at = None;
+    settings.rate_per_s = 2.0;
+    let changed = configure(&mut rooms, settings).await;
+    assert_eq!(changed.rate_per_s, 2.0);
+    assert_eq!(changed.opens_at.map(|at| at.seconds), Some(opens_at));
+    assert_eq!(
+        enter(&mut rooms, 1, schedule).await.state(),
+        adm::TicketState::BeforeOpening
+    );
+}

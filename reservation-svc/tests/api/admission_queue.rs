@@ -57,9 +57,10 @@ async fn enter_all(
         .await
 }
 
-/// Opens the room now, keeping its other settings.
+/// Opens the room now, keeping its other settings (a change without `opens_at` keeps the
+/// room's opening).
 async fn open_now(client: &mut Admission, mut settings: adm::ConfigureRoomRequest) {
-    settings.opens_at = None;
+    settings.opens_at = later(0);
     configure(client, settings).await;
 }
 

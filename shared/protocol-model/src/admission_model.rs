@@ -18,7 +18,7 @@
 //! ([`AdmissionBug`]) are variant steps written here, each caught by a property.
 //!
 //! Not modelled: the Lua scripts themselves and their Redis keys (they follow [`Room`] line by
-//! line), rooms reconfigured midway (the ETA bounds hold only while the settings stay), and
+//! line, and reservation-svc's `tests/api/admission_rules.rs` runs both on the same steps), rooms reconfigured midway (the ETA bounds hold only while the settings stay), and
 //! more users, numbers or time than the bounds of an [`AdmissionConfig`].
 
 use protocol::admission::{
