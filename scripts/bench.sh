@@ -14,6 +14,8 @@
 # A third reservation-svc, the production one's twin with a Redis where nothing listens and
 # SEAT_LOCK_FALLBACK=postgres, takes the stampede and the distinct seats again: the cost of
 # seat locks in Postgres during a Redis outage.
+# The waiting rooms follow, through the production reservation-svc: Enter with a million users
+# queued, position streams on one replica, holds with an admission token.
 # Last, the plaintext reservation-svc takes the distinct-seat load again while five attacks run
 # against it at once (the abuse scenario; its attackers speak plaintext HTTP/2).
 set -euo pipefail
@@ -27,7 +29,8 @@ PG_URL="postgres://postgres@$PG_HOST:$PG_PORT"
 PKI="$TOOLS_DIR/pki"
 
 # Becomes service $2 of pair $1 (production or plaintext) with the rest as its arguments:
-# production with the development TLS and token settings, plaintext with INSECURE. Run it in a
+# production with the development TLS and token settings (the waiting rooms' token keys among
+# them), plaintext with INSECURE and the same keys. Run it in a
 # subshell (`&`, or parentheses), whose pid is then the service's.
 service() {
     local pair=$1 name=$2
@@ -39,6 +42,8 @@ service() {
         set +a
     else
         export INSECURE=true
+        # The production pair's waiting-room keys: a token one replica gives, any takes.
+        export ADMISSION_TOKEN_KEYS_FILE="$PKI/admission-keys.json"
     fi
     exec "target/release/$name" "$@"
 }

@@ -203,6 +203,36 @@ impl Drop for RssSampler {
 /// The value of one sample of a Prometheus text page, e.g.
 /// `ticketing_seat_lock_total{outcome="acquired"}`; 0 when the series has not appeared yet.
 pub async fn scrape(metrics_addr: &str, series: &str) -> anyhow::Result<f64> {
+    Ok(metrics_page(metrics_addr)
+        .await?
+        .lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+        .unwrap_or(0.0))
+}
+
+/// The sum of the samples of `series` (a metric's name, e.g. a histogram's `_count`) over its
+/// label sets that contain `label` (every one for `""`), e.g. `command="room_tick"`.
+pub async fn scrape_sum(metrics_addr: &str, series: &str, label: &str) -> anyhow::Result<f64> {
+    Ok(metrics_page(metrics_addr)
+        .await?
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(series)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            let labels = labels.trim();
+            let of_series = labels.is_empty() || labels.starts_with('{');
+            if !of_series || !labels.contains(label) {
+                return None;
+            }
+            value.trim().parse::<f64>().ok()
+        })
+        .sum())
+}
+
+async fn metrics_page(metrics_addr: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(metrics_addr)
         .await
         .with_context(|| format!("metrics endpoint {metrics_addr}"))?;
@@ -211,13 +241,7 @@ pub async fn scrape(metrics_addr: &str, series: &str) -> anyhow::Result<f64> {
         .await?;
     let mut page = String::new();
     stream.read_to_string(&mut page).await?;
-    Ok(page
-        .lines()
-        .find_map(|line| {
-            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
-            value.trim().parse().ok()
-        })
-        .unwrap_or(0.0))
+    Ok(page)
 }
 
 /// Runs one query with psql and returns its single value.

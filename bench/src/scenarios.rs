@@ -1,9 +1,14 @@
 //! The gRPC scenarios, each a fixed number of requests from a fixed number of clients.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reservation_svc::admission::TOKEN_METADATA as ADMISSION_TOKEN;
 use shared::proto::reservation::v1 as reservation_pb;
 use shared::proto::reservation::v1::reservation_service_client::ReservationServiceClient;
 use shared::proto::wallet::v1 as wallet_pb;
 use shared::proto::wallet::v1::wallet_service_client::WalletServiceClient;
+use tonic::metadata::AsciiMetadataValue;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -251,6 +256,69 @@ pub async fn hold_distinct_seats(
                 outcome(
                     &ReservationServiceClient::new(channel)
                         .hold_seat(as_user(user_id, request))
+                        .await,
+                )
+            }
+        },
+    )
+    .await
+}
+
+/// A share of a distinct-seat schedule's holds: the spread's seats `from..from + requests`,
+/// by users `first_user..`, [`HOLDS_PER_USER`] each as [`hold_distinct_seats`] makes them, so
+/// that several shares of one schedule hold distinct seats and stay within each user's limit.
+#[derive(Debug, Clone)]
+pub struct SpreadHolds {
+    pub schedule_id: i64,
+    pub seat_count: i32,
+    pub from: u64,
+    pub requests: u64,
+    pub first_user: i64,
+    /// Each user's admission token, sent with each of their holds (`x-admission-token`), for a
+    /// schedule with a waiting room.
+    pub admission: Option<Arc<HashMap<i64, AsciiMetadataValue>>>,
+}
+
+/// The holds of `holds` from `clients` clients; `measuring` runs right before the first.
+pub async fn hold_spread_seats(
+    reservation: &Service,
+    holds: SpreadHolds,
+    clients: usize,
+    measuring: impl FnOnce(),
+) -> anyhow::Result<Measured> {
+    let users = distinct_seat_users(holds.requests);
+    let first_user = holds.first_user;
+    let user_of = move |index: u64| first_user + i64::try_from(index % users).unwrap_or(0);
+    reservation.sign_tokens((0..users).map(user_of))?;
+    measuring();
+    load::drive(
+        "distinct seats",
+        holds.requests,
+        clients,
+        &reservation.conns,
+        move |channel, index, _| {
+            let user_id = user_of(index);
+            let mut request = as_user(
+                user_id,
+                reservation_pb::HoldSeatRequest {
+                    user_id,
+                    schedule_id: holds.schedule_id,
+                    seat_no: spread_seat(holds.from + index, holds.seat_count),
+                },
+            );
+            if let Some(token) = holds
+                .admission
+                .as_ref()
+                .and_then(|tokens| tokens.get(&user_id))
+            {
+                request
+                    .metadata_mut()
+                    .insert(ADMISSION_TOKEN, token.clone());
+            }
+            async move {
+                outcome(
+                    &ReservationServiceClient::new(channel)
+                        .hold_seat(request)
                         .await,
                 )
             }

@@ -23,6 +23,11 @@ pub(super) const PAYMENT_FIRST_USER: i64 = 2_000_001;
 pub(super) const RAW_HOT_USER: i64 = 900_000_001;
 pub(super) const RAW_SPREAD_FIRST_USER: i64 = 900_100_001;
 pub(super) const RAW_PAYMENT_FIRST_USER: i64 = 900_200_001;
+/// The waiting rooms' users: those queued straight on Redis before (g), those (g) enters
+/// (whose streams (h) then opens), and the holders of (i).
+pub(super) const ROOM_FILL_FIRST_USER: i64 = 10_000_001;
+pub(super) const ROOM_ENTER_FIRST_USER: i64 = 20_000_001;
+pub(super) const ROOM_HOLD_FIRST_USER: i64 = 30_000_001;
 
 pub(super) const WALLET: &str = "wallet-svc";
 pub(super) const RESERVATION: &str = "reservation-svc";
@@ -54,6 +59,10 @@ pub(super) struct Sizes {
     pub(super) payments: u64,
     pub(super) payment_users: u64,
     pub(super) redis: u64,
+    /// Users queued in the slow room before (g)'s `Enter`s.
+    pub(super) room_fill: u64,
+    pub(super) room_enters: u64,
+    pub(super) room_streams: u64,
 }
 
 impl Sizes {
@@ -70,6 +79,9 @@ impl Sizes {
             payments: scaled(5_000),
             payment_users: 1_000,
             redis: scaled(100_000),
+            room_fill: scaled(1_000_000),
+            room_enters: scaled(20_000),
+            room_streams: scaled(10_000),
         }
     }
 }

@@ -12,9 +12,12 @@
 //! - `payments`: (f) the payment flow, with its pgbench baselines on both databases;
 //! - `degraded`: (c) and (d) again with seat locks in Postgres (Redis out of reach);
 //! - `comparisons`: (a), (c), (d) and (f) through the production and the plaintext pair;
+//! - `admission`: the waiting rooms, (g) `Enter` with a million users queued, (h) position
+//!   streams on one replica, (i) holds with an admission token against holds without a room;
 //! - `abuse`: the distinct-seat load under attack, against its plaintext round.
 
 mod abuse;
+mod admission;
 mod comparisons;
 mod context;
 mod degraded;
@@ -145,6 +148,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let degraded = bench
         .degraded(&stampede.scenario, &distinct.scenario)
         .await?;
+    // After every other scenario: the rooms' ticks (every replica, every room, twice a second)
+    // go on to the run's end.
+    let rooms = bench.waiting_rooms().await?;
     // Last, so that what the attacks leave in the plaintext reservation-svc's memory (its
     // allocator keeps some) weighs on no other scenario.
     let abuse = bench.abuse().await?;
@@ -153,7 +159,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         [health, hot, spread, stampede, distinct]
             .into_iter()
             .chain(degraded)
-            .chain([payments]),
+            .chain([payments])
+            .chain(rooms),
         [hot_cost, stampede_cost, distinct_cost, payments_cost]
             .into_iter()
             .flatten(),
