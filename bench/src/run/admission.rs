@@ -474,7 +474,7 @@ impl Bench {
             with_room,
             admission_pb::ConfigureRoomRequest {
                 schedule_id: with_room,
-                rate_per_s: 1_000_000.0,
+                rate_per_s: 1_000.0,
                 burst: 1_000_000,
                 max_active: 10_000_000,
                 claim_window: Some(ROOM_HOUR),
