@@ -637,7 +637,7 @@ async fn admit(
 fn note_holds(with: &Scenario, without: &Scenario, per_round: u64, users: u64) -> String {
     format!(
         "(i) holds with an admission token: two schedules of 100,000 seats, one with a room \
-         (1,000,000 admissions a second, 10,000,000 active at most) and one without; {} users \
+         (1,000 admissions a second, the most a room takes, 10,000,000 active at most) and one without; {} users \
          per round entered the room and were admitted (their `GetPosition` answered the token) \
          before any hold. Each round holds {} distinct seats of each schedule, {} per user, \
          from {CLIENTS} clients, the room's holds with `x-admission-token`; the rounds \
