@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # An on-sale through a waiting room, against a running reservation-svc: makes a concert and a
-# schedule, opens a room for it (two buyers called a second, at most ten active, a minute to
-# claim a turn, ten minutes to buy), lets twenty buyers enter, shows the room's counters, and
-# follows the last buyer's position until their turn, then holds a seat with their admission
+# schedule, opens a room for it (two buyers called a second, at most ten active, ten seconds to
+# claim a turn, two minutes to buy), lets twenty buyers enter, shows the room's counters, and
+# follows the last buyer's position until their turn (the first ten are called and never
+# claim, so the last waits for their windows to end), then holds a seat with their admission
 # token. docker compose runs it as `room-demo` (--profile demo).
 #
 # Usage: scripts/demo-room.sh [R [PKI]]   (defaults: 127.0.0.1:50051 and .tools/pki, as up.sh
@@ -25,7 +26,7 @@ SCHEDULE=$(grpcurl "${TLS[@]}" -H "$ADMIN" \
     "$R" ticketing.reservation.v1.ReservationService/CreateSchedule | id_of)
 echo "==> a waiting room for schedule $SCHEDULE"
 grpcurl "${TLS[@]}" -H "$ADMIN" \
-    -d "{\"schedule_id\": $SCHEDULE, \"rate_per_s\": 2, \"burst\": 1, \"max_active\": 10, \"claim_window\": \"60s\", \"token_ttl\": \"600s\"}" \
+    -d "{\"schedule_id\": $SCHEDULE, \"rate_per_s\": 2, \"burst\": 1, \"max_active\": 10, \"claim_window\": \"10s\", \"token_ttl\": \"120s\"}" \
     "$R" ticketing.admission.v1.AdmissionService/ConfigureRoom
 
 echo "==> twenty buyers enter"
