@@ -1,8 +1,8 @@
 //! A room's queue in Redis: each step of [`protocol::admission::Room`] as one Lua script, line
 //! for line, so that the steps of every replica run one at a time on the room's keys.
 //!
-//! The keys of a room share the hash tag `{room:<schedule>}`, so a Redis Cluster keeps them on
-//! one slot: `state` (a hash: the counters, the bucket, the settings), `early` (a sorted set of
+//! The keys of a room, `<prefix>room:{<schedule>}:<part>`, share the hash tag `{<schedule>}`
+//! (as the schedule's seat locks do), so a Redis Cluster keeps them on one slot: `state` (a hash: the counters, the bucket, the settings), `early` (a sorted set of
 //! the entrants before the opening, scored by their draw), `tickets` (a hash: user → number, or
 //! `v` for a number given up), `slots` (a sorted set of `c:<number>` and `u:<user>`, scored by
 //! when each ends) and `left` (a set of numbers whose users left before their call).
