@@ -456,3 +456,21 @@ pub async fn assert_replicas_migrate_one_database_in_turn(
         "every migration applied once"
     );
 }
+
+/// Asserts that the Prometheus `text` of a fresh process lists `ticketing_reloads_total` at 0
+/// for each of `whats` (the file sets it reloads) and both results.
+pub fn assert_reloads_listed_at_zero(text: &str, whats: &[&str]) {
+    for what in whats {
+        for result in crate::metrics::RELOAD_RESULTS {
+            assert_eq!(
+                listed_metric(
+                    text,
+                    crate::metrics::RELOADS,
+                    &[("what", what), ("result", result)]
+                ),
+                Some(0.0),
+                "{what} {result}:\n{text}"
+            );
+        }
+    }
+}

@@ -346,21 +346,12 @@ async fn a_fresh_secure_process_lists_its_reloads_at_zero() {
     let (code, text) = http_get(metrics, "/metrics").await;
     assert_eq!(code, 200, "{text}");
 
-    for what in [
-        "server TLS certificate and key",
-        "JWKS",
-        "client TLS CA, certificate and key",
-    ] {
-        for result in shared::metrics::RELOAD_RESULTS {
-            assert_eq!(
-                shared::test_support::listed_metric(
-                    &text,
-                    shared::metrics::RELOADS,
-                    &[("what", what), ("result", result)]
-                ),
-                Some(0.0),
-                "{what} {result}:\n{text}"
-            );
-        }
-    }
+    shared::test_support::assert_reloads_listed_at_zero(
+        &text,
+        &[
+            "server TLS certificate and key",
+            "JWKS",
+            "client TLS CA, certificate and key",
+        ],
+    );
 }

@@ -28,6 +28,64 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.counterexamples.is_empty() && self.unreached.is_empty()
     }
+
+    /// One line of what an exploration of the model `name` covered.
+    pub fn summary(&self, name: &str) -> String {
+        format!(
+            "{name}: {} unique states ({} generated), depth {}, {:.1?}",
+            self.unique_states, self.states, self.max_depth, self.elapsed
+        )
+    }
+
+    /// What a test of the model asks of a clean exploration: no property broken (each
+    /// counterexample printed), every `sometimes` reached (else it was not really checked), and
+    /// at least `at_least` unique states (fewer means the model stopped exploring what it used
+    /// to).
+    pub fn assert_clean(&self, name: &str, at_least: usize) {
+        eprintln!("{}", self.summary(name));
+        for (property, trace) in &self.counterexamples {
+            eprintln!("counterexample to \"{property}\":\n{trace}");
+        }
+        assert!(
+            self.counterexamples.is_empty(),
+            "properties broken: {:?}",
+            self.counterexamples
+                .iter()
+                .map(|(property, _)| property)
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            self.unreached.is_empty(),
+            "never reached, so not really checked: {:?}",
+            self.unreached
+        );
+        assert!(
+            self.unique_states >= at_least,
+            "only {} unique states explored",
+            self.unique_states
+        );
+    }
+
+    /// What a test of a seeded `bug` asks: some property broke; prints which, and the actions
+    /// that break it.
+    pub fn assert_caught(&self, bug: impl Debug) {
+        assert!(
+            !self.counterexamples.is_empty(),
+            "{bug:?} went unnoticed in {} unique states",
+            self.unique_states
+        );
+        for (property, trace) in &self.counterexamples {
+            let actions = trace
+                .lines()
+                .take_while(|line| !line.starts_with("last state"));
+            eprintln!(
+                "{bug:?} breaks \"{property}\" ({} unique states, {:.1?}):\n{}",
+                self.unique_states,
+                self.elapsed,
+                actions.collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
 }
 
 /// Explores every state of the protocol reachable under `config`, breadth first (so

@@ -42,10 +42,7 @@ fn main() -> ExitCode {
 }
 
 fn print_report(name: &str, report: &Report) {
-    println!(
-        "{name}: {} unique states ({} generated), depth {}, {:.1?}",
-        report.unique_states, report.states, report.max_depth, report.elapsed
-    );
+    println!("{}", report.summary(name));
     for (property, trace) in &report.counterexamples {
         println!("\ncounterexample to \"{property}\":\n{trace}");
     }

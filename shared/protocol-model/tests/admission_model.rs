@@ -10,54 +10,13 @@ const PER_COMMIT_STATES_AT_LEAST: usize = 1_500_000;
 
 #[test]
 fn every_interleaving_of_the_waiting_rooms_steps_keeps_every_property() {
-    let report = check_admission(AdmissionConfig::per_commit(), false);
-    eprintln!(
-        "admission model (per-commit): {} unique states ({} generated), depth {}, {:.1?}",
-        report.unique_states, report.states, report.max_depth, report.elapsed
-    );
-    for (property, trace) in &report.counterexamples {
-        eprintln!("counterexample to \"{property}\":\n{trace}");
-    }
-    assert!(
-        report.counterexamples.is_empty(),
-        "properties broken: {:?}",
-        report
-            .counterexamples
-            .iter()
-            .map(|(property, _)| property)
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        report.unreached.is_empty(),
-        "never reached, so not really checked: {:?}",
-        report.unreached
-    );
-    assert!(
-        report.unique_states >= PER_COMMIT_STATES_AT_LEAST,
-        "only {} unique states explored",
-        report.unique_states
-    );
+    check_admission(AdmissionConfig::per_commit(), false)
+        .assert_clean("admission model (per-commit)", PER_COMMIT_STATES_AT_LEAST);
 }
 
 /// Explores with `bug` seeded until a property breaks, and shows how.
 fn assert_caught(bug: AdmissionBug) {
-    let report = check_admission_bug(bug);
-    assert!(
-        !report.counterexamples.is_empty(),
-        "{bug:?} went unnoticed in {} unique states",
-        report.unique_states
-    );
-    for (property, trace) in &report.counterexamples {
-        let actions = trace
-            .lines()
-            .take_while(|line| !line.starts_with("last state"));
-        eprintln!(
-            "{bug:?} breaks \"{property}\" ({} unique states, {:.1?}):\n{}",
-            report.unique_states,
-            report.elapsed,
-            actions.collect::<Vec<_>>().join("\n")
-        );
-    }
+    check_admission_bug(bug).assert_caught(bug);
 }
 
 #[test]
@@ -94,11 +53,6 @@ fn a_look_that_answers_before_it_claims_is_caught() {
 #[test]
 fn every_seeded_bug_of_the_waiting_room_is_caught() {
     for bug in AdmissionBug::ALL {
-        let report = check_admission_bug(bug);
-        assert!(
-            !report.counterexamples.is_empty(),
-            "{bug:?} went unnoticed in {} unique states",
-            report.unique_states
-        );
+        check_admission_bug(bug).assert_caught(bug);
     }
 }

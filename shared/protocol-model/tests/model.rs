@@ -3,66 +3,21 @@
 //! (`cargo test --release -p protocol-model -- --nocapture` prints the state counts and the
 //! counterexamples).
 
-use protocol_model::{Bug, Config, Report, check, check_bug, check_until};
+use protocol_model::{Bug, Config, check, check_bug, check_until};
 
 /// Fewer unique states than this means the model stopped exploring what it used to.
 const PER_COMMIT_STATES_AT_LEAST: usize = 15_000_000;
 
 #[test]
 fn every_interleaving_keeps_every_property() {
-    let report = check(Config::per_commit(), false);
-    eprintln!(
-        "protocol model (per-commit): {} unique states ({} generated), depth {}, {:.1?}",
-        report.unique_states, report.states, report.max_depth, report.elapsed
-    );
-    for (property, trace) in &report.counterexamples {
-        eprintln!("counterexample to \"{property}\":\n{trace}");
-    }
-    assert!(
-        report.counterexamples.is_empty(),
-        "properties broken: {:?}",
-        report
-            .counterexamples
-            .iter()
-            .map(|(property, _)| property)
-            .collect::<Vec<_>>()
-    );
-    assert!(
-        report.unreached.is_empty(),
-        "never reached, so not really checked: {:?}",
-        report.unreached
-    );
-    assert!(
-        report.unique_states >= PER_COMMIT_STATES_AT_LEAST,
-        "only {} unique states explored",
-        report.unique_states
-    );
+    check(Config::per_commit(), false)
+        .assert_clean("protocol model (per-commit)", PER_COMMIT_STATES_AT_LEAST);
 }
 
 /// Explores with `bug` seeded (in the model it belongs to) until a property breaks, and shows
 /// how.
 fn assert_caught(bug: Bug) {
-    show_counterexample(bug, &check_bug(bug));
-}
-
-/// Prints each property `bug` broke, with the trace that breaks it.
-fn show_counterexample(bug: Bug, report: &Report) {
-    assert!(
-        !report.counterexamples.is_empty(),
-        "{bug:?} went unnoticed in {} unique states",
-        report.unique_states
-    );
-    for (property, trace) in &report.counterexamples {
-        let actions = trace
-            .lines()
-            .take_while(|line| !line.starts_with("last state"));
-        eprintln!(
-            "{bug:?} breaks \"{property}\" ({} unique states, {:.1?}):\n{}",
-            report.unique_states,
-            report.elapsed,
-            actions.collect::<Vec<_>>().join("\n")
-        );
-    }
+    check_bug(bug).assert_caught(bug);
 }
 
 #[test]
@@ -110,7 +65,7 @@ fn a_decision_on_the_clock_of_the_transactions_start_sells_after_the_performance
         "{bug:?} never broke \"{property}\" in {} unique states",
         report.unique_states
     );
-    show_counterexample(bug, &report);
+    report.assert_caught(bug);
 }
 
 #[test]

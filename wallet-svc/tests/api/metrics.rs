@@ -143,19 +143,10 @@ async fn a_fresh_secure_process_lists_its_reloads_at_zero() {
         .collect();
     let text = fresh_process_metrics(&env).await;
 
-    for what in ["server TLS certificate and key", "JWKS"] {
-        for result in shared::metrics::RELOAD_RESULTS {
-            assert_eq!(
-                shared::test_support::listed_metric(
-                    &text,
-                    shared::metrics::RELOADS,
-                    &[("what", what), ("result", result)]
-                ),
-                Some(0.0),
-                "{what} {result}:\n{text}"
-            );
-        }
-    }
+    shared::test_support::assert_reloads_listed_at_zero(
+        &text,
+        &["server TLS certificate and key", "JWKS"],
+    );
 }
 
 /// The metrics of a wallet-svc process started with `env` on a database of its own, scraped
