@@ -1,8 +1,10 @@
-//! The one place a domain error becomes a gRPC status, and where internal errors are logged.
+//! The one place a domain error (the reservations' and the waiting rooms') becomes a gRPC
+//! status, and where internal errors are logged.
 
 use shared::error::{Reason, invalid_field, status_with_reason};
 use tonic::{Code, Status};
 
+use crate::admission::{AdmissionError, TokenRefusal};
 use crate::domain::ReservationError;
 
 impl From<ReservationError> for Status {
@@ -49,6 +51,31 @@ impl From<ReservationError> for Status {
             ReservationError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<AdmissionError> for Status {
+    fn from(error: AdmissionError) -> Self {
+        match error {
+            AdmissionError::NotFound(what) => ReservationError::NotFound(what).into(),
+            AdmissionError::Disabled => Status::failed_precondition(error.to_string()),
+            AdmissionError::Unavailable(detail) => ReservationError::Unavailable(detail).into(),
+            AdmissionError::Internal(detail) => ReservationError::Internal(detail).into(),
+        }
+    }
+}
+
+impl From<TokenRefusal> for Status {
+    fn from(refusal: TokenRefusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            TokenRefusal::Missing | TokenRefusal::Expired => {
+                status_with_reason(Code::FailedPrecondition, Reason::AdmissionRequired, message)
+            }
+            TokenRefusal::Invalid(_) => {
+                status_with_reason(Code::PermissionDenied, Reason::AdmissionInvalid, message)
             }
         }
     }

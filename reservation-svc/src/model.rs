@@ -501,3 +501,12 @@ mod tests {
         assert!(Price::parse(-1).is_err() && Price::parse(1_000_000_001).is_err());
     }
 }
+
+/// A waiting room as every replica knows it: its schedule, settings, and their version (the
+/// moment they were last changed, in microseconds), so that the newest settings win in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomSettings {
+    pub schedule_id: i64,
+    pub config: protocol::admission::RoomConfig,
+    pub version: i64,
+}

@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use protocol::admission::{Millis, RoomConfig, Standing};
 
-pub use queue::{Queue, QueueError, RoomSettings, Seen, TickReport};
+pub use crate::model::RoomSettings;
+pub use queue::{Queue, QueueError, Seen, TickReport};
 pub use token::{AdmissionTokens, TokenRefusal};
 pub use watch::TicketStream;
 
@@ -364,6 +365,6 @@ impl Admission {
                 tracing::debug!(schedule_id = room.schedule_id, %error, "waiting room tick failed");
             }
         }
-        self.watch.answer(room.schedule_id, users, report);
+        self.watch.answer(room.schedule_id, &ids, users, report);
     }
 }

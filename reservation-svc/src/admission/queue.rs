@@ -15,7 +15,9 @@
 
 use fred::clients::Client;
 use fred::types::scripts::Script;
-use protocol::admission::{Counters, Millis, RoomConfig, Standing, Tick};
+use protocol::admission::{Counters, Millis, Standing, Tick};
+
+use crate::model::RoomSettings;
 
 /// What every script begins with: the clock, the deadline, the settings, and the reads that
 /// mirror `Room`'s.
@@ -252,15 +254,6 @@ pub enum QueueError {
     /// Redis did not answer in time, or ran the script after its caller gave up on it.
     #[error("the waiting room's queue is unavailable: {0}")]
     Unavailable(String),
-}
-
-/// A room as every replica knows it: its schedule, settings, and their version (the moment
-/// they were last changed, in microseconds), so that the newest settings win in Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoomSettings {
-    pub schedule_id: i64,
-    pub config: RoomConfig,
-    pub version: i64,
 }
 
 /// A standing, with the moment (Redis's clock) it was read.

@@ -80,10 +80,12 @@ impl Watchers {
         })
     }
 
-    /// Publishes a tick's progress and answers the looks it carried.
+    /// Publishes a tick's progress and answers the looks it carried, for `users` (the looks'
+    /// [`unique_users`], in the order the tick looked them up).
     pub(super) fn answer(
         &self,
         schedule_id: i64,
+        users: &[i64],
         looks: Vec<(i64, Reply)>,
         report: Result<TickReport, QueueError>,
     ) {
@@ -98,9 +100,8 @@ impl Watchers {
                         std::mem::replace(progress, now) != now
                     })
                 });
-                // Looks were asked once per user (in the order first asked).
                 let standings: HashMap<i64, Standing> =
-                    unique_users(&looks).into_iter().zip(report.looks).collect();
+                    users.iter().copied().zip(report.looks).collect();
                 for (user, reply) in looks {
                     let answer = standings
                         .get(&user)

@@ -6,15 +6,13 @@ use futures::{Stream, StreamExt as _};
 use protocol::admission::{RoomConfig, Standing};
 use shared::all_valid;
 use shared::auth::Caller;
-use shared::error::{FieldViolations, Reason, status_with_reason};
+use shared::error::FieldViolations;
 use shared::proto::admission::v1 as pb;
 use shared::proto::admission::v1::admission_service_server::AdmissionService;
 use shared::values::parse_timestamp;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::admission::{
-    Admission, AdmissionError, RoomSettings, RoomStatus, TicketView, TokenRefusal,
-};
+use crate::admission::{Admission, RoomSettings, RoomStatus, TicketView};
 use crate::model::{ScheduleId, UserId};
 
 /// Serves `ticketing.admission.v1.AdmissionService`.
@@ -26,38 +24,6 @@ pub struct AdmissionGrpc {
 impl AdmissionGrpc {
     pub fn new(admission: Admission) -> Self {
         Self { admission }
-    }
-}
-
-impl From<AdmissionError> for Status {
-    fn from(error: AdmissionError) -> Self {
-        let message = error.to_string();
-        match error {
-            AdmissionError::NotFound(_) => Status::not_found(message),
-            AdmissionError::Disabled => Status::failed_precondition(message),
-            AdmissionError::Unavailable(detail) => {
-                tracing::warn!(%detail, "waiting room unavailable");
-                Status::unavailable("the waiting room is unavailable, retry later")
-            }
-            AdmissionError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                Status::internal("internal error")
-            }
-        }
-    }
-}
-
-impl From<TokenRefusal> for Status {
-    fn from(refusal: TokenRefusal) -> Self {
-        let message = refusal.to_string();
-        match refusal {
-            TokenRefusal::Missing | TokenRefusal::Expired => {
-                status_with_reason(Code::FailedPrecondition, Reason::AdmissionRequired, message)
-            }
-            TokenRefusal::Invalid(_) => {
-                status_with_reason(Code::PermissionDenied, Reason::AdmissionInvalid, message)
-            }
-        }
     }
 }
 
@@ -83,42 +49,9 @@ fn room_config(
 ) -> Result<(i64, RoomConfig, Option<i64>), Status> {
     let mut violations = FieldViolations::new();
     let schedule = violations.check("schedule_id", ScheduleId::parse(request.schedule_id));
-    let rate = request.rate_per_s * 1_000.0;
-    let rate_milli_per_s = if rate.is_finite()
-        && rate >= 1.0
-        && rate <= protocol::admission::MAX_RATE_MILLI_PER_S as f64
-    {
-        // Within the bounds just checked, so the cast neither saturates nor wraps.
-        Some(rate.round() as i64)
-    } else {
-        violations.add(
-            "rate_per_s",
-            "must be at least 0.001 and at most 1,000 admissions per second",
-        );
-        None
-    };
-    let mut bounded = |field: &str, value: i64, low: i64, high: i64, unit: &str| {
-        if (low..=high).contains(&value) {
-            Some(value)
-        } else {
-            violations.add(field, format!("must be {low} to {high}{unit}"));
-            None
-        }
-    };
-    let burst = bounded(
-        "burst",
-        i64::from(request.burst),
-        1,
-        protocol::admission::MAX_BURST,
-        "",
-    );
-    let max_active = bounded(
-        "max_active",
-        i64::from(request.max_active),
-        1,
-        protocol::admission::MAX_ACTIVE,
-        "",
-    );
+    // Anything out of an i64's range saturates (NaN is 0), and is refused by the bounds.
+    let rate_milli_per_s = (request.rate_per_s * 1_000.0).round() as i64;
+    // A duration missing or negative reads as -1 ms: out of bounds too.
     let millis = |duration: &Option<prost_types::Duration>| {
         duration.as_ref().map_or(-1, |duration| {
             if duration.seconds < 0 || duration.nanos < 0 {
@@ -130,45 +63,29 @@ fn room_config(
                 .saturating_add(i64::from(duration.nanos / 1_000_000))
         })
     };
-    let claim_window_ms = bounded(
-        "claim_window",
-        millis(&request.claim_window),
-        1_000,
-        protocol::admission::MAX_CLAIM_WINDOW_MS,
-        " ms (1 s to 1 h)",
-    );
-    let token_ttl_ms = bounded(
-        "token_ttl",
-        millis(&request.token_ttl),
-        1_000,
-        protocol::admission::MAX_TOKEN_TTL_MS,
-        " ms (1 s to 24 h)",
-    );
+    let config = RoomConfig {
+        rate_milli_per_s,
+        burst: i64::from(request.burst),
+        max_active: i64::from(request.max_active),
+        claim_window_ms: millis(&request.claim_window),
+        token_ttl_ms: millis(&request.token_ttl),
+        opens_at_ms: 0,
+    };
+    for bad in config.check() {
+        violations.add(bad.field(), bad.bounds());
+    }
     let opens_at = match &request.opens_at {
         Some(at) => violations
             .check("opens_at", parse_timestamp(at))
             .map(|at| Some(at.timestamp_millis())),
         None => Some(None),
     };
-    let (schedule, rate_milli_per_s, burst, max_active, claim_window_ms, token_ttl_ms, opens_at) = all_valid!(
-        violations,
-        schedule,
-        rate_milli_per_s,
-        burst,
-        max_active,
-        claim_window_ms,
-        token_ttl_ms,
-        opens_at
-    );
+    let (schedule, opens_at) = all_valid!(violations, schedule, opens_at);
     Ok((
         schedule.get(),
         RoomConfig {
-            rate_milli_per_s,
-            burst,
-            max_active,
-            claim_window_ms,
-            token_ttl_ms,
             opens_at_ms: opens_at.unwrap_or(0),
+            ..config
         },
         opens_at,
     ))

@@ -7,7 +7,7 @@ use diesel_async::RunQueryDsl;
 use protocol::admission::RoomConfig;
 
 use super::{Store, StoreError, micros};
-use crate::admission::RoomSettings;
+use crate::model::RoomSettings;
 
 #[derive(QueryableByName)]
 struct RoomRow {

@@ -60,6 +60,30 @@ pub enum ConfigError {
     TokenTtl,
 }
 
+impl ConfigError {
+    /// The `ConfigureRoom` field of the setting.
+    pub const fn field(self) -> &'static str {
+        match self {
+            Self::Rate => "rate_per_s",
+            Self::Burst => "burst",
+            Self::MaxActive => "max_active",
+            Self::ClaimWindow => "claim_window",
+            Self::TokenTtl => "token_ttl",
+        }
+    }
+
+    /// The setting's bounds, as a client reads them.
+    pub const fn bounds(self) -> &'static str {
+        match self {
+            Self::Rate => "must be at least 0.001 and at most 1,000 admissions per second",
+            Self::Burst => "must be 1 to 1,000,000",
+            Self::MaxActive => "must be 1 to 10,000,000",
+            Self::ClaimWindow => "must be 1 s to 1 h",
+            Self::TokenTtl => "must be 1 s to 24 h",
+        }
+    }
+}
+
 /// The largest settings a room takes: with them no sum or product of the steps leaves the
 /// integers a Lua number holds exactly (2^53).
 /// 1,000 a second: a tick calls at most [`MAX_STEPS_PER_TICK`] numbers, and a full bucket
